@@ -1,0 +1,152 @@
+"""The training plan: every knob that changes how much memory a fine-tuning step takes.
+
+A frozen pydantic model. Defaults that depend on the method (quantization, rank, optimizer) are filled in
+by `make_plan`, which also turns pydantic's validation errors into one-line `PlanError`s.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from vramplan.errors import PlanError
+
+Method = Literal["full", "lora", "qlora"]
+Dtype = Literal["bf16", "fp16", "fp32"]
+Quant = Literal["nf4", "fp4"]
+Attn = Literal["eager", "sdpa", "flash_attention_2"]
+Optimizer = Literal[
+    "adamw",
+    "adamw_fused",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adafactor",
+    "sgd",
+    "sgd_momentum",
+    "lion_8bit",
+]
+OPTIMIZERS: tuple[str, ...] = Optimizer.__args__  # type: ignore[attr-defined]
+
+# Target shorthands; anything else is a comma list of module names (peft `target_modules`).
+TARGET_SHORTHANDS = ("default", "attention", "all-linear")
+
+
+class TrainingPlan(BaseModel):
+    """One fine-tuning configuration. Sizes are counts; dtypes are 'bf16' | 'fp16' | 'fp32'."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Method = "qlora"
+    param_dtype: Dtype = "bf16"
+    mixed_precision: Literal["bf16", "fp16"] | None = None
+    # QLoRA (bitsandbytes BitsAndBytesConfig)
+    quant: Quant | None = None
+    quant_blocksize: int = 64
+    double_quant: bool = True
+    compute_dtype: Dtype | None = None
+    kbit_upcast: bool = True
+    # LoRA (peft LoraConfig)
+    rank: int | None = None
+    alpha: float | None = None
+    targets: str | None = None
+    lora_dropout: float = 0.0
+    # Data
+    batch: int = 1
+    seq: int = 1024
+    grad_accum: int = 1
+    # Recompute and kernels
+    grad_ckpt: bool = True
+    ckpt_reentrant: bool = False
+    attn: Attn = "sdpa"
+    optimizer: Optimizer | None = None
+
+    @field_validator("batch", "seq", "grad_accum", "rank", "quant_blocksize")
+    @classmethod
+    def _positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be a positive integer")
+        return v
+
+    @field_validator("lora_dropout")
+    @classmethod
+    def _probability(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        names = [t.strip() for t in v.split(",") if t.strip()]
+        if not names:
+            raise ValueError("give 'default', 'attention', 'all-linear' or a comma list of module names")
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingPlan:
+        adapters = self.method in ("lora", "qlora")
+        if not adapters:
+            for field in ("rank", "alpha", "targets"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"--{field} applies to lora/qlora, not to method '{self.method}'")
+            if self.lora_dropout:
+                raise ValueError("--lora-dropout applies to lora/qlora, not to full fine-tuning")
+        if self.method != "qlora" and self.quant is not None:
+            raise ValueError("--quant applies to method qlora only")
+        if self.mixed_precision and self.param_dtype != "fp32":
+            raise ValueError("--mixed-precision needs --param-dtype fp32 (fp32 master weights)")
+        if self.method == "qlora" and self.param_dtype == "fp32" and self.mixed_precision:
+            raise ValueError("qlora keeps 4-bit base weights; use --param-dtype bf16/fp16 instead of mixed precision")
+        if self.ckpt_reentrant and not self.grad_ckpt:
+            raise ValueError("--ckpt-reentrant needs gradient checkpointing on")
+        return self
+
+    # Resolved views -------------------------------------------------------------------------------------
+    @property
+    def uses_lora(self) -> bool:
+        return self.method in ("lora", "qlora")
+
+    @property
+    def activation_dtype(self) -> str:
+        """The dtype activations flow in: the autocast dtype, else the compute dtype, else the weights'."""
+        if self.mixed_precision:
+            return self.mixed_precision
+        if self.method == "qlora":
+            return self.compute_dtype or self.param_dtype
+        return self.param_dtype
+
+
+def default_optimizer(method: str) -> str:
+    return "paged_adamw_8bit" if method == "qlora" else "adamw"
+
+
+def make_plan(**options: object) -> TrainingPlan:
+    """Validate options (None means 'use the default') and fill the method-dependent defaults."""
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        plan = TrainingPlan(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "plan"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise PlanError(f"{field}: {msg}" if err["loc"] else msg) from None
+    fills: dict[str, object] = {}
+    if plan.optimizer is None:
+        fills["optimizer"] = default_optimizer(plan.method)
+    if plan.uses_lora:
+        if plan.rank is None:
+            fills["rank"] = 8
+        if plan.alpha is None:
+            fills["alpha"] = 2.0 * (plan.rank or 8)
+        if plan.targets is None:
+            fills["targets"] = "default"
+    if plan.method == "qlora":
+        if plan.quant is None:
+            fills["quant"] = "nf4"
+        if plan.compute_dtype is None:
+            fills["compute_dtype"] = plan.param_dtype
+    return plan.model_copy(update=fills) if fills else plan
