@@ -1,0 +1,169 @@
+"""Compose a training step from its parts: static memory, per-layer tape replays, head, optimizer.
+
+Steady state (the step `torch.cuda.max_memory_allocated()` is read on): optimizer states exist, gradients were
+set to None by `zero_grad()`, the loop is `loss = model(**batch).loss; loss.backward(); opt.step();
+opt.zero_grad(set_to_none=True)` (HF Trainer's order: the model outputs, logits included, are dropped before
+backward).
+
+Gradient checkpointing (transformers `GradientCheckpointingLayer` -> `torch.utils.checkpoint`): each decoder
+layer keeps only its input; backward recomputes one layer at a time, then runs its backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.estimator.optimizer import optimizer_memory
+from vramplan.estimator.programs import Ctx, decoder_layer, head
+from vramplan.estimator.result import MemoryEstimate
+from vramplan.estimator.tape import Tape
+from vramplan.estimator.weights import non_quantized_dtype_bytes, resolve_targets, static_memory
+from vramplan.models import ModelSpec
+from vramplan.plan import TrainingPlan
+from vramplan.units import DTYPE_BYTES
+
+_SANDWICH = {"gemma2", "gemma3_text"}
+_GEMMA_NORM = {"gemma", "gemma2", "gemma3_text"}
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One decoder layer's memory, from two tape replays. Bytes; "abs" values count from zero live."""
+
+    fwd_peak: int  # forward transient above the live bytes at the layer's start (its input counted there)
+    keep: int  # bytes the layer leaves alive for backward (saved tensors; under checkpointing its input)
+    bwd_abs: int  # backward peak of the layer alone: its saved tensors, incoming grad, new grads, temps
+    recompute_peak: int  # checkpointing: recompute transient above its input
+    param_grads: int  # .grad bytes created by the layer's backward
+
+
+def _ctx(model: ModelSpec, plan: TrainingPlan) -> Ctx:
+    nq = non_quantized_dtype_bytes(plan)
+    act = DTYPE_BYTES[plan.activation_dtype]
+    return Ctx(
+        tokens=plan.batch * plan.seq,
+        batch=plan.batch,
+        seq=plan.seq,
+        hidden=model.hidden_size,
+        heads=model.num_heads,
+        kv_heads=model.num_kv_heads,
+        head_dim=model.head_dim,
+        vocab=model.vocab_size,
+        norm_w=nq,
+        linear_w=DTYPE_BYTES[plan.param_dtype],
+        compute=act,
+        quantized=plan.method == "qlora",
+        lora=frozenset(resolve_targets(model, plan)) if plan.uses_lora else frozenset(),
+        rank=plan.rank or 0,
+        dropout=plan.lora_dropout > 0,
+        full=plan.method == "full",
+        gemma_norm=model.model_type in _GEMMA_NORM,
+        attn=plan.attn,
+        lm_head_w=nq,
+    )
+
+
+def stream_bytes(plan: TrainingPlan) -> int:
+    """dtype of the residual stream: the embedding's output dtype (fp32 after the kbit upcast)."""
+    if plan.method == "qlora":
+        return non_quantized_dtype_bytes(plan)
+    return DTYPE_BYTES[plan.param_dtype]
+
+
+def layer_cost(model: ModelSpec, plan: TrainingPlan, c: Ctx, input_grad: bool) -> LayerCost:
+    a = stream_bytes(plan)
+    x_bytes = c.tokens * c.hidden * a
+    sandwich = model.model_type in _SANDWICH
+
+    def run(tp: Tape) -> tuple[int, int]:
+        x = tp.new(x_bytes, input_grad)
+        if plan.grad_ckpt:
+            tp.refs[x] += 1  # torch.utils.checkpoint keeps the layer input for the recompute
+        y = decoder_layer(tp, c, x, a, model.model_type, model.intermediate_size, sandwich)
+        peak = tp.peak - x_bytes
+        tp.drop(y)  # the next layer (or the head) owns it from here
+        return peak, y
+
+    fwd = Tape(checkpointing=plan.grad_ckpt)  # the step's forward: under checkpointing nothing is saved
+    fwd_peak, _ = run(fwd)
+    bwd = Tape()  # the graph backward walks (rebuilt by the recompute under checkpointing)
+    recompute_peak, y = run(bwd)
+    held = bwd.live
+    bwd_rel, grads = bwd.backward(y)
+    bwd_abs = held + bwd_rel
+    if plan.grad_ckpt:  # the recompute runs while the incoming gradient (x-sized) is already allocated
+        bwd_abs = max(bwd_abs, x_bytes + recompute_peak + x_bytes)
+    return LayerCost(fwd_peak, fwd.live, bwd_abs, recompute_peak, grads)
+
+
+def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
+    """Peak live tensor bytes of a steady-state training step, per phase and per component."""
+    st = static_memory(model, plan)
+    c = _ctx(model, plan)
+    a = stream_bytes(plan)
+    n_layers = model.num_layers
+    x_bytes = c.tokens * c.hidden * a
+    # The embedding output requires grad when the embedding is trainable, or when the
+    # `enable_input_require_grads` hook is on: peft's prepare_model_for_kbit_training installs it when
+    # checkpointing, and reentrant checkpointing needs it.
+    input_grad = plan.method == "full" or (
+        plan.grad_ckpt and ((plan.method == "qlora" and plan.kbit_upcast) or plan.ckpt_reentrant)
+    )
+    first = layer_cost(model, plan, c, input_grad)
+    rest = layer_cost(model, plan, c, True) if n_layers > 1 else first
+    opt = optimizer_memory(plan, st.trainable_numels, st.trainable_dtype_bytes)
+    base = st.total + opt.states_bytes
+
+    # Forward: layer k starts with the saved bytes of layers below it plus its input.
+    def below(k: int) -> int:  # bytes kept by layers 0..k-1
+        return 0 if k == 0 else first.keep + (k - 1) * rest.keep
+
+    fwd_peak = base + x_bytes + first.fwd_peak
+    if n_layers > 1:
+        fwd_peak = max(fwd_peak, base + below(n_layers - 1) + x_bytes + rest.fwd_peak)
+    th = Tape()
+    hx = th.new(x_bytes, True)
+    loss = head(th, c, hx, a, softcap=bool(model.config.get("final_logit_softcapping")))
+    all_layers = below(n_layers)
+    fwd_peak = max(fwd_peak, base + all_layers + th.peak)
+    head_keep = th.live
+    head_rel, head_grads = th.backward(loss)
+    bwd_peak = base + all_layers + head_keep + head_rel
+
+    # Backward through the layers, top to bottom: gradients accumulate, lower layers' activations remain.
+    layer_grads_above = 0
+    for k, cost in ((n_layers - 1, rest), (1, rest), (0, first)):
+        if k >= n_layers or (k == 1 and n_layers < 3):
+            continue
+        grads_so_far = head_grads + (n_layers - 1 - k) * rest.param_grads
+        bwd_peak = max(bwd_peak, base + grads_so_far + below(k) + cost.bwd_abs)
+    all_grads = head_grads + first.param_grads + (n_layers - 1) * rest.param_grads
+    if plan.method == "full":  # embedding backward: the weight gradient while the input gradient is alive
+        emb_grad = c.vocab * c.hidden * DTYPE_BYTES[plan.param_dtype] if not model.tied_embeddings else 0
+        bwd_peak = max(bwd_peak, base + all_grads + x_bytes + emb_grad)
+    grads_bytes = sum(st.trainable_numels) * st.trainable_dtype_bytes
+    opt_peak = base + grads_bytes + opt.step_temp_bytes
+    phases = {"load": st.total, "forward": fwd_peak, "backward": bwd_peak, "optimizer": opt_peak}
+    peak_phase = max(phases, key=lambda p: phases[p])
+    peak = phases[peak_phase]
+    grads_at_peak = grads_bytes if peak_phase == "optimizer" else 0
+    temps = opt.step_temp_bytes if peak_phase == "optimizer" else 0
+    components = {
+        "quantized_weights": st.quantized_weights,
+        "quant_constants": st.quant_constants,
+        "double_quant_constants": st.double_quant_constants,
+        "base_weights": st.base_weights,
+        "lora_adapters": st.lora_adapters,
+        "optimizer_states": opt.states_bytes if peak_phase != "load" else 0,
+        "gradients": grads_at_peak,
+        "optimizer_temporaries": temps,
+    }
+    components["activations"] = peak - sum(components.values())
+    return MemoryEstimate(
+        model=model.name,
+        plan=plan.model_dump(),
+        components=components,
+        phases=phases,
+        peak_phase=peak_phase,
+        paged_bytes=opt.paged_bytes,
+    )

@@ -1,0 +1,89 @@
+"""Optimizer states and the temporaries of `optimizer.step()`, per trainable tensor.
+
+- torch `optim/adamw.py` (`_init_group`): `exp_avg`, `exp_avg_sq` = `zeros_like(param)` (parameter dtype);
+  `step` is a host tensor unless `fused`/`capturable` (then a 4-byte device scalar per parameter).
+  `_multi_tensor_adamw` (foreach, the CUDA default) allocates `exp_avg_sq_sqrt = _foreach_sqrt(exp_avg_sqs)`:
+  one more state-sized buffer for every parameter at once. `_fused_adamw` allocates nothing.
+- bitsandbytes `optim/optimizer.py` (`Optimizer2State.init_state`): tensors with fewer than `min_8bit_size`
+  (4096) elements keep fp32 states; larger ones get uint8 `state1/state2` plus fp32 `absmax1/absmax2` per
+  256-element block; the `dynamic`/`udynamic` maps are shared. Paged optimizers (`get_state_buffer`) put states
+  of tensors with >= 1e5 elements in CUDA managed memory (`F.get_paged`), which the torch allocator never sees.
+- transformers `optimization.py: Adafactor` (scale_parameter=False, relative_step=False, beta1=None): factored
+  fp32 row/column second moments for >= 2-D tensors, full fp32 for 1-D; the step works on an fp32 copy of the
+  gradient and of the parameter and builds `update` and `-update`: up to four fp32 copies of one tensor at once.
+- torch SGD with momentum: one `momentum_buffer` per parameter (parameter dtype); foreach SGD updates in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.plan import TrainingPlan
+
+MIN_8BIT_SIZE = 4096
+PAGED_MIN_NUMEL = 100_000
+BNB_BLOCK = 256
+QMAP_BYTES = 256 * 4
+
+
+@dataclass(frozen=True)
+class OptimizerMemory:
+    states_bytes: int  # in the torch allocator
+    paged_bytes: int  # CUDA managed memory (paged optimizers): can spill to host RAM
+    step_temp_bytes: int  # transient during optimizer.step()
+
+
+def _bnb_states(numel: int, n_states: int, eight_bit: bool, paged: bool) -> tuple[int, int]:
+    """(device bytes, paged bytes) of one tensor's bitsandbytes states."""
+    if eight_bit and numel >= MIN_8BIT_SIZE:
+        blocks = -(-numel // BNB_BLOCK)
+        states, absmax = n_states * numel, n_states * blocks * 4
+        if paged and numel >= PAGED_MIN_NUMEL:
+            return absmax, states
+        return states + absmax, 0
+    states = n_states * numel * 4
+    if paged and numel >= PAGED_MIN_NUMEL:
+        return 0, states
+    return states, 0
+
+
+def _adafactor_state(numel: int, shape_rc: tuple[int, int] | None) -> int:
+    if shape_rc is None:
+        return numel * 4
+    rows, cols = shape_rc
+    return (rows + cols) * 4
+
+
+def optimizer_memory(plan: TrainingPlan, numels: tuple[int, ...], dtype_bytes: int,
+                     shapes: tuple[tuple[int, int] | None, ...] | None = None) -> OptimizerMemory:
+    """States and step temporaries for trainable tensors of `numels` elements stored in `dtype_bytes`."""
+    opt = plan.optimizer
+    total = sum(numels)
+    if opt in ("adamw", "adamw_fused"):
+        states = 2 * total * dtype_bytes
+        steps = 4 * len(numels) if opt == "adamw_fused" else 0
+        temp = total * dtype_bytes if opt == "adamw" else 0
+        return OptimizerMemory(states + steps, 0, temp)
+    if opt in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit"):
+        n_states = 1 if opt == "lion_8bit" else 2
+        eight_bit = opt != "paged_adamw_32bit"
+        paged = opt.startswith("paged")
+        dev = pag = 0
+        for n in numels:
+            d, p = _bnb_states(n, n_states, eight_bit, paged)
+            dev, pag = dev + d, pag + p
+        if eight_bit and any(n >= MIN_8BIT_SIZE for n in numels):
+            dev += QMAP_BYTES * n_states
+        return OptimizerMemory(dev, pag, 0)
+    if opt == "sgd":
+        return OptimizerMemory(0, 0, 0)
+    if opt == "sgd_momentum":
+        return OptimizerMemory(total * dtype_bytes, 0, 0)
+    if opt == "adafactor":
+        shapes = shapes or tuple(None for _ in numels)
+        states = sum(_adafactor_state(n, s) for n, s in zip(numels, shapes))
+        biggest = max(numels, default=0)
+        # fp32 grad copy (if 16-bit) + fp32 param copy (if 16-bit) + update + (-update)
+        copies = 2 + (2 if dtype_bytes < 4 else 0)
+        return OptimizerMemory(states, 0, copies * biggest * 4)
+    raise AssertionError(opt)

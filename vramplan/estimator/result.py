@@ -1,0 +1,63 @@
+"""Typed results: integer bytes, named components, per-phase peaks."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, computed_field
+
+PHASES = ("load", "forward", "backward", "optimizer")
+
+
+class MemoryEstimate(BaseModel):
+    """The estimate of one training step. All sizes are bytes.
+
+    `components` splits the peak phase's live bytes; `phases` gives each phase's peak live bytes;
+    `peak_bytes` is what `torch.cuda.max_memory_allocated()` reports for a steady-state step.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    plan: dict
+    components: dict[str, int]
+    phases: dict[str, int]
+    peak_phase: str
+    paged_bytes: int = 0  # paged optimizer states in CUDA managed memory (outside the torch allocator)
+    kernel_temp_bytes: int = 0  # CUDA-only temporaries inside custom kernels (bitsandbytes dequantize)
+    cuda_context_bytes: int | None = None
+    allocator_reserve_bytes: int | None = None
+    gpu: str | None = None
+    gpu_usable_bytes: int | None = None
+
+    @computed_field
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.phases.values())
+
+    @computed_field
+    @property
+    def reserved_bytes(self) -> int | None:
+        if self.allocator_reserve_bytes is None:
+            return None
+        return self.peak_bytes + self.allocator_reserve_bytes
+
+    @computed_field
+    @property
+    def total_gpu_bytes(self) -> int | None:
+        """Reserved memory + CUDA context: what the process takes on the card."""
+        if self.reserved_bytes is None or self.cuda_context_bytes is None:
+            return None
+        return self.reserved_bytes + self.cuda_context_bytes
+
+    @computed_field
+    @property
+    def fits(self) -> bool | None:
+        if self.total_gpu_bytes is None or self.gpu_usable_bytes is None:
+            return None
+        return self.total_gpu_bytes <= self.gpu_usable_bytes
+
+    @computed_field
+    @property
+    def headroom_bytes(self) -> int | None:
+        if self.total_gpu_bytes is None or self.gpu_usable_bytes is None:
+            return None
+        return self.gpu_usable_bytes - self.total_gpu_bytes

@@ -1,0 +1,123 @@
+"""A tiny symbolic autograd tape: replays what a forward pass allocates and what autograd saves for backward.
+
+Each op allocates its output, may hold a transient (e.g. a dequantized weight), and saves some tensors for
+backward (torch's derivative formulas decide which: `mm` saves `self` only if `mat2` requires grad, so a frozen
+linear saves nothing). A tensor is freed when the program drops it and no node saves it. The backward replay
+walks the nodes in reverse: it allocates each input's gradient, frees the output's gradient and the node's saved
+tensors (autograd releases `SavedVariable`s after a node runs when `retain_graph=False`).
+
+Sizes are bytes. The tape only counts; it never touches torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Node:
+    out: int
+    grad_inputs: tuple[int, ...]
+    saved: tuple[int, ...]
+    bwd_temp: int = 0  # transient during this node's backward beyond the input gradients
+    param_grad: int = 0  # bytes of a trainable weight's .grad created by this node (kept until zero_grad)
+
+
+@dataclass
+class Tape:
+    checkpointing: bool = False  # saved tensors hold no memory (non-reentrant checkpoint's pack hook)
+    live: int = 0
+    peak: int = 0
+    size: dict[int, int] = field(default_factory=dict)
+    grad: dict[int, bool] = field(default_factory=dict)
+    refs: dict[int, int] = field(default_factory=dict)
+    saved_by: dict[int, int] = field(default_factory=dict)
+    nodes: list[Node] = field(default_factory=list)
+    freed: set[int] = field(default_factory=set)
+    _next: int = 0
+
+    # Forward -----------------------------------------------------------------------------------------------
+    def _touch(self, extra: int = 0) -> None:
+        self.peak = max(self.peak, self.live + extra)
+
+    def new(self, nbytes: int, grad: bool = False) -> int:
+        """An input that exists before the program (its bytes count from now)."""
+        t = self._next
+        self._next += 1
+        self.size[t], self.grad[t], self.refs[t], self.saved_by[t] = nbytes, grad, 1, 0
+        self.live += nbytes
+        self._touch()
+        return t
+
+    def op(self, nbytes: int, inputs: tuple[int, ...] = (), saves: tuple[int, ...] = (), *,
+           grad: bool | None = None, temp: int = 0, bwd_temp: int = 0, param_grad: int = 0,
+           alias: int | None = None, saves_out: bool = False) -> int:
+        """Run one op: allocate its output (or alias an input: a no-op cast/view), hold `temp` transiently."""
+        needs_grad = any(self.grad[i] for i in inputs) or param_grad > 0 if grad is None else grad
+        if alias is not None:
+            self.refs[alias] += 1
+            return alias
+        self._touch(nbytes + temp)
+        out = self.new(nbytes, needs_grad)
+        if needs_grad:
+            kept = tuple(s for s in saves if s is not None)
+            if not self.checkpointing:
+                for s in kept:
+                    self.saved_by[s] += 1
+            if saves_out:  # e.g. rsqrt, softmax, log_softmax save their result
+                kept += (out,)
+                if not self.checkpointing:
+                    self.saved_by[out] += 1
+            grad_inputs = tuple(i for i in inputs if self.grad[i])
+            self.nodes.append(Node(out, grad_inputs, () if self.checkpointing else kept, bwd_temp, param_grad))
+        return out
+
+    def drop(self, *tensors: int) -> None:
+        """The program releases its reference (a Python variable dies)."""
+        for t in tensors:
+            self.refs[t] -= 1
+            self._maybe_free(t)
+
+    def _maybe_free(self, t: int) -> None:
+        if self.refs[t] <= 0 and self.saved_by[t] <= 0 and t not in self.freed:
+            self.live -= self.size[t]
+            self.freed.add(t)
+
+    def saved_bytes(self) -> int:
+        return sum(self.size[t] for t, n in self.saved_by.items() if n > 0 and t not in self.freed)
+
+    # Backward ----------------------------------------------------------------------------------------------
+    def backward(self, out_grad_of: int) -> tuple[int, int]:
+        """Replay backward from a gradient of `out_grad_of`; returns (peak above start, param grad bytes).
+
+        The gradient of `out_grad_of` is allocated by the caller's accounting (it is the incoming gradient).
+        """
+        start, peak = self.live, self.live
+        grads: dict[int, int] = {out_grad_of: self.size_of(out_grad_of)}
+        live = self.live + grads[out_grad_of]
+        peak = max(peak, live)
+        param_grads = 0
+        for node in reversed(self.nodes):
+            g_out = grads.pop(node.out, None)
+            if g_out is None:
+                continue
+            new = 0
+            for i in node.grad_inputs:
+                if i not in grads:
+                    grads[i] = self.size_of(i)
+                    new += grads[i]
+            live += new + node.param_grad
+            param_grads += node.param_grad
+            peak = max(peak, live + node.bwd_temp)
+            live -= g_out
+            for s in node.saved:
+                self.saved_by[s] -= 1
+                if self.saved_by[s] <= 0 and self.refs[s] <= 0 and s not in self.freed:
+                    live -= self.size[s]
+                    self.freed.add(s)
+        # what is left in `grads` flows to the inputs of the program (the caller accounts for it)
+        self.live = live
+        return peak - start, param_grads
+
+    def size_of(self, t: int) -> int:
+        return self.size[t]

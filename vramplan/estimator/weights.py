@@ -1,0 +1,159 @@
+"""Static memory: base weights (4-bit packed or 16/32-bit), quantization constants, LoRA adapters.
+
+Every rule names the library code it follows:
+- transformers `integrations/bitsandbytes.py: replace_with_bnb_linear` quantizes modules whose type *is*
+  `nn.Linear`, except `quantizers/base.py: get_keys_to_not_convert` (the output embedding and tied weights).
+- bitsandbytes `functional.py: quantize_4bit`: packed uint8 weight of (n+1)//2 bytes; fp32 absmax per block of
+  64; a fresh 16-entry fp32 code table per call (`get_4bit_type`). With double quantization
+  (`compress_statistics`) the absmax is re-quantized by `quantize_blockwise(absmax - offset, blocksize=256)`:
+  uint8 absmax, fp32 absmax per 256 of them, a scalar fp32 offset; the 256-entry fp32 "dynamic" code is one
+  tensor shared by every layer (`name2qmap`).
+- peft `prepare_model_for_kbit_training` casts every fp16/bf16 parameter that is not `Params4bit` to fp32.
+- peft `get_peft_model(autocast_adapter_dtype=True)` keeps LoRA A/B in fp32 when the base is fp16/bf16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.errors import PlanError
+from vramplan.inventory import Inventory, LinearGroup
+from vramplan.models import ModelSpec
+from vramplan.plan import TrainingPlan
+from vramplan.units import DTYPE_BYTES
+
+CODE_4BIT_BYTES = 16 * 4  # get_4bit_type: 16 fp32 values, one tensor per quantized layer
+DYNAMIC_CODE_BYTES = 256 * 4  # create_dynamic_map(): shared by every double-quantized layer
+DQ_BLOCKSIZE = 256
+ADAPTER_BYTES = 4  # LoRA A/B are fp32 whatever the base dtype (peft autocast_adapter_dtype=True)
+ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
+
+# peft utils/constants.py TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING (0.21), for the native families.
+# Where peft has no default (phi3, MoE families), vramplan targets the same query/value projections.
+PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    "llama": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"),
+    "mixtral": ("q_proj", "v_proj"),
+    "qwen2": ("q_proj", "v_proj"),
+    "qwen3": ("q_proj", "v_proj"),
+    "gemma": ("q_proj", "v_proj"),
+    "gemma2": ("q_proj", "v_proj"),
+    "gemma3_text": ("q_proj", "v_proj"),
+}
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def resolve_targets(model: ModelSpec, plan: TrainingPlan) -> tuple[str, ...]:
+    """The leaf module names LoRA wraps: 'default', 'attention', 'all-linear' or an explicit list."""
+    groups = model.inventory.linear_groups
+    spec = plan.targets or "default"
+    if spec == "all-linear":  # peft: every nn.Linear but the output layer
+        return tuple(groups)
+    if spec == "attention":
+        return tuple(n for n in groups if n in ATTENTION_NAMES)
+    if spec == "default":
+        names = PEFT_DEFAULT_TARGETS.get(model.model_type) or (("qkv_proj",) if "qkv_proj" in groups else ("q_proj", "v_proj"))
+        return tuple(n for n in names if n in groups)
+    names = tuple(spec.split(","))
+    unknown = [n for n in names if n not in groups]
+    if unknown:
+        raise PlanError(
+            f"--targets: {', '.join(unknown)} not a linear module of {model.name} "
+            f"(choose from {', '.join(groups)}, or 'attention', 'all-linear')"
+        )
+    return names
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """A list of tensor sizes in bytes with their count: what one component holds."""
+
+    bytes: int = 0
+    count: int = 0
+
+    def __add__(self, other: Tensors) -> Tensors:
+        return Tensors(self.bytes + other.bytes, self.count + other.count)
+
+
+@dataclass(frozen=True)
+class StaticMemory:
+    """Memory that exists from load to the end of training (before gradients and optimizer states)."""
+
+    quantized_weights: int
+    quant_constants: int
+    double_quant_constants: int
+    base_weights: int  # every weight kept in 16/32-bit (all of them unless qlora)
+    lora_adapters: int
+    trainable_numels: tuple[int, ...]  # one entry per trainable tensor
+    trainable_dtype_bytes: int
+    quantized_groups: tuple[LinearGroup, ...]  # the 4-bit linears, by leaf name
+    lora_groups: tuple[LinearGroup, ...]  # the LoRA-wrapped linears, by leaf name
+
+    @property
+    def weights_total(self) -> int:
+        return self.quantized_weights + self.quant_constants + self.double_quant_constants + self.base_weights
+
+    @property
+    def total(self) -> int:
+        return self.weights_total + self.lora_adapters
+
+
+def quantized_layer_bytes(n: int, blocksize: int, double_quant: bool) -> tuple[int, int, int]:
+    """(packed weight, quant constants, double-quant constants) of one 4-bit linear of n weights."""
+    blocks = _ceil_div(n, blocksize)
+    packed = (n + 1) // 2
+    if not double_quant:
+        return packed, blocks * 4 + CODE_4BIT_BYTES, 0
+    # uint8 absmax + code; state2: fp32 absmax per 256 + scalar fp32 offset (the shared code is added once)
+    return packed, blocks + CODE_4BIT_BYTES, _ceil_div(blocks, DQ_BLOCKSIZE) * 4 + 4
+
+
+def non_quantized_dtype_bytes(plan: TrainingPlan) -> int:
+    if plan.method == "qlora" and plan.kbit_upcast:
+        return 4  # prepare_model_for_kbit_training upcasts fp16/bf16 params to fp32
+    return DTYPE_BYTES[plan.param_dtype]
+
+
+def static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
+    inv: Inventory = model.inventory
+    groups = inv.linear_groups
+    targets = resolve_targets(model, plan) if plan.uses_lora else ()
+    q_w = q_c = q_dq = 0
+    quantized_numel = 0
+    quantized: tuple[LinearGroup, ...] = ()
+    if plan.method == "qlora":
+        quantized = tuple(groups.values())
+        for t in inv.tensors:
+            if t.role == "linear":
+                w, c, dq = quantized_layer_bytes(t.numel, plan.quant_blocksize, plan.double_quant)
+                q_w, q_c, q_dq = q_w + w, q_c + c, q_dq + dq
+                quantized_numel += t.numel
+        if plan.double_quant and quantized:
+            q_dq += DYNAMIC_CODE_BYTES
+    base = (inv.total_numel - quantized_numel) * non_quantized_dtype_bytes(plan)
+    lora_groups = tuple(groups[n] for n in targets)
+    lora_numels: list[int] = []
+    r = plan.rank or 0
+    for g in lora_groups:
+        per_in, per_out = g.in_features // g.count, g.out_features // g.count
+        for _ in range(g.count):
+            lora_numels += [r * per_in, per_out * r]
+    if plan.method == "full":
+        trainable = tuple(t.numel for t in inv.tensors)
+        trainable_bytes = DTYPE_BYTES[plan.param_dtype]
+    else:
+        trainable, trainable_bytes = tuple(lora_numels), ADAPTER_BYTES
+    return StaticMemory(
+        quantized_weights=q_w,
+        quant_constants=q_c,
+        double_quant_constants=q_dq,
+        base_weights=base,
+        lora_adapters=sum(lora_numels) * ADAPTER_BYTES,
+        trainable_numels=trainable,
+        trainable_dtype_bytes=trainable_bytes,
+        quantized_groups=quantized,
+        lora_groups=lora_groups,
+    )
