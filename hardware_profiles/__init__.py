@@ -1,0 +1,1 @@
+"""Built-in GPU profiles (package data). The __init__ lets setuptools editable installs map this folder."""

@@ -1,0 +1,243 @@
+"""GPU hardware profiles: one validated TOML file per GPU, loaded lazily and resolved by name.
+
+Built-in profiles live in the repo's top-level `hardware_profiles/` folder, shipped in the wheel as the
+package-data folder `vramplan.hardware_profiles`. User folders come from the `extra_dirs` argument (the CLI's
+`--gpu-dir`) and from `VRAMPLAN_GPU_DIR` (an os.pathsep-separated list). Precedence, lowest first:
+built-in < VRAMPLAN_GPU_DIR < extra_dirs; a file whose slug is already loaded replaces that profile.
+
+Two figures in every profile follow rules kept here, in one place:
+
+* `usable_bytes` is what one process can allocate: the total of `cudaMemGetInfo` (torch.cuda.mem_get_info,
+  the "total capacity" in PyTorch's OOM message), i.e. the nominal capacity less the ECC carve-out (GDDR
+  cards with in-band ECC on: 1/16) and the driver's reservation. Newer drivers (R525+) show that reservation
+  on its own line, so nvidia-smi's "Total" can be larger than what torch sees. Where a public measurement
+  exists the file cites it; otherwise it applies `derived_usable_bytes`.
+* `cuda_context_bytes` follows `default_cuda_context_bytes`: the driver context plus the BLAS workspace a
+  PyTorch process holds before its first tensor (see that function for sources).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
+
+from vramplan.errors import ConfigFileError, UnknownGpuError, did_you_mean
+from vramplan.units import MiB
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+ENV_VAR = "VRAMPLAN_GPU_DIR"
+# Leading words people add to a GPU name that never tell two profiles apart.
+_PREFIXES = frozenset({"nvidia", "geforce", "tesla", "amd", "radeon", "instinct"})
+
+
+class GpuProfile(BaseModel):
+    """One GPU as a PyTorch process sees it. Sizes in bytes, bandwidth in bytes/s, throughput in TFLOPS."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: StrictStr = Field(min_length=1)
+    slug: StrictStr = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
+    aliases: tuple[StrictStr, ...] = ()
+    vendor: Literal["nvidia", "amd"]
+    architecture: StrictStr = Field(min_length=1)
+    form: Literal["consumer", "workstation", "datacenter"]
+    compute_capability: StrictStr | None = Field(default=None, validate_default=True)
+    memory_type: StrictStr = Field(min_length=1)
+    memory_bytes: StrictInt = Field(gt=0)
+    usable_bytes: StrictInt = Field(gt=0)
+    bandwidth_bytes_per_s: StrictInt = Field(gt=0)
+    bf16_supported: StrictBool
+    fp8_supported: StrictBool
+    fp16_tflops_dense: StrictFloat = Field(gt=0)
+    bf16_tflops_dense: StrictFloat | None = Field(default=None, ge=0, validate_default=True)
+    fp32_tflops: StrictFloat = Field(gt=0)
+    cuda_context_bytes: StrictInt = Field(ge=0)
+    interconnect: StrictStr = Field(min_length=1)
+    tdp_watts: StrictInt = Field(gt=0)
+
+    @field_validator("compute_capability")
+    @classmethod
+    def _capability_matches_vendor(cls, v: str | None, info: ValidationInfo) -> str | None:
+        vendor = info.data.get("vendor")
+        if vendor == "nvidia" and (v is None or not re.fullmatch(r"\d+\.\d+", v)):
+            raise ValueError("an NVIDIA GPU needs its compute capability as 'major.minor', e.g. '8.9'")
+        if vendor == "amd" and v is not None:
+            raise ValueError("AMD GPUs have no CUDA compute capability; leave it out")
+        return v
+
+    @field_validator("usable_bytes")
+    @classmethod
+    def _usable_within_memory(cls, v: int, info: ValidationInfo) -> int:
+        memory = info.data.get("memory_bytes")
+        if memory is not None and v > memory:
+            raise ValueError(f"{v} exceeds memory_bytes ({memory})")
+        return v
+
+    @field_validator("bf16_tflops_dense")
+    @classmethod
+    def _bf16_matches_support(cls, v: float | None, info: ValidationInfo) -> float | None:
+        supported = info.data.get("bf16_supported")
+        if supported and not v:
+            raise ValueError("bf16_supported is true, so give the dense BF16 TFLOPS")
+        if supported is False and v:
+            raise ValueError("bf16_supported is false, so leave this out (or 0)")
+        return v
+
+
+def derived_usable_bytes(memory_bytes: int, memory_type: str, vendor: str, ecc_carveout: bool = False) -> int:
+    """Usable bytes for a card without a public measurement, rounded down to a MiB.
+
+    AMD: nominal less KFD's 16 MiB (measured: MI250X GCD, MI300X, RX 7900 XTX). NVIDIA: GDDR cards with
+    in-band ECC on lose 1/16 to it (HBM keeps ECC out of band); the driver reserve (1.5% HBM, 2.5% GDDR)
+    is fitted to the measured profiles so that it under-estimates all of them but the T4.
+    """
+    if vendor == "amd":
+        return memory_bytes - 16 * MiB
+    visible = memory_bytes * 15 // 16 if ecc_carveout else memory_bytes
+    reserve = 0.015 if memory_type.upper().startswith("HBM") else 0.025
+    return int(visible * (1 - reserve)) // MiB * MiB
+
+
+def default_cuda_context_bytes(vendor: str, compute_capability: str | None, architecture: str) -> int:
+    """Memory a PyTorch process holds outside its tensors: driver context plus BLAS workspace.
+
+    Context, with CUDA >= 11.7 lazy module loading (PyTorch's default since 1.13, pytorch/pytorch#86509,
+    which measured ~274 MiB): ~300 MiB pre-Ampere, ~400 MiB Ampere/Ada (ptrblck in pytorch#107667 and
+    #109888: "~300MB", "around 400MB"), 500 MiB Hopper/Blackwell (more SMs). It grows as training loads
+    more kernels. Workspace, from ATen's CublasHandlePool.cpp: ':4096:2:16:8' (8 MiB + 128 KiB) before
+    Hopper, 32 MiB for compute capability 9.x/10.x/12.x; on ROCm 32 MiB (128 MiB on gfx94x, CDNA 3) plus
+    the 76 MiB hipBLASLt workspace. The AMD context (512 MiB) is an unmeasured estimate.
+    """
+    if vendor == "amd":
+        blas = (128 if architecture == "CDNA 3" else 32) * MiB + 76 * MiB
+        return 512 * MiB + blas
+    major = int((compute_capability or "0.0").split(".")[0])
+    context = 300 if major < 8 else 400 if major == 8 else 500
+    workspace = 32 * MiB if major >= 9 else 4096 * 1024 * 2 + 16 * 1024 * 8
+    return context * MiB + workspace
+
+
+def name_key(text: str) -> str:
+    """Lowercase, drop separators and leading vendor words: 'NVIDIA GeForce RTX 4090' -> 'rtx4090'."""
+    words = [w for w in re.split(r"[^a-z0-9.+]+", text.lower()) if w]
+    while words and words[0] in _PREFIXES:
+        words.pop(0)
+    return "".join(words)
+
+
+def _builtin_dir() -> Traversable:
+    try:
+        return importlib.resources.files("vramplan.hardware_profiles")
+    except ModuleNotFoundError:  # source checkout without an install: the folder next to the package
+        return Path(__file__).resolve().parent.parent / "hardware_profiles"
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _parse(text: bytes, where: str, stem: str) -> GpuProfile:
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigFileError(f"{where}: invalid TOML: {exc}") from None
+    try:
+        profile = GpuProfile(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "profile"
+        raise ConfigFileError(f"{where}: {field}: {err['msg'].removeprefix('Value error, ')}") from None
+    if profile.slug != stem:
+        raise ConfigFileError(f"{where}: slug: '{profile.slug}' must equal the file name '{stem}'")
+    return profile
+
+
+def _user_dirs(extra_dirs: Sequence[str | os.PathLike[str]]) -> tuple[tuple[str, Path], ...]:
+    env = [("VRAMPLAN_GPU_DIR", Path(p)) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    given = [("gpu-dir", Path(p)) for p in extra_dirs]
+    return tuple((origin, p.expanduser().resolve()) for origin, p in env + given)
+
+
+@functools.cache
+def _load(user_dirs: tuple[tuple[str, Path], ...]) -> dict[str, tuple[GpuProfile, str]]:
+    sources: list[tuple[str, Traversable]] = []
+    builtin = _builtin_dir()
+    sources += [(f"hardware_profiles/{f.name}", f) for f in sorted(builtin.iterdir(), key=lambda f: f.name)]
+    for origin, folder in user_dirs:
+        if not folder.is_dir():
+            raise ConfigFileError(f"{origin}: {folder}: not a directory")
+        sources += [(_display(f), f) for f in sorted(folder.iterdir())]
+    profiles: dict[str, tuple[GpuProfile, str]] = {}
+    for where, file in sources:
+        if file.name.endswith(".toml") and file.is_file():
+            profile = _parse(file.read_bytes(), where, file.name.removesuffix(".toml"))
+            profiles.pop(profile.slug, None)  # a later folder overrides an earlier one (and is checked last)
+            profiles[profile.slug] = (profile, where)
+    _check_names(profiles)
+    return profiles
+
+
+def _check_names(profiles: dict[str, tuple[GpuProfile, str]]) -> None:
+    """Every slug, name and alias must point at one profile, also after normalising."""
+    owner: dict[str, str] = {}
+    for slug, (profile, where) in profiles.items():
+        labels = [(slug, "slug"), (profile.name, "name"), *((a, "aliases") for a in profile.aliases)]
+        for label, field in labels:
+            key = name_key(label)
+            if not key:
+                raise ConfigFileError(f"{where}: {field}: '{label}' is empty once vendor words are dropped")
+            other = owner.setdefault(key, slug)
+            if other != slug:
+                raise ConfigFileError(
+                    f"{where}: {field}: '{label}' is already used by {other} ({profiles[other][1]})"
+                )
+
+
+def load_profiles(extra_dirs: Sequence[str | os.PathLike[str]] = ()) -> dict[str, GpuProfile]:
+    """All profiles by slug: built-in, then VRAMPLAN_GPU_DIR, then `extra_dirs` (later ones override)."""
+    return {slug: profile for slug, (profile, _) in _load(_user_dirs(extra_dirs)).items()}
+
+
+def clear_cache() -> None:
+    """Forget loaded profiles (files edited since the first load are read again)."""
+    _load.cache_clear()
+
+
+def _index(profiles: dict[str, GpuProfile]) -> dict[str, str]:
+    index: dict[str, str] = {}
+    for slug, profile in profiles.items():
+        for label in (slug, profile.name, *profile.aliases):
+            index[name_key(label)] = slug
+    return index
+
+
+def resolve_gpu(name: str, extra_dirs: Sequence[str | os.PathLike[str]] = ()) -> GpuProfile:
+    """The profile whose slug, display name or alias matches `name` after `name_key` normalisation."""
+    profiles = load_profiles(extra_dirs)
+    index = _index(profiles)
+    key = name_key(name)
+    if key in index:
+        return profiles[index[key]]
+    # An incomplete name ('a100', 'v100') lists its variants; anything else gets difflib's closest slugs.
+    variants = sorted((k for k in index if key and k.startswith(key)), key=lambda k: (len(k), k))
+    slugs = list(dict.fromkeys(index[k] for k in variants))[:3]
+    hint = f" (did you mean {', '.join(slugs)}?)" if slugs else did_you_mean(key or name, sorted(profiles))
+    raise UnknownGpuError(f"unknown GPU '{name}'{hint}; add a profile file with --gpu-dir or {ENV_VAR}")
