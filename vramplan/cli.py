@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vramplan.errors import VramplanError
+from vramplan.plan import OPTIMIZERS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,9 +75,116 @@ def run_gpus(args: argparse.Namespace) -> int:
     return 0
 
 
+# estimate / compare -------------------------------------------------------------------------------------------
+
+
+def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) -> None:
+    """The training-plan flags shared by estimate, compare, suggest and calibrate (None = plan default)."""
+    g = p.add_argument_group("training plan")
+    if method_default:
+        g.add_argument("--method", choices=["full", "lora", "qlora"], help="fine-tuning method (default qlora)")
+    g.add_argument("--param-dtype", choices=["bf16", "fp16", "fp32"], help="base weight dtype (default bf16)")
+    g.add_argument("--mixed-precision", choices=["bf16", "fp16"], help="autocast dtype (with --param-dtype fp32)")
+    g.add_argument("--quant", choices=["nf4", "fp4"], help="4-bit type for qlora (default nf4)")
+    g.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=None,
+                   help="quantize the quantization constants (qlora; default on)")
+    g.add_argument("--compute-dtype", choices=["bf16", "fp16", "fp32"], help="bnb_4bit_compute_dtype (qlora)")
+    g.add_argument("--no-kbit-upcast", dest="kbit_upcast", action="store_const", const=False, default=None,
+                   help="skip peft prepare_model_for_kbit_training's fp32 upcast of non-4-bit weights")
+    g.add_argument("--rank", type=int, help="LoRA rank (default 8)")
+    g.add_argument("--alpha", type=float, help="LoRA alpha (default 2 x rank)")
+    g.add_argument("--targets", help="LoRA targets: default | attention | all-linear | a comma list (q_proj,v_proj)")
+    g.add_argument("--lora-dropout", type=float, help="LoRA dropout probability (default 0)")
+    g.add_argument("--batch", type=int, help="micro-batch size (default 1)")
+    g.add_argument("--seq", type=int, help="sequence length in tokens (default 1024)")
+    g.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
+    g.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
+                   help="gradient checkpointing (default on)")
+    g.add_argument("--ckpt-reentrant", action="store_const", const=True, default=None,
+                   help="use the older reentrant checkpointing")
+    g.add_argument("--attn", choices=["eager", "sdpa", "flash_attention_2"], help="attention (default sdpa)")
+    g.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                   help="default paged_adamw_8bit for qlora, adamw otherwise")
+
+
+def plan_from_args(args: argparse.Namespace, **override: object):
+    from vramplan.plan import make_plan
+
+    fields = ("method", "param_dtype", "mixed_precision", "quant", "double_quant", "compute_dtype", "kbit_upcast",
+              "rank", "alpha", "targets", "lora_dropout", "batch", "seq", "grad_accum", "grad_ckpt",
+              "ckpt_reentrant", "attn", "optimizer")
+    options = {f: getattr(args, f, None) for f in fields}
+    options.update(override)
+    return make_plan(**options)
+
+
+def _add_gpu_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpu", help="GPU profile (e.g. rtx4090, a100-80gb): adds CUDA context + allocator reserve")
+    p.add_argument("--gpu-dir", action="append", metavar="DIR",
+                   help="extra folder of GPU profile .toml files (repeatable; also $VRAMPLAN_GPU_DIR)")
+
+
+def add_estimate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("estimate", help="estimate the peak memory of one training plan",
+                       description="Estimate every byte of a training step: components and phases.")
+    p.add_argument("--model", required=True, help="preset name, config.json path, model folder or HF hub id")
+    add_plan_arguments(p)
+    _add_gpu_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_estimate)
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    from vramplan import report
+    from vramplan.api import estimate
+
+    result = estimate(args.model, plan_from_args(args), gpu=args.gpu, gpu_dirs=_gpu_dirs(args))
+    if args.json:
+        report.print_json(report.estimate_json(result))
+    else:
+        report.render_estimate(_console(args), result)
+    return 0
+
+
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="full fine-tuning vs LoRA vs QLoRA, side by side",
+                       description="Compare full fine-tuning, LoRA and QLoRA memory for one or more models.")
+    p.add_argument("--model", required=True, help="one model or a comma list (llama2-7b,llama2-13b)")
+    add_plan_arguments(p, method_default=False)
+    _add_gpu_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from vramplan import report
+    from vramplan.api import compare
+
+    rows = compare([m for m in args.model.split(",") if m.strip()], lambda method: _method_plan(args, method),
+                   gpu=args.gpu, gpu_dirs=_gpu_dirs(args))
+    if args.json:
+        report.print_json([report.estimate_json(r) for r in rows])
+    else:
+        report.render_compare(_console(args), rows)
+    return 0
+
+
+def _method_plan(args: argparse.Namespace, method: str):
+    """The shared flags applied to one method; options that do not apply to it are left out."""
+    lora_only = ("rank", "alpha", "targets", "lora_dropout")
+    qlora_only = ("quant", "double_quant", "compute_dtype", "kbit_upcast")
+    drop = (lora_only + qlora_only) if method == "full" else qlora_only if method == "lora" else ()
+    return plan_from_args(args, method=method, **dict.fromkeys(drop))
+
+
 # Entry point --------------------------------------------------------------------------------------------------
 
-PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_models_parser, add_gpus_parser]
+PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_models_parser,
+    add_gpus_parser,
+    add_estimate_parser,
+    add_compare_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -127,6 +127,12 @@ def default_optimizer(method: str) -> str:
 def make_plan(**options: object) -> TrainingPlan:
     """Validate options (None means 'use the default') and fill the method-dependent defaults."""
     given = {k: v for k, v in options.items() if v is not None}
+    method = given.get("method", "qlora")
+    if method != "qlora":
+        for key in ("double_quant", "compute_dtype", "kbit_upcast", "quant"):
+            if key in given:
+                flag = {"kbit_upcast": "--no-kbit-upcast", "double_quant": "--double-quant"}.get(key, "--" + key.replace("_", "-"))
+                raise PlanError(f"{flag} applies to method qlora only, not '{method}'")
     try:
         plan = TrainingPlan(**given)
     except ValidationError as exc:

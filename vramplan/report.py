@@ -44,3 +44,87 @@ def render_gpus(console: Console, gpus: Sequence[Any]) -> None:
             "yes" if g.fp8_supported else "no",
         )
     console.print(table)
+
+
+COMPONENT_LABELS = {
+    "quantized_weights": "4-bit weights (packed)",
+    "quant_constants": "quantization constants",
+    "double_quant_constants": "double-quant constants",
+    "base_weights": "16/32-bit weights",
+    "lora_adapters": "LoRA adapters",
+    "optimizer_states": "optimizer states",
+    "gradients": "gradients",
+    "optimizer_temporaries": "optimizer step temporaries",
+    "activations": "activations, logits and loss",
+}
+
+
+def estimate_json(e: Any) -> dict:
+    """The `estimate --json` contract: peak_bytes, reserved_bytes, components, phases, fits, plan, model."""
+    return e.model_dump(mode="json")
+
+
+def _bar(components: dict[str, int], total: int, width: int = 40) -> str:
+    glyphs = "█▓▒░▚▞▙▛▜"
+    out = []
+    for i, (_, v) in enumerate((k, v) for k, v in components.items() if v > 0):
+        out.append(glyphs[i % len(glyphs)] * max(1, round(width * v / total)) if v / total > 0.005 else "")
+    return "".join(out)[:width]
+
+
+def render_estimate(console: Console, e: Any) -> None:
+    plan = e.plan
+    desc = f"{plan['method']}"
+    if plan["method"] != "full":
+        desc += f" r={plan['rank']} targets={plan['targets']}"
+    if plan["method"] == "qlora":
+        desc += f" {plan['quant']}{'+dq' if plan['double_quant'] else ''}"
+    desc += (f", batch {plan['batch']} x seq {plan['seq']}, {'grad-ckpt' if plan['grad_ckpt'] else 'no grad-ckpt'}"
+             f", {plan['attn']}, {plan['optimizer']}")
+    console.print(f"[bold]{e.model}[/bold]: {desc}")
+    table = Table(title=f"Live memory at the peak ({e.peak_phase} phase)", title_justify="left")
+    table.add_column("component")
+    table.add_column("GiB", justify="right")
+    table.add_column("share", justify="right")
+    peak = e.peak_bytes
+    for key, v in e.components.items():
+        if v:
+            table.add_row(COMPONENT_LABELS.get(key, key), f"{v / 2**30:.3f}", f"{100 * v / peak:.1f}%")
+    table.add_row("[bold]peak (max_memory_allocated)[/bold]", f"[bold]{peak / 2**30:.3f}[/bold]", "100%")
+    console.print(table)
+    console.print(_bar({k: v for k, v in e.components.items() if v}, peak))
+    phases = Table(title="Phases (peak live bytes)", title_justify="left")
+    for p in e.phases:
+        phases.add_column(p, justify="right")
+    phases.add_row(*(format_bytes(v) for v in e.phases.values()))
+    console.print(phases)
+    if e.paged_bytes:
+        console.print(f"paged optimizer states (CUDA managed memory, may spill to host): {format_bytes(e.paged_bytes)}")
+    if e.gpu:
+        verdict = "[green]fits[/green]" if e.fits else "[red]does not fit[/red]"
+        console.print(
+            f"on {e.gpu}: reserved {format_bytes(e.reserved_bytes)} + CUDA context {format_bytes(e.cuda_context_bytes)}"
+            f" = {format_bytes(e.total_gpu_bytes)} of {format_bytes(e.gpu_usable_bytes)} usable: {verdict}"
+            f" (headroom {format_bytes(e.headroom_bytes)})"
+        )
+
+
+def render_compare(console: Console, rows: Sequence[Any]) -> None:
+    gpu = next((r.gpu for r in rows if r.gpu), None)
+    table = Table(title="Full fine-tuning vs LoRA vs QLoRA (GiB at the peak)", title_justify="left")
+    cols = ["model", "method", "weights", "grads + optimizer", "activations", "peak"]
+    if gpu:
+        cols += [f"on {gpu}", "fits"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("model", "method", "fits") else "right")
+    for r in rows:
+        c = r.components
+        weights = sum(c[k] for k in ("quantized_weights", "quant_constants", "double_quant_constants",
+                                     "base_weights", "lora_adapters"))
+        opt = c["optimizer_states"] + c["gradients"] + c["optimizer_temporaries"]
+        cells = [r.model, r.plan["method"], f"{weights / 2**30:.2f}", f"{opt / 2**30:.2f}",
+                 f"{c['activations'] / 2**30:.2f}", f"{r.peak_bytes / 2**30:.2f}"]
+        if gpu:
+            cells += [f"{r.total_gpu_bytes / 2**30:.2f}", "yes" if r.fits else "no"]
+        table.add_row(*cells)
+    console.print(table)
