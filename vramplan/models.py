@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Mapping
 from functools import cache, cached_property
 from importlib import resources
@@ -17,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from vramplan.errors import ConfigFileError, UnknownModelError, UnsupportedArchitectureError, did_you_mean
 from vramplan.inventory import NATIVE_ARCHITECTURES, Inventory, build_inventory, head_dim, is_tied

@@ -1,7 +1,8 @@
 """Byte units. Every size inside vramplan is an integer number of bytes; this is the one formatter.
 
 GiB = 2**30 bytes (what `nvidia-smi` and torch report as "MiB"/"GiB"); GB = 10**9 bytes (what vendors print
-on the box). A "24 GB" RTX 4090 holds 24 GiB (25,757,220,864 bytes), so profiles store exact bytes.
+on the box). A "24 GB" RTX 4090 carries 24 GiB of memory, of which a process can allocate less (what
+`torch.cuda.mem_get_info()` reports as total): GPU profiles store both, as exact bytes.
 """
 
 from __future__ import annotations
