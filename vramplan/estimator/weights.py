@@ -6,8 +6,8 @@ Every rule names the library code it follows:
 - bitsandbytes `functional.py: quantize_4bit`: packed uint8 weight of (n+1)//2 bytes; fp32 absmax per block of
   64; a fresh 16-entry fp32 code table per call (`get_4bit_type`). With double quantization
   (`compress_statistics`) the absmax is re-quantized by `quantize_blockwise(absmax - offset, blocksize=256)`:
-  uint8 absmax, fp32 absmax per 256 of them, a scalar fp32 offset; the 256-entry fp32 "dynamic" code is one
-  tensor shared by every layer (`name2qmap`).
+  uint8 absmax, fp32 absmax per 256 of them, a scalar fp32 offset, and a per-layer copy of the 256-entry fp32
+  "dynamic" code (`QuantState(code=code.to(A.device, copy=True))`): 1 KiB for every quantized layer.
 - peft `prepare_model_for_kbit_training` casts every fp16/bf16 parameter that is not `Params4bit` to fp32.
 - peft `get_peft_model(autocast_adapter_dtype=True)` keeps LoRA A/B in fp32 when the base is fp16/bf16.
 """
@@ -23,7 +23,7 @@ from vramplan.plan import TrainingPlan
 from vramplan.units import DTYPE_BYTES
 
 CODE_4BIT_BYTES = 16 * 4  # get_4bit_type: 16 fp32 values, one tensor per quantized layer
-DYNAMIC_CODE_BYTES = 256 * 4  # create_dynamic_map(): shared by every double-quantized layer
+DYNAMIC_CODE_BYTES = 256 * 4  # create_dynamic_map(), copied into every double-quantized layer's state2
 DQ_BLOCKSIZE = 256
 ADAPTER_BYTES = 4  # LoRA A/B are fp32 whatever the base dtype (peft autocast_adapter_dtype=True)
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
@@ -107,8 +107,8 @@ def quantized_layer_bytes(n: int, blocksize: int, double_quant: bool) -> tuple[i
     packed = (n + 1) // 2
     if not double_quant:
         return packed, blocks * 4 + CODE_4BIT_BYTES, 0
-    # uint8 absmax + code; state2: fp32 absmax per 256 + scalar fp32 offset (the shared code is added once)
-    return packed, blocks + CODE_4BIT_BYTES, _ceil_div(blocks, DQ_BLOCKSIZE) * 4 + 4
+    # uint8 absmax + code; state2: fp32 absmax per 256, its own copy of the dynamic code, a scalar fp32 offset
+    return packed, blocks + CODE_4BIT_BYTES, _ceil_div(blocks, DQ_BLOCKSIZE) * 4 + DYNAMIC_CODE_BYTES + 4
 
 
 def non_quantized_dtype_bytes(plan: TrainingPlan) -> int:
@@ -131,8 +131,6 @@ def static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
                 w, c, dq = quantized_layer_bytes(t.numel, plan.quant_blocksize, plan.double_quant)
                 q_w, q_c, q_dq = q_w + w, q_c + c, q_dq + dq
                 quantized_numel += t.numel
-        if plan.double_quant and quantized:
-            q_dq += DYNAMIC_CODE_BYTES
     base = (inv.total_numel - quantized_numel) * non_quantized_dtype_bytes(plan)
     lora_groups = tuple(groups[n] for n in targets)
     lora_numels: list[int] = []
