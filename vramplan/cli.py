@@ -21,9 +21,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _console(args: argparse.Namespace):
+    """A rich Console: the terminal's width, or 120 columns when piped (so tables are not truncated)."""
+    import os
+
     from rich.console import Console
 
-    return Console(width=getattr(args, "width", None))
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=120)
+    return console
 
 
 def _gpu_dirs(args: argparse.Namespace) -> tuple:

@@ -12,6 +12,7 @@ layer keeps only its input; backward recomputes one layer at a time, then runs i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from vramplan.estimator.optimizer import optimizer_memory
 from vramplan.estimator.programs import Ctx, decoder_layer, head
@@ -71,29 +72,45 @@ def stream_bytes(plan: TrainingPlan) -> int:
 
 
 def layer_cost(model: ModelSpec, plan: TrainingPlan, c: Ctx, input_grad: bool) -> LayerCost:
-    a = stream_bytes(plan)
+    return _layer_cost(model.model_type, model.intermediate_size, c, stream_bytes(plan), plan.grad_ckpt, input_grad)
+
+
+@lru_cache(maxsize=8192)
+def _layer_cost(model_type: str, inter: int, c: Ctx, a: int, grad_ckpt: bool, input_grad: bool) -> LayerCost:
+    """Two tape replays of one decoder layer; a pure function of its (hashable) arguments, so cached."""
     x_bytes = c.tokens * c.hidden * a
-    sandwich = model.model_type in _SANDWICH
+    sandwich = model_type in _SANDWICH
 
     def run(tp: Tape) -> tuple[int, int]:
         x = tp.new(x_bytes, input_grad)
-        if plan.grad_ckpt:
+        if grad_ckpt:
             tp.refs[x] += 1  # torch.utils.checkpoint keeps the layer input for the recompute
-        y = decoder_layer(tp, c, x, a, model.model_type, model.intermediate_size, sandwich)
+        y = decoder_layer(tp, c, x, a, model_type, inter, sandwich)
         peak = tp.peak - x_bytes
         tp.drop(y)  # the next layer (or the head) owns it from here
         return peak, y
 
-    fwd = Tape(checkpointing=plan.grad_ckpt)  # the step's forward: under checkpointing nothing is saved
+    fwd = Tape(checkpointing=grad_ckpt)  # the step's forward: under checkpointing nothing is saved
     fwd_peak, _ = run(fwd)
     bwd = Tape()  # the graph backward walks (rebuilt by the recompute under checkpointing)
     recompute_peak, y = run(bwd)
     held = bwd.live
     bwd_rel, grads = bwd.backward(y)
     bwd_abs = held + bwd_rel
-    if plan.grad_ckpt:  # the recompute runs while the incoming gradient (x-sized) is already allocated
+    if grad_ckpt:  # the recompute runs while the incoming gradient (x-sized) is already allocated
         bwd_abs = max(bwd_abs, x_bytes + recompute_peak + x_bytes)
     return LayerCost(fwd_peak, fwd.live, bwd_abs, recompute_peak, grads)
+
+
+@lru_cache(maxsize=4096)
+def _head_cost(c: Ctx, a: int, softcap: bool) -> tuple[int, int, int, int]:
+    """(forward peak incl. its input, bytes kept for backward, backward peak above that, param grads)."""
+    th = Tape()
+    hx = th.new(c.tokens * c.hidden * a, True)
+    loss = head(th, c, hx, a, softcap=softcap)
+    peak, keep = th.peak, th.live
+    rel, grads = th.backward(loss)
+    return peak, keep, rel, grads
 
 
 def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
@@ -121,13 +138,9 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
     fwd_peak = base + x_bytes + first.fwd_peak
     if n_layers > 1:
         fwd_peak = max(fwd_peak, base + below(n_layers - 1) + x_bytes + rest.fwd_peak)
-    th = Tape()
-    hx = th.new(x_bytes, True)
-    loss = head(th, c, hx, a, softcap=bool(model.config.get("final_logit_softcapping")))
+    head_peak, head_keep, head_rel, head_grads = _head_cost(c, a, bool(model.config.get("final_logit_softcapping")))
     all_layers = below(n_layers)
-    fwd_peak = max(fwd_peak, base + all_layers + th.peak)
-    head_keep = th.live
-    head_rel, head_grads = th.backward(loss)
+    fwd_peak = max(fwd_peak, base + all_layers + head_peak)
     bwd_peak = base + all_layers + head_keep + head_rel
 
     # Backward through the layers, top to bottom: gradients accumulate, lower layers' activations remain.

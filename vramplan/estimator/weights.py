@@ -117,7 +117,24 @@ def non_quantized_dtype_bytes(plan: TrainingPlan) -> int:
     return DTYPE_BYTES[plan.param_dtype]
 
 
+_STATIC_CACHE: dict[tuple, tuple[ModelSpec, StaticMemory]] = {}
+_STATIC_FIELDS = ("method", "param_dtype", "quant_blocksize", "double_quant", "kbit_upcast", "rank", "targets")
+
+
 def static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
+    """Cached per model object and the plan fields that matter (the advisor asks for many plans)."""
+    key = (id(model), *(getattr(plan, f) for f in _STATIC_FIELDS))
+    hit = _STATIC_CACHE.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    if len(_STATIC_CACHE) > 4096:
+        _STATIC_CACHE.clear()
+    result = _static_memory(model, plan)
+    _STATIC_CACHE[key] = (model, result)
+    return result
+
+
+def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
     inv: Inventory = model.inventory
     groups = inv.linear_groups
     targets = resolve_targets(model, plan) if plan.uses_lora else ()
