@@ -1,0 +1,48 @@
+"""`estimate` works for every preset and method, and `--json` keeps its contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vramplan.api import estimate
+from vramplan.cli import main
+from vramplan.models import presets
+from vramplan.plan import make_plan
+
+
+@pytest.mark.parametrize("slug", sorted(presets()))
+def test_every_preset_and_method(slug):
+    for method in ("full", "lora", "qlora"):
+        e = estimate(slug, make_plan(method=method), gpu="h100-sxm")
+        assert e.peak_bytes == max(e.phases.values()) > 0
+        assert sum(e.components.values()) == e.peak_bytes
+        assert all(v >= 0 for v in e.components.values()), e.components
+        assert e.reserved_bytes >= e.peak_bytes and e.fits in (True, False)
+
+
+def test_json_contract(capsys):
+    assert main(["estimate", "--model", "llama2-7b", "--gpu", "rtx4090", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert isinstance(data["peak_bytes"], int) and isinstance(data["reserved_bytes"], int)
+    assert set(data["phases"]) == {"load", "forward", "backward", "optimizer"}
+    assert all(isinstance(v, int) for v in data["components"].values())
+    assert data["fits"] is True and data["plan"]["method"] == "qlora" and data["model"] == "llama2-7b"
+    assert main(["estimate", "--model", "llama2-7b", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["reserved_bytes"] is None and data["fits"] is None
+
+
+def test_compare_json_has_three_methods(capsys):
+    assert main(["compare", "--model", "llama2-7b,qwen2.5-0.5b", "--json", "--rank", "16"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["plan"]["method"] for r in rows] == ["full", "lora", "qlora"] * 2
+    assert rows[1]["plan"]["rank"] == 16 and rows[0]["plan"]["rank"] is None
+
+
+def test_broken_gpu_profile_is_one_line(tmp_path, capsys):
+    (tmp_path / "mygpu.toml").write_text("name = 'x'\nslug = 'mygpu'\n")
+    code = main(["gpus", "--gpu-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "mygpu.toml" in err and len(err.strip().splitlines()) == 1
