@@ -156,3 +156,13 @@ def test_snapshots_need_record():
     with MemoryTracker() as tr:
         with pytest.raises(RuntimeError, match="record=True"):
             tr.peak_snapshot()
+
+
+def test_tensors_from_python_data_are_counted(mode):
+    with mode(), MemoryTracker() as tr:
+        x = torch.tensor([1.0, 2.0, 3.0])  # lift_fresh: 12 bytes
+        step = torch.tensor(0.0)  # 4 bytes, like torch.optim's step counters
+        r = torch.arange(10.0)  # 40 bytes
+        assert tr.current_bytes == 56
+        del x, step, r
+        assert tr.current_bytes == 0

@@ -12,7 +12,9 @@ What it ignores and cannot see:
   bitsandbytes' `gemm_4bit` dequantizes the whole 4-bit weight to a [out, in] compute-dtype buffer on CUDA
   (and in its CPU/default kernel) and frees it before returning; the 8-bit optimizers' CUDA/CPU kernels work
   in place. Those transient bytes are outside the counts;
-- tensors that existed before the mode was entered, unless the caller `register`s them.
+- tensors that existed before the mode was entered, unless the caller `register`s them;
+- tensors made without an aten op: `torch.from_numpy`, `torch.frombuffer`, bitsandbytes' paged (CUDA managed)
+  buffers. `torch.tensor(data)` is seen: its `lift_fresh` counts as the allocation.
 
 Snapshots are cheap: with `record=True` each allocation keeps a small record with its alloc/free sequence
 numbers, and a new peak stores only the current sequence number; `peak_snapshot()` rebuilds the list of
@@ -24,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -33,7 +35,8 @@ from torch.utils._pytree import tree_leaves
 
 @dataclass(frozen=True)
 class Allocation:
-    """One storage: its size, the tensor that created it, the op, the innermost module and the phase."""
+    """One storage: its size, the tensor that created it, the op, the innermost module and the phase; `name`
+    says what holds it (a parameter, buffer or optimizer-state path) once the caller `name_tensors` it."""
 
     nbytes: int
     shape: tuple[int, ...]
@@ -41,6 +44,7 @@ class Allocation:
     op: str
     module: str
     phase: str
+    name: str = ""
 
 
 class _Record:
@@ -89,6 +93,15 @@ class MemoryTracker(TorchDispatchMode):
         """Learn qualified names (`model.layers.0.self_attn.q_proj`) for the module tags of allocations."""
         for name, module in root.named_modules():
             self._names[module] = name or type(module).__name__
+
+    def name_tensors(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Label the live storages of these tensors (e.g. `model.named_parameters()`) in snapshots."""
+        if not self.record:
+            return
+        for name, t in named:
+            entry = self._live.get(id(t.untyped_storage()))
+            if entry is not None and entry[1] is not None and not entry[1].alloc.name:
+                entry[1].alloc = replace(entry[1].alloc, name=name)
 
     def reset_peak(self) -> None:
         """Start a new peak at the current live bytes (and forget records that can no longer matter)."""
@@ -146,13 +159,15 @@ class MemoryTracker(TorchDispatchMode):
                     self._resized(t, key)
                     continue
                 if inputs is None:
-                    inputs = _storage_ids((args, kwargs))
+                    inputs = set() if func in _FRESH_OPS else _storage_ids((args, kwargs))
                 if key not in inputs:  # an untracked input's view is not an allocation
                     self._track(t, str(func.overloadpacket))
         return out
 
     # Internals -------------------------------------------------------------------------------------------
     def _track(self, t: torch.Tensor, op: str) -> None:
+        if t.device.type == "meta":  # no memory (a FakeTensor reports its fake device, not 'meta')
+            return
         storage = t.untyped_storage()
         key = id(storage)
         nbytes = storage.nbytes()
@@ -203,6 +218,11 @@ class MemoryTracker(TorchDispatchMode):
     def _pop(self, module: torch.nn.Module, args: object, output: object) -> None:
         if self._stack:
             self._stack.pop()
+
+
+# `torch.tensor(data)` builds its tensor below the dispatcher and then calls `lift_fresh` on it: on real tensors
+# the output is its own input, so without this the bytes of every tensor made from Python data would be missed.
+_FRESH_OPS = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default, torch.ops.aten.lift.default}
 
 
 def _storage_ids(tree: object) -> set[int]:

@@ -1,0 +1,169 @@
+"""Build the model a transformers + peft + bitsandbytes fine-tuning script trains, through the libraries' own code.
+
+`build_model` makes the transformers model from a config.json dict with random weights, quantized to 4 bits for
+QLoRA the way `from_pretrained(..., quantization_config=BitsAndBytesConfig(load_in_4bit=True, ...))` does:
+transformers' `Bnb4BitHfQuantizer.preprocess_model` swaps every `nn.Linear` except the output embedding (its
+`get_keys_to_not_convert`: tied weights, the last parameter, `get_output_embeddings()`) for `bnb.nn.Linear4bit`,
+and `Bnb4bitQuantize.convert` quantizes each weight with `bnb.nn.Params4bit(...).to(device)`.
+
+With `trace=True` the model is built on the meta device and materialised with `module.to_empty` inside the
+caller's `FakeTensorMode`. `Params4bit` cannot wrap a FakeTensor (`_make_subclass` refuses a tensor that already
+has a Python object), so a traced 4-bit layer gets a plain fake `Parameter` carrying the same attributes
+(`quant_state`, `blocksize`, `quant_type`, ...) and the `QuantState` that bitsandbytes' own
+`functional.quantize_4bit` returns for a fake weight: the same tensors, shapes and dtypes as a real run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from vramplan.errors import MeasurementError, did_you_mean
+from vramplan.plan import TrainingPlan
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return DTYPES[name]
+
+
+def hf_config(config: dict):
+    """`AutoConfig.for_model(**config)`: a config.json dict must name a `model_type` transformers knows."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if not model_type:
+        raise MeasurementError("config: no 'model_type' key; pass a transformers config.json dict")
+    if model_type not in CONFIG_MAPPING:
+        hint = did_you_mean(model_type, CONFIG_MAPPING.keys())
+        raise MeasurementError(f"config: model_type '{model_type}' is unknown to transformers{hint}")
+    try:
+        return AutoConfig.for_model(**config)
+    except (ValueError, TypeError) as exc:
+        raise MeasurementError(f"config: {exc}") from None
+
+
+def build_model(config: dict, plan: TrainingPlan, *, device: str, trace: bool) -> torch.nn.Module:
+    """The model as a loading script leaves it: weights in `plan.param_dtype`, 4-bit linears for qlora."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = hf_config(config)
+    try:
+        with _skeleton(trace), torch.device("meta" if trace else device):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype(plan.param_dtype),
+                                                     attn_implementation=plan.attn)
+    except ValueError as exc:  # not a causal LM, or an attention implementation the model lacks
+        raise MeasurementError(f"config: {exc}") from None
+    if plan.method == "qlora":
+        _quantize(model, plan, device=device, trace=trace)
+    elif trace:
+        _materialize(model, device)
+    model.train()  # from_pretrained leaves eval mode; Trainer.train() switches to train mode
+    return model
+
+
+def _skeleton(trace: bool):
+    """Meta tensors must be made outside FakeTensorMode (which would turn them into FakeTensors on 'meta')."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    return unset_fake_temporarily() if trace else contextlib.nullcontext()
+
+
+def _materialize(model: torch.nn.Module, device: str) -> None:
+    """meta -> fake tensors inside FakeTensorMode: `module.to_empty` with a factory that does not take the meta
+    tensor as input (FakeTensorMode refuses non-fake inputs), then re-tie the weights that it untied."""
+    model._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device))
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+
+
+def bnb_config(plan: TrainingPlan):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=plan.quant,
+        bnb_4bit_use_double_quant=plan.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(plan.compute_dtype or plan.param_dtype),
+        bnb_4bit_quant_storage=torch.uint8,
+    )
+
+
+def _quantize(model: torch.nn.Module, plan: TrainingPlan, *, device: str, trace: bool) -> None:
+    """What from_pretrained's bnb path does: preprocess (swap modules), load+quantize weights, postprocess."""
+    import bitsandbytes as bnb
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    quantizer = AutoHfQuantizer.from_config(bnb_config(plan), pre_quantized=False)
+    dense = dict(model.named_parameters())  # the weights a checkpoint would supply
+    with _skeleton(trace):
+        quantizer.preprocess_model(model, dtype=torch_dtype(plan.param_dtype), device_map={"": device})
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    for module in layers.values():
+        # BitsAndBytesConfig has no blocksize knob (bitsandbytes' default is 64); the plan may set another.
+        module.weight.blocksize = plan.quant_blocksize
+    if trace:
+        templates = {name: module._parameters.pop("weight") for name, module in layers.items()}
+        _materialize(model, device)
+        for name, module in layers.items():
+            _install_traced_4bit(module, templates[name], dense[f"{name}.weight"], device)
+    else:
+        _load_real_4bit(model, quantizer, layers, dense)
+    model.hf_quantizer = quantizer
+    quantizer.postprocess_model(model)
+
+
+def _load_real_4bit(model, quantizer, layers: dict, dense: dict) -> None:
+    """transformers' `Bnb4bitQuantize.convert`: `Params4bit(weight, **meta_param.__dict__).to(device)`."""
+    convert = quantizer.get_quantize_ops()
+    for name, module in layers.items():
+        key = f"{name}.weight"
+        module.weight = convert.convert({key: dense.pop(key)}, full_layer_name=key, model=model)[key]
+        if module.bias is not None:
+            module.bias = torch.nn.Parameter(dense.pop(f"{name}.bias").data, requires_grad=False)
+
+
+def _install_traced_4bit(module, template, dense_weight, device: str) -> None:
+    """Quantize a fake dense weight with bitsandbytes' own `quantize_4bit`, as `Params4bit._quantize` does."""
+    import bitsandbytes as bnb
+
+    weight = torch.empty(dense_weight.shape, dtype=dense_weight.dtype, device=device)
+    packed, state = bnb.functional.quantize_4bit(
+        weight, blocksize=template.blocksize, compress_statistics=template.compress_statistics,
+        quant_type=template.quant_type, quant_storage=template.quant_storage,
+    )
+    del weight
+    param = torch.nn.Parameter(packed, requires_grad=False)
+    for key, value in template.__dict__.items():
+        setattr(param, key, value)  # blocksize, compress_statistics, quant_type, quant_storage, module
+    param.quant_state = state
+    param.bnb_quantized = True
+    module.weight = param
+    module.quant_state = state
+
+
+def resolve_targets(model: torch.nn.Module, targets: str) -> list[str] | str | None:
+    """peft `target_modules` for the plan's shorthand: 'default' -> None (peft's per-architecture default),
+    'all-linear' -> peft's shorthand, 'attention' -> the linears inside the first attention block."""
+    if targets == "default":
+        return None
+    if targets == "all-linear":
+        return "all-linear"
+    if targets == "attention":
+        return _attention_linears(model)
+    return targets.split(",")
+
+
+def _attention_linears(model: torch.nn.Module) -> list[str]:
+    from transformers.pytorch_utils import Conv1D
+
+    for module in model.modules():
+        if "attention" in type(module).__name__.lower():
+            names = [n for n, c in module.named_children() if isinstance(c, (torch.nn.Linear, Conv1D))]
+            if names:
+                return names
+    raise MeasurementError("targets: no attention projections found; give a comma list of module names")
+

@@ -1,0 +1,197 @@
+"""The micro-trainer: one real fine-tuning step of a plan, measured phase by phase with `MemoryTracker`.
+
+It does what a transformers + peft + bitsandbytes script does, through the libraries' own code:
+
+    model = from_config / from_pretrained(quantization_config=...)       (build.py)
+    qlora + kbit_upcast: peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=...)
+    otherwise, with checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)
+    lora/qlora: model = peft.get_peft_model(model, LoraConfig(...))
+    optimizer = <plan.optimizer> over the trainable parameters             (optimizers.py)
+    for each step, for each of grad_accum micro-batches:
+        out = model(input_ids=ids, labels=ids.clone())   # under torch.autocast for full + mixed precision
+        loss = out.loss; del out                          # Trainer.compute_loss keeps only the loss
+        (loss / grad_accum).backward()                    # Trainer.training_step
+    optimizer.step(); optimizer.zero_grad(set_to_none=True); del batch
+
+Phases (each peak is the highest *total* live bytes inside it): "forward" = the model call with its loss,
+"backward" = `loss.backward()`, "optimizer" = `step()` + `zero_grad()`. Step 1 creates the optimizer states;
+the numbers are those of the last step (steady state). With `trace=True` the same code runs under
+`FakeTensorMode` (tracing.py): full-size models in seconds, no real memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import warnings
+
+import torch
+from pydantic import BaseModel, ConfigDict, computed_field
+
+from vramplan.errors import MeasurementError
+from vramplan.measure.build import build_model, hf_config, resolve_targets, torch_dtype
+from vramplan.measure.optimizers import build_optimizer
+from vramplan.measure.tracker import Allocation, MemoryTracker
+from vramplan.measure.tracing import fake_session, warm_caches
+from vramplan.plan import TrainingPlan
+
+PHASES = ("forward", "backward", "optimizer")
+# Collect the young generations (what a run creates); a full collection of the heap that transformers builds
+# costs ~0.5 s per call on CPU and never changed a count in the tests.
+GC_GENERATION = 1
+
+
+class MeasuredStep(BaseModel):
+    """Live storage bytes of one steady-state training step (exact counts, no allocator rounding)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    load_bytes: int  # model + adapters + optimizer object, before step 1
+    forward_peak_bytes: int
+    backward_peak_bytes: int
+    optimizer_peak_bytes: int
+    after_step_bytes: int  # live after the last step (optimizer states included, gradients freed)
+    trainable_params: int
+    traced: bool
+    peak_phase: str
+    peak_snapshot: list[Allocation]  # what was live at the step's peak, largest first
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.forward_peak_bytes, self.backward_peak_bytes, self.optimizer_peak_bytes)
+
+
+def measure_step(config: dict, plan: TrainingPlan, *, device: str = "cpu", trace: bool = False, steps: int = 2,
+                 seed: int = 0) -> MeasuredStep:
+    """Build the plan's model from `config` (a config.json dict), train `steps` steps, measure the last one."""
+    _check(plan, device, trace, steps)
+    hf_config(config)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings(), _session(trace, config.get("model_type")):
+        warnings.simplefilter("ignore")  # deprecation and CPU-fallback chatter; behaviours are in the docstrings
+        with MemoryTracker(record=True) as tracker:
+            model = prepare_model(build_model(config, plan, device=device, trace=trace), plan)
+            optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], plan)
+            tracker.name_modules(model)
+            tracker.name_tensors(named_state(model, optimizer))
+            gc.collect(GC_GENERATION)
+            load = tracker.current_bytes
+            for _ in range(steps):
+                peaks, snaps = _train_step(model, optimizer, plan, tracker, config, device)
+                tracker.name_tensors(named_state(model, optimizer))
+            gc.collect(GC_GENERATION)
+            after = tracker.current_bytes
+    top = max(PHASES, key=lambda p: peaks[p])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return MeasuredStep(
+        load_bytes=load, forward_peak_bytes=peaks["forward"], backward_peak_bytes=peaks["backward"],
+        optimizer_peak_bytes=peaks["optimizer"], after_step_bytes=after, trainable_params=trainable,
+        traced=trace, peak_phase=top, peak_snapshot=snaps[top],
+    )
+
+
+def _check(plan: TrainingPlan, device: str, trace: bool, steps: int) -> None:
+    if steps < 1:
+        raise MeasurementError("steps: must be at least 1")
+    if plan.attn == "flash_attention_2":
+        raise MeasurementError("attn: flash_attention_2 needs CUDA and the flash-attn package; measure eager or sdpa")
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise MeasurementError(f"device: '{device}' is not supported; use cpu or cuda")
+    if kind == "cuda" and trace and torch.version.cuda is None:
+        raise MeasurementError("device: tracing on cuda needs a CUDA build of torch (a GPU is not needed); use cpu")
+    if kind == "cuda" and not trace and not torch.cuda.is_available():
+        raise MeasurementError("device: cuda requested but torch.cuda.is_available() is False; use cpu or trace")
+
+
+def _session(trace: bool, model_type: str | None) -> contextlib.AbstractContextManager:
+    if trace:
+        return fake_session(model_type)
+    warm_caches(model_type)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: torch.nn.Module, plan: TrainingPlan) -> torch.nn.Module:
+    """Checkpointing, kbit preparation and LoRA adapters, in the order scripts apply them."""
+    ckpt_kwargs = {"use_reentrant": plan.ckpt_reentrant}
+    if plan.method == "qlora" and plan.kbit_upcast:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.grad_ckpt,
+                                                gradient_checkpointing_kwargs=ckpt_kwargs)
+    elif plan.grad_ckpt:
+        # transformers' activation_checkpointing_enable also calls enable_input_require_grads() for input_ids
+        # models, which the reentrant variant needs when the embeddings are frozen.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+    if plan.uses_lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=plan.rank, lora_alpha=plan.alpha, lora_dropout=plan.lora_dropout,
+                          target_modules=resolve_targets(model, plan.targets), task_type="CAUSAL_LM")
+        try:
+            model = get_peft_model(model, lora)
+        except ValueError as exc:  # e.g. target modules not found in the base model
+            raise MeasurementError(f"targets: {exc}") from None
+    return model
+
+
+def _train_step(model, optimizer, plan: TrainingPlan, tracker: MemoryTracker, config: dict, device: str):
+    """One optimizer step of `grad_accum` micro-batches; returns each phase's peak and its snapshot."""
+    peaks = dict.fromkeys(PHASES, 0)
+    snaps: dict[str, list[Allocation]] = {}
+    vocab = int(config.get("vocab_size") or model.config.vocab_size)
+    batches = []
+    for _ in range(plan.grad_accum):
+        ids = torch.randint(0, vocab, (plan.batch, plan.seq), dtype=torch.int64, device=device)
+        batch = {"input_ids": ids, "labels": ids.clone()}
+        batches.append(batch)  # a data loader's batch lives until the next one replaces it
+        with tracker.phase("forward"):
+            with _autocast(plan, device):
+                out = model(**batch)
+            loss = out.loss
+            del out
+        _keep_peak(tracker, "forward", peaks, snaps)
+        with tracker.phase("backward"):
+            (loss / plan.grad_accum if plan.grad_accum > 1 else loss).backward()
+            del loss
+        _keep_peak(tracker, "backward", peaks, snaps)
+    with tracker.phase("optimizer"):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _keep_peak(tracker, "optimizer", peaks, snaps)
+    del batches
+    return peaks, snaps
+
+
+def named_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    """(name, tensor) for parameters, buffers, 4-bit quant states and optimizer states, to label snapshots."""
+    names = {}
+    for name, param in model.named_parameters():
+        names[id(param)] = name
+        yield name, param
+        state = getattr(param, "quant_state", None)
+        if state is not None:
+            nested = {"offset": state.offset, **({"state2.absmax": state.state2.absmax,
+                                                  "state2.code": state.state2.code} if state.nested else {})}
+            for key, value in {"absmax": state.absmax, "code": state.code, **nested}.items():
+                if isinstance(value, torch.Tensor):
+                    yield f"{name}.quant_state.{key}", value
+    yield from model.named_buffers()
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                yield f"optimizer[{names.get(id(param), '?')}].{key}", value
+
+
+def _keep_peak(tracker: MemoryTracker, phase: str, peaks: dict, snaps: dict) -> None:
+    if tracker.peak_bytes > peaks[phase]:
+        peaks[phase] = tracker.peak_bytes
+        snaps[phase] = tracker.peak_snapshot()
+
+
+def _autocast(plan: TrainingPlan, device: str) -> contextlib.AbstractContextManager:
+    """Full fine-tuning with mixed precision: fp32 weights, forward and loss under torch.autocast."""
+    if plan.method == "full" and plan.mixed_precision:
+        return torch.autocast(torch.device(device).type, dtype=torch_dtype(plan.mixed_precision))
+    return contextlib.nullcontext()
