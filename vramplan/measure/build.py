@@ -55,7 +55,7 @@ def build_model(config: dict, plan: TrainingPlan, *, device: str, trace: bool) -
         with _skeleton(trace), torch.device("meta" if trace else device):
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype(plan.param_dtype),
                                                      attn_implementation=plan.attn)
-    except ValueError as exc:  # not a causal LM, or an attention implementation the model lacks
+    except (ValueError, AssertionError) as exc:  # not a causal LM, an unsupported attention, a bad size
         raise MeasurementError(f"config: {exc}") from None
     if plan.method == "qlora":
         _quantize(model, plan, device=device, trace=trace)
@@ -106,10 +106,7 @@ def _quantize(model: torch.nn.Module, plan: TrainingPlan, *, device: str, trace:
         # BitsAndBytesConfig has no blocksize knob (bitsandbytes' default is 64); the plan may set another.
         module.weight.blocksize = plan.quant_blocksize
     if trace:
-        templates = {name: module._parameters.pop("weight") for name, module in layers.items()}
-        _materialize(model, device)
-        for name, module in layers.items():
-            _install_traced_4bit(module, templates[name], dense[f"{name}.weight"], device)
+        _load_traced_4bit(model, layers, dense, device)
     else:
         _load_real_4bit(model, quantizer, layers, dense)
     model.hf_quantizer = quantizer
@@ -123,7 +120,20 @@ def _load_real_4bit(model, quantizer, layers: dict, dense: dict) -> None:
         key = f"{name}.weight"
         module.weight = convert.convert({key: dense.pop(key)}, full_layer_name=key, model=model)[key]
         if module.bias is not None:
-            module.bias = torch.nn.Parameter(dense.pop(f"{name}.bias").data, requires_grad=False)
+            module.bias = torch.nn.Parameter(dense.pop(f"{name}.bias").data)  # loaded params require grad
+
+
+def _load_traced_4bit(model, layers: dict, dense: dict, device: str) -> None:
+    """Materialise the skeleton as FakeTensors, then give each 4-bit layer its fake packed weight."""
+    templates = {}
+    for name, module in layers.items():
+        templates[name] = module.weight
+        module.weight = None  # quantized below; keeps the parameter's place in the module
+        if module.bias is not None:
+            module.bias = dense[f"{name}.bias"]  # the checkpoint's dtype, as from_pretrained loads it
+    _materialize(model, device)
+    for name, module in layers.items():
+        _install_traced_4bit(module, templates[name], dense[f"{name}.weight"], device)
 
 
 def _install_traced_4bit(module, template, dense_weight, device: str) -> None:

@@ -54,12 +54,17 @@ class MeasuredStep(BaseModel):
     trainable_params: int
     traced: bool
     peak_phase: str
-    peak_snapshot: list[Allocation]  # what was live at the step's peak, largest first
+    snapshots: dict[str, list[Allocation]]  # per phase: what was live at its peak, largest first
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def peak_bytes(self) -> int:
         return max(self.forward_peak_bytes, self.backward_peak_bytes, self.optimizer_peak_bytes)
+
+    @property
+    def peak_snapshot(self) -> list[Allocation]:
+        """What was live at the step's peak (the snapshot of `peak_phase`)."""
+        return self.snapshots[self.peak_phase]
 
 
 def measure_step(config: dict, plan: TrainingPlan, *, device: str = "cpu", trace: bool = False, steps: int = 2,
@@ -87,7 +92,7 @@ def measure_step(config: dict, plan: TrainingPlan, *, device: str = "cpu", trace
     return MeasuredStep(
         load_bytes=load, forward_peak_bytes=peaks["forward"], backward_peak_bytes=peaks["backward"],
         optimizer_peak_bytes=peaks["optimizer"], after_step_bytes=after, trainable_params=trainable,
-        traced=trace, peak_phase=top, peak_snapshot=snaps[top],
+        traced=trace, peak_phase=top, snapshots=snaps,
     )
 
 
