@@ -4,8 +4,8 @@ State is created lazily on the first `step()` (torch and bitsandbytes alike), so
 phase of step 1 and is live from then on:
 
 - adamw: `torch.optim.AdamW(foreach=True)` (the CUDA default). State per param: `exp_avg`, `exp_avg_sq` in the
-  param's dtype, plus a 0-dim fp32 `step`. The foreach path also allocates transient lists the size of the
-  group (e.g. `_foreach_sqrt(exp_avg_sqs)`), which make the optimizer-phase peak.
+  param's dtype (bf16 params get bf16 states), plus a 0-dim fp32 `step`. The foreach path also allocates one
+  transient copy of all second moments (`torch._foreach_sqrt(exp_avg_sqs)`) on top of the live gradients.
 - adamw_fused: `torch.optim.AdamW(fused=True)`; the fused kernel runs on CPU too (torch >= 2.4) and has a fake
   kernel. Same state, no transient lists.
 - adamw_8bit / paged_adamw_8bit / lion_8bit: `bitsandbytes.optim.{AdamW8bit, PagedAdamW8bit, Lion8bit}`.
