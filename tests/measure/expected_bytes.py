@@ -51,10 +51,10 @@ def lora_bytes(cfg: dict, targets: list[str], rank: int) -> int:
 
 
 def qlora_load_bytes(cfg: dict, *, double_quant: bool, upcast: bool, targets: list[str], rank: int = 8,
-                     eight_bit_optimizer: bool = True) -> int:
+                     eight_bit_optimizer: bool = True, blocksize: int = 64) -> int:
     """Live bytes after from_pretrained(4-bit) + prepare_model_for_kbit_training + get_peft_model + optimizer."""
     quantized = cfg["num_hidden_layers"] * sum(
-        four_bit_bytes(o, i, double_quant) for o, i in llama_linears(cfg).values())
+        four_bit_bytes(o, i, double_quant, blocksize) for o, i in llama_linears(cfg).values())
     dense = dense_llama_params(cfg) * (4 if upcast else 2)  # peft casts non-4-bit bf16 params to fp32
     qmaps = 2 * 256 * 4 if eight_bit_optimizer else 0  # Optimizer8bit.fill_qmap in __init__
     return quantized + dense + rotary_buffer_bytes(cfg) + lora_bytes(cfg, targets, rank) + qmaps

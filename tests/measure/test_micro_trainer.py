@@ -37,6 +37,12 @@ def test_qlora_load_is_bitsandbytes_layout_plus_peft_upcast(double_quant, upcast
     assert got.load_bytes == want
 
 
+def test_qlora_blocksize_sets_the_absmax_count():
+    got = traced(method="qlora", quant_blocksize=256, double_quant=False)
+    want = qlora_load_bytes(TINY, double_quant=False, upcast=True, targets=["q_proj", "v_proj"], blocksize=256)
+    assert got.load_bytes == want
+
+
 def test_prepare_model_for_kbit_training_upcasts_dense_weights_to_fp32():
     def dtype_of(step, suffix):
         (hit,) = [a for a in step.peak_snapshot if a.name.endswith(suffix)]

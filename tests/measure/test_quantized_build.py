@@ -72,3 +72,14 @@ def test_lm_head_stays_dense_and_every_other_linear_is_4bit():
     kinds = {n: type(m).__name__ for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     assert kinds.pop("lm_head") == "Linear"
     assert set(kinds.values()) == {"Linear4bit"} and len(kinds) == 7 * TINY["num_hidden_layers"]
+
+
+def test_fused_moe_experts_stay_dense_under_4bit():
+    """transformers 5 stores MoE experts as fused 3-D parameters (`MixtralExperts.gate_up_proj`, `down_proj`),
+    not nn.Linear, so replace_with_bnb_linear leaves them in the checkpoint dtype (from_pretrained too);
+    peft's prepare_model_for_kbit_training would then upcast them to fp32."""
+    config = dict(TINY, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2, attention_bias=False)
+    with fake_session():
+        model = build_model(config, make_plan(method="qlora"), device="cpu", trace=True)
+    experts = {n: (p.dtype, p.dim()) for n, p in model.named_parameters() if ".experts." in n}
+    assert experts and set(experts.values()) == {(torch.bfloat16, 3)}

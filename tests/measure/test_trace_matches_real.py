@@ -24,12 +24,20 @@ TINY_LLAMA = dict(
     num_key_value_heads=2, vocab_size=256,
 )
 TIED_QWEN2 = dict(TINY_LLAMA, model_type="qwen2", tie_word_embeddings=True)
+TOKENS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)  # phi3's defaults lie outside a 256 vocabulary
+ARCHS = {
+    "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=64),  # Conv1D
+    "phi3": dict(TINY_LLAMA, model_type="phi3", **TOKENS),  # fused qkv_proj
+    "mistral": dict(TINY_LLAMA, model_type="mistral"),
+    "qwen3": dict(TINY_LLAMA, model_type="qwen3", head_dim=16),  # q/k norms
+}
 
 CASES = {
     "qlora-nf4-dq": dict(method="qlora"),
     "qlora-nf4-no-dq": dict(method="qlora", double_quant=False),
     "qlora-no-ckpt": dict(method="qlora", grad_ckpt=False),
     "qlora-no-dq-no-ckpt": dict(method="qlora", double_quant=False, grad_ckpt=False),
+    "qlora-blocksize-128": dict(method="qlora", quant_blocksize=128),
     "qlora-fp4-no-upcast-reentrant": dict(method="qlora", quant="fp4", kbit_upcast=False, ckpt_reentrant=True),
     "qlora-all-linear-dropout-eager": dict(method="qlora", targets="all-linear", lora_dropout=0.1, attn="eager"),
     "lora": dict(method="lora"),
@@ -74,3 +82,14 @@ def test_tied_embeddings_and_biases_when_traced(options):
     traced = measure_step(TIED_QWEN2, plan, trace=True)
     assert {k: getattr(traced, k) for k in BYTES} == {k: getattr(real, k) for k in BYTES}
     assert _comparable(traced.peak_snapshot) == _comparable(real.peak_snapshot)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_trace_equals_real_across_architectures(arch, method):
+    """Run in one process, in sequence: also catches tracing state that leaks from one model to the next."""
+    plan = make_plan(method=method, targets="attention", batch=2, seq=16)
+    real = measure_step(ARCHS[arch], plan, trace=False)
+    traced = measure_step(ARCHS[arch], plan, trace=True)
+    assert {k: getattr(traced, k) for k in BYTES} == {k: getattr(real, k) for k in BYTES}

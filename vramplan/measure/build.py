@@ -133,14 +133,15 @@ def _load_traced_4bit(model, layers: dict, dense: dict, device: str) -> None:
             module.bias = dense[f"{name}.bias"]  # the checkpoint's dtype, as from_pretrained loads it
     _materialize(model, device)
     for name, module in layers.items():
-        _install_traced_4bit(module, templates[name], dense[f"{name}.weight"], device)
+        _install_traced_4bit(module, templates[name], dense[f"{name}.weight"].dtype, device)
 
 
-def _install_traced_4bit(module, template, dense_weight, device: str) -> None:
-    """Quantize a fake dense weight with bitsandbytes' own `quantize_4bit`, as `Params4bit._quantize` does."""
+def _install_traced_4bit(module, template, dtype: torch.dtype, device: str) -> None:
+    """Quantize a fake dense weight with bitsandbytes' own `quantize_4bit`, as `Params4bit._quantize` does.
+    The weight is [out, in] (`Bnb4bitQuantize` transposes a GPT-2 `Conv1D` weight the same way)."""
     import bitsandbytes as bnb
 
-    weight = torch.empty(dense_weight.shape, dtype=dense_weight.dtype, device=device)
+    weight = torch.empty((module.out_features, module.in_features), dtype=dtype, device=device)
     packed, state = bnb.functional.quantize_4bit(
         weight, blocksize=template.blocksize, compress_statistics=template.compress_statistics,
         quant_type=template.quant_type, quant_storage=template.quant_storage,

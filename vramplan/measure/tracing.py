@@ -17,10 +17,11 @@ below makes the traced run allocate exactly what the real run allocates (tests/m
    cache is filled before measuring (`warm_caches`), so a run's bytes do not depend on what ran before it in
    the process; the 1 KiB it holds is not counted.
 4. `torch.utils.swap_tensors`: `nn.Module._apply` (behind `module.to(...)`) always *swaps* FakeTensor
-   parameters, and refuses because every fake `Parameter` carries a weakref (FakeTensorMode's bookkeeping), so
-   `module.to(device, dtype)` fails under tracing. peft calls it for every adapter
-   (`_move_adapter_to_device_of_base_layer`). Patched: for a fake parameter, do what `_apply` does for a real
-   CPU/CUDA parameter, `param.data = new` (the new tensor is allocated, the old storage freed: same bytes).
+   parameters, and `swap_tensors` refuses when either tensor carries a weakref, which fake Parameters often
+   do (FakeTensorMode's bookkeeping; which one depends on what ran before), so `module.to(device, dtype)`
+   fails under tracing. peft calls it for every adapter (`_move_adapter_to_device_of_base_layer`). Patched:
+   for fake tensors, do what `_apply` does for a real CPU/CUDA parameter, `param.data = new` (the new tensor
+   is allocated, the old storage freed: the same bytes).
 """
 
 from __future__ import annotations
@@ -114,14 +115,12 @@ def _patched_bnb_maps(mode) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _patched_swap() -> Iterator[None]:
-    import weakref
-
     from torch._subclasses.fake_tensor import FakeTensor
 
     original = torch.utils.swap_tensors
 
     def swap_or_set_data(t1: torch.Tensor, t2: torch.Tensor) -> None:
-        if isinstance(t1, FakeTensor) and isinstance(t2, FakeTensor) and weakref.getweakrefs(t1):
+        if isinstance(t1, FakeTensor) and isinstance(t2, FakeTensor):
             with torch.no_grad():
                 t1.data = t2
             return
