@@ -5,6 +5,8 @@ The runs are traced (FakeTensorMode, fast); test_trace_matches_real.py shows tra
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -132,3 +134,17 @@ def test_cuda_without_cuda_is_a_clean_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(MeasurementError, match="cuda"):
         measure_step(TINY, make_plan(seq=8), device="cuda")
+
+
+def test_grad_accumulation_keeps_gradients_through_the_next_forward():
+    """With grad_accum=2 the second micro-batch's forward runs with the first one's gradients (bf16, one per
+    parameter) and both micro-batches (input_ids + labels, int64) alive."""
+    one, two = traced(method="full", grad_accum=1), traced(method="full", grad_accum=2)
+    param_bytes = 2 * sum(math.prod(shape) for shape in _dense_shapes(TINY))
+    assert two.forward_peak_bytes - one.forward_peak_bytes == param_bytes + 2 * B * S * 8
+
+
+def test_the_callers_rng_is_left_alone():
+    before = torch.get_rng_state()
+    measure_step(TINY, make_plan(method="lora", seq=8), trace=False, seed=123)
+    assert torch.equal(torch.get_rng_state(), before)

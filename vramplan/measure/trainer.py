@@ -69,11 +69,16 @@ class MeasuredStep(BaseModel):
 
 def measure_step(config: dict, plan: TrainingPlan, *, device: str = "cpu", trace: bool = False, steps: int = 2,
                  seed: int = 0) -> MeasuredStep:
-    """Build the plan's model from `config` (a config.json dict), train `steps` steps, measure the last one."""
+    """Build the plan's model from `config` (a config.json dict), train `steps` steps, measure the last one.
+
+    Raises MeasurementError for what cannot be measured (flash_attention_2, no CUDA, unknown model type or
+    LoRA targets, missing packages). The caller's RNG state is left as it was (`seed` seeds a forked one).
+    """
     _check(plan, device, trace, steps)
     hf_config(config)
-    torch.manual_seed(seed)
-    with warnings.catch_warnings(), _session(trace, config.get("model_type")):
+    cuda = [torch.device(device).index or 0] if device.startswith("cuda") and not trace else []
+    with torch.random.fork_rng(devices=cuda), warnings.catch_warnings(), _session(trace, config.get("model_type")):
+        torch.manual_seed(seed)
         warnings.simplefilter("ignore")  # deprecation and CPU-fallback chatter; behaviours are in the docstrings
         with MemoryTracker(record=True) as tracker:
             model = prepare_model(build_model(config, plan, device=device, trace=trace), plan)
