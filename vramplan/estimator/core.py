@@ -144,7 +144,6 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
     bwd_peak = base + all_layers + head_keep + head_rel
 
     # Backward through the layers, top to bottom: gradients accumulate, lower layers' activations remain.
-    layer_grads_above = 0
     for k, cost in ((n_layers - 1, rest), (1, rest), (0, first)):
         if k >= n_layers or (k == 1 and n_layers < 3):
             continue

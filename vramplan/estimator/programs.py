@@ -107,13 +107,11 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
 
 def attention_core(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
     """sdpa / flash: saves q, k, v, the output and an fp32 logsumexp per (batch, head, position)."""
-    t, hd = c.tokens, c.head_dim
-    out_bytes = t * c.heads * hd * a
-    lse = c.batch * c.heads * c.seq * 4
     if c.attn == "eager":
         return _eager(tp, c, q, k, v, a)
-    out = tp.op(out_bytes + lse, (q, k, v), saves=(q, k, v), bwd_temp=lse)
-    return out
+    out_bytes = c.tokens * c.heads * c.head_dim * a
+    lse = c.batch * c.heads * c.seq * 4
+    return tp.op(out_bytes + lse, (q, k, v), saves=(q, k, v), bwd_temp=lse)
 
 
 def _eager(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
@@ -152,7 +150,7 @@ def rotary(tp: Tape, c: Ctx, x: int, a: int, heads: int) -> int:
 
 
 def attention(tp: Tape, c: Ctx, x: int, a: int, model_type: str) -> int:
-    hd, t = c.head_dim, c.tokens
+    hd = c.head_dim
     q_out, kv_out = c.heads * hd, c.kv_heads * hd
     if model_type == "phi3":  # one fused projection, then views
         qkv, a2 = linear(tp, c, x, a, "qkv_proj", c.hidden, q_out + 2 * kv_out)
@@ -211,7 +209,7 @@ def decoder_layer(tp: Tape, c: Ctx, x: int, a: int, model_type: str, inter: int,
     x2 = tp.op(n, (x, attn))
     tp.drop(x, attn)
     pre = rmsnorm(tp, c, x2, a, c.hidden)[0]
-    m = mlp(tp, c, pre, a if not sandwich else a, model_type, inter)
+    m = mlp(tp, c, pre, a, model_type, inter)
     tp.drop(pre)
     if sandwich:
         m2, _ = rmsnorm(tp, c, m, a, c.hidden)

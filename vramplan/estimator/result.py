@@ -51,9 +51,7 @@ class MemoryEstimate(BaseModel):
     @computed_field
     @property
     def fits(self) -> bool | None:
-        if self.total_gpu_bytes is None or self.gpu_usable_bytes is None:
-            return None
-        return self.total_gpu_bytes <= self.gpu_usable_bytes
+        return None if self.headroom_bytes is None else self.headroom_bytes >= 0
 
     @computed_field
     @property

@@ -83,9 +83,6 @@ class Tape:
             self.live -= self.size[t]
             self.freed.add(t)
 
-    def saved_bytes(self) -> int:
-        return sum(self.size[t] for t, n in self.saved_by.items() if n > 0 and t not in self.freed)
-
     # Backward ----------------------------------------------------------------------------------------------
     def backward(self, out_grad_of: int) -> tuple[int, int]:
         """Replay backward from a gradient of `out_grad_of`; returns (peak above start, param grad bytes).
@@ -93,7 +90,7 @@ class Tape:
         The gradient of `out_grad_of` is allocated by the caller's accounting (it is the incoming gradient).
         """
         start, peak = self.live, self.live
-        grads: dict[int, int] = {out_grad_of: self.size_of(out_grad_of)}
+        grads: dict[int, int] = {out_grad_of: self.size[out_grad_of]}
         live = self.live + grads[out_grad_of]
         peak = max(peak, live)
         param_grads = 0
@@ -104,7 +101,7 @@ class Tape:
             new = 0
             for i in node.grad_inputs:
                 if i not in grads:
-                    grads[i] = self.size_of(i)
+                    grads[i] = self.size[i]
                     new += grads[i]
             live += new + node.param_grad
             param_grads += node.param_grad
@@ -118,6 +115,3 @@ class Tape:
         # what is left in `grads` flows to the inputs of the program (the caller accounts for it)
         self.live = live
         return peak - start, param_grads
-
-    def size_of(self, t: int) -> int:
-        return self.size[t]
