@@ -1,0 +1,301 @@
+"""The advice for one request: the ranked plans, and what explains them.
+
+For the winner: the largest sequence length and micro-batch that still fit (bisection on the estimate, which
+grows with both), what each knob costs in memory and speed, and the LoRA/QLoRA contrast. When nothing fits: for
+each method its leanest plan, the smallest single GPU that holds it, its size with the optimizer states off the
+card, a lower bound on the GPUs sharding would need, and the longest sequence that fits the card.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from vramplan.advisor import (ADAPTERS, LORA_ONLY, QLORA_ONLY, Candidate, Probe, Request, check_pins, leanest_variant,
+                              model_max_seq, search, seq_ladder)
+from vramplan.api import allocator_reserve_bytes, estimate
+from vramplan.errors import PlanError
+from vramplan.estimator import MemoryEstimate
+from vramplan.hardware import GpuProfile, load_profiles
+from vramplan.plan import TrainingPlan, make_plan
+from vramplan.speed import DEQUANT_BANDWIDTH_FRACTION, MFU
+
+BATCH_CAP = 1024
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Recommendation(_Frozen):
+    """One recommended plan: its estimate on the GPU (`vramplan.api.estimate`), paged states, and speed."""
+
+    estimate: MemoryEstimate
+    gpu_bytes: int  # reserved + CUDA context + paged optimizer states
+    tokens_per_s: float
+    step_time_s: float
+    dequant_share: float  # fraction of a micro-batch spent dequantizing 4-bit weights
+
+
+class Limits(_Frozen):
+    max_seq: int | None  # the largest sequence length that fits at the plan's micro-batch (None: not even 1)
+    seq_cap: int  # the model's positions: max_seq == seq_cap means the model, not memory, stops it
+    max_batch: int | None  # the largest micro-batch that fits at the plan's sequence length
+    batch_cap: int
+
+
+class KnobCost(_Frozen):
+    knob: str
+    plan: dict
+    gpu_bytes_delta: int
+    speed_ratio: float  # tokens/s relative to the winner
+    fits: bool
+
+
+class Contrast(_Frozen):
+    """The other adapter method next to the winner: LoRA on a 16-bit base vs QLoRA."""
+
+    plan: dict
+    gpu_bytes: int
+    tokens_per_s: float
+    speed_ratio: float
+    fits: bool
+    limits: Limits | None
+
+
+class Option(_Frozen):
+    """What one method would need when nothing fits."""
+
+    method: str
+    plan: dict
+    gpu_bytes: int
+    weights_bytes: int  # the load phase: what the card holds before the first step
+    smallest_gpu: str | None
+    same_size_gpus: list[str]
+    offloaded_gpu_bytes: int | None  # with the optimizer states off the GPU (ZeRO-Offload), if that matters
+    shard_gpus_at_least: int | None  # lower bound on GPUs of this kind when weights/grads/states are sharded
+
+
+class Nearest(_Frozen):
+    options: list[Option]
+    shorter_seq: int | None  # the longest sequence below the asked one at which the leanest plan fits
+    shorter_seq_method: str | None
+
+
+class Advice(_Frozen):
+    model: str
+    gpu: str
+    usable_bytes: int
+    limit_bytes: int
+    objective: str
+    headroom: float
+    effective_batch: int
+    plans: list[Recommendation]
+    limits: Limits | None
+    knobs: list[KnobCost]
+    contrast: Contrast | None
+    blockers: list[Option]  # better-quality methods that do not fit, with what they would need
+    nearest: Nearest | None
+    assumptions: dict[str, Any]
+    evaluated: int
+    seconds: float
+
+
+def replan(plan: TrainingPlan, **changes: Any) -> TrainingPlan:
+    """`plan` with some fields changed; fields the new method does not take are reset to their defaults."""
+    fields = {**plan.model_dump(), **changes}
+    if "rank" in changes:
+        fields["alpha"] = None
+    if fields["method"] == "full":
+        fields.update(dict.fromkeys(LORA_ONLY))
+    if fields["method"] != "qlora":
+        fields.update(dict.fromkeys(QLORA_ONLY))
+    elif plan.method != "qlora":
+        fields["compute_dtype"] = None
+    if fields["method"] != "full" and plan.method == "full":
+        fields.update(targets=ADAPTERS[-1][0], rank=ADAPTERS[-1][1], alpha=None)
+    return make_plan(**fields)
+
+
+def _largest(probe: Probe, build: Callable[[int], TrainingPlan], lo: int, cap: int) -> int | None:
+    """The largest n in [lo, cap] whose plan fits (memory grows with n): doubling, then bisection."""
+    if not probe.fits(build(lo)):
+        return None
+    good, bad = lo, None
+    while bad is None:
+        nxt = min(good * 2, cap)
+        if nxt == good:
+            return good
+        if probe.fits(build(nxt)):
+            good = nxt
+        else:
+            bad = nxt
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if probe.fits(build(mid)) else (good, mid)
+    return good
+
+
+def solve_limits(probe: Probe, plan: TrainingPlan) -> Limits:
+    cap = model_max_seq(probe.req.model)
+    max_seq = _largest(probe, lambda s: plan.model_copy(update={"seq": s}), min(plan.seq, cap), cap)
+    max_batch = _largest(probe, lambda b: plan.model_copy(update={"batch": b}), plan.batch, BATCH_CAP)
+    return Limits(max_seq=max_seq, seq_cap=cap, max_batch=max_batch, batch_cap=BATCH_CAP)
+
+
+def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
+    p, b = best.plan, probe.req.effective_batch
+    changes: list[tuple[str, dict]] = [
+        (f"gradient checkpointing {'off' if p.grad_ckpt else 'on'}", {"grad_ckpt": not p.grad_ckpt}),
+    ]
+    bigger = next((d for d in range(p.batch + 1, b + 1) if b % d == 0), None)
+    if bigger:
+        changes.append((f"micro-batch {bigger} x {b // bigger} accumulation", {"batch": bigger, "grad_accum": b // bigger}))
+    if p.seq * 2 <= model_max_seq(probe.req.model):
+        changes.append((f"sequence length {p.seq * 2}", {"seq": p.seq * 2}))
+    labels = {"full": "full fine-tuning", "lora": "LoRA on the 16-bit base", "qlora": "QLoRA (NF4 + double quant)"}
+    for method in probe.methods:
+        if method != p.method:
+            opt = p.optimizer if p.optimizer in probe.optimizer_choices(method) else probe.optimizer_choices(method)[0]
+            changes.append((labels[method], {"method": method, "optimizer": opt}))
+    if p.uses_lora and (p.targets, p.rank) in ADAPTERS:
+        i = ADAPTERS.index((p.targets, p.rank))
+        for j in (i + 1, i - 1):
+            if 0 <= j < len(ADAPTERS):
+                changes.append((f"LoRA {ADAPTERS[j][0]} r={ADAPTERS[j][1]}", {"targets": ADAPTERS[j][0], "rank": ADAPTERS[j][1]}))
+    eight_bit = "8bit" in (p.optimizer or "")
+    changes.append(("AdamW 32-bit (fused)" if eight_bit else "paged AdamW 8-bit",
+                    {"optimizer": "adamw_fused" if eight_bit else "paged_adamw_8bit"}))
+    if p.method == "qlora":
+        changes.append((f"double quant {'off' if p.double_quant else 'on'}", {"double_quant": not p.double_quant}))
+    changes.append(("eager attention" if p.attn != "eager" else "sdpa attention",
+                    {"attn": "eager" if p.attn != "eager" else "sdpa"}))
+    out = []
+    for label, change in changes:
+        try:
+            alt = probe.measure(replan(p, **change))
+        except PlanError:
+            continue
+        out.append(KnobCost(knob=label, plan=alt.plan.model_dump(), gpu_bytes_delta=alt.gpu_bytes - best.gpu_bytes,
+                            speed_ratio=alt.tokens_per_s / best.tokens_per_s, fits=alt.gpu_bytes <= probe.limit_bytes))
+    return out
+
+
+def contrast(probe: Probe, best: Candidate) -> Contrast | None:
+    """QLoRA beside a LoRA winner (what it buys, what it costs), or LoRA beside a QLoRA winner."""
+    if best.plan.method == "full":
+        return None  # the knob costs list LoRA and QLoRA beside full fine-tuning
+    other = "qlora" if best.plan.method == "lora" else "lora"
+    if other not in probe.methods:
+        return None
+    opt = "paged_adamw_8bit" if other == "qlora" else best.plan.optimizer
+    try:
+        alt = probe.measure(replan(best.plan, method=other, optimizer=opt))
+    except PlanError:
+        return None
+    fits = alt.gpu_bytes <= probe.limit_bytes
+    return Contrast(plan=alt.plan.model_dump(), gpu_bytes=alt.gpu_bytes, tokens_per_s=alt.tokens_per_s,
+                    speed_ratio=alt.tokens_per_s / best.tokens_per_s, fits=fits,
+                    limits=solve_limits(probe, alt.plan) if fits else None)
+
+
+def lean(probe: Probe, method: str, seq: int) -> Candidate:
+    """A method's leanest plan at `seq` (smallest adapter, smallest micro-batch), fitting or not."""
+    mb = probe.batch_choices()[0]
+    adapter = None if method == "full" else ADAPTERS[0]
+    plans = [probe.plan(method, adapter, seq, ck, opt, mb)
+             for ck in probe.ckpt_choices() for opt in probe.optimizer_choices(method)]
+    return min((probe.measure(p) for p in plans), key=lambda c: (c.gpu_bytes, -c.tokens_per_s))
+
+
+def smallest_gpus(probe: Probe, plan: TrainingPlan) -> list[GpuProfile]:
+    """The GPUs `plan` fits with the headroom, smallest first; bf16 cards get the bf16 version of the plan."""
+    versions = {False: plan}
+    if not probe.req.gpu.bf16_supported and "param_dtype" not in probe.req.pinned:
+        versions = {False: plan, True: replan(plan, param_dtype="bf16", mixed_precision=None)}
+    elif plan.activation_dtype == "bf16":
+        versions = {True: plan}
+    out = []
+    for g in sorted(load_profiles(probe.req.gpu_dirs).values(), key=lambda g: (g.usable_bytes, g.slug)):
+        version = versions.get(g.bf16_supported, versions.get(False))
+        if version is None:
+            continue
+        e = probe.measure(version).estimate
+        if _per_card(e.peak_bytes, g.cuda_context_bytes) + e.paged_bytes <= g.usable_bytes * (1 - probe.req.headroom):
+            out.append(g)
+    return out
+
+
+def option(probe: Probe, cand: Candidate) -> Option:
+    e, gpu = cand.estimate, probe.req.gpu
+    fits_on = smallest_gpus(probe, cand.plan)
+    smallest = fits_on[0] if fits_on else None
+    same = [g.slug for g in fits_on[1:] if smallest and g.memory_bytes == smallest.memory_bytes]
+    offloaded = None
+    if e.components["optimizer_states"] + e.paged_bytes > 0.05 * cand.gpu_bytes:
+        offloaded = probe.measure(replan(cand.plan, optimizer="sgd")).gpu_bytes
+    # Sharding splits what the optimizer step holds (weights, gradients, states); what forward/backward add on
+    # top of it (activations) stays on every card.
+    states = e.phases["optimizer"] + e.paged_bytes
+    act = max(0, e.peak_bytes - e.phases["optimizer"])
+    shard = next((n for n in range(1, 1025) if _per_card(states // n + act, gpu.cuda_context_bytes) <= probe.limit_bytes),
+                 None)
+    return Option(method=cand.plan.method, plan=cand.plan.model_dump(), gpu_bytes=cand.gpu_bytes,
+                  weights_bytes=e.phases["load"], smallest_gpu=smallest.slug if smallest else None,
+                  same_size_gpus=same, offloaded_gpu_bytes=offloaded, shard_gpus_at_least=shard)
+
+
+def _per_card(live_bytes: int, context_bytes: int) -> int:
+    return live_bytes + allocator_reserve_bytes(live_bytes) + context_bytes
+
+
+def nearest(probe: Probe) -> Nearest:
+    seq = seq_ladder(probe.req)[0]
+    leans = [lean(probe, m, seq) for m in probe.methods]
+    leanest = min(leans, key=lambda c: c.gpu_bytes)
+    shorter = None
+    if seq > 1:
+        shorter = _largest(probe, lambda s: leanest.plan.model_copy(update={"seq": s}), 1, seq - 1)
+    return Nearest(options=[option(probe, c) for c in leans], shorter_seq=shorter,
+                   shorter_seq_method=leanest.plan.method if shorter else None)
+
+
+def _recommendation(probe: Probe, c: Candidate) -> Recommendation:
+    e = estimate(probe.req.model, c.plan, gpu=probe.req.gpu.slug, gpu_dirs=probe.req.gpu_dirs)
+    return Recommendation(estimate=e, gpu_bytes=e.total_gpu_bytes + e.paged_bytes, tokens_per_s=c.tokens_per_s,
+                          step_time_s=c.speed.step_s, dequant_share=c.speed.dequant_s / c.speed.micro_batch_s)
+
+
+def recommend(req: Request, progress: Callable[[int, int], None] | None = None) -> Advice:
+    """Search, rank and explain: the whole advice for one request."""
+    start = time.perf_counter()
+    probe = Probe(req)
+    check_pins(probe)
+    found = search(probe, progress)
+    best = found[0] if found else None
+    blockers: list[Option] = []
+    if best is not None and req.objective == "quality":
+        tier = {"full": 2, "lora": 1, "qlora": 0}
+        blockers = [option(probe, lean(probe, m, seq_ladder(req)[0])) for m in probe.methods
+                    if tier[m] > tier[best.plan.method]]
+    gpu = req.gpu
+    return Advice(
+        model=req.model.name, gpu=gpu.slug, usable_bytes=gpu.usable_bytes, limit_bytes=probe.limit_bytes,
+        objective=req.objective, headroom=req.headroom, effective_batch=req.effective_batch,
+        plans=[_recommendation(probe, c) for c in found],
+        limits=solve_limits(probe, best.plan) if best else None,
+        knobs=knob_costs(probe, best) if best else [],
+        contrast=contrast(probe, best) if best else None,
+        blockers=blockers,
+        nearest=None if best else nearest(probe),
+        assumptions={"mfu": MFU, "peak_tflops": best.speed.tflops if best else None,
+                     "bandwidth_bytes_per_s": gpu.bandwidth_bytes_per_s,
+                     "dequant_bandwidth_fraction": DEQUANT_BANDWIDTH_FRACTION,
+                     "dtype_note": None if gpu.bf16_supported or "param_dtype" in req.pinned else
+                     f"the {gpu.slug} has no bf16: LoRA/QLoRA run in fp16, full fine-tuning keeps fp32 master weights "
+                     "with fp16 autocast"},
+        evaluated=probe.evaluated, seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,314 @@
+"""The advisor: search the plan space for the setups that fit a GPU, rank them by an objective, explain them.
+
+The space has two levels. A *cell* is what decides what you train: method, LoRA targets and rank (from a
+ladder of four common adapters), and sequence length (powers of two from `min_seq`, up to 8192 or the model's
+positions). A *variant* is how a cell is run: gradient checkpointing, optimizer, and micro-batch (a divisor of
+the effective batch, the rest is gradient accumulation). Quantization is NF4 with double quant (FP4 and single
+quantization never save memory over it) and attention is sdpa (flash_attention_2 takes the same memory, eager
+more): the knob costs show them.
+
+Search without a grid: memory grows with micro-batch and sequence length, so the largest micro-batch that fits
+is found by bisection, and cells are visited best-first by an optimistic bound (the quality tuple, or the speed
+of the fastest variant ignoring memory) so the search stops once `top` cells beat every bound left. A plan fits
+when its reserved memory, CUDA context and paged optimizer states (which live on the card unless it runs out,
+and then page over PCIe every step) stay within the usable memory less the headroom.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vramplan.api import allocator_reserve_bytes, estimate
+from vramplan.errors import InputError, PlanError
+from vramplan.estimator import MemoryEstimate
+from vramplan.hardware import GpuProfile
+from vramplan.models import ModelSpec
+from vramplan.plan import TrainingPlan, make_plan
+from vramplan.speed import StepTime, step_time
+
+OBJECTIVES = ("quality", "speed", "memory")
+METHODS = ("full", "lora", "qlora")
+METHOD_TIER = {"full": 2, "lora": 1, "qlora": 0}
+# LoRA (targets, rank) in rising capacity: peft's default q_proj,v_proj at rank 8 (the QLoRA seeds' recipe) up
+# to every linear layer at rank 64 (the QLoRA paper's setup, which matched 16-bit full fine-tuning).
+ADAPTERS: tuple[tuple[str, int], ...] = (("default", 8), ("attention", 16), ("all-linear", 16), ("all-linear", 64))
+OPTIMIZER_CHOICES = {
+    "full": ("adamw_fused", "adamw_8bit", "paged_adamw_8bit"),
+    "lora": ("adamw_fused", "paged_adamw_8bit"),
+    "qlora": ("adamw_fused", "paged_adamw_8bit"),
+}
+SEQ_LADDER_CAP = 8192
+DEFAULT_MIN_SEQ = 1024
+LORA_ONLY = ("rank", "alpha", "targets", "lora_dropout")
+QLORA_ONLY = ("quant", "double_quant", "compute_dtype", "kbit_upcast")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked: a model, one GPU, an objective, and the plan fields they fixed (`pinned`)."""
+
+    model: ModelSpec
+    gpu: GpuProfile
+    objective: str = "quality"
+    effective_batch: int = 16
+    headroom: float = 0.1
+    seq: int | None = None
+    min_seq: int | None = None
+    methods: tuple[str, ...] = ()  # empty: every method the pinned fields allow
+    top: int = 5
+    pinned: Mapping[str, Any] = field(default_factory=dict)
+    gpu_dirs: tuple = ()  # extra GPU profile folders (--gpu-dir), for the smallest-GPU search
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"--objective: '{self.objective}' is not one of {', '.join(OBJECTIVES)}")
+        if not 0 <= self.headroom < 1:
+            raise InputError(f"--headroom: {self.headroom} must be a fraction in [0, 1), e.g. 0.1")
+        for name in ("effective_batch", "top", "seq", "min_seq"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"--{name.replace('_', '-')}: must be a positive integer")
+        if self.seq and self.min_seq:
+            raise InputError("give --seq (one length) or --min-seq (the shortest acceptable), not both")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise InputError(f"--method: '{unknown[0]}' is not one of {', '.join(METHODS)}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated plan: its memory estimate (GPU-less), what it takes on the card, and its speed."""
+
+    plan: TrainingPlan
+    estimate: MemoryEstimate
+    gpu_bytes: int  # reserved + CUDA context + paged optimizer states
+    speed: StepTime
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.speed.tokens_per_s
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.estimate.peak_bytes
+
+
+def adapter_ladder(pinned: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """ADAPTERS with the user's --targets/--rank substituted, duplicates dropped, capacity order kept."""
+    out: list[tuple[str, int]] = []
+    for targets, rank in ADAPTERS:
+        item = (pinned.get("targets") or targets, pinned.get("rank") or rank)
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def seq_ladder(req: Request) -> list[int]:
+    """The sequence lengths tried: --seq alone, else min_seq and the powers of two above it up to the cap."""
+    if req.seq:
+        return [req.seq]
+    cap = model_max_seq(req.model)
+    lo = req.min_seq or min(DEFAULT_MIN_SEQ, cap)
+    top = max(lo, min(cap, SEQ_LADDER_CAP))
+    out, s = [lo], 1
+    while s < top:
+        s *= 2
+        if lo < s <= top:
+            out.append(s)
+    return out
+
+
+def model_max_seq(model: ModelSpec) -> int:
+    return int(model.config.get("max_position_embeddings") or 131072)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+class Probe:
+    """Builds plans for a request, evaluates them once (memoised), and says whether they fit."""
+
+    def __init__(self, req: Request):
+        self.req = req
+        self.limit_bytes = int(req.gpu.usable_bytes * (1 - req.headroom))
+        self.evaluated = 0
+        self._memo: dict[TrainingPlan, Candidate] = {}
+        self.methods = self._allowed_methods()
+
+    def _allowed_methods(self) -> tuple[str, ...]:
+        pinned = self.req.pinned
+        if self.req.methods:
+            for method in self.req.methods:  # a pinned flag that does not apply raises a one-line PlanError
+                self.plan(method, ADAPTERS[0], 1024, True, OPTIMIZER_CHOICES[method][0], 1)
+            return self.req.methods
+        allowed = [m for m in METHODS if not (m == "full" and any(k in pinned for k in LORA_ONLY))]
+        allowed = [m for m in allowed if not (m != "qlora" and any(k in pinned for k in QLORA_ONLY))]
+        return tuple(allowed)
+
+    def dtype_fields(self, method: str) -> dict[str, Any]:
+        """bf16 where the GPU has it; else fp16 (LoRA/QLoRA) or fp32 master weights with fp16 autocast (full)."""
+        if self.req.gpu.bf16_supported or "param_dtype" in self.req.pinned:
+            return {}
+        return {"param_dtype": "fp32", "mixed_precision": "fp16"} if method == "full" else {"param_dtype": "fp16"}
+
+    def plan(self, method: str, adapter: tuple[str, int] | None, seq: int, grad_ckpt: bool, optimizer: str,
+             batch: int) -> TrainingPlan:
+        pinned = dict(self.req.pinned)
+        if method != "qlora":
+            for k in QLORA_ONLY:
+                pinned.pop(k, None)
+        opts: dict[str, Any] = {"method": method, "seq": seq, "grad_ckpt": grad_ckpt, "optimizer": optimizer,
+                                "batch": batch, "grad_accum": -(-self.req.effective_batch // batch)}
+        if method != "full" and adapter:
+            opts.update(targets=adapter[0], rank=adapter[1])
+        opts.update(self.dtype_fields(method))
+        opts.update({k: v for k, v in pinned.items() if k not in ("batch", "grad_accum", "seq")})
+        return make_plan(**opts)
+
+    def measure(self, plan: TrainingPlan) -> Candidate:
+        cand = self._memo.get(plan)
+        if cand is None:
+            self.evaluated += 1
+            e = estimate(self.req.model, plan)
+            gpu_bytes = e.peak_bytes + allocator_reserve_bytes(e.peak_bytes) + self.req.gpu.cuda_context_bytes
+            cand = Candidate(plan, e, gpu_bytes + e.paged_bytes, step_time(self.req.model, plan, self.req.gpu))
+            self._memo[plan] = cand
+        return cand
+
+    def fits(self, plan: TrainingPlan) -> bool:
+        return self.measure(plan).gpu_bytes <= self.limit_bytes
+
+    # Knob ranges, narrowed by what the user pinned --------------------------------------------------------
+    def ckpt_choices(self) -> tuple[bool, ...]:
+        pinned = self.req.pinned.get("grad_ckpt")
+        return (pinned,) if pinned is not None else (False, True)
+
+    def optimizer_choices(self, method: str) -> tuple[str, ...]:
+        pinned = self.req.pinned.get("optimizer")
+        return (pinned,) if pinned else OPTIMIZER_CHOICES[method]
+
+    def batch_choices(self) -> list[int]:
+        b, pinned = self.req.effective_batch, self.req.pinned
+        if pinned.get("batch"):
+            return [pinned["batch"]]
+        if pinned.get("grad_accum"):
+            if b % pinned["grad_accum"]:
+                raise InputError(f"--grad-accum {pinned['grad_accum']} does not divide --effective-batch {b}")
+            return [b // pinned["grad_accum"]]
+        return divisors(b)
+
+
+# Variants of one cell ---------------------------------------------------------------------------------------
+
+Cell = tuple[str, "tuple[str, int] | None", int]  # (method, adapter, seq)
+
+
+def largest_batch(probe: Probe, build: Callable[[int], TrainingPlan], choices: list[int]) -> int | None:
+    """The largest micro-batch among `choices` (ascending) whose plan fits, by bisection; None if none does."""
+    if not probe.fits(build(choices[0])):
+        return None
+    lo, hi = 0, len(choices) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if probe.fits(build(choices[mid])):
+            lo = mid
+        else:
+            hi = mid - 1
+    return choices[lo]
+
+
+def fastest_variant(probe: Probe, cell: Cell) -> Candidate | None:
+    """The fitting (checkpointing, optimizer, micro-batch) with the most tokens/s; ties go to less memory."""
+    method, adapter, seq = cell
+    best: Candidate | None = None
+    batches = probe.batch_choices()
+    for ckpt in probe.ckpt_choices():
+        for opt in probe.optimizer_choices(method):
+            def build(b: int, ckpt: bool = ckpt, opt: str = opt) -> TrainingPlan:
+                return probe.plan(method, adapter, seq, ckpt, opt, b)
+
+            if best and step_time(probe.req.model, build(batches[-1]), probe.req.gpu).tokens_per_s < best.tokens_per_s:
+                continue  # even its largest micro-batch would be slower than what we have
+            mb = largest_batch(probe, build, batches)
+            if mb is not None:
+                cand = probe.measure(build(mb))
+                if best is None or (cand.tokens_per_s, -cand.gpu_bytes) > (best.tokens_per_s, -best.gpu_bytes):
+                    best = cand
+    return best
+
+
+def leanest_variant(probe: Probe, cell: Cell) -> Candidate | None:
+    """The fitting variant with the least memory on the card at the smallest micro-batch; ties go to speed."""
+    method, adapter, seq = cell
+    mb = probe.batch_choices()[0]
+    cands = [probe.measure(probe.plan(method, adapter, seq, ckpt, opt, mb))
+             for ckpt in probe.ckpt_choices() for opt in probe.optimizer_choices(method)]
+    best = min(cands, key=lambda c: (c.gpu_bytes, c.peak_bytes, -c.tokens_per_s))
+    return best if best.gpu_bytes <= probe.limit_bytes else None
+
+
+# Ranking ----------------------------------------------------------------------------------------------------
+
+
+def adapter_index(probe: Probe, plan: TrainingPlan) -> int:
+    ladder = adapter_ladder(probe.req.pinned)
+    return ladder.index((plan.targets, plan.rank)) if (plan.targets, plan.rank) in ladder else 0
+
+
+def score(probe: Probe, c: Candidate) -> tuple:
+    """Higher is better. quality: method, adapter capacity, sequence, then speed; speed; memory (least first)."""
+    quality = (METHOD_TIER[c.plan.method], adapter_index(probe, c.plan), c.plan.seq)
+    if probe.req.objective == "quality":
+        return (*quality, c.tokens_per_s)
+    if probe.req.objective == "speed":
+        return (c.tokens_per_s, *quality)
+    return (-c.gpu_bytes, -c.peak_bytes, *quality, c.tokens_per_s)
+
+
+def cells(probe: Probe) -> list[Cell]:
+    out: list[Cell] = []
+    for method in probe.methods:
+        adapters: Iterable = adapter_ladder(probe.req.pinned) if method != "full" else [None]
+        out += [(method, a, s) for a in adapters for s in seq_ladder(probe.req)]
+    return out
+
+
+def bound(probe: Probe, cell: Cell) -> tuple:
+    """An optimistic score for a cell, before any estimate: nothing it contains can score higher."""
+    method, adapter, seq = cell
+    tier = (METHOD_TIER[method], adapter_ladder(probe.req.pinned).index(adapter) if adapter else 0, seq)
+    if probe.req.objective == "quality":
+        return (*tier, float("inf"))
+    if probe.req.objective == "speed":
+        fastest = max(step_time(probe.req.model, probe.plan(method, adapter, seq, ck, opt, probe.batch_choices()[-1]),
+                                probe.req.gpu).tokens_per_s
+                      for ck in probe.ckpt_choices() for opt in probe.optimizer_choices(method))
+        return (fastest, *tier)
+    return (0,)  # memory: no cheap bound; every cell is evaluated (one micro-batch each)
+
+
+def search(probe: Probe, progress: Callable[[int, int], None] | None = None) -> list[Candidate]:
+    """The best `top` cells, each run by its best variant for the objective, best first."""
+    todo = sorted(((bound(probe, c), c) for c in cells(probe)), key=lambda bc: bc[0], reverse=True)
+    pick = leanest_variant if probe.req.objective == "memory" else fastest_variant
+    found: list[Candidate] = []
+    for i, (best_possible, cell) in enumerate(todo):
+        if progress:
+            progress(i, len(todo))
+        if len(found) >= probe.req.top and best_possible <= score(probe, found[-1]):
+            break
+        cand = pick(probe, cell)
+        if cand is not None:
+            found = sorted([*found, cand], key=lambda c: score(probe, c), reverse=True)[: probe.req.top]
+    if progress:
+        progress(len(todo), len(todo))
+    return found
+
+
+def check_pins(probe: Probe) -> None:
+    """Fail early, on one line, when the pinned flags make no valid plan for any allowed method."""
+    if not probe.methods:
+        raise PlanError("the plan flags given (LoRA-only and QLoRA-only) rule out every method")
