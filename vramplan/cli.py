@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from vramplan.commands.suggest import add_suggest_parser
 from vramplan.errors import VramplanError
 from vramplan.plan import OPTIMIZERS
 
@@ -190,6 +191,7 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_gpus_parser,
     add_estimate_parser,
     add_compare_parser,
+    add_suggest_parser,
 ]
 
 

@@ -1,0 +1,280 @@
+"""`vramplan suggest`: the best setups that fit a GPU, ranked by an objective, with the reasons in plain words.
+
+Parser and run function for the CLI, and the rendering of an `Advice` (rich tables, sentences, JSON). Nothing
+heavy is imported until the command runs: `vramplan --help` and `vramplan estimate` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+OBJECTIVE_CHOICES = ("quality", "speed", "memory")  # vramplan.advisor.OBJECTIVES, kept here so import stays light
+PLAN_FIELDS = ("param_dtype", "mixed_precision", "quant", "double_quant", "compute_dtype", "kbit_upcast", "rank",
+               "alpha", "targets", "lora_dropout", "batch", "grad_accum", "grad_ckpt", "ckpt_reentrant", "attn",
+               "optimizer")
+NO_PLAN_FITS = 1  # exit code when nothing fits (the output says what would)
+
+
+def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
+    from vramplan.cli import add_plan_arguments
+
+    p = sub.add_parser(
+        "suggest", help="recommend the best setups that fit a GPU, and say why",
+        description="Search methods, LoRA targets/rank, sequence length, micro-batch x accumulation, checkpointing "
+        "and optimizers for the plans that fit one GPU; rank them by an objective and explain the winner. Plan "
+        "flags pin a knob (e.g. --rank 16, --no-grad-ckpt).")
+    p.add_argument("--model", required=True, help="preset name, config.json path, model folder or HF hub id")
+    p.add_argument("--gpu", required=True, help="GPU profile (e.g. rtx4090, a100-80gb)")
+    p.add_argument("--gpu-dir", action="append", metavar="DIR",
+                   help="extra folder of GPU profile .toml files (repeatable; also $VRAMPLAN_GPU_DIR)")
+    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (only 1 for now)")
+    p.add_argument("--method", help="methods to consider: a comma list of full, lora, qlora (default all)")
+    p.add_argument("--objective", choices=OBJECTIVE_CHOICES, default="quality",
+                   help="quality: full > LoRA > QLoRA, more adapters, longer sequences; speed: tokens/s; "
+                   "memory: the smallest footprint (default quality)")
+    p.add_argument("--effective-batch", type=int, default=16,
+                   help="sequences per optimizer step = micro-batch x gradient accumulation (default 16)")
+    p.add_argument("--min-seq", type=int, help="shortest acceptable sequence length (default 1024); longer ones "
+                   "up to 8192 are tried too (--seq fixes one)")
+    p.add_argument("--headroom", type=float, default=0.1,
+                   help="fraction of the GPU's usable memory to leave free (default 0.1)")
+    p.add_argument("--top", type=int, default=5, help="how many plans to list (default 5)")
+    p.add_argument("--json", action="store_true", help='print {"plans": [...]} (best first) and the explanation')
+    add_plan_arguments(p, method_default=False)
+    p.set_defaults(run=run_suggest)
+
+
+def request_from_args(args: argparse.Namespace):
+    from vramplan.advisor import Request
+    from vramplan.cli import _gpu_dirs
+    from vramplan.errors import InputError
+    from vramplan.hardware import resolve_gpu
+    from vramplan.models import resolve_model
+
+    if args.gpus != 1:
+        raise InputError(f"--gpus {args.gpus}: multi-GPU plans are not available yet (sharding is not modelled); "
+                         "leave out --gpus to plan for one GPU")
+    methods = tuple(m.strip() for m in (args.method or "").split(",") if m.strip())
+    pinned = {f: getattr(args, f) for f in PLAN_FIELDS if getattr(args, f, None) is not None}
+    gpu = resolve_gpu(args.gpu, _gpu_dirs(args))
+    return Request(model=resolve_model(args.model), gpu=gpu, objective=args.objective,
+                   effective_batch=args.effective_batch, headroom=args.headroom, seq=args.seq, min_seq=args.min_seq,
+                   methods=methods, top=args.top, pinned=pinned, gpu_dirs=_gpu_dirs(args))
+
+
+def run_suggest(args: argparse.Namespace) -> int:
+    from vramplan import report
+    from vramplan.advice import recommend
+    from vramplan.cli import _console
+
+    req = request_from_args(args)
+    console = _console(args)
+    update, close = _lazy_progress()
+    try:
+        advice = recommend(req, update)
+    finally:
+        close()
+    if args.json:
+        report.print_json(advice_json(advice))
+    else:
+        render_advice(console, advice)
+    return 0 if advice.plans else NO_PLAN_FITS
+
+
+def _lazy_progress(delay_s: float = 0.3):
+    """A progress bar on stderr that appears only if the search runs past `delay_s` (it should not)."""
+    start, state = time.perf_counter(), {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            from rich.console import Console
+
+            console = Console(stderr=True)
+            if time.perf_counter() - start < delay_s or not console.is_terminal:
+                return
+            from rich.progress import Progress
+
+            state["bar"] = Progress(console=console, transient=True)
+            state["bar"].start()
+            state["task"] = state["bar"].add_task("searching plans", total=total)
+        state["bar"].update(state["task"], completed=done, total=total)
+
+    def close() -> None:
+        if "bar" in state:
+            state["bar"].stop()
+
+    return update, close
+
+
+# Words ------------------------------------------------------------------------------------------------------
+
+
+def gib(n: int | float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def speed_words(ratio: float) -> str:
+    if ratio >= 1.005:
+        return f"~{(ratio - 1) * 100:.0f}% faster"
+    if ratio <= 0.995:
+        return f"~{(1 - ratio) * 100:.0f}% slower"
+    return "same speed"
+
+
+def describe(plan: dict) -> str:
+    """'LoRA r=64 on all-linear, 16-bit base' style summary of a plan's method."""
+    if plan["method"] == "full":
+        return "full fine-tuning"
+    adapters = f"r={plan['rank']} on {plan['targets']} targets"
+    if plan["method"] == "lora":
+        return f"LoRA ({adapters}) on the {plan['param_dtype']} base"
+    dq = " + double quant" if plan["double_quant"] else ""
+    return f"QLoRA ({plan['quant'].upper()}{dq}, {adapters})"
+
+
+def _run_words(plan: dict) -> str:
+    ckpt = "gradient checkpointing on" if plan["grad_ckpt"] else "no gradient checkpointing"
+    return (f"seq {plan['seq']}, micro-batch {plan['batch']} x {plan['grad_accum']} accumulation, {ckpt}, "
+            f"{plan['optimizer']}")
+
+
+def explain(a: Any) -> list[str]:
+    """The plain-language case for the winner (or, when nothing fits, the verdict)."""
+    if not a.plans:
+        return [f"Nothing fits {a.model} on {a.gpu}: every plan needs more than the {gib(a.limit_bytes)} allowed "
+                f"({gib(a.usable_bytes)} usable less {a.headroom:.0%} headroom)."]
+    best = a.plans[0]
+    plan = best.estimate.plan
+    lines = [f"Run {describe(plan)}: {_run_words(plan)}. It takes {gib(best.gpu_bytes)} of the {a.gpu}'s "
+             f"{gib(a.usable_bytes)} ({gib(a.usable_bytes - best.gpu_bytes)} free), ~{best.tokens_per_s:,.0f} tokens/s."]
+    if a.objective == "quality":
+        why = "; ".join(f"{describe(b.plan)} needs at least {gib(b.gpu_bytes)}"
+                        + (f" (smallest GPU that fits: {b.smallest_gpu})" if b.smallest_gpu else "")
+                        for b in a.blockers)
+        if why:
+            lines.append(f"It is the most capable plan that fits: {why}.")
+        else:
+            lines.append("It is the most capable plan that fits" + (": every weight trains." if plan["method"] == "full"
+                                                                     else "."))
+    elif a.objective == "speed":
+        lines.append("It is the fastest plan that fits.")
+    else:
+        lines.append(f"It has the smallest footprint that trains: peak {gib(best.estimate.peak_bytes)}.")
+    lines += _contrast_words(a, plan)
+    lim = a.limits
+    if lim and lim.max_seq:
+        cap = " (the model's limit)" if lim.max_seq == lim.seq_cap else ""
+        lines.append(f"At this setup the longest sequence that fits is {lim.max_seq}{cap}, and the largest micro-batch "
+                     f"at seq {plan['seq']} is {lim.max_batch}.")
+    return lines
+
+
+def _contrast_words(a: Any, plan: dict) -> list[str]:
+    c = a.contrast
+    if c is None:
+        return []
+    best = a.plans[0]
+    if c.plan["method"] == "qlora":
+        if not c.fits:
+            return [f"QLoRA would take {gib(c.gpu_bytes)}: it does not fit either."]
+        gains = []
+        if c.limits and a.limits and (c.limits.max_seq or 0) > (a.limits.max_seq or 0):
+            gains.append(f"sequences up to {c.limits.max_seq} (vs {a.limits.max_seq})")
+        if c.limits and a.limits and (c.limits.max_batch or 0) > (a.limits.max_batch or 0):
+            gains.append(f"micro-batches up to {c.limits.max_batch} (vs {a.limits.max_batch})")
+        if c.gpu_bytes >= best.gpu_bytes:
+            return [f"QLoRA would save nothing here: {gib(c.gpu_bytes)} (activations dominate, and QLoRA's fp32 "
+                    "upcast widens them)."]
+        buys = f", room for {' or '.join(gains)}" if gains else ""
+        recompute = ", the backward and the recompute" if plan["grad_ckpt"] else " and the backward"
+        cost = (f"but run {speed_words(c.speed_ratio)}: every 4-bit weight is dequantized in the forward{recompute}"
+                if c.speed_ratio < 0.995 else "at about the same speed")
+        return [f"QLoRA with the same adapters would take {gib(c.gpu_bytes)} instead of {gib(best.gpu_bytes)}{buys}, "
+                f"{cost}."]
+    if c.fits:
+        return [f"LoRA on the 16-bit base would also fit ({gib(c.gpu_bytes)}) and run {speed_words(c.speed_ratio)}."]
+    return [f"LoRA on the 16-bit base would need {gib(c.gpu_bytes)}: more than the {gib(a.limit_bytes)} allowed, "
+            "so the base must be 4-bit."]
+
+
+def assumptions_words(a: Any) -> str:
+    s = a.assumptions
+    tflops = f"{s['peak_tflops']:g} TFLOPs" if s.get("peak_tflops") else "the GPU's TFLOPs"
+    return (f"tokens/s: a roofline estimate for ranking, not a benchmark: {s['mfu']:.0%} MFU of {tflops}, "
+            f"{s['bandwidth_bytes_per_s'] / 1e9:,.0f} GB/s, 4-bit dequantization at "
+            f"{s['dequant_bandwidth_fraction']:.0%} of it; LoRA/QLoRA skip the frozen weights' gradients (4N FLOPs "
+            "per token instead of 6N), checkpointing recomputes the forward.")
+
+
+# Rendering --------------------------------------------------------------------------------------------------
+
+
+def render_advice(console: Any, a: Any) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]{a.model}[/bold] on [bold]{a.gpu}[/bold]: {gib(a.usable_bytes)} usable, plans up to "
+                  f"{gib(a.limit_bytes)} ({a.headroom:.0%} headroom); objective {a.objective}, effective batch "
+                  f"{a.effective_batch}")
+    if a.assumptions.get("dtype_note"):
+        console.print(f"Note: {a.assumptions['dtype_note']}.")
+    if a.plans:
+        table = Table(title="Plans that fit, best first (GiB; free = usable - reserved - context - paged states)",
+                      title_justify="left")
+        for col in ("method", "quant", "LoRA", "seq", "batch", "ckpt", "optimizer", "peak", "reserved", "free",
+                    "tok/s"):
+            table.add_column(col, justify="right" if col in ("seq", "peak", "reserved", "free", "tok/s") else "left")
+        for r in a.plans:
+            p = r.estimate.plan
+            quant = f"{p['quant']}{'+dq' if p['double_quant'] else ''}" if p["method"] == "qlora" else p["param_dtype"]
+            table.add_row(p["method"], quant, f"r{p['rank']} {p['targets']}" if p["rank"] else "-", str(p["seq"]),
+                          f"{p['batch']}x{p['grad_accum']}", "on" if p["grad_ckpt"] else "off", p["optimizer"],
+                          f"{r.estimate.peak_bytes / 2**30:.2f}", f"{r.estimate.reserved_bytes / 2**30:.2f}",
+                          f"{(a.usable_bytes - r.gpu_bytes) / 2**30:.2f}", f"{r.tokens_per_s:,.0f}")
+        console.print(table)
+    for line in explain(a):
+        console.print(line)
+    if a.knobs:
+        console.print("[bold]What each knob costs[/bold] (from plan 1, GPU memory incl. context and paged states):")
+        for k in a.knobs:
+            verdict = "fits" if k.fits else "[red]does not fit[/red]"
+            sign = "+" if k.gpu_bytes_delta >= 0 else "-"
+            console.print(f"  {k.knob}: {sign}{gib(abs(k.gpu_bytes_delta))}, {speed_words(k.speed_ratio)} ({verdict})")
+    if a.nearest:
+        render_nearest(console, a)
+    speed_note = assumptions_words(a) + " " if a.plans else ""
+    console.print(f"[dim]{speed_note}Searched {a.evaluated} plans in {a.seconds:.2f} s.[/dim]")
+
+
+def render_nearest(console: Any, a: Any) -> None:
+    from rich.table import Table
+
+    n = a.nearest
+    table = Table(title="Nearest options (leanest plan per method)", title_justify="left")
+    for col in ("method", "needs", "weights alone", "smallest GPU that fits", "optimizer states on CPU",
+                "cards if sharded"):
+        table.add_column(col, justify="left" if col in ("method", "smallest GPU that fits") else "right")
+    for o in n.options:
+        more = ", ..." if len(o.same_size_gpus) > 2 else ""
+        also = f" (also {', '.join(o.same_size_gpus[:2])}{more})" if o.same_size_gpus else ""
+        table.add_row(o.method, gib(o.gpu_bytes), gib(o.weights_bytes), (o.smallest_gpu or "none") + also,
+                      gib(o.offloaded_gpu_bytes) if o.offloaded_gpu_bytes else "-",
+                      f">= {o.shard_gpus_at_least}" if o.shard_gpus_at_least else "-")
+    console.print(table)
+    if n.shorter_seq:
+        console.print(f"A shorter sequence: {n.shorter_seq_method} fits at seq {n.shorter_seq} or less.")
+    else:
+        console.print("No shorter sequence helps: the weights and states alone do not fit.")
+    console.print("Multi-GPU sharding is not modelled yet: the GPU counts are lower bounds (weights, gradients and "
+                  "optimizer states split evenly, activations not). Optimizer states on CPU: DeepSpeed ZeRO-Offload.")
+
+
+def advice_json(a: Any) -> dict:
+    """`{"plans": [...]}` best first, each with `plan` (as in `estimate --json`), bytes and tokens/s; and the why."""
+    plans = [{"plan": r.estimate.plan, "peak_bytes": r.estimate.peak_bytes, "reserved_bytes": r.estimate.reserved_bytes,
+              "total_gpu_bytes": r.estimate.total_gpu_bytes, "paged_bytes": r.estimate.paged_bytes,
+              "gpu_bytes": r.gpu_bytes, "headroom_bytes": a.usable_bytes - r.gpu_bytes,
+              "tokens_per_s": round(r.tokens_per_s, 1), "step_time_s": round(r.step_time_s, 4)} for r in a.plans]
+    out = a.model_dump(mode="json", exclude={"plans", "seconds"})
+    return {"plans": plans, **out, "explanation": explain(a), "search_seconds": round(a.seconds, 3)}
