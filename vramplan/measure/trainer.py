@@ -16,7 +16,9 @@ It does what a transformers + peft + bitsandbytes script does, through the libra
 Phases (each peak is the highest *total* live bytes inside it): "forward" = the model call with its loss,
 "backward" = `loss.backward()`, "optimizer" = `step()` + `zero_grad()`. Step 1 creates the optimizer states;
 the numbers are those of the last step (steady state). With `trace=True` the same code runs under
-`FakeTensorMode` (tracing.py): full-size models in seconds, no real memory.
+`FakeTensorMode` (tracing.py): full-size models in seconds, no real memory. On a real CUDA device the
+allocator's own per-phase peaks, the CUDA context and paged optimizer states are read too (cuda_memory.py), and
+running out of memory raises `StepOutOfMemory` (a result to record, not a failure).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import warnings
+from collections.abc import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, computed_field
 
 from vramplan.errors import MeasurementError
 from vramplan.measure.build import build_model, hf_config, resolve_targets, torch_dtype
+from vramplan.measure.cuda_memory import CudaMemory, paged_bytes
 from vramplan.measure.optimizers import build_optimizer
 from vramplan.measure.tracker import Allocation, MemoryTracker
 from vramplan.measure.tracing import fake_session, warm_caches
@@ -55,11 +59,23 @@ class MeasuredStep(BaseModel):
     traced: bool
     peak_phase: str
     snapshots: dict[str, list[Allocation]]  # per phase: what was live at its peak, largest first
+    # Real CUDA runs only, None otherwise (cuda_memory.py). Per phase: torch.cuda.max_memory_allocated() /
+    # max_memory_reserved() of the last step; "load" is memory_allocated() / memory_reserved() after the load.
+    allocated_phases: dict[str, int] | None = None
+    reserved_phases: dict[str, int] | None = None
+    cuda_context_bytes: int | None = None
+    paged_bytes: int | None = None  # paged optimizer states in CUDA managed memory (not in the allocator)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def peak_bytes(self) -> int:
         return max(self.forward_peak_bytes, self.backward_peak_bytes, self.optimizer_peak_bytes)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def reserved_bytes(self) -> int | None:
+        """The caching allocator's reserved peak over the step (CUDA only)."""
+        return max(self.reserved_phases.values()) if self.reserved_phases else None
 
     @property
     def peak_snapshot(self) -> list[Allocation]:
@@ -68,27 +84,37 @@ class MeasuredStep(BaseModel):
 
 
 def measure_step(config: dict, plan: TrainingPlan, *, device: str = "cpu", trace: bool = False, steps: int = 2,
-                 seed: int = 0) -> MeasuredStep:
+                 seed: int = 0, on_progress: Callable[[int, int, str], None] | None = None) -> MeasuredStep:
     """Build the plan's model from `config` (a config.json dict), train `steps` steps, measure the last one.
 
     Raises MeasurementError for what cannot be measured (flash_attention_2, no CUDA, unknown model type or
-    LoRA targets, missing packages). The caller's RNG state is left as it was (`seed` seeds a forked one).
+    LoRA targets, missing packages), and its subclass StepOutOfMemory when a real CUDA step runs out of memory.
+    The caller's RNG state is left as it was (`seed` seeds a forked one). `on_progress(done, total, label)` is
+    called before the load and before each step.
     """
     _check(plan, device, trace, steps)
     hf_config(config)
-    cuda = [torch.device(device).index or 0] if device.startswith("cuda") and not trace else []
-    with torch.random.fork_rng(devices=cuda), warnings.catch_warnings(), _session(trace, config.get("model_type")):
+    progress = on_progress or (lambda done, total, label: None)
+    cuda = CudaMemory(device) if device.startswith("cuda") and not trace else None  # before any CUDA call
+    with torch.random.fork_rng(devices=[cuda.index] if cuda else []), warnings.catch_warnings(), \
+            _session(trace, config.get("model_type")):
         torch.manual_seed(seed)
         warnings.simplefilter("ignore")  # deprecation and CPU-fallback chatter; behaviours are in the docstrings
-        with MemoryTracker(record=True) as tracker:
+        with MemoryTracker(record=True) as tracker, _out_of_memory_as_result(cuda, tracker):
+            progress(0, steps + 1, "load")
             model = prepare_model(build_model(config, plan, device=device, trace=trace), plan)
             optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], plan)
             tracker.name_modules(model)
             tracker.name_tensors(named_state(model, optimizer))
             gc.collect(GC_GENERATION)
             load = tracker.current_bytes
-            for _ in range(steps):
-                peaks, snaps = _train_step(model, optimizer, plan, tracker, config, device)
+            if cuda:
+                cuda.mark_load()
+            for i in range(steps):
+                progress(i + 1, steps + 1, f"step {i + 1}/{steps}")
+                if cuda:
+                    cuda.new_step()
+                peaks, snaps = _train_step(model, optimizer, plan, tracker, config, device, cuda)
                 tracker.name_tensors(named_state(model, optimizer))
             gc.collect(GC_GENERATION)
             after = tracker.current_bytes
@@ -98,7 +124,19 @@ def measure_step(config: dict, plan: TrainingPlan, *, device: str = "cpu", trace
         load_bytes=load, forward_peak_bytes=peaks["forward"], backward_peak_bytes=peaks["backward"],
         optimizer_peak_bytes=peaks["optimizer"], after_step_bytes=after, trainable_params=trainable,
         traced=trace, peak_phase=top, snapshots=snaps,
+        **(_cuda_fields(cuda, optimizer) if cuda else {}),
     )
+
+
+def _cuda_fields(cuda: CudaMemory, optimizer: torch.optim.Optimizer) -> dict:
+    return dict(allocated_phases=dict(cuda.allocated), reserved_phases=dict(cuda.reserved),
+                cuda_context_bytes=cuda.context_bytes, paged_bytes=paged_bytes(optimizer))
+
+
+def _out_of_memory_as_result(cuda: CudaMemory | None, tracker: MemoryTracker) -> contextlib.AbstractContextManager:
+    if cuda is None:
+        return contextlib.nullcontext()
+    return cuda.out_of_memory_as_result(lambda: "load" if tracker.phase_name == "setup" else tracker.phase_name)
 
 
 def _check(plan: TrainingPlan, device: str, trace: bool, steps: int) -> None:
@@ -146,7 +184,8 @@ def prepare_model(model: torch.nn.Module, plan: TrainingPlan) -> torch.nn.Module
     return model
 
 
-def _train_step(model, optimizer, plan: TrainingPlan, tracker: MemoryTracker, config: dict, device: str):
+def _train_step(model, optimizer, plan: TrainingPlan, tracker: MemoryTracker, config: dict, device: str,
+                cuda: CudaMemory | None = None):
     """One optimizer step of `grad_accum` micro-batches; returns each phase's peak and its snapshot."""
     peaks = dict.fromkeys(PHASES, 0)
     snaps: dict[str, list[Allocation]] = {}
@@ -156,17 +195,17 @@ def _train_step(model, optimizer, plan: TrainingPlan, tracker: MemoryTracker, co
         ids = torch.randint(0, vocab, (plan.batch, plan.seq), dtype=torch.int64, device=device)
         batch = {"input_ids": ids, "labels": ids.clone()}
         batches.append(batch)  # a data loader's batch lives until the next one replaces it
-        with tracker.phase("forward"):
+        with tracker.phase("forward"), _cuda_phase(cuda, "forward"):
             with _autocast(plan, device):
                 out = model(**batch)
             loss = out.loss
             del out
         _keep_peak(tracker, "forward", peaks, snaps)
-        with tracker.phase("backward"):
+        with tracker.phase("backward"), _cuda_phase(cuda, "backward"):
             (loss / plan.grad_accum if plan.grad_accum > 1 else loss).backward()
             del loss
         _keep_peak(tracker, "backward", peaks, snaps)
-    with tracker.phase("optimizer"):
+    with tracker.phase("optimizer"), _cuda_phase(cuda, "optimizer"):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     _keep_peak(tracker, "optimizer", peaks, snaps)
@@ -192,6 +231,13 @@ def named_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
                 yield f"optimizer[{names.get(id(param), '?')}].{key}", value
+    for key, value in getattr(optimizer, "name2qmap", {}).items():  # bitsandbytes' shared quantization maps
+        if isinstance(value, torch.Tensor):
+            yield f"optimizer.qmap.{key}", value
+
+
+def _cuda_phase(cuda: CudaMemory | None, name: str) -> contextlib.AbstractContextManager:
+    return cuda.phase(name) if cuda else contextlib.nullcontext()
 
 
 def _keep_peak(tracker: MemoryTracker, phase: str, peaks: dict, snaps: dict) -> None:
