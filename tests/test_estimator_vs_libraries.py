@@ -71,7 +71,10 @@ def test_peft_adapters_fp32_and_counts():
     assert sum(p.numel() for _, p in params) * 4 == st.lora_adapters
     assert sorted(p.numel() for _, p in params) == sorted(st.trainable_numels)
     frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
-    assert frozen == st.base_weights
+    # the rotary embedding's fp32 inv_freq / original_inv_freq buffers sit with the frozen weights
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert {b.dtype for b in model.buffers()} == {torch.float32}
+    assert frozen + buffers == st.base_weights
 
 
 def test_prepare_model_for_kbit_training_upcasts_non_4bit_weights_to_fp32():
@@ -100,8 +103,9 @@ def test_prepare_model_for_kbit_training_upcasts_non_4bit_weights_to_fp32():
     assert {p.dtype for p in model2.parameters()} == {torch.float32}
     qlora = static_memory(spec, make_plan(method="qlora"))
     non_q = spec.inventory.total_numel - sum(g.weight_numel for g in spec.inventory.linear_groups.values())
-    assert qlora.base_weights == non_q * 4
-    assert static_memory(spec, make_plan(method="qlora", kbit_upcast=False)).base_weights == non_q * 2
+    buffers = sum(b.numel() * b.element_size() for b in model2.buffers())  # fp32 rotary buffers, never cast
+    assert qlora.base_weights == non_q * 4 + buffers
+    assert static_memory(spec, make_plan(method="qlora", kbit_upcast=False)).base_weights == non_q * 2 + buffers
     assert rest  # the non-quantized ones exist
 
 

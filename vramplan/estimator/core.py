@@ -38,7 +38,12 @@ class LayerCost:
     param_grads: int  # .grad bytes created by the layer's backward
 
 
-def _ctx(model: ModelSpec, plan: TrainingPlan) -> Ctx:
+# bitsandbytes' CUDA gemm_4bit dequantizes the weight and calls F.linear above this many rows (M = tokens) for
+# every weight over 4 Mi elements on every arch (`_gemm_4bit_use_custom_cuda`: "custom wins up to M=512").
+GEMM_4BIT_KERNEL_MAX_ROWS = 512
+
+
+def _ctx(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
     nq = non_quantized_dtype_bytes(plan)
     act = DTYPE_BYTES[plan.activation_dtype]
     return Ctx(
@@ -61,6 +66,11 @@ def _ctx(model: ModelSpec, plan: TrainingPlan) -> Ctx:
         gemma_norm=model.model_type in _GEMMA_NORM,
         attn=plan.attn,
         lm_head_w=nq,
+        quant_w=DTYPE_BYTES[plan.param_dtype],
+        quant_blocksize=plan.quant_blocksize,
+        double_quant=plan.double_quant,
+        kernel_dequant=cuda and plan.method == "qlora" and plan.batch * plan.seq > GEMM_4BIT_KERNEL_MAX_ROWS,
+        cuda=cuda,
     )
 
 
@@ -113,10 +123,25 @@ def _head_cost(c: Ctx, a: int, softcap: bool) -> tuple[int, int, int, int]:
     return peak, keep, rel, grads
 
 
-def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
-    """Peak live tensor bytes of a steady-state training step, per phase and per component."""
-    st = static_memory(model, plan)
-    c = _ctx(model, plan)
+def rope_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
+    """The rotary tables: `rotary_emb(hidden_states, position_ids)` returns cos and sin of shape [1, seq, dim] in
+    the hidden states' dtype (position_ids is `arange(seq).unsqueeze(0)`: one row whatever the batch). Every
+    layer's `q * cos` saves them, so they live from the start of forward to the end of backward."""
+    dim = int(model.head_dim * float(model.config.get("partial_rotary_factor") or 1.0))
+    tables = 2 if model.model_type == "gemma3_text" else 1  # gemma3: global and local rotary embeddings
+    return tables * 2 * plan.seq * dim * stream_bytes(plan)
+
+
+def batch_bytes(plan: TrainingPlan) -> int:
+    """input_ids and labels (int64) of every micro-batch of the step: HF Trainer fetches the `grad_accum`
+    batches of an update before the first forward (`get_batch_samples`); they live until the step ends."""
+    return 2 * 8 * plan.batch * plan.seq * plan.grad_accum
+
+
+def _step_phases(model: ModelSpec, plan: TrainingPlan, base: int, grads_bytes: int, step_temp: int,
+                 cuda: bool) -> dict[str, int]:
+    """Forward, backward and optimizer-step peaks above nothing (`base`: weights and optimizer states)."""
+    c = _ctx(model, plan, cuda)
     a = stream_bytes(plan)
     n_layers = model.num_layers
     x_bytes = c.tokens * c.hidden * a
@@ -128,34 +153,49 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
     )
     first = layer_cost(model, plan, c, input_grad)
     rest = layer_cost(model, plan, c, True) if n_layers > 1 else first
-    opt = optimizer_memory(plan, st.trainable_numels, st.trainable_dtype_bytes)
-    base = st.total + opt.states_bytes
+    data = batch_bytes(plan)
+    base += data
+    act_base = base + rope_bytes(model, plan)
 
     # Forward: layer k starts with the saved bytes of layers below it plus its input.
     def below(k: int) -> int:  # bytes kept by layers 0..k-1
         return 0 if k == 0 else first.keep + (k - 1) * rest.keep
 
-    fwd_peak = base + x_bytes + first.fwd_peak
+    fwd_peak = act_base + x_bytes + first.fwd_peak
     if n_layers > 1:
-        fwd_peak = max(fwd_peak, base + below(n_layers - 1) + x_bytes + rest.fwd_peak)
+        fwd_peak = max(fwd_peak, act_base + below(n_layers - 1) + x_bytes + rest.fwd_peak)
     head_peak, head_keep, head_rel, head_grads = _head_cost(c, a, bool(model.config.get("final_logit_softcapping")))
     all_layers = below(n_layers)
-    fwd_peak = max(fwd_peak, base + all_layers + head_peak)
-    bwd_peak = base + all_layers + head_keep + head_rel
+    fwd_peak = max(fwd_peak, act_base + all_layers + head_peak)
+    bwd_peak = act_base + all_layers + head_keep + head_rel
 
     # Backward through the layers, top to bottom: gradients accumulate, lower layers' activations remain.
-    for k, cost in ((n_layers - 1, rest), (1, rest), (0, first)):
-        if k >= n_layers or (k == 1 and n_layers < 3):
-            continue
+    for k in sorted({n_layers - 1, min(1, n_layers - 1), 0}, reverse=True):
+        cost = first if k == 0 else rest
         grads_so_far = head_grads + (n_layers - 1 - k) * rest.param_grads
-        bwd_peak = max(bwd_peak, base + grads_so_far + below(k) + cost.bwd_abs)
+        bwd_peak = max(bwd_peak, act_base + grads_so_far + below(k) + cost.bwd_abs)
     all_grads = head_grads + first.param_grads + (n_layers - 1) * rest.param_grads
     if plan.method == "full":  # embedding backward: the weight gradient while the input gradient is alive
         emb_grad = c.vocab * c.hidden * DTYPE_BYTES[plan.param_dtype] if not model.tied_embeddings else 0
         bwd_peak = max(bwd_peak, base + all_grads + x_bytes + emb_grad)
+    return {"forward": fwd_peak, "backward": bwd_peak, "optimizer": base + grads_bytes + step_temp}
+
+
+def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
+    """Peak live tensor bytes of a steady-state training step, per phase and per component.
+
+    The phases are what `torch.cuda.max_memory_allocated()` sees on a CUDA device. Where the CPU tracer sees
+    less (temporaries inside bitsandbytes' CUDA kernels), `traced_phases` gives its figures.
+    """
+    st = static_memory(model, plan)
+    opt = optimizer_memory(plan, st.trainable_numels, st.trainable_dtype_bytes)
+    base = st.total + opt.states_bytes
     grads_bytes = sum(st.trainable_numels) * st.trainable_dtype_bytes
-    opt_peak = base + grads_bytes + opt.step_temp_bytes
-    phases = {"load": st.total, "forward": fwd_peak, "backward": bwd_peak, "optimizer": opt_peak}
+    phases = {"load": st.total, **_step_phases(model, plan, base, grads_bytes, opt.step_temp_bytes, cuda=True)}
+    traced = None
+    if _ctx(model, plan, cuda=True).kernel_dequant or (plan.uses_lora and plan.lora_dropout > 0):
+        traced = {"load": st.total,
+                  **_step_phases(model, plan, base, grads_bytes, opt.step_temp_bytes, cuda=False)}
     peak_phase = max(phases, key=lambda p: phases[p])
     peak = phases[peak_phase]
     grads_at_peak = grads_bytes if peak_phase == "optimizer" else 0
@@ -169,6 +209,7 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
         "optimizer_states": opt.states_bytes if peak_phase != "load" else 0,
         "gradients": grads_at_peak,
         "optimizer_temporaries": temps,
+        "batch": batch_bytes(plan) if peak_phase != "load" else 0,
     }
     components["activations"] = peak - sum(components.values())
     return MemoryEstimate(
@@ -178,4 +219,5 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
         phases=phases,
         peak_phase=peak_phase,
         paged_bytes=opt.paged_bytes,
+        traced_phases=traced,
     )

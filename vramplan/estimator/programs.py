@@ -6,7 +6,8 @@ Each function follows the transformers 5 / peft / bitsandbytes source line by li
 - bitsandbytes `Linear4bit.forward`: x.to(compute_dtype) -> `MatMul4Bit` (saves no activation) -> .to(input dtype).
 - peft `lora.Linear.forward`: result = base(x); x.to(lora_A dtype) -> dropout -> A -> B -> * scaling ->
   result + ... (type promotion) -> .to(result dtype).
-- transformers `ForCausalLMLoss`: logits.float() -> cross_entropy (log_softmax saves its fp32 output).
+- transformers `ForCausalLMLoss`: logits.float() -> cross_entropy (log_softmax saves its fp32 output); the
+  final norm's output stays referenced by `outputs` until the CausalLM forward returns.
 Derivative formulas (what autograd saves) follow torch's `derivatives.yaml`.
 """
 
@@ -40,6 +41,11 @@ class Ctx:
     gemma_norm: bool  # GemmaRMSNorm (fp32 math, output in input dtype)
     attn: str  # sdpa | eager | flash_attention_2
     lm_head_w: int  # bytes of lm_head / embedding weight
+    quant_w: int = 2  # bytes per element of a dequantized 4-bit weight (QuantState.dtype: the loading dtype)
+    quant_blocksize: int = 64
+    double_quant: bool = False
+    kernel_dequant: bool = False  # CUDA gemm_4bit takes its dequantize + F.linear path (see linear())
+    cuda: bool = True  # False: what the CPU tracer sees (dropout keeps a float mask there)
 
 
 def rmsnorm(tp: Tape, c: Ctx, x: int, a: int, width: int) -> tuple[int, int]:
@@ -74,9 +80,20 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
     t = c.tokens
     if c.quantized:
         xc = tp.op(t * n_in * c.compute, (x,)) if a != c.compute else tp.op(0, (x,), alias=x)
-        # MatMul4Bit backward dequantizes the weight (state dtype) and casts it to the gradient's dtype
-        deq = n_out * n_in * c.compute + (n_out * n_in * a if a != c.compute else 0)
-        y = tp.op(t * n_out * c.compute, (xc,), bwd_temp=deq)
+        w = n_out * n_in
+        # Nested absmax is dequantized to fp32 (`dequantize_blockwise`, then `+ offset`) for every use.
+        absmax32 = -(-w // c.quant_blocksize) * 4 if c.double_quant else 0
+        # MatMul4Bit.backward: matmul(grad_output, dequantize_4bit(B).to(grad_output.dtype)); the weight comes
+        # out in QuantState.dtype and is cast to the gradient's (compute) dtype when they differ.
+        w_cast = w * c.compute if c.quant_w != c.compute else 0
+        # Peak of that node: absmax32 + W, then W (+ its cast) + grad_A; the tape adds grad_A itself.
+        grad_a = t * n_in * c.compute
+        bwd = w * c.quant_w + (max(absmax32, w_cast) if w_cast else max(0, absmax32 - grad_a))
+        # CUDA gemm_4bit (backends/cuda/ops.py) with more than 512 rows (1536 for small weights on some
+        # arches) runs `_dequant_linear_fallback`: fp32 absmax (x2 when nested) and the whole weight in the
+        # compute dtype, then F.linear. Inside a custom op: the CPU tracer does not see it, the allocator does.
+        fwd = w * c.compute + 2 * absmax32 if c.kernel_dequant else 0
+        y = tp.op(t * n_out * c.compute, (xc,), temp=fwd, bwd_temp=bwd)
         tp.drop(xc)
         res = tp.op(t * n_out * a, (y,)) if a != c.compute else tp.op(0, (y,), alias=y)
         tp.drop(y)
@@ -88,9 +105,14 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
     if name not in c.lora:
         return res, res_a
     xa = tp.op(t * n_in * 4, (x,)) if a != 4 else tp.op(0, (x,), alias=x)
-    if c.dropout:  # nn.Dropout: native_dropout saves its bool mask; the output feeds lora_A (saved there)
-        xd = tp.op(t * n_in * 4 + t * n_in, (xa,), grad=True)
-        tp.drop(xa)
+    if c.dropout:
+        # nn.Dropout on CUDA: native_dropout saves a bool mask. On CPU (`_dropout_impl`) the mask is
+        # `empty_like(input).bernoulli_()`, as wide as the input, saved by `input * noise`. The output feeds
+        # lora_A, which saves it.
+        # Without a gradient to the input (the first layer, frozen below) no node saves the mask.
+        mask = tp.op(t * n_in * (1 if c.cuda else 4), grad=False)
+        xd = tp.op(t * n_in * 4, (xa, mask), saves=(mask,))
+        tp.drop(xa, mask)
         xa = xd
     ha = tp.op(t * c.rank * 4, (xa,), saves=(xa,), grad=True, param_grad=c.rank * n_in * 4)
     tp.drop(xa)
@@ -106,12 +128,17 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
 
 
 def attention_core(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
-    """sdpa / flash: saves q, k, v, the output and an fp32 logsumexp per (batch, head, position)."""
+    """sdpa / flash: saves q, k, v, the output and an fp32 logsumexp per (batch, head, position).
+
+    The flash, memory-efficient and CPU-flash kernels all take `out` and `logsumexp` back in their backward
+    (`_scaled_dot_product_flash_attention_backward(grad_out, q, k, v, out, logsumexp, ...)`), so autograd saves
+    the output too.
+    """
     if c.attn == "eager":
         return _eager(tp, c, q, k, v, a)
     out_bytes = c.tokens * c.heads * c.head_dim * a
     lse = c.batch * c.heads * c.seq * 4
-    return tp.op(out_bytes + lse, (q, k, v), saves=(q, k, v), bwd_temp=lse)
+    return tp.op(out_bytes + lse, (q, k, v), saves=(q, k, v), saves_out=True, bwd_temp=lse)
 
 
 def _eager(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
@@ -228,7 +255,6 @@ def head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool) -> int:
     la = max(ha, c.lm_head_w)
     grad_w = c.vocab * c.hidden * c.lm_head_w if c.full else 0
     logits = tp.op(tv * la, (h,), saves=(h,) if c.full else (), param_grad=grad_w)
-    tp.drop(h)
     if softcap:  # gemma2 final_logit_softcapping: logits / cap -> tanh (saves its output) -> * cap
         d = tp.op(tv * la, (logits,))
         tp.drop(logits)
@@ -237,8 +263,12 @@ def head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool) -> int:
         logits = tp.op(tv * la, (th,))
         tp.drop(th)
     l32 = tp.op(tv * 4, (logits,)) if la != 4 else tp.op(0, (logits,), alias=logits)
+    # labels padded by one ignore_index column, then shifted and made contiguous (int64); nll_loss saves them
+    padded = tp.op(8 * c.batch * (c.seq + 1), grad=False)
+    shifted = tp.op(8 * c.tokens, (padded,), grad=False)
     # backward: nll_loss allocates a T x V fp32 gradient, then log_softmax another one (the tape counts both)
     lsm = tp.op(tv * 4, (l32,), saves_out=True)
-    loss = tp.op(4, (lsm,), saves=())
-    tp.drop(lsm, l32, logits)
+    loss = tp.op(4, (lsm,), saves=(shifted,))
+    # `outputs.last_hidden_state` (the final norm's output) lives in the CausalLM forward until it returns
+    tp.drop(lsm, l32, logits, h, padded, shifted)
     return loss

@@ -22,11 +22,17 @@ class MemoryEstimate(BaseModel):
     phases: dict[str, int]
     peak_phase: str
     paged_bytes: int = 0  # paged optimizer states in CUDA managed memory (outside the torch allocator)
-    kernel_temp_bytes: int = 0  # CUDA-only temporaries inside custom kernels (bitsandbytes dequantize)
+    # What the CPU tracer (vramplan calibrate --trace) sees where it differs from CUDA: bitsandbytes' CUDA
+    # gemm_4bit allocates a dequantized weight inside its custom op, which a TorchDispatchMode cannot see.
+    traced_phases: dict[str, int] | None = None
     cuda_context_bytes: int | None = None
     allocator_reserve_bytes: int | None = None
     gpu: str | None = None
     gpu_usable_bytes: int | None = None
+    # Several GPUs: the sizes above are per GPU (rank 0, the busiest) of a `gpus`-way data-parallel job
+    gpus: int = 1
+    sharding: str = "none"  # none | ddp | fsdp | fsdp_grad_op | zero1 | zero2 | zero3
+    host_offload_bytes: int = 0  # host RAM each GPU's process needs for offloaded state (--offload)
 
     @computed_field
     @property

@@ -98,14 +98,16 @@ class Tape:
             g_out = grads.pop(node.out, None)
             if g_out is None:
                 continue
-            new = 0
+            new = accumulated = 0
             for i in node.grad_inputs:
                 if i not in grads:
                     grads[i] = self.size[i]
                     new += grads[i]
+                else:  # a second use of the input: its gradient is computed, then added into the buffer
+                    accumulated += self.size[i]
             live += new + node.param_grad
             param_grads += node.param_grad
-            peak = max(peak, live + node.bwd_temp)
+            peak = max(peak, live + accumulated + node.bwd_temp)
             live -= g_out
             for s in node.saved:
                 self.saved_by[s] -= 1

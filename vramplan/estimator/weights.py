@@ -117,6 +117,14 @@ def non_quantized_dtype_bytes(plan: TrainingPlan) -> int:
     return DTYPE_BYTES[plan.param_dtype]
 
 
+def rotary_buffer_bytes(model: ModelSpec) -> int:
+    """`inv_freq` and `original_inv_freq`: fp32 buffers of rotary_dim / 2 (not parameters: never upcast or
+    quantized). Gemma 3 has a second, local rotary embedding."""
+    dim = int(model.head_dim * float(model.config.get("partial_rotary_factor") or 1.0))
+    tables = 2 if model.model_type == "gemma3_text" else 1
+    return tables * 2 * (dim // 2) * 4
+
+
 _STATIC_CACHE: dict[tuple, tuple[ModelSpec, StaticMemory]] = {}
 _STATIC_FIELDS = ("method", "param_dtype", "quant_blocksize", "double_quant", "kbit_upcast", "rank", "targets")
 
@@ -148,7 +156,7 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
                 w, c, dq = quantized_layer_bytes(t.numel, plan.quant_blocksize, plan.double_quant)
                 q_w, q_c, q_dq = q_w + w, q_c + c, q_dq + dq
                 quantized_numel += t.numel
-    base = (inv.total_numel - quantized_numel) * non_quantized_dtype_bytes(plan)
+    base = (inv.total_numel - quantized_numel) * non_quantized_dtype_bytes(plan) + rotary_buffer_bytes(model)
     lora_groups = tuple(groups[n] for n in targets)
     lora_numels: list[int] = []
     r = plan.rank or 0

@@ -157,15 +157,27 @@ def _install_traced_4bit(module, template, dtype: torch.dtype, device: str) -> N
 
 
 def resolve_targets(model: torch.nn.Module, targets: str) -> list[str] | str | None:
-    """peft `target_modules` for the plan's shorthand: 'default' -> None (peft's per-architecture default),
-    'all-linear' -> peft's shorthand, 'attention' -> the linears inside the first attention block."""
+    """peft `target_modules` for the plan's shorthand: 'default' -> peft's per-architecture default (its
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING; where peft has none, as for phi3 and the MoE families,
+    the query/value projections the estimator assumes), 'all-linear' -> peft's shorthand, 'attention' -> the
+    linears inside the first attention block."""
     if targets == "default":
-        return None
+        return _default_targets(model)
     if targets == "all-linear":
         return "all-linear"
     if targets == "attention":
         return _attention_linears(model)
     return targets.split(",")
+
+
+def _default_targets(model: torch.nn.Module) -> list[str]:
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    default = PEFT_DEFAULTS.get(model.config.model_type)
+    if default is None:
+        default = ["qkv_proj"] if "qkv_proj" in names else ["q_proj", "v_proj"]
+    return [n for n in default if n in names]
 
 
 def _attention_linears(model: torch.nn.Module) -> list[str]:

@@ -1,0 +1,153 @@
+"""The accuracy grid: plans traced at full size and compared with the estimator, phase by phase.
+
+Each case is a preset and plan options (`make_plan` keywords). `run_case` traces the plan with the micro-trainer
+(`measure_step(..., trace=True)`) and returns the traced and estimated bytes per phase. The suite in
+tests/accuracy holds every case to 3% on the peak and 5% per phase; `python -m vramplan.measure.grid` prints the
+table.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+PEAK_TOLERANCE_PCT = 3.0
+PHASE_TOLERANCE_PCT = 5.0
+PHASE_KEYS = {"load": "load_bytes", "forward": "forward_peak_bytes", "backward": "backward_peak_bytes",
+              "optimizer": "optimizer_peak_bytes"}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    model: str
+    opts: dict = field(default_factory=dict)
+
+
+def _c(id: str, model: str, **opts) -> Case:
+    return Case(id, model, opts)
+
+
+GRID: tuple[Case, ...] = (
+    # llama (LLaMA-2 7B): the seeds' recipe and its knobs
+    _c("llama2-7b-qlora-recipe", "llama2-7b", method="qlora"),
+    _c("llama2-7b-qlora-nockpt-s512", "llama2-7b", method="qlora", grad_ckpt=False, seq=512),
+    _c("llama2-7b-qlora-fp4-nodq-alllinear-r16-s2048", "llama2-7b", method="qlora", quant="fp4",
+       double_quant=False, targets="all-linear", rank=16, seq=2048, optimizer="adamw_8bit"),
+    _c("llama2-7b-qlora-noupcast-b2-drop", "llama2-7b", method="qlora", kbit_upcast=False, batch=2,
+       lora_dropout=0.05),
+    _c("llama2-7b-lora-recipe", "llama2-7b", method="lora"),
+    _c("llama2-7b-lora-attn-r32-nockpt-b2-drop", "llama2-7b", method="lora", targets="attention", rank=32,
+       grad_ckpt=False, seq=512, batch=2, lora_dropout=0.1),
+    _c("llama2-7b-full-ckpt", "llama2-7b", method="full"),
+    _c("llama2-7b-full-sgd-nockpt-s512", "llama2-7b", method="full", grad_ckpt=False, seq=512, optimizer="sgd"),
+    _c("llama2-13b-qlora-recipe", "llama2-13b", method="qlora"),
+    # llama 3.x: vocabulary 128k, GQA
+    _c("llama3.1-8b-qlora-s4096", "llama3.1-8b", method="qlora", seq=4096),
+    _c("llama3.1-8b-lora-alllinear-r64-s2048-eager", "llama3.1-8b", method="lora", targets="all-linear", rank=64,
+       seq=2048, attn="eager"),
+    _c("llama3.1-8b-full-adamw8bit-b4-s512", "llama3.1-8b", method="full", batch=4, seq=512,
+       optimizer="adamw_8bit"),
+    _c("llama3.2-1b-full-fp32-mixed-b2", "llama3.2-1b", method="full", param_dtype="fp32",
+       mixed_precision="bf16", batch=2),
+    _c("llama3.2-3b-qlora-b4-s2048-sgdm", "llama3.2-3b", method="qlora", batch=4, seq=2048,
+       optimizer="sgd_momentum"),
+    # mistral
+    _c("mistral-7b-qlora-s4096-reentrant", "mistral-7b", method="qlora", seq=4096, ckpt_reentrant=True),
+    _c("mistral-7b-lora-b8-fused", "mistral-7b", method="lora", batch=8, optimizer="adamw_fused"),
+    _c("mistral-7b-qlora-attn-r16-nodq-nockpt-b2-eager", "mistral-7b", method="qlora", targets="attention",
+       rank=16, double_quant=False, grad_ckpt=False, batch=2, attn="eager"),
+    # qwen2 (biases on q/k/v; 0.5B ties its embeddings)
+    _c("qwen2.5-7b-qlora-recipe", "qwen2.5-7b", method="qlora"),
+    _c("qwen2.5-7b-lora-alllinear-b2-s2048-paged32", "qwen2.5-7b", method="lora", targets="all-linear", batch=2,
+       seq=2048, optimizer="paged_adamw_32bit"),
+    _c("qwen2.5-0.5b-full-nockpt-b4", "qwen2.5-0.5b", method="full", grad_ckpt=False, batch=4),
+    _c("qwen2.5-1.5b-qlora-drop-nockpt-b8-s512-lion", "qwen2.5-1.5b", method="qlora", lora_dropout=0.05,
+       grad_ckpt=False, batch=8, seq=512, optimizer="lion_8bit"),
+    # qwen3 (q/k norms)
+    _c("qwen3-8b-qlora-recipe", "qwen3-8b", method="qlora"),
+    _c("qwen3-8b-lora-drop-s2048", "qwen3-8b", method="lora", lora_dropout=0.05, seq=2048),
+    # phi3 (fused qkv and gate_up)
+    _c("phi3-mini-qlora-recipe", "phi3-mini", method="qlora"),
+    _c("phi3-mini-lora-alllinear-nockpt-b2-drop", "phi3-mini", method="lora", targets="all-linear",
+       grad_ckpt=False, batch=2, lora_dropout=0.05),
+    _c("phi3-mini-full-ckpt-s2048-adafactor", "phi3-mini", method="full", seq=2048, optimizer="adafactor"),
+    # gemma2 (sandwich norms, logit softcapping, eager attention)
+    _c("gemma2-2b-qlora-eager", "gemma2-2b", method="qlora", attn="eager"),
+    _c("gemma2-2b-lora-b2-s2048-eager", "gemma2-2b", method="lora", batch=2, seq=2048, attn="eager"),
+    _c("gemma2-2b-full-b2-s512-eager", "gemma2-2b", method="full", batch=2, seq=512, attn="eager"),
+    _c("gemma2-9b-qlora-alllinear-nockpt-eager", "gemma2-9b", method="qlora", targets="all-linear",
+       grad_ckpt=False, attn="eager"),
+    # MoE
+    _c("qwen3-30b-a3b-qlora-recipe", "qwen3-30b-a3b", method="qlora"),
+    _c("qwen3-30b-a3b-lora-attn-s512", "qwen3-30b-a3b", method="lora", targets="attention", seq=512),
+    _c("mixtral-8x7b-lora-recipe", "mixtral-8x7b", method="lora"),
+)
+
+
+def case(case_id: str) -> Case:
+    for c in GRID:
+        if c.id == case_id:
+            return c
+    raise KeyError(case_id)
+
+
+def error_pct(estimate: int, measured: int) -> float:
+    return 100.0 * (estimate - measured) / measured
+
+
+def run_case(c: Case) -> dict:
+    """Trace one case and estimate it: {'traced': {phase: bytes}, 'estimate': {...}, 'error_pct': {...}}."""
+    from vramplan.api import estimate
+    from vramplan.measure.trainer import measure_step
+    from vramplan.models import preset_config, resolve_model
+    from vramplan.plan import make_plan
+
+    plan = make_plan(**c.opts)
+    start = time.perf_counter()
+    step = measure_step(preset_config(c.model), plan, trace=True)
+    seconds = time.perf_counter() - start
+    est = estimate(resolve_model(c.model), plan)
+    traced = {p: getattr(step, k) for p, k in PHASE_KEYS.items()}
+    traced["peak"] = step.peak_bytes
+    phases = est.traced_phases or est.phases  # the tracer cannot see CUDA-kernel temporaries
+    estimated = dict(phases, peak=max(phases.values()))
+    return {
+        "id": c.id, "seconds": round(seconds, 1), "traced": traced, "estimate": estimated,
+        "error_pct": {p: error_pct(estimated[p], traced[p]) for p in traced},
+        "traced_peak_phase": step.peak_phase, "estimate_peak_phase": max(phases, key=phases.get),
+        "snapshot": [(a.name, a.nbytes) for a in step.peak_snapshot[:12]],
+    }
+
+
+def _run_isolated(c: Case) -> dict:
+    try:
+        return run_case(c)
+    except Exception as exc:  # noqa: BLE001 - the table reports it
+        return {"id": c.id, "failed": f"{type(exc).__name__}: {exc}"}
+
+
+def main(argv: list[str]) -> int:
+    import json
+    import multiprocessing as mp
+
+    ids = [a for a in argv if not a.startswith("-")]
+    cases = [case(i) for i in ids] if ids else list(GRID)
+    with mp.get_context("spawn").Pool(2) as pool:
+        results = pool.map(_run_isolated, cases, chunksize=1)
+    if "--json" in argv:
+        print(json.dumps(results, indent=1))
+        return 0
+    for r in results:
+        if "failed" in r:
+            print(f"{r['id']:50} FAILED {r['failed'][:200]}")
+            continue
+        e = r["error_pct"]
+        print(f"{r['id']:50} {r['seconds']:5.1f}s peak {r['traced']['peak'] / 2**30:7.2f} GiB "
+              + " ".join(f"{p[:3]} {e[p]:+6.2f}%" for p in ("peak", *PHASE_KEYS)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
