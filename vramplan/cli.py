@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from vramplan.commands.calibrate import add_calibrate_parser, add_calibrations_parser
 from vramplan.commands.suggest import add_suggest_parser
 from vramplan.errors import VramplanError
 from vramplan.plan import OPTIMIZERS
@@ -191,6 +192,8 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_gpus_parser,
     add_estimate_parser,
     add_compare_parser,
+    add_calibrate_parser,
+    add_calibrations_parser,
     add_suggest_parser,
 ]
 

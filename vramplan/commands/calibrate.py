@@ -1,0 +1,239 @@
+"""`vramplan calibrate` (measure a plan, compare it with the estimate, store the record) and
+`vramplan calibrations` (list or export the stored records).
+
+Importing this module is cheap: torch and the measuring part load inside `run_calibrate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from vramplan.errors import VramplanError
+from vramplan.units import format_bytes
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+MEASURE_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
+
+
+class MissingPackagesError(VramplanError):
+    """The measuring stack is not installed."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_store_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="PATH", help="calibration database (default $VRAMPLAN_CALIBRATION_DB, "
+                   "else $XDG_CACHE_HOME/vramplan/calibrations.sqlite3)")
+
+
+# calibrate ----------------------------------------------------------------------------------------------------
+
+
+def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
+    from vramplan.cli import add_plan_arguments
+
+    p = sub.add_parser("calibrate", help="measure a plan with the micro-trainer and compare it with the estimate",
+                       description="Run one real (or traced) fine-tuning step of a plan, print measured vs "
+                       "estimated memory per phase and component, and save the record.")
+    p.add_argument("--model", required=True, help="preset name, config.json path, model folder or HF hub id")
+    add_plan_arguments(p)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--trace", action="store_true",
+                   help="run under FakeTensorMode: exact tensor bytes of full-size models in seconds, no memory")
+    p.add_argument("--steps", type=_positive_int, default=2, help="training steps; the last is measured (default 2)")
+    p.add_argument("--gpu", help="GPU profile whose CUDA context the estimate adds (compared on --device cuda)")
+    p.add_argument("--gpu-dir", action="append", metavar="DIR",
+                   help="extra folder of GPU profile .toml files (repeatable; also $VRAMPLAN_GPU_DIR)")
+    _add_store_argument(p)
+    p.add_argument("--no-save", action="store_true", help="do not add the record to the store")
+    p.add_argument("--json", action="store_true", help="print the record as one JSON object")
+    p.set_defaults(run=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    _require_measure_packages()
+    _quiet_libraries()
+    from vramplan import report
+    from vramplan.calibration import CalibrationStore, calibrate
+    from vramplan.cli import _console, _gpu_dirs, plan_from_args
+
+    plan = plan_from_args(args)
+    store = CalibrationStore(args.store)
+    with _progress(f"{args.model} on {args.device}{' (traced)' if args.trace else ''}") as on_progress:
+        record = calibrate(args.model, plan, device=args.device, trace=args.trace, steps=args.steps, gpu=args.gpu,
+                           gpu_dirs=_gpu_dirs(args), store=store, save=not args.no_save, on_progress=on_progress)
+    if args.json:
+        report.print_json(record.model_dump(mode="json"))
+    else:
+        console = _console(args)
+        render_calibration(console, record)
+        console.print(f"saved as calibration #{record.id} in {store.path}" if record.id else "not saved (--no-save)")
+    return 0
+
+
+def _require_measure_packages() -> None:
+    import importlib.util
+
+    missing = [m for m in MEASURE_PACKAGES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingPackagesError(f"measuring needs {', '.join(missing)}: pip install \"vramplan[measure]\"")
+
+
+def _quiet_libraries() -> None:
+    """The CLI's stderr is for vramplan: hide the stack's import-time warnings (CPU kernel fallbacks, ...)."""
+    import logging
+
+    for name in ("bitsandbytes", "transformers", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+@contextlib.contextmanager
+def _progress(what: str) -> Iterator[Callable[[int, int, str], None] | None]:
+    """A progress bar on stderr while measuring (only on a terminal: pipes and --json stdout stay clean)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(f"measuring {what}", total=None)
+
+        def update(done: int, total: int, label: str) -> None:
+            progress.update(task, completed=done, total=total, description=f"measuring {what}: {label}")
+
+        yield update
+
+
+# calibrations -------------------------------------------------------------------------------------------------
+
+
+def add_calibrations_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrations", help="list or export the stored calibration records",
+                       description="List the calibration records, or export them as JSON.")
+    _add_store_argument(p)
+    p.add_argument("--model", help="only records of this model (as recorded, e.g. llama-7b)")
+    p.add_argument("--limit", type=_positive_int, help="only the most recent N records")
+    p.add_argument("--json", action="store_true", help="export the full records as a JSON list")
+    p.set_defaults(run=run_calibrations)
+
+
+def run_calibrations(args: argparse.Namespace) -> int:
+    from vramplan import report
+    from vramplan.calibration import CalibrationStore
+    from vramplan.cli import _console
+
+    store = CalibrationStore(args.store)
+    records = store.records(model=args.model, limit=args.limit)
+    if args.json:
+        report.print_json([r.model_dump(mode="json") for r in records])
+    elif not records:
+        _console(args).print(f"no calibrations in {store.path}")
+    else:
+        render_calibrations(_console(args), records, str(store.path))
+    return 0
+
+
+# Rendering ----------------------------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}%"
+
+
+def _describe(record: Any) -> str:
+    plan = record.plan
+    desc = plan["method"]
+    if plan["method"] != "full":
+        desc += f" r={plan['rank']} targets={plan['targets']}"
+    if plan["method"] == "qlora":
+        desc += f" {plan['quant']}{'+dq' if plan['double_quant'] else ''}"
+    device = f"{record.device}{' traced' if record.traced else ''}"
+    return (f"{desc}, batch {plan['batch']} x seq {plan['seq']}, {'grad-ckpt' if plan['grad_ckpt'] else 'no grad-ckpt'}"
+            f", {plan['attn']}, {plan['optimizer']}; {device}, {record.steps} steps")
+
+
+def render_calibration(console: Console, record: Any) -> None:
+    """Measured vs estimated: per phase, per component at the peak, and the largest storages at the peak."""
+    from rich.table import Table
+
+    console.print(f"[bold]{record.model}[/bold]: {_describe(record)}")
+    if record.oom is not None:
+        o = record.oom
+        console.print(f"[red]out of memory[/red] in the {o.phase} phase at {format_bytes(o.allocated_bytes)} "
+                      f"allocated, {format_bytes(o.reserved_bytes)} reserved (estimated peak "
+                      f"{format_bytes(record.estimate['peak_bytes'])}): {o.message}")
+        return
+    m, e = record.measured, record.estimate
+    source = "max_memory_allocated" if m.source == "cuda_allocator" else "live tensors"
+    peak = m.peak_phase if m.peak_phase == e["peak_phase"] else f"measured {m.peak_phase}, estimated {e['peak_phase']}"
+    _comparison_table(console, f"Per phase ({source})", "phase", record.by_phase,
+                      {"peak": f"peak ({peak})", "cuda_context": "CUDA context", "paged": "paged optimizer states"})
+    _comparison_table(console, "Live at the peak, per component", "component", record.by_component, {})
+    top = Table(title="Largest storages at the measured peak", title_justify="left")
+    for col in ("bytes", "what", "shape", "dtype", "born in"):
+        top.add_column(col, justify="right" if col == "bytes" else "left")
+    for a in m.top_allocations:
+        top.add_row(format_bytes(a.nbytes, "auto"), a.what, str(list(a.shape)), a.dtype, a.phase)
+    console.print(top)
+    for note in _notes(record):
+        console.print(note)
+
+
+def _comparison_table(console: Console, title: str, first: str, rows: dict, labels: dict[str, str]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in (first, "measured", "estimated", "error"):
+        table.add_column(col, justify="left" if col == first else "right")
+    for key, c in rows.items():
+        if c.estimate_bytes or c.measured_bytes:
+            table.add_row(labels.get(key, key), format_bytes(c.measured_bytes, "auto", 3),
+                          format_bytes(c.estimate_bytes, "auto", 3), _pct(c.error_pct))
+    console.print(table)
+
+
+def _notes(record: Any) -> list[str]:
+    m, e = record.measured, record.estimate
+    notes = []
+    if m.source == "cuda_allocator":
+        extra = m.peak_bytes - max(m.tracked_phases[p] for p in ("forward", "backward", "optimizer"))
+        notes.append(f"the allocator's peak is {format_bytes(extra, 'auto')} above the live tensors' (512-byte "
+                     "rounding, kernel workspaces, temporaries inside custom kernels)")
+    elif e.get("paged_bytes"):
+        notes.append(f"paged optimizer states ({format_bytes(e['paged_bytes'], 'auto')}) are ordinary tensors off "
+                     "CUDA: measured inside the phases, estimated outside them (CUDA managed memory)")
+    return notes
+
+
+def render_calibrations(console: Console, records: Sequence[Any], where: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Calibrations in {where}", title_justify="left")
+    for col in ("id", "when (UTC)", "model", "method", "device", "status", "measured peak", "estimated", "error"):
+        table.add_column(col, justify="right" if col in ("id", "measured peak", "estimated", "error") else "left")
+    for r in records:
+        measured = format_bytes(r.measured.peak_bytes, "auto") if r.measured else "-"
+        table.add_row(str(r.id), r.created_at.replace("T", " ")[:19], r.model, r.plan.get("method", "?"),
+                      r.device + (" traced" if r.traced else ""), r.status, measured,
+                      format_bytes(r.estimate["peak_bytes"], "auto"), _pct(r.error_pct.get("peak")))
+    console.print(table)
