@@ -111,7 +111,8 @@ class OutOfMemory(BaseModel):
 class CalibrationRecord(BaseModel):
     """One calibration run. `estimate` is the object `vramplan estimate --json` prints (kept as JSON so records
     stay readable when the estimator's result type grows); `by_phase` also holds "peak" and, on CUDA,
-    "reserved", "paged" and (with a GPU profile) "cuda_context"."""
+    "reserved", "paged" and (with a GPU profile) "cuda_context". A tracker measurement (CPU or traced) is
+    compared with the estimate's `traced_phases` where it gives them (see `estimate_basis`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -125,6 +126,7 @@ class CalibrationRecord(BaseModel):
     status: Literal["ok", "oom"]
     versions: dict[str, str]
     estimate: dict[str, Any]
+    estimate_basis: Literal["phases", "traced_phases"] = "phases"  # the estimate's phases compared with
     measured: Measured | None = None
     oom: OutOfMemory | None = None
     by_phase: dict[str, Comparison] = {}
@@ -190,21 +192,31 @@ def measured_from_step(step: Any) -> Measured:
     )
 
 
+def estimate_basis(estimate: dict[str, Any], measured: Measured) -> str:
+    """Which of the estimate's phase sets a measurement compares with: the tracker cannot see temporaries inside
+    bitsandbytes' CUDA kernels, so where the estimator gives `traced_phases` (what the tracer sees), a tracker
+    measurement is compared with those; the allocator on a real CUDA run with `phases`."""
+    return "traced_phases" if measured.source == "tracker" and estimate.get("traced_phases") else "phases"
+
+
 def compare(estimate: dict[str, Any], measured: Measured) -> tuple[dict[str, Comparison], dict[str, Comparison]]:
     """(by phase, by component): every phase, the peak, and what the CUDA run measured beyond the allocator.
 
     A measured component the estimate does not name is compared within "activations", which the estimator
-    defines as the rest of the peak."""
-    pairs: dict[str, tuple[int | None, int | None]] = {p: (estimate["phases"].get(p), measured.phases[p])
-                                                       for p in PHASES}
-    pairs["peak"] = (estimate["peak_bytes"], measured.peak_bytes)
+    defines as the rest of the peak; against `traced_phases` that rest is taken from the traced peak."""
+    phases = estimate[estimate_basis(estimate, measured)]
+    peak = max(phases[p] for p in STEP_PHASES)
+    pairs: dict[str, tuple[int | None, int | None]] = {p: (phases.get(p), measured.phases[p]) for p in PHASES}
+    pairs["peak"] = (peak, measured.peak_bytes)
     if measured.source == "cuda_allocator":
         pairs["reserved"] = (estimate.get("reserved_bytes"), measured.reserved_bytes)
         pairs["paged"] = (estimate.get("paged_bytes"), measured.paged_bytes)
         pairs["cuda_context"] = (estimate.get("cuda_context_bytes"), measured.cuda_context_bytes)
     by_phase = {k: Comparison(estimate_bytes=e, measured_bytes=m) for k, (e, m) in pairs.items()
                 if e is not None and m is not None}
-    named = estimate["components"]
+    named = dict(estimate["components"])
+    if max(STEP_PHASES, key=lambda p: phases[p]) == estimate["peak_phase"]:
+        named["activations"] = named.get("activations", 0) + peak - estimate["peak_bytes"]
     got = dict.fromkeys(named, 0)
     for key, nbytes in measured.components.items():
         got[key if key in named else "activations"] = got.get(key if key in named else "activations", 0) + nbytes
@@ -254,8 +266,9 @@ class CalibrationStore:
     def add(self, record: CalibrationRecord) -> CalibrationRecord:
         """Insert the record; returns it with its row id."""
         m = record.measured
+        peak = record.by_phase.get("peak")
         row = (record.created_at, record.model, record.plan.get("method", ""), record.device, int(record.traced),
-               record.status, m.peak_bytes if m else None, record.estimate["peak_bytes"],
+               record.status, m.peak_bytes if m else None, peak.estimate_bytes if peak else record.estimate["peak_bytes"],
                record.error_pct.get("peak"), json.dumps(record.plan), json.dumps(record.versions),
                record.model_dump_json(exclude={"id"}))
         with self._connect(create=True) as conn:
@@ -342,12 +355,14 @@ def calibrate(model: str | Any, plan: TrainingPlan, *, device: str = "cpu", trac
         with target._connect(create=True):
             pass
     measured, oom = _measure(spec.config, plan, device, trace, steps, seed, on_progress)
-    by_phase, by_component = compare(result.model_dump(mode="json"), measured) if measured else ({}, {})
+    estimate_json = result.model_dump(mode="json")
+    by_phase, by_component = compare(estimate_json, measured) if measured else ({}, {})
     record = CalibrationRecord(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=spec.name,
         plan=plan.model_dump(mode="json"), device=device, traced=trace, steps=steps,
         status="oom" if oom else "ok", versions=library_versions(device if cuda else None),
-        estimate=result.model_dump(mode="json"), measured=measured, oom=oom, by_phase=by_phase,
+        estimate=estimate_json, estimate_basis=estimate_basis(estimate_json, measured) if measured else "phases",
+        measured=measured, oom=oom, by_phase=by_phase,
         by_component=by_component,
     )
     return target.add(record) if save else record

@@ -157,7 +157,9 @@ def run_calibrations(args: argparse.Namespace) -> int:
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.2f}%"
+    if value is None:
+        return "-"
+    return f"{value:+.4f}%" if 0 < abs(value) < 0.01 else f"{value:+.2f}%"
 
 
 def _describe(record: Any) -> str:
@@ -183,12 +185,14 @@ def render_calibration(console: Console, record: Any) -> None:
                       f"allocated, {format_bytes(o.reserved_bytes)} reserved (estimated peak "
                       f"{format_bytes(record.estimate['peak_bytes'])}): {o.message}")
         return
-    m, e = record.measured, record.estimate
+    m, phases = record.measured, record.estimate[record.estimate_basis]
     source = "max_memory_allocated" if m.source == "cuda_allocator" else "live tensors"
-    peak = m.peak_phase if m.peak_phase == e["peak_phase"] else f"measured {m.peak_phase}, estimated {e['peak_phase']}"
-    _comparison_table(console, f"Per phase ({source})", "phase", record.by_phase,
+    estimated = "estimated (traced)" if record.estimate_basis == "traced_phases" else "estimated"
+    e_peak = max(("forward", "backward", "optimizer"), key=lambda p: phases[p])
+    peak = m.peak_phase if m.peak_phase == e_peak else f"measured {m.peak_phase}, estimated {e_peak}"
+    _comparison_table(console, f"Per phase ({source})", "phase", record.by_phase, estimated,
                       {"peak": f"peak ({peak})", "cuda_context": "CUDA context", "paged": "paged optimizer states"})
-    _comparison_table(console, "Live at the peak, per component", "component", record.by_component, {})
+    _comparison_table(console, "Live at the peak, per component", "component", record.by_component, estimated, {})
     top = Table(title="Largest storages at the measured peak", title_justify="left")
     for col in ("bytes", "what", "shape", "dtype", "born in"):
         top.add_column(col, justify="right" if col == "bytes" else "left")
@@ -199,11 +203,12 @@ def render_calibration(console: Console, record: Any) -> None:
         console.print(note)
 
 
-def _comparison_table(console: Console, title: str, first: str, rows: dict, labels: dict[str, str]) -> None:
+def _comparison_table(console: Console, title: str, first: str, rows: dict, estimated: str,
+                      labels: dict[str, str]) -> None:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for col in (first, "measured", "estimated", "error"):
+    for col in (first, "measured", estimated, "error"):
         table.add_column(col, justify="left" if col == first else "right")
     for key, c in rows.items():
         if c.estimate_bytes or c.measured_bytes:
@@ -219,7 +224,12 @@ def _notes(record: Any) -> list[str]:
         extra = m.peak_bytes - max(m.tracked_phases[p] for p in ("forward", "backward", "optimizer"))
         notes.append(f"the allocator's peak is {format_bytes(extra, 'auto')} above the live tensors' (512-byte "
                      "rounding, kernel workspaces, temporaries inside custom kernels)")
-    elif e.get("paged_bytes"):
+    if record.estimate_basis == "traced_phases":
+        extra = e["peak_bytes"] - record.by_phase["peak"].estimate_bytes
+        notes.append(f"estimated on CUDA: peak {format_bytes(e['peak_bytes'], 'auto', 3)} ({'+' if extra >= 0 else '-'}"
+                     f"{format_bytes(abs(extra), 'auto')}: bitsandbytes' dequantized weights inside gemm_4bit, which "
+                     "the tracker cannot see, and CUDA's dropout masks)")
+    if m.source != "cuda_allocator" and e.get("paged_bytes"):
         notes.append(f"paged optimizer states ({format_bytes(e['paged_bytes'], 'auto')}) are ordinary tensors off "
                      "CUDA: measured inside the phases, estimated outside them (CUDA managed memory)")
     return notes
@@ -233,7 +243,8 @@ def render_calibrations(console: Console, records: Sequence[Any], where: str) ->
         table.add_column(col, justify="right" if col in ("id", "measured peak", "estimated", "error") else "left")
     for r in records:
         measured = format_bytes(r.measured.peak_bytes, "auto") if r.measured else "-"
+        estimated = r.by_phase["peak"].estimate_bytes if "peak" in r.by_phase else r.estimate["peak_bytes"]
         table.add_row(str(r.id), r.created_at.replace("T", " ")[:19], r.model, r.plan.get("method", "?"),
                       r.device + (" traced" if r.traced else ""), r.status, measured,
-                      format_bytes(r.estimate["peak_bytes"], "auto"), _pct(r.error_pct.get("peak")))
+                      format_bytes(estimated, "auto"), _pct(r.error_pct.get("peak")))
     console.print(table)
