@@ -166,3 +166,21 @@ def test_tensors_from_python_data_are_counted(mode):
         assert tr.current_bytes == 56
         del x, step, r
         assert tr.current_bytes == 0
+
+
+def test_storage_resize_is_followed(mode):
+    """FSDP2 frees and re-allocates unsharded parameters with `UntypedStorage.resize_`, which bypasses the
+    dispatcher (`_fsdp_param.py: free_storage / alloc_storage`)."""
+    with mode(), MemoryTracker(record=True) as tr:
+        x = torch.empty(100)
+        storage = x.untyped_storage()
+        storage.resize_(0)
+        assert tr.current_bytes == 0
+        assert tr.live_allocations() == []
+        storage.resize_(400)
+        assert tr.current_bytes == tr.peak_bytes == 400
+        assert [a.nbytes for a in tr.peak_snapshot()] == [400]
+        storage.resize_(0)
+        del x, storage
+        assert tr.current_bytes == 0
+    assert "resize_" not in torch.UntypedStorage.__dict__  # the wrapper is gone after the mode

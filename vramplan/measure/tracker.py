@@ -18,6 +18,11 @@ What it ignores and cannot see:
 - tensors made without an aten op: `torch.from_numpy`, `torch.frombuffer`, bitsandbytes' paged (CUDA managed)
   buffers. `torch.tensor(data)` is seen: its `lift_fresh` counts as the allocation.
 
+`UntypedStorage.resize_` bypasses the dispatcher on CPU and CUDA (`THPStorage_resize_` calls
+`resize_bytes_cpu/cuda` directly). FSDP2 frees and re-allocates every unsharded parameter that way
+(`_fsdp_param.py: free_storage / alloc_storage`), so while a tracker is active the method is wrapped and a
+tracked storage's new size is counted (`_follow_storage_resizes`).
+
 Snapshots are cheap: with `record=True` each allocation keeps a small record with its alloc/free sequence
 numbers, and a new peak stores only the current sequence number; `peak_snapshot()` rebuilds the list of
 storages live at that moment on demand (after Zach DeVito's allocator snapshots, without stack traces).
@@ -31,7 +36,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
 
@@ -87,7 +92,7 @@ class MemoryTracker(TorchDispatchMode):
         if isinstance(tensors, torch.Tensor):
             tensors = [tensors]
         before = self.current_bytes
-        for t in tensors:
+        for t in _plain_tensors(tensors):
             self._track(t, label)
         return self.current_bytes - before
 
@@ -127,20 +132,22 @@ class MemoryTracker(TorchDispatchMode):
         if not self.record:
             raise RuntimeError("MemoryTracker(record=True) is needed for snapshots")
         at = self._peak_seq
-        live = [r.alloc for r in self._records if r.born <= at and (r.died is None or r.died > at)]
+        live = [r.alloc for r in self._records
+                if r.born <= at and (r.died is None or r.died > at) and r.alloc.nbytes]
         return sorted(live, key=lambda a: -a.nbytes)
 
     def live_allocations(self) -> list[Allocation]:
         """The storages live now (needs `record=True`), largest first."""
         if not self.record:
             raise RuntimeError("MemoryTracker(record=True) is needed for snapshots")
-        return sorted((r.alloc for r in self._records if r.died is None), key=lambda a: -a.nbytes)
+        return sorted((r.alloc for r in self._records if r.died is None and r.alloc.nbytes), key=lambda a: -a.nbytes)
 
     # Mode plumbing ---------------------------------------------------------------------------------------
     def __enter__(self) -> MemoryTracker:
         pre = torch.nn.modules.module.register_module_forward_pre_hook(self._push)
         post = torch.nn.modules.module.register_module_forward_hook(self._pop, always_call=True)
         self._hooks = [pre, post]
+        self._unpatch = _follow_storage_resizes(self)
         return super().__enter__()
 
     def __exit__(self, *exc: object) -> None:
@@ -148,11 +155,12 @@ class MemoryTracker(TorchDispatchMode):
             h.remove()
         self._hooks = []
         self._stack.clear()
+        self._unpatch()
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
         out = func(*args, **(kwargs or {}))
-        fresh = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        fresh = _plain_tensors(tree_leaves(out))
         if fresh:
             inputs: set[int] | None = None
             for t in fresh:
@@ -194,13 +202,19 @@ class MemoryTracker(TorchDispatchMode):
             self._seq += 1
             record.died = self._seq
 
-    def _resized(self, t: torch.Tensor, key: int) -> None:
+    def _resized(self, t: torch.Tensor | torch.UntypedStorage, key: int) -> None:
         """`resize_` / `set_` can grow or shrink a storage in place: keep its byte count true."""
         nbytes, record = self._live[key]
-        now = t.untyped_storage().nbytes()
-        if now != nbytes:
-            self._live[key] = (now, record)
-            self._add(now - nbytes)
+        now = (t if isinstance(t, torch.UntypedStorage) else t.untyped_storage()).nbytes()
+        if now == nbytes:
+            return
+        if record is not None:  # in snapshots a resize is a free of the old size and a birth of the new one
+            self._seq += 1
+            record.died = self._seq
+            record = _Record(replace(record.alloc, nbytes=now), self._seq)
+            self._records.append(record)
+        self._live[key] = (now, record)
+        self._add(now - nbytes)
 
     def _add(self, nbytes: int) -> None:
         self.current_bytes += nbytes
@@ -222,18 +236,56 @@ class MemoryTracker(TorchDispatchMode):
             self._stack.pop()
 
 
+def _follow_storage_resizes(tracker: MemoryTracker):
+    """Wrap `torch.UntypedStorage.resize_` so `tracker` sees storages grow and shrink; returns the undo.
+
+    Trackers nest: each wraps the method it finds and restores it on exit (in LIFO order, as `with` does).
+    """
+    original = torch.UntypedStorage.__dict__.get("resize_")
+    inner = torch.UntypedStorage.resize_
+
+    def resize_(storage: torch.UntypedStorage, size: int):
+        out = inner(storage, size)
+        if id(storage) in tracker._live:
+            tracker._resized(storage, id(storage))
+        return out
+
+    torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
+
+    def undo() -> None:
+        if original is None:
+            del torch.UntypedStorage.resize_
+        else:
+            torch.UntypedStorage.resize_ = original  # type: ignore[method-assign]
+
+    return undo
+
+
 # `torch.tensor(data)` builds its tensor below the dispatcher and then calls `lift_fresh` on it: on real tensors
 # the output is its own input, so without this the bytes of every tensor made from Python data would be missed.
 _FRESH_OPS = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default, torch.ops.aten.lift.default}
 
 
+def _plain_tensors(leaves: Iterable[object]) -> list[torch.Tensor]:
+    """The tensors that own memory: a wrapper subclass (DTensor, the sharded parameters and gradients of FSDP2)
+    has no storage of its own (its `untyped_storage()` reports the *global* size), so it is replaced by its inner
+    tensors (`__tensor_flatten__`), recursively. The mode sees the op on the wrapper, not the inner ops."""
+    out: list[torch.Tensor] = []
+    for leaf in leaves:
+        if not isinstance(leaf, torch.Tensor):
+            continue
+        if is_traceable_wrapper_subclass(leaf):
+            names, _ = leaf.__tensor_flatten__()
+            out.extend(_plain_tensors(getattr(leaf, n) for n in names))
+        else:
+            out.append(leaf)
+    return out
+
+
 def _storage_ids(tree: object) -> set[int]:
-    ids = set()
-    for leaf in tree_leaves(tree):
-        if isinstance(leaf, torch.Tensor):
-            ids.add(id(leaf.untyped_storage()))
-        elif isinstance(leaf, torch.UntypedStorage):
-            ids.add(id(leaf))
+    leaves = tree_leaves(tree)
+    ids = {id(t.untyped_storage()) for t in _plain_tensors(leaves)}
+    ids.update(id(leaf) for leaf in leaves if isinstance(leaf, torch.UntypedStorage))
     return ids
 
 
