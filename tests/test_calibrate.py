@@ -136,6 +136,16 @@ def test_bad_input_is_one_line(capsys, tiny_config, tmp_path, argv, needle):
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
 
 
+def test_multi_gpu_plans_are_refused():
+    plan = make_plan(method="lora")
+    if "gpus" not in type(plan).model_fields:
+        pytest.skip("plans have no multi-GPU fields")
+    from vramplan.errors import PlanError
+
+    with pytest.raises(PlanError, match="--gpus"):
+        calibrate("llama-7b", plan.model_copy(update={"gpus": 2}), trace=True, save=False)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu(capsys, tiny_config, tmp_path):
     code, _, err = run(capsys, "calibrate", "--model", tiny_config, "--device", "cuda", "--store", str(tmp_path / "db"))

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from vramplan.errors import VramplanError
+from vramplan.errors import PlanError, VramplanError
 from vramplan.plan import TrainingPlan
 
 STEP_PHASES = ("forward", "backward", "optimizer")
@@ -56,7 +56,7 @@ class Comparison(BaseModel):
         """(estimate - measured) / measured * 100: positive = the estimate is too high. None if nothing measured."""
         if self.measured_bytes == 0:
             return None
-        return round(100 * (self.estimate_bytes - self.measured_bytes) / self.measured_bytes, 4)
+        return 100 * (self.estimate_bytes - self.measured_bytes) / self.measured_bytes
 
 
 class TopAllocation(BaseModel):
@@ -345,6 +345,7 @@ def calibrate(model: str | Any, plan: TrainingPlan, *, device: str = "cpu", trac
     from vramplan.api import allocator_reserve_bytes, estimate
     from vramplan.models import resolve_model
 
+    _check_single_process(plan)
     spec = resolve_model(model) if isinstance(model, str) else model
     result = estimate(spec, plan, gpu=gpu, gpu_dirs=gpu_dirs)
     cuda = device.startswith("cuda") and not trace
@@ -366,6 +367,16 @@ def calibrate(model: str | Any, plan: TrainingPlan, *, device: str = "cpu", trac
         by_component=by_component,
     )
     return target.add(record) if save else record
+
+
+def _check_single_process(plan: TrainingPlan) -> None:
+    """The micro-trainer is one process on one device: multi-GPU plans have nothing to compare with."""
+    multi = [flag for flag, value, single in (("--gpus", getattr(plan, "gpus", 1), (1,)),
+                                              ("--sharding", getattr(plan, "sharding", None), (None, "none")),
+                                              ("--offload", getattr(plan, "offload", "none"), ("none",)))
+             if value not in single]
+    if multi:
+        raise PlanError(f"{', '.join(multi)}: calibrate measures one process on one device; leave them out")
 
 
 def _measure(config: dict, plan: TrainingPlan, device: str, trace: bool, steps: int, seed: int,

@@ -159,7 +159,9 @@ def run_calibrations(args: argparse.Namespace) -> int:
 def _pct(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:+.4f}%" if 0 < abs(value) < 0.01 else f"{value:+.2f}%"
+    if value == 0:
+        return "0.00%"
+    return f"{value:+.1e}%" if abs(value) < 0.005 else f"{value:+.2f}%"
 
 
 def _describe(record: Any) -> str:
@@ -226,9 +228,9 @@ def _notes(record: Any) -> list[str]:
                      "rounding, kernel workspaces, temporaries inside custom kernels)")
     if record.estimate_basis == "traced_phases":
         extra = e["peak_bytes"] - record.by_phase["peak"].estimate_bytes
-        notes.append(f"estimated on CUDA: peak {format_bytes(e['peak_bytes'], 'auto', 3)} ({'+' if extra >= 0 else '-'}"
-                     f"{format_bytes(abs(extra), 'auto')}: bitsandbytes' dequantized weights inside gemm_4bit, which "
-                     "the tracker cannot see, and CUDA's dropout masks)")
+        notes.append(f"for CUDA the estimate peaks at {format_bytes(e['peak_bytes'], 'auto', 3)} ("
+                     f"{'+' if extra >= 0 else '-'}{format_bytes(abs(extra), 'auto')}: bitsandbytes' in-kernel "
+                     "dequantization, CUDA dropout masks)")
     if m.source != "cuda_allocator" and e.get("paged_bytes"):
         notes.append(f"paged optimizer states ({format_bytes(e['paged_bytes'], 'auto')}) are ordinary tensors off "
                      "CUDA: measured inside the phases, estimated outside them (CUDA managed memory)")
