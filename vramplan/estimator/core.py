@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from vramplan.estimator.optimizer import optimizer_memory
+from vramplan.estimator.optimizer import QMAP_BYTES, optimizer_memory
 from vramplan.estimator.programs import Ctx, decoder_layer, head
 from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.tape import Tape
@@ -33,6 +33,7 @@ class LayerCost:
 
     fwd_peak: int  # forward transient above the live bytes at the layer's start (its input counted there)
     keep: int  # bytes the layer leaves alive for backward (saved tensors; under checkpointing its input)
+    cache: int  # bytes alive until the forward returns only (the KV cache's copies no node saves)
     bwd_abs: int  # backward peak of the layer alone: its saved tensors, incoming grad, new grads, temps
     recompute_peak: int  # checkpointing: recompute transient above its input
     param_grads: int  # .grad bytes created by the layer's backward
@@ -71,6 +72,7 @@ def _ctx(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
         double_quant=plan.double_quant,
         kernel_dequant=cuda and plan.method == "qlora" and plan.batch * plan.seq > GEMM_4BIT_KERNEL_MAX_ROWS,
         cuda=cuda,
+        attn_softcap=plan.attn == "eager" and bool(model.config.get("attn_logit_softcapping")),
     )
 
 
@@ -82,11 +84,13 @@ def stream_bytes(plan: TrainingPlan) -> int:
 
 
 def layer_cost(model: ModelSpec, plan: TrainingPlan, c: Ctx, input_grad: bool) -> LayerCost:
-    return _layer_cost(model.model_type, model.intermediate_size, c, stream_bytes(plan), plan.grad_ckpt, input_grad)
+    return _layer_cost(model.model_type, model.intermediate_size, c, stream_bytes(plan), plan.grad_ckpt,
+                       plan.grad_ckpt and plan.ckpt_reentrant, input_grad)
 
 
 @lru_cache(maxsize=8192)
-def _layer_cost(model_type: str, inter: int, c: Ctx, a: int, grad_ckpt: bool, input_grad: bool) -> LayerCost:
+def _layer_cost(model_type: str, inter: int, c: Ctx, a: int, grad_ckpt: bool, reentrant: bool,
+                input_grad: bool) -> LayerCost:
     """Two tape replays of one decoder layer; a pure function of its (hashable) arguments, so cached."""
     x_bytes = c.tokens * c.hidden * a
     sandwich = model_type in _SANDWICH
@@ -105,11 +109,19 @@ def _layer_cost(model_type: str, inter: int, c: Ctx, a: int, grad_ckpt: bool, in
     bwd = Tape()  # the graph backward walks (rebuilt by the recompute under checkpointing)
     recompute_peak, y = run(bwd)
     held = bwd.live
+    if reentrant:  # CheckpointFunction.backward holds `outputs` of the recompute through its inner backward
+        held += x_bytes
     bwd_rel, grads = bwd.backward(y)
     bwd_abs = held + bwd_rel
     if grad_ckpt:  # the recompute runs while the incoming gradient (x-sized) is already allocated
         bwd_abs = max(bwd_abs, x_bytes + recompute_peak + x_bytes)
-    return LayerCost(fwd_peak, fwd.live, bwd_abs, recompute_peak, grads)
+    # Without checkpointing `use_cache` stays on and DynamicCache.update keeps `torch.cat` copies of k and v
+    # until the model output is dropped. sdpa saves those very copies; eager with grouped KV heads saves the
+    # `repeat_kv` expansions instead, so the copies are extra.
+    cache = 0
+    if not grad_ckpt and c.attn == "eager" and c.heads != c.kv_heads:
+        cache = 2 * c.tokens * c.kv_heads * c.head_dim * a
+    return LayerCost(fwd_peak, fwd.live, cache, bwd_abs, recompute_peak, grads)
 
 
 @lru_cache(maxsize=4096)
@@ -130,6 +142,20 @@ def rope_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     dim = int(model.head_dim * float(model.config.get("partial_rotary_factor") or 1.0))
     tables = 2 if model.model_type == "gemma3_text" else 1  # gemma3: global and local rotary embeddings
     return tables * 2 * plan.seq * dim * stream_bytes(plan)
+
+
+def eager_mask_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
+    """Eager attention gets an explicit 4-D float mask: `eager_mask` turns the [1, 1, S, S] bool mask into a
+    [batch, 1, S, S] tensor in the embeddings' dtype (`torch.where(mask, 0, min)`). Models with sliding and full
+    layers (Gemma 2/3, `layer_types`) build one of each. sdpa and flash attention run with `is_causal`: no mask."""
+    if plan.attn != "eager":
+        return 0
+    types = model.config.get("layer_types")
+    if types:
+        n = len(set(types))
+    else:
+        n = 2 if model.model_type in ("gemma2", "gemma3_text") else 1
+    return n * plan.batch * plan.seq * plan.seq * stream_bytes(plan)
 
 
 def batch_bytes(plan: TrainingPlan) -> int:
@@ -156,17 +182,25 @@ def _step_phases(model: ModelSpec, plan: TrainingPlan, base: int, grads_bytes: i
     data = batch_bytes(plan)
     base += data
     act_base = base + rope_bytes(model, plan)
+    # The mask lives while the decoder runs; under checkpointing the checkpoints hold it (as an argument of the
+    # recompute) until backward ends.
+    mask = eager_mask_bytes(model, plan)
+    held_mask = mask if plan.grad_ckpt else 0
 
     # Forward: layer k starts with the saved bytes of layers below it plus its input.
     def below(k: int) -> int:  # bytes kept by layers 0..k-1
         return 0 if k == 0 else first.keep + (k - 1) * rest.keep
 
-    fwd_peak = act_base + x_bytes + first.fwd_peak
+    def below_fwd(k: int) -> int:  # the same while the forward runs (the KV cache is still alive)
+        return 0 if k == 0 else below(k) + first.cache + (k - 1) * rest.cache
+
+    fwd_peak = act_base + mask + x_bytes + first.fwd_peak
     if n_layers > 1:
-        fwd_peak = max(fwd_peak, act_base + below(n_layers - 1) + x_bytes + rest.fwd_peak)
+        fwd_peak = max(fwd_peak, act_base + mask + below_fwd(n_layers - 1) + x_bytes + rest.fwd_peak)
     head_peak, head_keep, head_rel, head_grads = _head_cost(c, a, bool(model.config.get("final_logit_softcapping")))
     all_layers = below(n_layers)
-    fwd_peak = max(fwd_peak, act_base + all_layers + head_peak)
+    act_base += held_mask
+    fwd_peak = max(fwd_peak, act_base + below_fwd(n_layers) + head_peak)
     bwd_peak = act_base + all_layers + head_keep + head_rel
 
     # Backward through the layers, top to bottom: gradients accumulate, lower layers' activations remain.
@@ -175,10 +209,27 @@ def _step_phases(model: ModelSpec, plan: TrainingPlan, base: int, grads_bytes: i
         grads_so_far = head_grads + (n_layers - 1 - k) * rest.param_grads
         bwd_peak = max(bwd_peak, act_base + grads_so_far + below(k) + cost.bwd_abs)
     all_grads = head_grads + first.param_grads + (n_layers - 1) * rest.param_grads
-    if plan.method == "full":  # embedding backward: the weight gradient while the input gradient is alive
-        emb_grad = c.vocab * c.hidden * DTYPE_BYTES[plan.param_dtype] if not model.tied_embeddings else 0
-        bwd_peak = max(bwd_peak, base + all_grads + x_bytes + emb_grad)
+    if plan.method == "full":
+        # Embedding backward: `embedding_dense_backward` makes a dense [vocab, hidden] gradient while the
+        # input's gradient is alive. Tied to lm_head, whose gradient already sits in `.grad`, AccumulateGrad
+        # adds the two out of place: three [vocab, hidden] tensors at once.
+        vh = c.vocab * c.hidden * DTYPE_BYTES[plan.param_dtype]
+        bwd_peak = max(bwd_peak, base + all_grads + x_bytes + (2 * vh if model.tied_embeddings else vh))
     return {"forward": fwd_peak, "backward": bwd_peak, "optimizer": base + grads_bytes + step_temp}
+
+
+def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int], base: int, grads_bytes: int,
+                   opt) -> dict[str, int] | None:
+    """What the CPU tracer counts, where it differs from CUDA's allocator: no dequantize temporary inside
+    gemm_4bit, float dropout masks, paged optimizer states as ordinary tensors, and bitsandbytes' two 1 KiB
+    quantization maps from the optimizer's construction on (on CUDA they reach the device at step 1)."""
+    qmaps = 2 * QMAP_BYTES if plan.optimizer in ("adamw_8bit", "paged_adamw_8bit", "lion_8bit") else 0
+    kernel = _ctx(model, plan, cuda=True).kernel_dequant or (plan.uses_lora and plan.lora_dropout > 0)
+    if not (kernel or qmaps or opt.paged_bytes):
+        return None
+    step = _step_phases(model, plan, base, grads_bytes, opt.step_temp_bytes, cuda=False) if kernel else phases
+    traced = {p: step[p] + opt.paged_bytes for p in ("forward", "backward", "optimizer")}
+    return {"load": phases["load"] + qmaps, **traced}
 
 
 def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
@@ -188,14 +239,11 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
     less (temporaries inside bitsandbytes' CUDA kernels), `traced_phases` gives its figures.
     """
     st = static_memory(model, plan)
-    opt = optimizer_memory(plan, st.trainable_numels, st.trainable_dtype_bytes)
+    opt = optimizer_memory(plan, st.trainable_numels, st.trainable_dtype_bytes, st.trainable_shapes)
     base = st.total + opt.states_bytes
     grads_bytes = sum(st.trainable_numels) * st.trainable_dtype_bytes
     phases = {"load": st.total, **_step_phases(model, plan, base, grads_bytes, opt.step_temp_bytes, cuda=True)}
-    traced = None
-    if _ctx(model, plan, cuda=True).kernel_dequant or (plan.uses_lora and plan.lora_dropout > 0):
-        traced = {"load": st.total,
-                  **_step_phases(model, plan, base, grads_bytes, opt.step_temp_bytes, cuda=False)}
+    traced = _traced_phases(model, plan, phases, base, grads_bytes, opt)
     peak_phase = max(phases, key=lambda p: phases[p])
     peak = phases[peak_phase]
     grads_at_peak = grads_bytes if peak_phase == "optimizer" else 0

@@ -47,15 +47,19 @@ def _bnb_states(numel: int, n_states: int, eight_bit: bool, paged: bool) -> tupl
     return states, 0
 
 
-def _adafactor_state(numel: int, shape_rc: tuple[int, int] | None) -> int:
-    if shape_rc is None:
+def _adafactor_state(numel: int, shape: tuple[int, ...] | None) -> int:
+    """`exp_avg_sq_row` = zeros(shape[:-1]), `exp_avg_sq_col` = zeros(shape[:-2] + shape[-1:]) for >= 2-D
+    tensors (fp32: the gradient is upcast before the state is made); a full `exp_avg_sq` otherwise."""
+    if shape is None or len(shape) < 2:
         return numel * 4
-    rows, cols = shape_rc
-    return (rows + cols) * 4
+    lead = 1
+    for d in shape[:-2]:
+        lead *= d
+    return (lead * shape[-2] + lead * shape[-1]) * 4
 
 
 def optimizer_memory(plan: TrainingPlan, numels: tuple[int, ...], dtype_bytes: int,
-                     shapes: tuple[tuple[int, int] | None, ...] | None = None) -> OptimizerMemory:
+                     shapes: tuple[tuple[int, ...], ...] | None = None) -> OptimizerMemory:
     """States and step temporaries for trainable tensors of `numels` elements stored in `dtype_bytes`."""
     opt = plan.optimizer
     total = sum(numels)
@@ -72,8 +76,8 @@ def optimizer_memory(plan: TrainingPlan, numels: tuple[int, ...], dtype_bytes: i
         for n in numels:
             d, p = _bnb_states(n, n_states, eight_bit, paged)
             dev, pag = dev + d, pag + p
-        if eight_bit and any(n >= MIN_8BIT_SIZE for n in numels):
-            dev += QMAP_BYTES * n_states
+        if eight_bit:  # `fill_qmap`: the signed and unsigned dynamic maps, moved to the device at step 1
+            dev += 2 * QMAP_BYTES
         return OptimizerMemory(dev, pag, 0)
     if opt == "sgd":
         return OptimizerMemory(0, 0, 0)
@@ -82,8 +86,12 @@ def optimizer_memory(plan: TrainingPlan, numels: tuple[int, ...], dtype_bytes: i
     if opt == "adafactor":
         shapes = shapes or tuple(None for _ in numels)
         states = sum(_adafactor_state(n, s) for n, s in zip(numels, shapes))
-        biggest = max(numels, default=0)
-        # fp32 grad copy (if 16-bit) + fp32 param copy (if 16-bit) + update + (-update)
+        # Per tensor: fp32 grad copy and fp32 param copy (if 16-bit); `update = grad**2 + eps` is still alive
+        # while `_approx_sq_grad` builds the new update from its row factor and column factor.
         copies = 2 + (2 if dtype_bytes < 4 else 0)
-        return OptimizerMemory(states, 0, copies * biggest * 4)
+        temp = 0
+        for n, s in zip(numels, shapes):
+            factors = _adafactor_state(n, s) if s is not None and len(s) >= 2 else 0
+            temp = max(temp, copies * n * 4 + factors)
+        return OptimizerMemory(states, 0, temp)
     raise AssertionError(opt)

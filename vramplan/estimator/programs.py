@@ -41,6 +41,7 @@ class Ctx:
     gemma_norm: bool  # GemmaRMSNorm (fp32 math, output in input dtype)
     attn: str  # sdpa | eager | flash_attention_2
     lm_head_w: int  # bytes of lm_head / embedding weight
+    attn_softcap: bool = False  # gemma2: scores / cap -> tanh -> * cap (eager)
     quant_w: int = 2  # bytes per element of a dequantized 4-bit weight (QuantState.dtype: the loading dtype)
     quant_blocksize: int = 64
     double_quant: bool = False
@@ -61,9 +62,11 @@ def rmsnorm(tp: Tape, c: Ctx, x: int, a: int, width: int) -> tuple[int, int]:
     tp.drop(var_eps)
     y = tp.op(n * 4, (x32, r), saves=(x32, r), bwd_temp=n * 4)
     tp.drop(x32, r)
-    if c.gemma_norm:  # output * (1 + weight.float()) then .type_as(x)
-        yw = tp.op(n * 4, (y,), saves=(y,) if c.full else (), param_grad=width * c.norm_w if c.full else 0)
-        tp.drop(y)
+    if c.gemma_norm:  # output * (1.0 + weight.float()) then .type_as(x); mul saves the (1 + w) temporary
+        w1 = tp.op(width * 4, grad=c.full)
+        yw = tp.op(n * 4, (y, w1), saves=(y, w1) if c.full else (w1,),
+                   param_grad=width * c.norm_w if c.full else 0)
+        tp.drop(y, w1)
         out = tp.op(n * a, (yw,)) if a != 4 else tp.op(0, (yw,), alias=yw)
         tp.drop(yw)
         return out, a
@@ -151,6 +154,13 @@ def _eager(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
     tp.drop(kr)
     scaled = tp.op(s2 * a, (scores,))
     tp.drop(scores)
+    if c.attn_softcap:  # gemma2 attn_logit_softcapping; tanh saves its output
+        d = tp.op(s2 * a, (scaled,))
+        tp.drop(scaled)
+        th = tp.op(s2 * a, (d,), saves_out=True)
+        tp.drop(d)
+        scaled = tp.op(s2 * a, (th,))
+        tp.drop(th)
     masked = tp.op(s2 * a, (scaled,))
     tp.drop(scaled)
     probs32 = tp.op(s2 * 4, (masked,), saves_out=True)

@@ -89,6 +89,7 @@ class StaticMemory:
     lora_adapters: int
     trainable_numels: tuple[int, ...]  # one entry per trainable tensor
     trainable_dtype_bytes: int
+    trainable_shapes: tuple[tuple[int, ...], ...]  # the same tensors' shapes (Adafactor factors >= 2-D ones)
     quantized_groups: tuple[LinearGroup, ...]  # the 4-bit linears, by leaf name
     lora_groups: tuple[LinearGroup, ...]  # the LoRA-wrapped linears, by leaf name
 
@@ -159,16 +160,19 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
     base = (inv.total_numel - quantized_numel) * non_quantized_dtype_bytes(plan) + rotary_buffer_bytes(model)
     lora_groups = tuple(groups[n] for n in targets)
     lora_numels: list[int] = []
+    lora_shapes: list[tuple[int, ...]] = []
     r = plan.rank or 0
     for g in lora_groups:
         per_in, per_out = g.in_features // g.count, g.out_features // g.count
         for _ in range(g.count):
             lora_numels += [r * per_in, per_out * r]
+            lora_shapes += [(r, per_in), (per_out, r)]
     if plan.method == "full":
         trainable = tuple(t.numel for t in inv.tensors)
+        shapes = tuple(t.shape for t in inv.tensors)
         trainable_bytes = DTYPE_BYTES[plan.param_dtype]
     else:
-        trainable, trainable_bytes = tuple(lora_numels), ADAPTER_BYTES
+        trainable, shapes, trainable_bytes = tuple(lora_numels), tuple(lora_shapes), ADAPTER_BYTES
     return StaticMemory(
         quantized_weights=q_w,
         quant_constants=q_c,
@@ -177,6 +181,7 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
         lora_adapters=sum(lora_numels) * ADAPTER_BYTES,
         trainable_numels=trainable,
         trainable_dtype_bytes=trainable_bytes,
+        trainable_shapes=shapes,
         quantized_groups=quantized,
         lora_groups=lora_groups,
     )
