@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from vramplan.estimator.optimizer import QMAP_BYTES, optimizer_memory
+from vramplan.estimator.optimizer import MIN_8BIT_SIZE, QMAP_BYTES, optimizer_memory
 from vramplan.estimator.programs import Ctx, decoder_layer, head
 from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.tape import Tape
@@ -228,7 +228,10 @@ def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int],
     if not (kernel or qmaps or opt.paged_bytes):
         return None
     step = _step_phases(model, plan, base, grads_bytes, opt.step_temp_bytes, cuda=False) if kernel else phases
-    traced = {p: step[p] + opt.paged_bytes for p in ("forward", "backward", "optimizer")}
+    # on CPU both maps exist from `fill_qmap` in __init__; the states already count the ones CUDA moves
+    moved = QMAP_BYTES * (1 if plan.optimizer == "lion_8bit" else 2) if qmaps and any(
+        n >= MIN_8BIT_SIZE for n in static_memory(model, plan).trainable_numels) else 0
+    traced = {p: step[p] + opt.paged_bytes + qmaps - moved for p in ("forward", "backward", "optimizer")}
     return {"load": phases["load"] + qmaps, **traced}
 
 

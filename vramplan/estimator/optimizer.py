@@ -76,8 +76,9 @@ def optimizer_memory(plan: TrainingPlan, numels: tuple[int, ...], dtype_bytes: i
         for n in numels:
             d, p = _bnb_states(n, n_states, eight_bit, paged)
             dev, pag = dev + d, pag + p
-        if eight_bit:  # `fill_qmap`: the signed and unsigned dynamic maps, moved to the device at step 1
-            dev += 2 * QMAP_BYTES
+        if eight_bit and any(n >= MIN_8BIT_SIZE for n in numels):
+            # `init_state` moves the dynamic map (and for two states the unsigned one) to the device
+            dev += QMAP_BYTES * n_states
         return OptimizerMemory(dev, pag, 0)
     if opt == "sgd":
         return OptimizerMemory(0, 0, 0)
