@@ -65,14 +65,15 @@ def _ctx(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
         dropout=plan.lora_dropout > 0,
         full=plan.method == "full",
         gemma_norm=model.model_type in _GEMMA_NORM,
-        attn=plan.attn,
+        attn=attn_implementation(model, plan),
         lm_head_w=nq,
         quant_w=DTYPE_BYTES[plan.param_dtype],
         quant_blocksize=plan.quant_blocksize,
         double_quant=plan.double_quant,
         kernel_dequant=cuda and plan.method == "qlora" and plan.batch * plan.seq > GEMM_4BIT_KERNEL_MAX_ROWS,
         cuda=cuda,
-        attn_softcap=plan.attn == "eager" and bool(model.config.get("attn_logit_softcapping")),
+        attn_softcap=attn_implementation(model, plan) == "eager" and bool(model.config.get("attn_logit_softcapping")),
+        sdpa_mask=sdpa_sliding_mask(model, plan),
     )
 
 
@@ -144,11 +145,40 @@ def rope_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     return tables * 2 * plan.seq * dim * stream_bytes(plan)
 
 
+# Architectures whose transformers class has no sdpa path (`_supports_sdpa = False`: sdpa cannot softcap): the
+# default attention there is eager.
+_NO_SDPA = {"gemma2"}
+
+
+def attn_implementation(model: ModelSpec, plan: TrainingPlan) -> str:
+    if plan.attn == "sdpa" and model.model_type in _NO_SDPA:
+        return "eager"
+    return plan.attn
+
+
+def sliding_window(model: ModelSpec) -> int | None:
+    """The window every layer uses (Mistral, Mixtral, Phi-3: `sliding_window`); None when there is none.
+    Qwen's optional per-layer windows (`use_sliding_window`) are off in every released config."""
+    if model.model_type in ("mistral", "mixtral", "phi3"):
+        w = model.config.get("sliding_window")
+        return int(w) if w else None
+    return None
+
+
+def sdpa_sliding_mask(model: ModelSpec, plan: TrainingPlan) -> bool:
+    """`_ignore_causal_mask_sdpa` cannot drop a sliding-window mask once the sequence reaches the window
+    (`kv_length >= local_attention_size`): sdpa then runs with an explicit mask."""
+    w = sliding_window(model)
+    return attn_implementation(model, plan) == "sdpa" and w is not None and plan.seq >= w
+
+
 def eager_mask_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     """Eager attention gets an explicit 4-D float mask: `eager_mask` turns the [1, 1, S, S] bool mask into a
     [batch, 1, S, S] tensor in the embeddings' dtype (`torch.where(mask, 0, min)`). Models with sliding and full
     layers (Gemma 2/3, `layer_types`) build one of each. sdpa and flash attention run with `is_causal`: no mask."""
-    if plan.attn != "eager":
+    if sdpa_sliding_mask(model, plan):  # the bool [1, 1, S, S] mask (`batch` enters only by expand)
+        return plan.seq * plan.seq
+    if attn_implementation(model, plan) != "eager":
         return 0
     types = model.config.get("layer_types")
     if types:

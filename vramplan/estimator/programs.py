@@ -42,6 +42,7 @@ class Ctx:
     attn: str  # sdpa | eager | flash_attention_2
     lm_head_w: int  # bytes of lm_head / embedding weight
     attn_softcap: bool = False  # gemma2: scores / cap -> tanh -> * cap (eager)
+    sdpa_mask: bool = False  # sdpa gets an explicit (sliding-window) mask instead of is_causal
     quant_w: int = 2  # bytes per element of a dequantized 4-bit weight (QuantState.dtype: the loading dtype)
     quant_blocksize: int = 64
     double_quant: bool = False
@@ -141,7 +142,18 @@ def attention_core(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
         return _eager(tp, c, q, k, v, a)
     out_bytes = c.tokens * c.heads * c.head_dim * a
     lse = c.batch * c.heads * c.seq * 4
-    return tp.op(out_bytes + lse, (q, k, v), saves=(q, k, v), saves_out=True, bwd_temp=lse)
+    if not c.sdpa_mask:
+        return tp.op(out_bytes + lse, (q, k, v), saves=(q, k, v), saves_out=True, bwd_temp=lse)
+    # With a mask, transformers cannot use sdpa's enable_gqa (`use_gqa_in_sdpa` needs mask None): k and v go
+    # through `repeat_kv` copies. sdpa turns the bool mask into a float one in q's dtype
+    # (`convert_boolean_attn_mask`: where(mask, 0, -inf), [batch, 1, S, S]) and saves it for backward.
+    rep = c.heads > c.kv_heads
+    kr = tp.op(out_bytes, (k,)) if rep else tp.op(0, (k,), alias=k)
+    vr = tp.op(out_bytes, (v,)) if rep else tp.op(0, (v,), alias=v)
+    m = tp.op(c.batch * c.seq * c.seq * a, grad=False)
+    out = tp.op(out_bytes + lse, (q, kr, vr), saves=(q, kr, vr, m), saves_out=True, bwd_temp=lse)
+    tp.drop(kr, vr, m)
+    return out
 
 
 def _eager(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:

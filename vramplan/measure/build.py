@@ -51,10 +51,13 @@ def build_model(config: dict, plan: TrainingPlan, *, device: str, trace: bool) -
     from transformers import AutoModelForCausalLM
 
     cfg = hf_config(config)
+    attn = plan.attn
+    if attn == "sdpa" and not getattr(AutoModelForCausalLM._model_mapping.get(type(cfg), None), "_supports_sdpa", True):
+        attn = "eager"  # what transformers picks by default where sdpa is unsupported (Gemma-2: softcapping)
     try:
         with _skeleton(trace), torch.device("meta" if trace else device):
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype(plan.param_dtype),
-                                                     attn_implementation=plan.attn)
+                                                     attn_implementation=attn)
     except (ValueError, AssertionError) as exc:  # not a causal LM, an unsupported attention, a bad size
         raise MeasurementError(f"config: {exc}") from None
     if plan.method == "qlora":
