@@ -370,13 +370,16 @@ def calibrate(model: str | Any, plan: TrainingPlan, *, device: str = "cpu", trac
 
 
 def _check_single_process(plan: TrainingPlan) -> None:
-    """The micro-trainer is one process on one device: multi-GPU plans have nothing to compare with."""
+    """The micro-trainer is one process on one device with uint8 4-bit storage: other plans have nothing to
+    compare with."""
     multi = [flag for flag, value, single in (("--gpus", getattr(plan, "gpus", 1), (1,)),
                                               ("--sharding", getattr(plan, "sharding", None), (None, "none")),
                                               ("--offload", getattr(plan, "offload", "none"), ("none",)))
              if value not in single]
     if multi:
         raise PlanError(f"{', '.join(multi)}: calibrate measures one process on one device; leave them out")
+    if getattr(plan, "quant_storage", None) not in (None, "uint8"):  # measure/build.py: bnb_4bit_quant_storage
+        raise PlanError("--quant-storage: the micro-trainer stores 4-bit weights in uint8 (bitsandbytes' default)")
 
 
 def _measure(config: dict, plan: TrainingPlan, device: str, trace: bool, steps: int, seed: int,
