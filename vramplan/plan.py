@@ -2,6 +2,18 @@
 
 A frozen pydantic model. Defaults that depend on the method (quantization, rank, optimizer) are filled in
 by `make_plan`, which also turns pydantic's validation errors into one-line `PlanError`s.
+
+Several GPUs (`gpus`, `sharding`, `offload`): `batch` is the micro-batch of *one* GPU (data parallelism: every
+GPU runs its own batch). `sharding` says which engine splits the training state: `none` (one GPU), `ddp`
+(torch DistributedDataParallel: full replicas), `fsdp` (torch FSDP2 `fully_shard` per decoder layer + root,
+parameters resharded after forward: ZeRO-3-like), `fsdp_grad_op` (the same with `reshard_after_forward=False`:
+FSDP1's SHARD_GRAD_OP, ZeRO-2-like), `zero1|zero2|zero3` (DeepSpeed ZeRO stages). Left out, it is `none` on one
+GPU and `ddp` on several (what `accelerate launch` does without a config); an explicit `none` with `gpus > 1`
+is an error, since nothing would split the work. `offload` moves state to host RAM: `optimizer` (DeepSpeed
+ZeRO-Offload, any stage) or `params` (parameters, gradients and optimizer states: FSDP `CPUOffloadPolicy`,
+DeepSpeed stage 3 `offload_param`). FSDP-QLoRA stores 4-bit weights in a float `quant_storage` dtype so that
+FSDP can shard them (bitsandbytes `bnb_4bit_quant_storage`); with sharded QLoRA, trl skips peft's
+`prepare_model_for_kbit_training` (`SFTTrainer`: `is_sharded_qlora`), so the fp32 upcast defaults to off.
 """
 
 from __future__ import annotations
@@ -16,6 +28,12 @@ Method = Literal["full", "lora", "qlora"]
 Dtype = Literal["bf16", "fp16", "fp32"]
 Quant = Literal["nf4", "fp4"]
 Attn = Literal["eager", "sdpa", "flash_attention_2"]
+Sharding = Literal["none", "ddp", "fsdp", "fsdp_grad_op", "zero1", "zero2", "zero3"]
+SHARDINGS: tuple[str, ...] = Sharding.__args__  # type: ignore[attr-defined]
+Offload = Literal["none", "optimizer", "params"]
+QuantStorage = Literal["uint8", "bf16", "fp16", "fp32"]
+# Engines that shard the parameters themselves (and so can shard 4-bit weights stored in a float dtype).
+PARAM_SHARDING = ("fsdp", "fsdp_grad_op", "zero3")
 Optimizer = Literal[
     "adamw",
     "adamw_fused",
@@ -61,8 +79,13 @@ class TrainingPlan(BaseModel):
     ckpt_reentrant: bool = False
     attn: Attn = "sdpa"
     optimizer: Optimizer | None = None
+    # Several GPUs (data parallel; `batch` is per GPU)
+    gpus: int = 1
+    sharding: Sharding | None = None  # None: 'none' on one GPU, 'ddp' on several (see `parallelism`)
+    offload: Offload = "none"
+    quant_storage: QuantStorage | None = None  # qlora: packed 4-bit storage dtype (see `storage_dtype`)
 
-    @field_validator("batch", "seq", "grad_accum", "rank", "quant_blocksize")
+    @field_validator("batch", "seq", "grad_accum", "rank", "quant_blocksize", "gpus")
     @classmethod
     def _positive(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
@@ -103,12 +126,51 @@ class TrainingPlan(BaseModel):
             raise ValueError("qlora keeps 4-bit base weights; use --param-dtype bf16/fp16 instead of mixed precision")
         if self.ckpt_reentrant and not self.grad_ckpt:
             raise ValueError("--ckpt-reentrant needs gradient checkpointing on")
+        self._check_parallel()
         return self
+
+    def _check_parallel(self) -> None:
+        sharding = self.parallelism
+        if sharding == "none" and self.gpus > 1:
+            raise ValueError(f"--sharding none trains on one GPU; with --gpus {self.gpus} choose ddp (replicas), "
+                             "fsdp, fsdp_grad_op, zero1, zero2 or zero3")
+        if self.offload == "optimizer" and sharding not in ("zero1", "zero2", "zero3"):
+            hint = "use --offload params (FSDP offloads parameters, gradients and optimizer states together)" \
+                if sharding.startswith("fsdp") else "use --sharding zero1, zero2 or zero3 (DeepSpeed ZeRO-Offload)"
+            raise ValueError(f"--offload optimizer needs DeepSpeed ZeRO: {hint}")
+        if self.offload == "params" and sharding not in PARAM_SHARDING:
+            raise ValueError("--offload params needs --sharding fsdp, fsdp_grad_op or zero3 "
+                             "(DeepSpeed offloads parameters only at stage 3)")
+        if self.quant_storage is not None and self.method != "qlora":
+            raise ValueError("--quant-storage applies to method qlora only")
+        if self.method == "qlora" and sharding in PARAM_SHARDING and self.quant_storage == "uint8":
+            raise ValueError(f"--sharding {sharding} shards 4-bit weights only when they are stored in a float "
+                             "dtype (FSDP-QLoRA): use --quant-storage bf16")
 
     # Resolved views -------------------------------------------------------------------------------------
     @property
     def uses_lora(self) -> bool:
         return self.method in ("lora", "qlora")
+
+    @property
+    def parallelism(self) -> str:
+        """The sharding mode in effect: `sharding`, or its default for the number of GPUs."""
+        if self.sharding is not None:
+            return self.sharding
+        return "none" if self.gpus == 1 else "ddp"
+
+    @property
+    def storage_dtype(self) -> str:
+        """qlora: the dtype packed 4-bit weights are stored in (`quant_storage`, else the param dtype when the
+        engine shards parameters, else bitsandbytes' default uint8)."""
+        if self.quant_storage is not None:
+            return self.quant_storage
+        return self.param_dtype if self.parallelism in PARAM_SHARDING else "uint8"
+
+    @property
+    def multi_gpu(self) -> bool:
+        """Whether the estimate is per GPU of a data-parallel job (anything but one plain GPU)."""
+        return self.parallelism != "none"
 
     @property
     def activation_dtype(self) -> str:
@@ -128,6 +190,9 @@ def make_plan(**options: object) -> TrainingPlan:
     """Validate options (None means 'use the default') and fill the method-dependent defaults."""
     given = {k: v for k, v in options.items() if v is not None}
     method = given.get("method", "qlora")
+    sharded_qlora = method == "qlora" and given.get("sharding") in PARAM_SHARDING
+    if sharded_qlora and "kbit_upcast" not in given:
+        given["kbit_upcast"] = False  # trl SFTTrainer skips prepare_model_for_kbit_training for sharded QLoRA
     if method != "qlora":
         for key in ("double_quant", "compute_dtype", "kbit_upcast", "quant"):
             if key in given:
