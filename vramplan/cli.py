@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from vramplan.commands.calibrate import add_calibrate_parser, add_calibrations_parser
 from vramplan.commands.suggest import add_suggest_parser
 from vramplan.errors import VramplanError
-from vramplan.plan import OPTIMIZERS
+from vramplan.plan import OPTIMIZERS, SHARDINGS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,6 +113,17 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     g.add_argument("--attn", choices=["eager", "sdpa", "flash_attention_2"], help="attention (default sdpa)")
     g.add_argument("--optimizer", choices=list(OPTIMIZERS),
                    help="default paged_adamw_8bit for qlora, adamw otherwise")
+    if "--gpus" not in p._option_string_actions:  # a command may define --gpus itself (suggest)
+        g.add_argument("--gpus", type=int, help="GPUs of a data-parallel job (default 1); sizes are then per GPU "
+                       "and --batch is each GPU's micro-batch")
+    g.add_argument("--sharding", choices=list(SHARDINGS), help="ddp | fsdp (FSDP2, ZeRO-3-like) | fsdp_grad_op "
+                   "(ZeRO-2-like) | zero1/zero2/zero3 (DeepSpeed) (default: none on one GPU, ddp on several)")
+    g.add_argument("--offload", choices=["none", "optimizer", "params"],
+                   help="state in host RAM: optimizer (DeepSpeed ZeRO-Offload) or params (+ grads + optimizer: "
+                   "FSDP CPU offload, ZeRO-3)")
+    g.add_argument("--quant-storage", choices=["uint8", "bf16", "fp16", "fp32"],
+                   help="qlora: dtype packed 4-bit weights are stored in (bnb_4bit_quant_storage; "
+                   "FSDP/ZeRO-3 need a float one, the default there)")
 
 
 def plan_from_args(args: argparse.Namespace, **override: object):
@@ -120,7 +131,7 @@ def plan_from_args(args: argparse.Namespace, **override: object):
 
     fields = ("method", "param_dtype", "mixed_precision", "quant", "double_quant", "compute_dtype", "kbit_upcast",
               "rank", "alpha", "targets", "lora_dropout", "batch", "seq", "grad_accum", "grad_ckpt",
-              "ckpt_reentrant", "attn", "optimizer")
+              "ckpt_reentrant", "attn", "optimizer", "gpus", "sharding", "offload", "quant_storage")
     options = {f: getattr(args, f, None) for f in fields}
     options.update(override)
     return make_plan(**options)
@@ -180,7 +191,7 @@ def run_compare(args: argparse.Namespace) -> int:
 def _method_plan(args: argparse.Namespace, method: str):
     """The shared flags applied to one method; options that do not apply to it are left out."""
     lora_only = ("rank", "alpha", "targets", "lora_dropout")
-    qlora_only = ("quant", "double_quant", "compute_dtype", "kbit_upcast")
+    qlora_only = ("quant", "double_quant", "compute_dtype", "kbit_upcast", "quant_storage")
     drop = (lora_only + qlora_only) if method == "full" else qlora_only if method == "lora" else ()
     return plan_from_args(args, method=method, **dict.fromkeys(drop))
 

@@ -56,7 +56,27 @@ COMPONENT_LABELS = {
     "gradients": "gradients",
     "optimizer_temporaries": "optimizer step temporaries",
     "activations": "activations, logits and loss",
+    "master_weights": "fp32 master weights (ZeRO)",
+    "unsharded_params": "unsharded parameters (gathered units)",
+    "comm_buffers": "communication buffers",
 }
+SHARDING_WORDS = {
+    "ddp": "DDP replicas",
+    "fsdp": "FSDP2 full shard",
+    "fsdp_grad_op": "FSDP2, no reshard after forward",
+    "zero1": "DeepSpeed ZeRO-1",
+    "zero2": "DeepSpeed ZeRO-2",
+    "zero3": "DeepSpeed ZeRO-3",
+}
+
+
+def per_gpu_words(e: Any) -> str:
+    """'' on one plain GPU; else ' per GPU (rank 0 of 2, FSDP2 full shard, offload params)'."""
+    if getattr(e, "sharding", "none") == "none":
+        return ""
+    offload = e.plan.get("offload") or "none"
+    extra = f", offload {offload}" if offload != "none" else ""
+    return f" per GPU (rank 0 of {e.gpus}, {SHARDING_WORDS.get(e.sharding, e.sharding)}{extra})"
 
 
 def estimate_json(e: Any) -> dict:
@@ -82,7 +102,7 @@ def render_estimate(console: Console, e: Any) -> None:
     desc += (f", batch {plan['batch']} x seq {plan['seq']}, {'grad-ckpt' if plan['grad_ckpt'] else 'no grad-ckpt'}"
              f", {plan['attn']}, {plan['optimizer']}")
     console.print(f"[bold]{e.model}[/bold]: {desc}")
-    table = Table(title=f"Live memory at the peak ({e.peak_phase} phase)", title_justify="left")
+    table = Table(title=f"Live memory at the peak ({e.peak_phase} phase){per_gpu_words(e)}", title_justify="left")
     table.add_column("component")
     table.add_column("GiB", justify="right")
     table.add_column("share", justify="right")
@@ -100,10 +120,14 @@ def render_estimate(console: Console, e: Any) -> None:
     console.print(phases)
     if e.paged_bytes:
         console.print(f"paged optimizer states (CUDA managed memory, may spill to host): {format_bytes(e.paged_bytes)}")
+    if getattr(e, "host_offload_bytes", 0):
+        console.print(f"host RAM for offloaded state: {format_bytes(e.host_offload_bytes)} per GPU, "
+                      f"{format_bytes(e.host_offload_bytes * e.gpus)} for {e.gpus} GPUs on one node")
     if e.gpu:
         verdict = "[green]fits[/green]" if e.fits else "[red]does not fit[/red]"
+        each = f"each of {e.gpus} x " if getattr(e, "gpus", 1) > 1 else ""
         console.print(
-            f"on {e.gpu}: reserved {format_bytes(e.reserved_bytes)} + CUDA context {format_bytes(e.cuda_context_bytes)}"
+            f"on {each}{e.gpu}: reserved {format_bytes(e.reserved_bytes)} + CUDA context {format_bytes(e.cuda_context_bytes)}"
             f" = {format_bytes(e.total_gpu_bytes)} of {format_bytes(e.gpu_usable_bytes)} usable: {verdict}"
             f" (headroom {format_bytes(e.headroom_bytes)})"
         )
@@ -111,8 +135,12 @@ def render_estimate(console: Console, e: Any) -> None:
 
 def render_compare(console: Console, rows: Sequence[Any]) -> None:
     gpu = next((r.gpu for r in rows if r.gpu), None)
-    table = Table(title="Full fine-tuning vs LoRA vs QLoRA (GiB at the peak)", title_justify="left")
+    sharded = next((r for r in rows if getattr(r, "sharding", "none") != "none"), None)
+    where = per_gpu_words(sharded) if sharded else ""
+    table = Table(title=f"Full fine-tuning vs LoRA vs QLoRA (GiB at the peak{where})", title_justify="left")
     cols = ["model", "method", "weights", "grads + optimizer", "activations", "peak"]
+    if sharded:
+        cols.insert(5, "gathered + buffers")
     if gpu:
         cols += [f"on {gpu}", "fits"]
     for col in cols:
@@ -121,9 +149,11 @@ def render_compare(console: Console, rows: Sequence[Any]) -> None:
         c = r.components
         weights = sum(c[k] for k in ("quantized_weights", "quant_constants", "double_quant_constants",
                                      "base_weights", "lora_adapters"))
-        opt = c["optimizer_states"] + c["gradients"] + c["optimizer_temporaries"]
+        opt = c["optimizer_states"] + c["gradients"] + c["optimizer_temporaries"] + c.get("master_weights", 0)
         cells = [r.model, r.plan["method"], f"{weights / 2**30:.2f}", f"{opt / 2**30:.2f}",
                  f"{c['activations'] / 2**30:.2f}", f"{r.peak_bytes / 2**30:.2f}"]
+        if sharded:
+            cells.insert(5, f"{(c.get('unsharded_params', 0) + c.get('comm_buffers', 0)) / 2**30:.2f}")
         if gpu:
             cells += [f"{r.total_gpu_bytes / 2**30:.2f}", "yes" if r.fits else "no"]
         table.add_row(*cells)
