@@ -4,24 +4,28 @@ bytes per phase, with the engine the plan names wrapped around the model the mic
     measure_distributed(config, [plan, ...], world) -> one list of MeasuredStep (one per rank) per plan
 
 Each rank is its own process, joined to the others through a file store; all plans run in the same processes,
-one after the other. The ranks are forked from a `forkserver` that imported the stack once (so the ~5 s of
-imports are paid once per caller, not per rank and call; forking the caller itself could deadlock on a lock
-another of its threads holds). Without `forkserver` (or with `fork=False`) they are fresh interpreters
-(`python -m vramplan.measure.distributed JOB RANK`, as `torchrun` would start them). Per rank and plan: build and prepare the model (build.py, trainer.prepare_model), wrap it, build the
-optimizer, train `steps` steps with trainer's step loop and `MemoryTracker`, keep the last step.
+one after the other. The ranks are forked from a `forkserver` that imported the stack once (the ~5 s of imports
+are paid once per caller, not per rank; forking the caller itself could deadlock on a lock another of its
+threads holds). As with any multiprocessing start method but `fork`, a calling script needs an
+`if __name__ == "__main__":` guard. Without `forkserver` (or with `fork=False`) the ranks are fresh interpreters
+(`python -m vramplan.measure.distributed JOB RANK`, as `torchrun` would start them). Per rank and plan: build
+and prepare the model (build.py, trainer.prepare_model), wrap it, build the optimizer, train `steps` steps with
+the micro-trainer's step loop under `MemoryTracker`, keep the last step.
 
 Engines (what the estimator's `sharding` names, run through torch's own code):
 - ddp: `DistributedDataParallel(model)` (default buckets, `gradient_as_bucket_view=False`);
 - fsdp / fsdp_grad_op: `fully_shard(layer, reshard_after_forward=...)` for every decoder layer (transformers'
   `GradientCheckpointingLayer`), then `fully_shard(model)`; grad_op keeps every unit unsharded after forward;
 - zero1: DDP + `torch.distributed.optim.ZeroRedundancyOptimizer` (torch's ZeRO-1: optimizer states split by
-  whole parameters); the estimator prices that with `price_torch(..., zero_redundancy=True)`.
+  whole parameters); the estimator prices that with `price_torch(..., engine="ddp_zero_redundancy")`.
 DeepSpeed (zero2, zero3) is not run here; nor is CPU offload, which needs a device apart from the host.
 
-What the tracker sees on gloo: every collective is an aten-level op (`c10d._allgather_base_`,
-`c10d._reduce_scatter_base_`, `c10d.allreduce_`) writing into tensors allocated by torch ops it also sees (FSDP's
-`foreach_all_gather` output, `foreach_reduce` input, DDP's buckets); gloo's own scratch memory is allocated in its
-worker threads, outside the dispatcher, as NCCL's is outside the CUDA caching allocator.
+What the tracker sees on gloo: every collective is a dispatcher op (FSDP2: `c10d._allgather_base_`,
+`c10d._reduce_scatter_base_`; DDP: `c10d.allreduce_`, `c10d.broadcast_`, `c10d.allgather_`, even when the C++
+reducer issues them) that writes in place into tensors made by ops the tracker also sees (FSDP's
+`foreach_all_gather` output and `foreach_reduce` input, DDP's buckets). Gloo's own scratch memory is allocated in
+its worker threads, outside the dispatcher, as NCCL's is outside the CUDA caching allocator; FSDP2's unsharded
+parameters are freed and re-allocated with `UntypedStorage.resize_`, which the tracker follows.
 """
 
 from __future__ import annotations
