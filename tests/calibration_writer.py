@@ -1,10 +1,12 @@
 """A writer process for tests/test_calibrate.py's concurrency test: imports the store only (no torch), so the
 spawned processes start in a fraction of a second."""
 
+from typing import Any
+
 from vramplan.calibration import CalibrationRecord, CalibrationStore
 
 
-def insert_many(path: str, record_json: str, n: int, start) -> None:  # noqa: ANN001 - a multiprocessing Barrier
+def insert_many(path: str, record_json: str, n: int, start: Any) -> None:  # start: a multiprocessing Barrier
     store = CalibrationStore(path)
     record = CalibrationRecord.model_validate_json(record_json)
     start.wait()  # all writers begin together, on a database none of them has created yet

@@ -101,6 +101,18 @@ def test_traced_llama_7b_qlora(capsys, tmp_path):
     assert abs(record.error_pct["peak"]) < 5
 
 
+def test_paged_states_off_cuda_count_as_optimizer_states():
+    """bitsandbytes keeps paged states as ordinary tensors off CUDA: the estimate's traced view holds them."""
+    from vramplan.models import spec_from_config
+
+    mid = dict(TINY, hidden_size=512, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=8,
+               vocab_size=1024)
+    record = calibrate(spec_from_config(mid, "mid", "test"), make_plan(method="full", optimizer="paged_adamw_8bit",
+                                                                        seq=32), trace=True, save=False)
+    assert record.estimate["paged_bytes"] > 0 and record.estimate_basis == "traced_phases"
+    assert record.by_component["optimizer_states"].error_pct == 0
+
+
 def test_out_of_memory_is_recorded_not_raised(capsys, tiny_config, tmp_path, monkeypatch):
     """A CUDA OOM (simulated: measure_step raises what it raises on CUDA) is stored and printed, exit 0."""
     import vramplan.measure.trainer as trainer

@@ -203,7 +203,9 @@ def compare(estimate: dict[str, Any], measured: Measured) -> tuple[dict[str, Com
     """(by phase, by component): every phase, the peak, and what the CUDA run measured beyond the allocator.
 
     A measured component the estimate does not name is compared within "activations", which the estimator
-    defines as the rest of the peak; against `traced_phases` that rest is taken from the traced peak."""
+    defines as the rest of the peak. Against `traced_phases` (when its peak is in the same phase): what the
+    traced view adds in the optimizer phase, which runs no 4-bit kernel and no dropout (paged states held as
+    ordinary tensors, bitsandbytes' maps), counts as optimizer states, and the rest is of the traced peak."""
     phases = estimate[estimate_basis(estimate, measured)]
     peak = max(phases[p] for p in STEP_PHASES)
     pairs: dict[str, tuple[int | None, int | None]] = {p: (phases.get(p), measured.phases[p]) for p in PHASES}
@@ -215,8 +217,10 @@ def compare(estimate: dict[str, Any], measured: Measured) -> tuple[dict[str, Com
     by_phase = {k: Comparison(estimate_bytes=e, measured_bytes=m) for k, (e, m) in pairs.items()
                 if e is not None and m is not None}
     named = dict(estimate["components"])
-    if max(STEP_PHASES, key=lambda p: phases[p]) == estimate["peak_phase"]:
-        named["activations"] = named.get("activations", 0) + peak - estimate["peak_bytes"]
+    traced = phases is not estimate["phases"]
+    if traced and max(STEP_PHASES, key=lambda p: phases[p]) == estimate["peak_phase"]:
+        named["optimizer_states"] += phases["optimizer"] - estimate["phases"]["optimizer"]
+        named["activations"] = peak - sum(v for k, v in named.items() if k != "activations")
     got = dict.fromkeys(named, 0)
     for key, nbytes in measured.components.items():
         got[key if key in named else "activations"] = got.get(key if key in named else "activations", 0) + nbytes
@@ -267,9 +271,9 @@ class CalibrationStore:
         """Insert the record; returns it with its row id."""
         m = record.measured
         peak = record.by_phase.get("peak")
+        estimated = peak.estimate_bytes if peak else record.estimate["peak_bytes"]  # the figure compared with
         row = (record.created_at, record.model, record.plan.get("method", ""), record.device, int(record.traced),
-               record.status, m.peak_bytes if m else None, peak.estimate_bytes if peak else record.estimate["peak_bytes"],
-               record.error_pct.get("peak"), json.dumps(record.plan), json.dumps(record.versions),
+               record.status, m.peak_bytes if m else None, estimated, record.error_pct.get("peak"), json.dumps(record.plan), json.dumps(record.versions),
                record.model_dump_json(exclude={"id"}))
         with self._connect(create=True) as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -321,7 +325,7 @@ class _Connection:
             raise StoreError(f"store: cannot open {self.path}: {exc}") from None
         return self.conn
 
-    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if kind is not None and self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
         self.conn.close()

@@ -228,10 +228,11 @@ def _notes(record: Any) -> list[str]:
                      "rounding, kernel workspaces, temporaries inside custom kernels)")
     if record.estimate_basis == "traced_phases":
         extra = e["peak_bytes"] - record.by_phase["peak"].estimate_bytes
-        notes.append(f"for CUDA the estimate peaks at {format_bytes(e['peak_bytes'], 'auto', 3)} ("
-                     f"{'+' if extra >= 0 else '-'}{format_bytes(abs(extra), 'auto')}: bitsandbytes' in-kernel "
-                     "dequantization, CUDA dropout masks)")
-    if m.source != "cuda_allocator" and e.get("paged_bytes"):
+        sign = "+" if extra >= 0 else "-"
+        notes.append(f"estimate for CUDA: peak {format_bytes(e['peak_bytes'], 'auto', 3)} ({sign}"
+                     f"{format_bytes(abs(extra), 'auto')}; in-kernel 4-bit dequantization, paged states off the "
+                     "allocator)")
+    elif m.source != "cuda_allocator" and e.get("paged_bytes"):
         notes.append(f"paged optimizer states ({format_bytes(e['paged_bytes'], 'auto')}) are ordinary tensors off "
                      "CUDA: measured inside the phases, estimated outside them (CUDA managed memory)")
     return notes
