@@ -40,7 +40,7 @@ def llama7b():
     (dict(sharding="ddp", offload="optimizer"), "--offload optimizer needs DeepSpeed ZeRO"),
     (dict(sharding="zero2", offload="params"), "--offload params needs --sharding fsdp, fsdp_grad_op or zero3"),
     (dict(method="lora", quant_storage="bf16"), "--quant-storage applies to method qlora only"),
-    (dict(sharding="fsdp", quant_storage="uint8"), "use --quant-storage bf16"),
+    (dict(sharding="zero3", quant_storage="uint8"), "use --quant-storage bf16"),
 ])
 def test_nonsense_is_one_line_plan_error(options, message):
     with pytest.raises(PlanError, match=message.replace("(", r"\(")):

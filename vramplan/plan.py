@@ -11,9 +11,11 @@ FSDP1's SHARD_GRAD_OP, ZeRO-2-like), `zero1|zero2|zero3` (DeepSpeed ZeRO stages)
 GPU and `ddp` on several (what `accelerate launch` does without a config); an explicit `none` with `gpus > 1`
 is an error, since nothing would split the work. `offload` moves state to host RAM: `optimizer` (DeepSpeed
 ZeRO-Offload, any stage) or `params` (parameters, gradients and optimizer states: FSDP `CPUOffloadPolicy`,
-DeepSpeed stage 3 `offload_param`). FSDP-QLoRA stores 4-bit weights in a float `quant_storage` dtype so that
-FSDP can shard them (bitsandbytes `bnb_4bit_quant_storage`); with sharded QLoRA, trl skips peft's
-`prepare_model_for_kbit_training` (`SFTTrainer`: `is_sharded_qlora`), so the fp32 upcast defaults to off.
+DeepSpeed stage 3 `offload_param`). FSDP-QLoRA stores 4-bit weights in a float `quant_storage` dtype
+(bitsandbytes `bnb_4bit_quant_storage`): FSDP1's flat parameters and ZeRO-3's partitions need one dtype (FSDP2
+all-gathers mixed dtypes as bytes, so uint8 works there too; the bytes are the same). With sharded QLoRA, trl
+skips peft's `prepare_model_for_kbit_training` (`SFTTrainer`: `is_sharded_qlora`), so the fp32 upcast defaults
+to off.
 """
 
 from __future__ import annotations
@@ -143,9 +145,9 @@ class TrainingPlan(BaseModel):
                              "(DeepSpeed offloads parameters only at stage 3)")
         if self.quant_storage is not None and self.method != "qlora":
             raise ValueError("--quant-storage applies to method qlora only")
-        if self.method == "qlora" and sharding in PARAM_SHARDING and self.quant_storage == "uint8":
-            raise ValueError(f"--sharding {sharding} shards 4-bit weights only when they are stored in a float "
-                             "dtype (FSDP-QLoRA): use --quant-storage bf16")
+        if self.method == "qlora" and sharding == "zero3" and self.quant_storage == "uint8":
+            raise ValueError("--sharding zero3 partitions 4-bit weights only when they are stored in the model's "
+                             "float dtype: use --quant-storage bf16 (bnb_4bit_quant_storage)")
 
     # Resolved views -------------------------------------------------------------------------------------
     @property

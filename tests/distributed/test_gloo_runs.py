@@ -3,7 +3,9 @@
 Every torch engine the estimator prices runs for real (vramplan/measure/distributed.py): DDP, FSDP2 `fully_shard`
 per decoder layer + root (resharding after forward, and not: `fsdp_grad_op`), and DDP with torch's
 ZeroRedundancyOptimizer, the torch form of ZeRO-1. Full fine-tuning (bf16, AdamW foreach) and LoRA (bf16 base,
-fp32 adapters), gradient checkpointing on. Two checks per rank and phase:
+fp32 adapters), gradient checkpointing on; and FSDP-QLoRA: FSDP2 shards bitsandbytes' packed 4-bit weights
+(all-gathered as bytes), while each rank keeps the whole quant state on the module (bitsandbytes restores it with
+`fix_4bit_weight_quant_state_from_module`). Two checks per rank and phase:
 - the estimate is within 5% of the measured peak (the issue's bar; it holds to ~0.1%, see the table on failure);
 - the *sharding effect* (per-GPU peak minus the single-GPU peak) is estimated within 1% of the peak, measured
   against a single-GPU micro-trainer run of the same plan: this isolates the sharding model from the
@@ -38,8 +40,13 @@ UNEVEN = dict(TINY, num_hidden_layers=3, vocab_size=250)
 B, S = 2, 32
 
 
+def _plan(method: str, **options):
+    # QLoRA with AdamW: bitsandbytes' 8-bit optimizers do not take FSDP2's DTensor parameters
+    return make_plan(method=method, batch=B, seq=S, **({"optimizer": "adamw"} if method == "qlora" else {}), **options)
+
+
 def _plans(world: int, cases: list[tuple[str, str]]):
-    return [make_plan(method=method, sharding=mode, gpus=world, batch=B, seq=S) for method, mode in cases]
+    return [_plan(method, sharding=mode, gpus=world) for method, mode in cases]
 
 
 def _estimate(spec, plan, rank: int):
@@ -55,7 +62,8 @@ def _check(config: dict, world: int, cases: list[tuple[str, str]]) -> None:
     spec = spec_from_config(config, "tiny", "test")
     plans = _plans(world, cases)
     measured = measure_distributed(config, plans, world)
-    single = {m: measure_step(config, make_plan(method=m, batch=B, seq=S), trace=True) for m in {c[0] for c in cases}}
+    single = {p.method: measure_step(config, p.model_copy(update={"gpus": 1, "sharding": None}), trace=True)
+              for p in plans}
     rows, bad = [], []
     for plan, ranks in zip(plans, measured):
         one = single[plan.method]
@@ -77,7 +85,8 @@ def _check(config: dict, world: int, cases: list[tuple[str, str]]) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_every_torch_engine():
-    _check(TINY, 2, [(m, s) for m in ("full", "lora") for s in ("ddp", "fsdp", "fsdp_grad_op", "zero1")])
+    cases = [(m, s) for m in ("full", "lora") for s in ("ddp", "fsdp", "fsdp_grad_op", "zero1")]
+    _check(TINY, 2, cases + [("qlora", "fsdp")])
 
 
 @pytest.mark.slow
