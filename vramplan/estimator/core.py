@@ -72,9 +72,26 @@ def _ctx(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
         double_quant=plan.double_quant,
         kernel_dequant=cuda and plan.method == "qlora" and plan.batch * plan.seq > GEMM_4BIT_KERNEL_MAX_ROWS,
         cuda=cuda,
+        autocast=plan.mixed_precision is not None,
+        use_cache=not plan.grad_ckpt,
         attn_softcap=attn_implementation(model, plan) == "eager" and bool(model.config.get("attn_logit_softcapping")),
         sdpa_mask=sdpa_sliding_mask(model, plan),
+        **_moe_fields(model, nq),
     )
+
+
+def _moe_fields(model: ModelSpec, nq: int) -> dict:
+    """Routing sizes of the sparse MoE blocks (every decoder layer sparse, as in the released configs)."""
+    cfg = model.config
+    if model.model_type == "mixtral":
+        return {"experts": int(cfg["num_local_experts"]), "top_k": int(cfg["num_experts_per_tok"]),
+                "moe_inter": model.intermediate_size, "weights_fp32_scores": True, "expert_w": nq}
+    if model.model_type in ("qwen2_moe", "qwen3_moe"):
+        return {"experts": int(cfg["num_experts"]), "top_k": int(cfg["num_experts_per_tok"]),
+                "moe_inter": int(cfg["moe_intermediate_size"]),
+                "shared_inter": int(cfg.get("shared_expert_intermediate_size") or 0),
+                "weights_fp32_scores": False, "expert_w": nq}
+    return {}
 
 
 def stream_bytes(plan: TrainingPlan) -> int:
@@ -102,13 +119,15 @@ def _layer_cost(model_type: str, inter: int, c: Ctx, a: int, grad_ckpt: bool, re
             tp.refs[x] += 1  # torch.utils.checkpoint keeps the layer input for the recompute
         y = decoder_layer(tp, c, x, a, model_type, inter, sandwich)
         peak = tp.peak - x_bytes
+        # what only autocast's weight cache or the KV cache holds: alive until the forward (or recompute) ends
+        cached = tp.release_cached()
         tp.drop(y)  # the next layer (or the head) owns it from here
-        return peak, y
+        return peak, y, cached
 
     fwd = Tape(checkpointing=grad_ckpt)  # the step's forward: under checkpointing nothing is saved
-    fwd_peak, _ = run(fwd)
+    fwd_peak, _, cached = run(fwd)
     bwd = Tape()  # the graph backward walks (rebuilt by the recompute under checkpointing)
-    recompute_peak, y = run(bwd)
+    recompute_peak, y, _ = run(bwd)
     held = bwd.live
     if reentrant:  # CheckpointFunction.backward holds `outputs` of the recompute through its inner backward
         held += x_bytes
@@ -116,13 +135,7 @@ def _layer_cost(model_type: str, inter: int, c: Ctx, a: int, grad_ckpt: bool, re
     bwd_abs = held + bwd_rel
     if grad_ckpt:  # the recompute runs while the incoming gradient (x-sized) is already allocated
         bwd_abs = max(bwd_abs, x_bytes + recompute_peak + x_bytes)
-    # Without checkpointing `use_cache` stays on and DynamicCache.update keeps `torch.cat` copies of k and v
-    # until the model output is dropped. sdpa saves those very copies; eager with grouped KV heads saves the
-    # `repeat_kv` expansions instead, so the copies are extra.
-    cache = 0
-    if not grad_ckpt and c.attn == "eager" and c.heads != c.kv_heads:
-        cache = 2 * c.tokens * c.kv_heads * c.head_dim * a
-    return LayerCost(fwd_peak, fwd.live, cache, bwd_abs, recompute_peak, grads)
+    return LayerCost(fwd_peak, fwd.live, cached, bwd_abs, recompute_peak, grads)
 
 
 @lru_cache(maxsize=4096)

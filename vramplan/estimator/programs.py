@@ -48,18 +48,29 @@ class Ctx:
     double_quant: bool = False
     kernel_dequant: bool = False  # CUDA gemm_4bit takes its dequantize + F.linear path (see linear())
     cuda: bool = True  # False: what the CPU tracer sees (dropout keeps a float mask there)
+    autocast: bool = False  # fp32 weights under torch.autocast(compute dtype): mixed precision
+    use_cache: bool = False  # no checkpointing: transformers keeps `use_cache` on, a DynamicCache fills up
+    # Mixture of experts (0 experts: a dense MLP)
+    experts: int = 0
+    top_k: int = 0
+    moe_inter: int = 0
+    shared_inter: int = 0  # qwen2_moe's shared expert
+    weights_fp32_scores: bool = True  # Mixtral keeps the routing weights fp32; Qwen casts them to the logits'
+    expert_w: int = 2  # bytes of the fused 3-D expert weights (never quantized: fp32 after the kbit upcast)
 
 
-def rmsnorm(tp: Tape, c: Ctx, x: int, a: int, width: int) -> tuple[int, int]:
-    """Returns (output, output dtype bytes). Drops nothing: the caller owns x."""
-    n = c.tokens * width
+def rmsnorm(tp: Tape, c: Ctx, x: int, a: int, width: int, groups: int = 1) -> tuple[int, int]:
+    """Returns (output, output dtype bytes). Drops nothing: the caller owns x. `groups` rows of `width` per token
+    (the per-head q/k norms: heads x head_dim)."""
+    rows = c.tokens * groups
+    n = rows * width
     x32 = tp.op(n * 4, (x,)) if a != 4 else tp.op(0, (x,), alias=x)
     sq = tp.op(n * 4, (x32,), saves=(x32,), bwd_temp=n * 4)
-    var = tp.op(c.tokens * 4, (sq,))
+    var = tp.op(rows * 4, (sq,))
     tp.drop(sq)
-    var_eps = tp.op(c.tokens * 4, (var,))
+    var_eps = tp.op(rows * 4, (var,))
     tp.drop(var)
-    r = tp.op(c.tokens * 4, (var_eps,), saves_out=True)
+    r = tp.op(rows * 4, (var_eps,), saves_out=True)
     tp.drop(var_eps)
     y = tp.op(n * 4, (x32, r), saves=(x32, r), bwd_temp=n * 4)
     tp.drop(x32, r)
@@ -102,6 +113,8 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
         res = tp.op(t * n_out * a, (y,)) if a != c.compute else tp.op(0, (y,), alias=y)
         tp.drop(y)
         res_a = a
+    elif c.autocast:
+        res, res_a = autocast_mm(tp, c, x, a, n_in, n_out, c.full), c.compute
     else:
         grad_w = n_out * n_in * c.linear_w if c.full else 0
         res = tp.op(t * n_out * a, (x,), saves=(x,) if c.full else (), param_grad=grad_w)
@@ -118,17 +131,48 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
         xd = tp.op(t * n_in * 4, (xa, mask), saves=(mask,))
         tp.drop(xa, mask)
         xa = xd
-    ha = tp.op(t * c.rank * 4, (xa,), saves=(xa,), grad=True, param_grad=c.rank * n_in * 4)
-    tp.drop(xa)
-    hb = tp.op(t * n_out * 4, (ha,), saves=(ha,), grad=True, param_grad=n_out * c.rank * 4)
-    tp.drop(ha)
-    scaled = tp.op(t * n_out * 4, (hb,))
+    if c.autocast:  # lora_A / lora_B are nn.Linear: autocast casts their input and (cached) weights
+        la = c.compute
+        ha = autocast_mm(tp, c, xa, 4, n_in, c.rank, True, weight_bytes=4)
+        tp.drop(xa)
+        hb = autocast_mm(tp, c, ha, la, c.rank, n_out, True, weight_bytes=4)
+        tp.drop(ha)
+    else:
+        la = 4
+        ha = tp.op(t * c.rank * 4, (xa,), saves=(xa,), grad=True, param_grad=c.rank * n_in * 4)
+        tp.drop(xa)
+        hb = tp.op(t * n_out * 4, (ha,), saves=(ha,), grad=True, param_grad=n_out * c.rank * 4)
+        tp.drop(ha)
+    scaled = tp.op(t * n_out * la, (hb,))
     tp.drop(hb)
-    total = tp.op(t * n_out * 4, (res, scaled))
+    ta = max(la, res_a)  # result + lora: type promotion
+    total = tp.op(t * n_out * ta, (res, scaled))
     tp.drop(res, scaled)
-    out = tp.op(t * n_out * res_a, (total,)) if res_a != 4 else tp.op(0, (total,), alias=total)
+    out = tp.op(t * n_out * res_a, (total,)) if res_a != ta else tp.op(0, (total,), alias=total)
     tp.drop(total)
     return out, res_a
+
+
+def autocast_mm(tp: Tape, c: Ctx, x: int, a: int, n_in: int, n_out: int, trainable: bool,
+                weight_bytes: int | None = None) -> int:
+    """F.linear under torch.autocast: the input is cast to the autocast dtype (a fresh copy at every call), and
+    so is the weight; autocast caches the cast of a leaf that requires grad until the region exits (a trainable
+    weight is cast once per forward), a frozen weight is cast at every call. mm saves the cast input when the
+    weight needs a gradient and the cast weight when the input does. The weight's gradient comes back in the
+    autocast dtype and `ToCopyBackward` makes the fp32 one that `.grad` keeps."""
+    t, ac = c.tokens, c.compute
+    w = n_out * n_in
+    xc = tp.op(t * n_in * ac, (x,)) if a != ac else tp.op(0, (x,), alias=x)
+    if trainable:
+        wc = tp.op(w * ac, grad=True, param_grad=w * (weight_bytes or c.linear_w))
+        tp.cached.append(wc)
+        tp.refs[wc] += 1
+    else:
+        wc = tp.op(w * ac, grad=False)
+    saves = ((xc,) if trainable else ()) + ((wc,) if tp.grad[xc] else ())
+    out = tp.op(t * n_out * ac, (xc, wc), saves=saves)
+    tp.drop(xc, wc)
+    return out
 
 
 def attention_core(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
@@ -184,18 +228,20 @@ def _eager(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
     return out
 
 
-def rotary(tp: Tape, c: Ctx, x: int, a: int, heads: int) -> int:
-    """`apply_rotary_pos_emb`: (x * cos) + (rotate_half(x) * sin); cos/sin are shared and already live."""
-    n = c.tokens * heads * c.head_dim * a
-    xc = tp.op(n, (x,))
-    neg = tp.op(n // 2, (x,))
-    rh = tp.op(n, (neg, x))
+def rotary(tp: Tape, c: Ctx, x: int, a: int, heads: int, rope_a: int) -> tuple[int, int]:
+    """`apply_rotary_pos_emb`: (x * cos) + (rotate_half(x) * sin); cos/sin are shared and already live, in the
+    hidden states' dtype, so a bf16 x under autocast comes out fp32 (type promotion). Returns (out, dtype)."""
+    n = c.tokens * heads * c.head_dim
+    o = max(a, rope_a)
+    xc = tp.op(n * o, (x,))
+    neg = tp.op(n * a // 2, (x,))
+    rh = tp.op(n * a, (neg, x))
     tp.drop(neg)
-    rs = tp.op(n, (rh,))
+    rs = tp.op(n * o, (rh,))
     tp.drop(rh)
-    out = tp.op(n, (xc, rs))
+    out = tp.op(n * o, (xc, rs))
     tp.drop(xc, rs)
-    return out
+    return out, o
 
 
 def attention(tp: Tape, c: Ctx, x: int, a: int, model_type: str) -> int:
@@ -210,23 +256,123 @@ def attention(tp: Tape, c: Ctx, x: int, a: int, model_type: str) -> int:
         k, _ = linear(tp, c, x, a, "k_proj", c.hidden, kv_out)
         v, _ = linear(tp, c, x, a, "v_proj", c.hidden, kv_out)
     if model_type in ("qwen3", "qwen3_moe", "gemma3_text"):
-        qn, _ = rmsnorm(tp, c, q, a2, hd)
+        qn, qa = rmsnorm(tp, c, q, a2, hd, c.heads)  # weight * x: may promote to the norm weights' dtype
         tp.drop(q)
-        kn, _ = rmsnorm(tp, c, k, a2, hd)
+        kn, _ = rmsnorm(tp, c, k, a2, hd, c.kv_heads)
         tp.drop(k)
-        q, k = qn, kn
-    qr = rotary(tp, c, q, a2, c.heads)
+        q, k, a2 = qn, kn, qa
+    qr, ra = rotary(tp, c, q, a2, c.heads, a)
     tp.drop(q)
-    kr = rotary(tp, c, k, a2, c.kv_heads)
+    kr, _ = rotary(tp, c, k, a2, c.kv_heads, a)
     tp.drop(k)
-    out = attention_core(tp, c, qr, kr, v, a2)
+    if c.use_cache:
+        # DynamicCache.update: `torch.cat` copies of k and v (v in k's dtype: the cache is made with it), held
+        # until the model output is dropped; attention runs on the copies. A fused qkv buffer is freed then.
+        kc = tp.op(c.tokens * kv_out * ra, (kr,))
+        vc = tp.op(c.tokens * kv_out * max(ra, a2), (v,))
+        tp.drop(kr, v)
+        tp.cached += [kc, vc]
+        tp.refs[kc] += 1
+        tp.refs[vc] += 1
+        kr, v = kc, vc
+        va = max(ra, a2)
+    else:
+        va = a2
+    if c.autocast and ra != c.compute:  # sdpa is on autocast's lower-precision list: q and k are cast back
+        qc, kc = tp.op(c.tokens * q_out * c.compute, (qr,)), tp.op(c.tokens * kv_out * c.compute, (kr,))
+        tp.drop(qr, kr)
+        qr, kr, ra = qc, kc, c.compute
+        if va != c.compute:
+            vc = tp.op(c.tokens * kv_out * c.compute, (v,))
+            tp.drop(v)
+            v = vc
+    out = attention_core(tp, c, qr, kr, v, ra)
     tp.drop(qr, kr, v)
-    o, _ = linear(tp, c, out, a2, "o_proj", q_out, c.hidden)
+    o, _ = linear(tp, c, out, ra, "o_proj", q_out, c.hidden)
     tp.drop(out)
     return o
 
 
+def moe(tp: Tape, c: Ctx, x: int, a: int) -> int:
+    """transformers' sparse MoE block with the default `grouped_mm` experts (integrations/moe.py
+    `grouped_mm_experts_forward`): S = tokens x top_k rows, sorted by expert, two grouped matmuls."""
+    t, h, e, k = c.tokens, c.hidden, c.experts, c.top_k
+    s_rows, wd = t * k, c.expert_w
+    # router: F.linear(x, weight) -> softmax(fp32) (saves its output) -> topk (saves its indices)
+    logits = tp.op(t * e * a, (x,), saves=(x,) if c.full else (), param_grad=e * h * c.norm_w if c.full else 0)
+    l32 = tp.op(t * e * 4, (logits,)) if a != 4 else tp.op(0, (logits,), alias=logits)
+    probs = tp.op(t * e * 4, (l32,), saves_out=True)
+    tp.drop(l32)
+    idx = tp.op(t * k * 8, grad=False)
+    topv = tp.op(t * k * 4, (probs, idx), saves=(idx,))
+    tp.drop(probs)
+    # (top /= top.sum(-1, keepdim=True) works in place: [tokens] fp32 sums, left out)
+    sw_a = 4 if c.weights_fp32_scores else a
+    if sw_a != 4:
+        tw = tp.op(t * k * sw_a, (topv,))
+        tp.drop(topv)
+        topv = tw
+    # experts: sort the (token, k) pairs by expert, gather rows, grouped matmuls, scatter back
+    perm = tp.op(s_rows * 16, (idx,), grad=False)  # sorted expert ids + permutation (int64)
+    tp.drop(logits, idx)
+    rows = tp.op(s_rows * 8, (perm,), grad=False)  # perm // top_k: the gather index, saved by index
+    sel = tp.op(s_rows * h * a, (x, rows), saves=(rows,))
+    sw = tp.op(s_rows * sw_a, (topv, perm), saves=(perm,))
+    tp.drop(topv, rows)
+    hist = tp.op(s_rows * 4 + 2 * e * 4, (perm,), grad=False)  # histc input (float on CPU, int32 on CUDA), bins
+    sel_w = tp.op(s_rows * h * wd, (sel,)) if a != wd else tp.op(0, (sel,), alias=sel)
+    tp.drop(sel)
+    gu = tp.op(s_rows * 2 * c.moe_inter * wd, (sel_w,), saves=(sel_w,) if c.full else (),
+               param_grad=e * 2 * c.moe_inter * h * wd if c.full else 0)
+    tp.drop(sel_w)
+    act = tp.op(s_rows * c.moe_inter * wd, (gu,), saves=(gu,))
+    mid = tp.op(s_rows * c.moe_inter * wd, (act, gu), saves=(act, gu))
+    tp.drop(act, gu)
+    down = tp.op(s_rows * h * wd, (mid,), saves=(mid,) if c.full else (),
+                 param_grad=e * h * c.moe_inter * wd if c.full else 0)
+    tp.drop(mid)
+    wa = max(wd, sw_a)
+    weighted = tp.op(s_rows * h * wa, (down, sw), saves=(down, sw))
+    tp.drop(down, sw, hist)
+    inv = tp.op(s_rows * 8, (perm,), grad=False)
+    tp.drop(perm)
+    back = tp.op(s_rows * h * wa, (weighted, inv), saves=(inv,))
+    tp.drop(weighted, inv)
+    out = tp.op(t * h * wa, (back,))  # view(tokens, top_k, hidden).sum(1)
+    tp.drop(back)
+    if wa != a:
+        oc = tp.op(t * h * a, (out,))
+        tp.drop(out)
+        out = oc
+    if c.shared_inter:  # qwen2_moe: sigmoid(shared_expert_gate(x)) * shared_expert(x), added
+        sh = _dense_mlp(tp, c, x, a, c.shared_inter, "shared_expert")
+        g = linear(tp, c, x, a, "shared_expert_gate", h, 1)[0]
+        sg = tp.op(t * a, (g,), saves_out=True)
+        tp.drop(g)
+        shw = tp.op(t * h * a, (sg, sh), saves=(sg, sh))
+        tp.drop(sg, sh)
+        tot = tp.op(t * h * a, (out, shw))
+        tp.drop(out, shw)
+        out = tot
+    return out
+
+
+def _dense_mlp(tp: Tape, c: Ctx, x: int, a: int, inter: int, prefix: str = "") -> int:
+    t = c.tokens
+    gate, a2 = linear(tp, c, x, a, "gate_proj", c.hidden, inter)
+    act = tp.op(t * inter * a2, (gate,), saves=(gate,))
+    tp.drop(gate)
+    up, _ = linear(tp, c, x, a, "up_proj", c.hidden, inter)
+    h = tp.op(t * inter * a2, (act, up), saves=(act, up))
+    tp.drop(act, up)
+    out, _ = linear(tp, c, h, a2, "down_proj", inter, c.hidden)
+    tp.drop(h)
+    return out
+
+
 def mlp(tp: Tape, c: Ctx, x: int, a: int, model_type: str, inter: int) -> int:
+    if c.experts:
+        return moe(tp, c, x, a)
     t = c.tokens
     if model_type == "phi3":
         gu, a2 = linear(tp, c, x, a, "gate_up_proj", c.hidden, 2 * inter)
@@ -257,8 +403,8 @@ def decoder_layer(tp: Tape, c: Ctx, x: int, a: int, model_type: str, inter: int,
         attn = attn2
     x2 = tp.op(n, (x, attn))
     tp.drop(x, attn)
-    pre = rmsnorm(tp, c, x2, a, c.hidden)[0]
-    m = mlp(tp, c, pre, a, model_type, inter)
+    pre, pa = rmsnorm(tp, c, x2, a, c.hidden)
+    m = mlp(tp, c, pre, pa, model_type, inter)
     tp.drop(pre)
     if sandwich:
         m2, _ = rmsnorm(tp, c, m, a, c.hidden)
@@ -274,9 +420,13 @@ def head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool) -> int:
     tv = c.tokens * c.vocab
     h, ha = rmsnorm(tp, c, x, a, c.hidden)
     tp.drop(x)
-    la = max(ha, c.lm_head_w)
-    grad_w = c.vocab * c.hidden * c.lm_head_w if c.full else 0
-    logits = tp.op(tv * la, (h,), saves=(h,) if c.full else (), param_grad=grad_w)
+    if c.autocast:
+        la = c.compute
+        logits = autocast_mm(tp, c, h, ha, c.hidden, c.vocab, c.full, weight_bytes=c.lm_head_w)
+    else:
+        la = max(ha, c.lm_head_w)
+        grad_w = c.vocab * c.hidden * c.lm_head_w if c.full else 0
+        logits = tp.op(tv * la, (h,), saves=(h,) if c.full else (), param_grad=grad_w)
     if softcap:  # gemma2 final_logit_softcapping: logits / cap -> tanh (saves its output) -> * cap
         d = tp.op(tv * la, (logits,))
         tp.drop(logits)
@@ -293,4 +443,5 @@ def head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool) -> int:
     loss = tp.op(4, (lsm,), saves=(shifted,))
     # `outputs.last_hidden_state` (the final norm's output) lives in the CausalLM forward until it returns
     tp.drop(lsm, l32, logits, h, padded, shifted)
+    tp.release_cached()  # the model call returns: the autocast region ends
     return loss

@@ -34,6 +34,7 @@ class Tape:
     saved_by: dict[int, int] = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list)
     freed: set[int] = field(default_factory=set)
+    cached: list[int] = field(default_factory=list)  # autocast's weight-cast cache (held until the region ends)
     _next: int = 0
 
     # Forward -----------------------------------------------------------------------------------------------
@@ -71,6 +72,13 @@ class Tape:
             grad_inputs = tuple(i for i in inputs if self.grad[i])
             self.nodes.append(Node(out, grad_inputs, () if self.checkpointing else kept, bwd_temp, param_grad))
         return out
+
+    def release_cached(self) -> int:
+        """The autocast region ends: its cache lets go of the cast weights; returns the bytes that freed."""
+        before = self.live
+        self.drop(*self.cached)
+        self.cached.clear()
+        return before - self.live
 
     def drop(self, *tensors: int) -> None:
         """The program releases its reference (a Python variable dies)."""

@@ -47,10 +47,13 @@ GRID: tuple[Case, ...] = (
     _c("llama3.1-8b-qlora-s4096", "llama3.1-8b", method="qlora", seq=4096),
     _c("llama3.1-8b-lora-alllinear-r64-s2048-eager", "llama3.1-8b", method="lora", targets="all-linear", rank=64,
        seq=2048, attn="eager"),
+    _c("llama3.1-8b-qlora-nockpt-b2", "llama3.1-8b", method="qlora", grad_ckpt=False, batch=2),
     _c("llama3.1-8b-full-adamw8bit-b4-s512", "llama3.1-8b", method="full", batch=4, seq=512,
        optimizer="adamw_8bit"),
     _c("llama3.2-1b-full-fp32-mixed-b2", "llama3.2-1b", method="full", param_dtype="fp32",
        mixed_precision="bf16", batch=2),
+    _c("llama3.2-3b-lora-fp32-mixed-nockpt-alllinear", "llama3.2-3b", method="lora", param_dtype="fp32",
+       mixed_precision="bf16", grad_ckpt=False, targets="all-linear", seq=512),
     _c("llama3.2-3b-qlora-b4-s2048-sgdm", "llama3.2-3b", method="qlora", batch=4, seq=2048,
        optimizer="sgd_momentum"),
     # mistral
@@ -70,6 +73,8 @@ GRID: tuple[Case, ...] = (
     _c("qwen3-8b-lora-drop-s2048", "qwen3-8b", method="lora", lora_dropout=0.05, seq=2048),
     # phi3 (fused qkv and gate_up)
     _c("phi3-mini-qlora-recipe", "phi3-mini", method="qlora"),
+    # Phi-3's 2047-token sliding window: from seq 2047 on, sdpa gets an explicit mask
+    _c("phi3-mini-qlora-s4096-slidingmask", "phi3-mini", method="qlora", seq=4096),
     _c("phi3-mini-lora-alllinear-nockpt-b2-drop", "phi3-mini", method="lora", targets="all-linear",
        grad_ckpt=False, batch=2, lora_dropout=0.05),
     _c("phi3-mini-full-ckpt-s2048-adafactor", "phi3-mini", method="full", seq=2048, optimizer="adafactor"),
@@ -80,8 +85,13 @@ GRID: tuple[Case, ...] = (
     _c("gemma2-9b-qlora-alllinear-nockpt-eager", "gemma2-9b", method="qlora", targets="all-linear",
        grad_ckpt=False, attn="eager"),
     # MoE
-    _c("qwen3-30b-a3b-qlora-recipe", "qwen3-30b-a3b", method="qlora"),
+    # peft's kbit upcast makes the fused 3-D expert weights fp32, and transformers' default grouped_mm experts
+    # take bf16 only (torch.nn.functional.grouped_mm): QLoRA of an MoE runs without the upcast.
+    _c("qwen3-30b-a3b-qlora-noupcast", "qwen3-30b-a3b", method="qlora", kbit_upcast=False),
+    _c("mixtral-8x7b-qlora-noupcast-nockpt-s512", "mixtral-8x7b", method="qlora", kbit_upcast=False,
+       grad_ckpt=False, seq=512),
     _c("qwen3-30b-a3b-lora-attn-s512", "qwen3-30b-a3b", method="lora", targets="attention", seq=512),
+    _c("qwen3-30b-a3b-lora-nockpt-b2-s512", "qwen3-30b-a3b", method="lora", grad_ckpt=False, batch=2, seq=512),
     _c("mixtral-8x7b-lora-recipe", "mixtral-8x7b", method="lora"),
 )
 

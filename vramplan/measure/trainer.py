@@ -247,7 +247,8 @@ def _keep_peak(tracker: MemoryTracker, phase: str, peaks: dict, snaps: dict) -> 
 
 
 def _autocast(plan: TrainingPlan, device: str) -> contextlib.AbstractContextManager:
-    """Full fine-tuning with mixed precision: fp32 weights, forward and loss under torch.autocast."""
-    if plan.method == "full" and plan.mixed_precision:
+    """Mixed precision (fp32 weights, full or LoRA): forward and loss under torch.autocast, as HF Trainer's
+    `bf16=True` / `fp16=True` does around `compute_loss`."""
+    if plan.mixed_precision:
         return torch.autocast(torch.device(device).type, dtype=torch_dtype(plan.mixed_precision))
     return contextlib.nullcontext()

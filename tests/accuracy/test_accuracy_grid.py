@@ -1,0 +1,47 @@
+"""The accuracy suite: every plan of the grid traced at full size and held to the estimator.
+
+The grid (vramplan/measure/grid.py) spans 8 architectures (llama, mistral, qwen2, qwen3, phi3, gemma2, and the
+Mixtral and Qwen3-MoE mixtures of experts), the three methods, ranks 8-64, four target sets, seq 512-4096,
+batch 1-8, checkpointing on/off (non-reentrant and reentrant), double quant on/off, the kbit upcast on/off,
+LoRA dropout on/off, fp32 + bf16 autocast, sdpa and eager, and eight optimizers. Each case runs the real
+transformers + peft + bitsandbytes step under FakeTensorMode (measure_step(trace=True)) and compares with the
+estimator's `traced_phases` (what a dispatcher-level tracer sees; `phases` adds the CUDA-only temporaries).
+Tolerances: 3% on the peak, 5% per phase. `python -m vramplan.measure.grid` prints the table.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("bitsandbytes")
+
+from vramplan.measure.grid import GRID, PEAK_TOLERANCE_PCT, PHASE_KEYS, PHASE_TOLERANCE_PCT, run_case  # noqa: E402
+
+
+def test_grid_spans_the_space():
+    models = {c.model.split("-")[0].rstrip("0123456789.") for c in GRID}
+    opts = [c.opts for c in GRID]
+    assert len(GRID) >= 30
+    assert {"llama", "mistral", "qwen", "phi", "gemma", "mixtral"} <= models
+    assert {o["method"] for o in opts} == {"full", "lora", "qlora"}
+    assert len({o.get("optimizer") for o in opts}) >= 4
+    assert {o.get("grad_ckpt", True) for o in opts} == {True, False}
+    assert {o.get("double_quant", True) for o in opts if o["method"] == "qlora"} == {True, False}
+    assert {o.get("kbit_upcast", True) for o in opts if o["method"] == "qlora"} == {True, False}
+    assert {o.get("lora_dropout", 0) > 0 for o in opts if o["method"] != "full"} == {True, False}
+    assert min(o.get("seq", 1024) for o in opts) <= 512 and max(o.get("seq", 1024) for o in opts) >= 4096
+    assert max(o.get("batch", 1) for o in opts) >= 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", GRID, ids=[c.id for c in GRID])
+def test_estimate_matches_traced_step(case):
+    r = run_case(case)
+    err = r["error_pct"]
+    table = " ".join(f"{p} {r['traced'][p]:,} vs {r['estimate'][p]:,} ({err[p]:+.3f}%)" for p in ("peak", *PHASE_KEYS))
+    print(f"\n{case.id}: {table}")
+    assert abs(err["peak"]) <= PEAK_TOLERANCE_PCT, table
+    for phase in PHASE_KEYS:
+        assert abs(err[phase]) <= PHASE_TOLERANCE_PCT, f"{phase}: {table}"
