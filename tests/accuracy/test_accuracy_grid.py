@@ -3,7 +3,7 @@
 The grid (vramplan/measure/grid.py) spans 8 architectures (llama, mistral, qwen2, qwen3, phi3, gemma2, and the
 Mixtral and Qwen3-MoE mixtures of experts), the three methods, ranks 8-64, four target sets, seq 512-4096,
 batch 1-8, checkpointing on/off (non-reentrant and reentrant), double quant on/off, the kbit upcast on/off,
-LoRA dropout on/off, fp32 + bf16 autocast, sdpa and eager, and eight optimizers. Each case runs the real
+LoRA dropout on/off, gradient accumulation, fp32 + bf16 autocast, sdpa and eager, and eight optimizers. Each case runs the real
 transformers + peft + bitsandbytes step under FakeTensorMode (measure_step(trace=True)) and compares with the
 estimator's `traced_phases` (what a dispatcher-level tracer sees; `phases` adds the CUDA-only temporaries).
 Tolerances: 3% on the peak, 5% per phase. `python -m vramplan.measure.grid` prints the table.
@@ -33,6 +33,7 @@ def test_grid_spans_the_space():
     assert {o.get("lora_dropout", 0) > 0 for o in opts if o["method"] != "full"} == {True, False}
     assert min(o.get("seq", 1024) for o in opts) <= 512 and max(o.get("seq", 1024) for o in opts) >= 4096
     assert max(o.get("batch", 1) for o in opts) >= 8
+    assert {o["method"] for o in opts if o.get("grad_accum", 1) > 1} >= {"full", "lora"}
 
 
 @pytest.mark.slow

@@ -103,12 +103,12 @@ def stream_bytes(plan: TrainingPlan) -> int:
 
 def layer_cost(model: ModelSpec, plan: TrainingPlan, c: Ctx, input_grad: bool) -> LayerCost:
     return _layer_cost(model.model_type, model.intermediate_size, c, stream_bytes(plan), plan.grad_ckpt,
-                       plan.grad_ckpt and plan.ckpt_reentrant, input_grad)
+                       plan.grad_ckpt and plan.ckpt_reentrant, input_grad, plan.grad_accum > 1)
 
 
 @lru_cache(maxsize=8192)
 def _layer_cost(model_type: str, inter: int, c: Ctx, a: int, grad_ckpt: bool, reentrant: bool,
-                input_grad: bool) -> LayerCost:
+                input_grad: bool, accumulate: bool = False) -> LayerCost:
     """Two tape replays of one decoder layer; a pure function of its (hashable) arguments, so cached."""
     x_bytes = c.tokens * c.hidden * a
     sandwich = model_type in _SANDWICH
@@ -131,7 +131,7 @@ def _layer_cost(model_type: str, inter: int, c: Ctx, a: int, grad_ckpt: bool, re
     held = bwd.live
     if reentrant:  # CheckpointFunction.backward holds `outputs` of the recompute through its inner backward
         held += x_bytes
-    bwd_rel, grads = bwd.backward(y)
+    bwd_rel, grads = bwd.backward(y, accumulate)
     bwd_abs = held + bwd_rel
     if grad_ckpt:  # the recompute runs while the incoming gradient (x-sized) is already allocated
         bwd_abs = max(bwd_abs, x_bytes + recompute_peak + x_bytes)
@@ -139,13 +139,13 @@ def _layer_cost(model_type: str, inter: int, c: Ctx, a: int, grad_ckpt: bool, re
 
 
 @lru_cache(maxsize=4096)
-def _head_cost(c: Ctx, a: int, softcap: bool) -> tuple[int, int, int, int]:
+def _head_cost(c: Ctx, a: int, softcap: bool, accumulate: bool = False) -> tuple[int, int, int, int]:
     """(forward peak incl. its input, bytes kept for backward, backward peak above that, param grads)."""
     th = Tape()
     hx = th.new(c.tokens * c.hidden * a, True)
     loss = head(th, c, hx, a, softcap=softcap)
     peak, keep = th.peak, th.live
-    rel, grads = th.backward(loss)
+    rel, grads = th.backward(loss, accumulate)
     return peak, keep, rel, grads
 
 
@@ -240,24 +240,38 @@ def _step_phases(model: ModelSpec, plan: TrainingPlan, base: int, grads_bytes: i
     fwd_peak = act_base + mask + x_bytes + first.fwd_peak
     if n_layers > 1:
         fwd_peak = max(fwd_peak, act_base + mask + below_fwd(n_layers - 1) + x_bytes + rest.fwd_peak)
-    head_peak, head_keep, head_rel, head_grads = _head_cost(c, a, bool(model.config.get("final_logit_softcapping")))
+    # Gradient accumulation: from the second micro-batch on every `.grad` exists through forward and backward
+    # (the steady state the peak is read on); new weight gradients are added into them in place.
+    accumulate = plan.grad_accum > 1
+    held_grads = grads_bytes if accumulate else 0
+    head_peak, head_keep, head_rel, head_grads = _head_cost(
+        c, a, bool(model.config.get("final_logit_softcapping")), accumulate)
+    # A weight tied to the embedding gets two gradients; the engine holds lm_head's in the weight's input buffer
+    # until the embedding's arrives at the end of backward, then sums them (out of place).
+    tied = model.tied_embeddings and plan.method == "full"
+    vh = c.vocab * c.hidden * DTYPE_BYTES[plan.param_dtype]
+    if accumulate:
+        head_grads = vh if tied else 0
+        fwd_peak += held_grads
     all_layers = below(n_layers)
     act_base += held_mask
+    act_base += held_grads
     fwd_peak = max(fwd_peak, act_base + below_fwd(n_layers) + head_peak)
     bwd_peak = act_base + all_layers + head_keep + head_rel
 
     # Backward through the layers, top to bottom: gradients accumulate, lower layers' activations remain.
     for k in sorted({n_layers - 1, min(1, n_layers - 1), 0}, reverse=True):
         cost = first if k == 0 else rest
-        grads_so_far = head_grads + (n_layers - 1 - k) * rest.param_grads
+        grads_so_far = head_grads if accumulate else head_grads + (n_layers - 1 - k) * rest.param_grads
         bwd_peak = max(bwd_peak, act_base + grads_so_far + below(k) + cost.bwd_abs)
-    all_grads = head_grads + first.param_grads + (n_layers - 1) * rest.param_grads
+    if accumulate:
+        all_grads = grads_bytes + head_grads
+    else:
+        all_grads = head_grads + first.param_grads + (n_layers - 1) * rest.param_grads
     if plan.method == "full":
         # Embedding backward: `embedding_dense_backward` makes a dense [vocab, hidden] gradient while the
-        # input's gradient is alive. Tied to lm_head, whose gradient already sits in `.grad`, AccumulateGrad
-        # adds the two out of place: three [vocab, hidden] tensors at once.
-        vh = c.vocab * c.hidden * DTYPE_BYTES[plan.param_dtype]
-        bwd_peak = max(bwd_peak, base + all_grads + x_bytes + (2 * vh if model.tied_embeddings else vh))
+        # input's gradient is alive; tied, it is summed with the held lm_head gradient: three at once.
+        bwd_peak = max(bwd_peak, base + all_grads + x_bytes + (2 * vh if tied else vh))
     return {"forward": fwd_peak, "backward": bwd_peak, "optimizer": base + grads_bytes + step_temp}
 
 

@@ -92,10 +92,12 @@ class Tape:
             self.freed.add(t)
 
     # Backward ----------------------------------------------------------------------------------------------
-    def backward(self, out_grad_of: int) -> tuple[int, int]:
+    def backward(self, out_grad_of: int, accumulate: bool = False) -> tuple[int, int]:
         """Replay backward from a gradient of `out_grad_of`; returns (peak above start, param grad bytes).
 
         The gradient of `out_grad_of` is allocated by the caller's accounting (it is the incoming gradient).
+        `accumulate`: the parameters' `.grad` already exist (a later micro-batch of gradient accumulation), so
+        each new weight gradient lives only until AccumulateGrad has added it in place.
         """
         start, peak = self.live, self.live
         grads: dict[int, int] = {out_grad_of: self.size[out_grad_of]}
@@ -113,9 +115,9 @@ class Tape:
                     new += grads[i]
                 else:  # a second use of the input: its gradient is computed, then added into the buffer
                     accumulated += self.size[i]
-            live += new + node.param_grad
+            live += new + (0 if accumulate else node.param_grad)
             param_grads += node.param_grad
-            peak = max(peak, live + accumulated + node.bwd_temp)
+            peak = max(peak, live + accumulated + node.bwd_temp + (node.param_grad if accumulate else 0))
             live -= g_out
             for s in node.saved:
                 self.saved_by[s] -= 1

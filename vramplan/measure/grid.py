@@ -65,6 +65,7 @@ GRID: tuple[Case, ...] = (
     _c("qwen2.5-7b-qlora-recipe", "qwen2.5-7b", method="qlora"),
     _c("qwen2.5-7b-lora-alllinear-b2-s2048-paged32", "qwen2.5-7b", method="lora", targets="all-linear", batch=2,
        seq=2048, optimizer="paged_adamw_32bit"),
+    _c("qwen2.5-7b-lora-accum4-b2", "qwen2.5-7b", method="lora", grad_accum=4, batch=2),
     _c("qwen2.5-0.5b-full-nockpt-b4", "qwen2.5-0.5b", method="full", grad_ckpt=False, batch=4),
     _c("qwen2.5-1.5b-qlora-drop-nockpt-b8-s512-lion", "qwen2.5-1.5b", method="qlora", lora_dropout=0.05,
        grad_ckpt=False, batch=8, seq=512, optimizer="lion_8bit"),
@@ -82,6 +83,7 @@ GRID: tuple[Case, ...] = (
     _c("gemma2-2b-qlora-eager", "gemma2-2b", method="qlora", attn="eager"),
     _c("gemma2-2b-lora-b2-s2048-eager", "gemma2-2b", method="lora", batch=2, seq=2048, attn="eager"),
     _c("gemma2-2b-full-b2-s512-eager", "gemma2-2b", method="full", batch=2, seq=512, attn="eager"),
+    _c("gemma2-2b-full-accum2-s512-eager", "gemma2-2b", method="full", grad_accum=2, seq=512, attn="eager"),
     _c("gemma2-9b-qlora-alllinear-nockpt-eager", "gemma2-9b", method="qlora", targets="all-linear",
        grad_ckpt=False, attn="eager"),
     # MoE
