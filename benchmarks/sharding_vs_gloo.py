@@ -24,7 +24,8 @@ UNEVEN = dict(TINY, num_hidden_layers=3, vocab_size=250)
 ENGINES = ("ddp", "fsdp", "fsdp_grad_op", "zero1")
 RUNS = [
     (TINY, 1, [(m, s) for m in ("full", "lora") for s in ("fsdp", "fsdp_grad_op")]),
-    (TINY, 2, [(m, s) for m in ("full", "lora") for s in ENGINES] + [("qlora", "fsdp")]),
+    (TINY, 2, [(m, s) for m in ("full", "lora") for s in ENGINES] + [("qlora", "fsdp")]
+     + [("full", s, {"grad_accum": 2}) for s in ENGINES]),
     (UNEVEN, 4, [("full", "fsdp"), ("lora", "fsdp"), ("full", "fsdp_grad_op"), ("full", "zero1")]),
 ]
 
@@ -43,13 +44,13 @@ def estimate_rank(spec, plan, rank: int):
 
 
 def main() -> int:
-    print("| model | ranks | method | sharding | rank | phase | measured (B) | estimated (B) | error |")
-    print("| --- | ---: | --- | --- | ---: | --- | ---: | ---: | ---: |")
+    print("| model | ranks | method | sharding | grad accum | rank | phase | measured (B) | estimated (B) | error |")
+    print("| --- | ---: | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |")
     worst = 0.0
     for config, world, cases in RUNS:
         spec = spec_from_config(config, "tiny", "benchmark")
         name = f"{config['num_hidden_layers']}L v{config['vocab_size']}"
-        plans = [plan_for(m, sharding=s, gpus=world) for m, s in cases]
+        plans = [plan_for(m, sharding=s, gpus=world, **(more[0] if more else {})) for m, s, *more in cases]
         start = time.perf_counter()
         measured = measure_distributed(config, plans, world)
         seconds = time.perf_counter() - start
@@ -60,8 +61,8 @@ def main() -> int:
                     got, want = getattr(step, f"{phase}_peak_bytes"), est.phases[phase]
                     err = 100 * (want - got) / got
                     worst = max(worst, abs(err))
-                    print(f"| {name} | {world} | {plan.method} | {plan.parallelism} | {rank} | {phase} | {got:,} | "
-                          f"{want:,} | {err:+.2f}% |")
+                    print(f"| {name} | {world} | {plan.method} | {plan.parallelism} | {plan.grad_accum} | {rank} | "
+                          f"{phase} | {got:,} | {want:,} | {err:+.2f}% |")
         print(f"<!-- {world} ranks: {len(plans)} plans in {seconds:.1f} s -->", file=sys.stderr)
     print(f"\nworst |error|: {worst:.2f}%")
     return 0

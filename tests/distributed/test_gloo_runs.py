@@ -3,7 +3,8 @@
 Every torch engine the estimator prices runs for real (vramplan/measure/distributed.py): DDP, FSDP2 `fully_shard`
 per decoder layer + root (resharding after forward, and not: `fsdp_grad_op`), and DDP with torch's
 ZeroRedundancyOptimizer, the torch form of ZeRO-1. Full fine-tuning (bf16, AdamW foreach) and LoRA (bf16 base,
-fp32 adapters), gradient checkpointing on; and FSDP-QLoRA: FSDP2 shards bitsandbytes' packed 4-bit weights
+fp32 adapters), gradient checkpointing on; gradient accumulation (FSDP2 reduce-scatters every micro-batch into
+the sharded gradients, DDP keeps full ones); and FSDP-QLoRA: FSDP2 shards bitsandbytes' packed 4-bit weights
 (all-gathered as bytes), while each rank keeps the whole quant state on the module (bitsandbytes restores it with
 `fix_4bit_weight_quant_state_from_module`). Two checks per rank and phase:
 - the estimate is within 5% of the measured peak (the issue's bar; it holds to ~0.1%, see the table on failure);
@@ -45,8 +46,12 @@ def _plan(method: str, **options):
     return make_plan(method=method, batch=B, seq=S, **({"optimizer": "adamw"} if method == "qlora" else {}), **options)
 
 
-def _plans(world: int, cases: list[tuple[str, str]]):
-    return [_plan(method, sharding=mode, gpus=world) for method, mode in cases]
+def _plans(world: int, cases: list[tuple]):
+    return [_plan(method, sharding=mode, gpus=world, **(more[0] if more else {})) for method, mode, *more in cases]
+
+
+def _one_gpu(plan):
+    return plan.model_copy(update={"gpus": 1, "sharding": None})
 
 
 def _estimate(spec, plan, rank: int):
@@ -62,11 +67,10 @@ def _check(config: dict, world: int, cases: list[tuple[str, str]]) -> None:
     spec = spec_from_config(config, "tiny", "test")
     plans = _plans(world, cases)
     measured = measure_distributed(config, plans, world)
-    single = {p.method: measure_step(config, p.model_copy(update={"gpus": 1, "sharding": None}), trace=True)
-              for p in plans}
+    single = {_one_gpu(p): measure_step(config, _one_gpu(p), trace=True) for p in plans}
     rows, bad = [], []
     for plan, ranks in zip(plans, measured):
-        one = single[plan.method]
+        one = single[_one_gpu(plan)]
         one_est = single_gpu_estimate(spec, plan)
         for rank, step in enumerate(ranks):
             est = _estimate(spec, plan, rank)
@@ -76,8 +80,8 @@ def _check(config: dict, world: int, cases: list[tuple[str, str]]) -> None:
                 effect_want = want - one_est.phases[phase]
                 err = (want - got) / got
                 effect_err = (effect_want - effect_got) / got
-                rows.append(f"{plan.method:5} {plan.parallelism:12} rank {rank} {phase:9} measured {got:9d} "
-                            f"estimated {want:9d} {100 * err:+6.2f}%  effect {100 * effect_err:+6.2f}%")
+                rows.append(f"{plan.method:5} {plan.parallelism:12} ga{plan.grad_accum} rank {rank} {phase:9} "
+                            f"measured {got:9d} estimated {want:9d} {100 * err:+6.2f}%  effect {100 * effect_err:+6.2f}%")
                 if abs(err) > 0.05 or abs(effect_err) > 0.01:
                     bad.append(rows[-1])
     assert not bad, "\n".join(["off:", *bad, "all:", *rows])
@@ -86,7 +90,8 @@ def _check(config: dict, world: int, cases: list[tuple[str, str]]) -> None:
 @pytest.mark.slow
 def test_two_ranks_every_torch_engine():
     cases = [(m, s) for m in ("full", "lora") for s in ("ddp", "fsdp", "fsdp_grad_op", "zero1")]
-    _check(TINY, 2, cases + [("qlora", "fsdp")])
+    accumulating = [("full", "fsdp", {"grad_accum": 2}), ("full", "ddp", {"grad_accum": 2})]
+    _check(TINY, 2, cases + [("qlora", "fsdp")] + accumulating)
 
 
 @pytest.mark.slow

@@ -84,22 +84,24 @@ def price(model: ModelSpec, plan: TrainingPlan, moments: list[Moment]) -> tuple[
         host += sum(units.shard_of(k) for k in ("quantized_weights", "base_weights", "lora_adapters"))
     static = Static(weights, 0 if host_opt else opt.states_bytes, 0 if host_opt else master, persistent, host,
                     states_at_init=False)
-    priced = [_moment(m, static, stage, part * g, bucket, gathered) for m in moments]
+    held = part * g if stage == 2 and plan.grad_accum > 1 else 0  # the partition holds earlier micro-batches
+    priced = [_moment(m, static, stage, part * g, bucket, gathered, held) for m in moments]
     if stage == 1:  # after autograd: every full gradient, the partition being averaged into, the bucket
         priced.append(Priced("backward", {**static.parts(), "gradients": numel * g + part * g,
                                           "comm_buffers": bucket}))
     return static, priced, _step(static, stage, part, g, opt.step_temp_bytes, host_opt)
 
 
-def _moment(m: Moment, static: Static, stage: int, grad_partition: int, bucket: int, gathered: int) -> Priced:
-    parts = {**static.parts(), "activations": m.activations}
+def _moment(m: Moment, static: Static, stage: int, grad_partition: int, bucket: int, gathered: int,
+            held: int = 0) -> Priced:
+    parts = {**static.parts(), "activations": m.activations, "gradients": held}
     finished = m.head_grads + m.layers_done * m.layer_grads
     if stage == 1:
         parts["gradients"] = finished
         if m.phase == "backward":
             parts["comm_buffers"] = static.buffers + bucket  # the IPG buffer, set up when backward starts
     elif stage == 2 and m.phase == "backward":
-        parts["gradients"] = grad_partition if finished else 0
+        parts["gradients"] = grad_partition if finished or held else 0
         parts["comm_buffers"] = static.buffers + bucket
     if stage == 3:
         parts["unsharded_params"] = gathered

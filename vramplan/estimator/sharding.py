@@ -50,6 +50,10 @@ from vramplan.estimator.weights import StaticMemory, static_memory
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
 
+# Engines that reduce every micro-batch's gradients into the sharded ones (FSDP2's default
+# `set_requires_gradient_sync(True)`; DeepSpeed ZeRO-2/3 reduce in backward at every micro-batch), so gradient
+# accumulation holds sharded gradients. DDP (accelerate's `no_sync`) and ZeRO-1 accumulate full gradients.
+REDUCE_EVERY_MICRO_BATCH = ("fsdp", "fsdp_grad_op", "zero2", "zero3")
 WEIGHT_KEYS = ("quantized_weights", "quant_constants", "double_quant_constants", "base_weights", "lora_adapters")
 
 
@@ -95,8 +99,17 @@ def estimate_sharded(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
         return single
     from vramplan.estimator import deepspeed
 
-    moments = step_moments(model, plan)
     engine = deepspeed.price if plan.parallelism.startswith("zero") else price_torch
+    if plan.grad_accum > 1 and plan.parallelism in REDUCE_EVERY_MICRO_BATCH:
+        # Each micro-batch's backward makes fresh gradients and reduces them into the sharded ones, which hold
+        # the sum: the step is priced from a one-micro-batch step, with the held shards added by the engine.
+        one = plan.model_copy(update={"grad_accum": 1})
+        moments = step_moments(model, one)
+        est = compose(model, plan, single_gpu_estimate(model, one), moments, *engine(model, plan, moments))
+        batches = single.phases["optimizer"] - single_gpu_estimate(model, one).phases["optimizer"]
+        phases = {k: v + (batches if k != "load" else 0) for k, v in est.phases.items()}  # the other batches
+        return est.model_copy(update={"phases": phases, "traced_phases": None})
+    moments = step_moments(model, plan)
     return compose(model, plan, single, moments, *engine(model, plan, moments))
 
 
@@ -129,7 +142,8 @@ def price_torch(model: ModelSpec, plan: TrainingPlan, moments: list[Moment], eng
     opt = optimizer_memory(plan, shards, st.trainable_dtype_bytes)
     offload = plan.offload == "params"
     static = sharded_static(st, units, opt, offload)
-    priced = [_fsdp_moment(m, static, units, mode == "fsdp_grad_op", offload) for m in moments]
+    held = units.total("reduce") // plan.gpus if plan.grad_accum > 1 and not offload else 0
+    priced = [_fsdp_moment(m, static, units, mode == "fsdp_grad_op", offload, held) for m in moments]
     priced += _fsdp_final_reduce(static, units, offload, model.num_layers)
     sharded_grads = units.total("reduce") // plan.gpus
     if offload:  # the step runs on the host, on host gradients
@@ -172,8 +186,9 @@ def _replicated_moment(m: Moment, static: Static) -> Priced:
                             "activations": m.activations})
 
 
-def _fsdp_moment(m: Moment, static: Static, units: Units, grad_op: bool, offload: bool) -> Priced:
-    """One moment of the step under FSDP2 (see the module docstring for each buffer's lifetime)."""
+def _fsdp_moment(m: Moment, static: Static, units: Units, grad_op: bool, offload: bool, held: int = 0) -> Priced:
+    """One moment of the step under FSDP2 (see the module docstring for each buffer's lifetime). `held`: the
+    sharded gradients of earlier micro-batches; this micro-batch's reduced shards are added into them in place."""
     n_layers, layer, root = len(units.layers), units.largest_layer, units.root
     gpus = root.gpus
     ag = layer.padded if gpus > 1 else 0  # one flat all-gather output
@@ -193,7 +208,7 @@ def _fsdp_moment(m: Moment, static: Static, units: Units, grad_op: bool, offload
             buffers += layer.reduce  # the layer above's reduce-scatter input, kept until this post-backward
     elif m.where == "embedding":
         buffers += layer.reduce  # layer 0's reduce-scatter input
-    grads = m.head_grads + (0 if offload else m.layers_done * layer.reduce // gpus)
+    grads = m.head_grads + (0 if offload or held else m.layers_done * layer.reduce // gpus) + held
     return Priced(m.phase, {**static.parts(), "unsharded_params": gathered, "comm_buffers": static.buffers + buffers,
                             "gradients": grads, "activations": m.activations})
 
