@@ -34,6 +34,11 @@ layers pile up through forward and are freed one by one in backward; nothing is 
 `offload='params'` (`CPUOffloadPolicy`): sharded parameters, sharded gradients (`new_sharded_grad.to("cpu")`) and
 the optimizer step live in host RAM; the GPU keeps the unsharded units, the buffers and the activations.
 
+Gradient accumulation: DDP (accelerate's `no_sync`) keeps full `.grad`s through the micro-batches, as on one GPU;
+FSDP2 (`set_requires_gradient_sync(True)`, its default) reduce-scatters each micro-batch's fresh gradients into
+the sharded ones. `--mixed-precision` is torch.autocast over fp32 parameters, as on one GPU (FSDP2's
+`MixedPrecisionPolicy`, which all-gathers bf16 copies, is not modelled).
+
 DeepSpeed ZeRO (`zero1|zero2|zero3`): see `deepspeed.py`.
 """
 
