@@ -67,6 +67,7 @@ def test_build_matches_from_pretrained_4bit(checkpoint, options):
 
 def test_lm_head_stays_dense_and_every_other_linear_is_4bit():
     """transformers' get_keys_to_not_convert keeps the output embedding (and tied weights) un-quantized."""
+    warm_caches()  # imports and bitsandbytes' map cache made outside any FakeTensorMode (else they turn fake)
     with FakeTensorMode(), fake_session():
         model = build_model(TINY, make_plan(method="qlora"), device="cpu", trace=True)
     kinds = {n: type(m).__name__ for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

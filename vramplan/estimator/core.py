@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from vramplan.estimator.optimizer import MIN_8BIT_SIZE, QMAP_BYTES, optimizer_memory
+from vramplan.estimator.optimizer import MIN_8BIT_SIZE, QMAP_BYTES, OptimizerMemory, optimizer_memory
 from vramplan.estimator.programs import Ctx, decoder_layer, head
 from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.tape import Tape
-from vramplan.estimator.weights import non_quantized_dtype_bytes, resolve_targets, static_memory
+from vramplan.estimator.weights import StaticMemory, non_quantized_dtype_bytes, resolve_targets, static_memory
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
 from vramplan.units import DTYPE_BYTES
@@ -286,10 +286,30 @@ def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int],
         return None
     step = _step_phases(model, plan, base, grads_bytes, opt.step_temp_bytes, cuda=False) if kernel else phases
     # on CPU both maps exist from `fill_qmap` in __init__; the states already count the ones CUDA moves
-    moved = QMAP_BYTES * (1 if plan.optimizer == "lion_8bit" else 2) if qmaps and any(
-        n >= MIN_8BIT_SIZE for n in static_memory(model, plan).trainable_numels) else 0
+    moved = QMAP_BYTES * (1 if plan.optimizer == "lion_8bit" else 2) if qmaps and _optimizer_entry(
+        static_memory(model, plan), plan)[2] else 0
     traced = {p: step[p] + opt.paged_bytes + qmaps - moved for p in ("forward", "backward", "optimizer")}
     return {"load": phases["load"] + qmaps, **traced}
+
+
+_OPT_CACHE: dict[tuple[int, str], tuple[StaticMemory, OptimizerMemory, bool]] = {}
+
+
+def _optimizer_entry(st: StaticMemory, plan: TrainingPlan) -> tuple[StaticMemory, OptimizerMemory, bool]:
+    """optimizer_memory walks every trainable tensor; StaticMemory objects are cached, so this is too.
+    The flag says whether any tensor is large enough for 8-bit states."""
+    key = (id(st), plan.optimizer)
+    hit = _OPT_CACHE.get(key)
+    if hit is None or hit[0] is not st:
+        if len(_OPT_CACHE) > 4096:
+            _OPT_CACHE.clear()
+        opt = optimizer_memory(plan, st.trainable_numels, st.trainable_dtype_bytes, st.trainable_shapes)
+        hit = _OPT_CACHE[key] = (st, opt, any(n >= MIN_8BIT_SIZE for n in st.trainable_numels))
+    return hit
+
+
+def _optimizer(st: StaticMemory, plan: TrainingPlan) -> OptimizerMemory:
+    return _optimizer_entry(st, plan)[1]
 
 
 def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
@@ -299,7 +319,7 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
     less (temporaries inside bitsandbytes' CUDA kernels), `traced_phases` gives its figures.
     """
     st = static_memory(model, plan)
-    opt = optimizer_memory(plan, st.trainable_numels, st.trainable_dtype_bytes, st.trainable_shapes)
+    opt = _optimizer(st, plan)
     base = st.total + opt.states_bytes
     grads_bytes = sum(st.trainable_numels) * st.trainable_dtype_bytes
     phases = {"load": st.total, **_step_phases(model, plan, base, grads_bytes, opt.step_temp_bytes, cuda=True)}
