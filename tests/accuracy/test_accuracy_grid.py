@@ -17,7 +17,13 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 
-from vramplan.measure.grid import GRID, PEAK_TOLERANCE_PCT, PHASE_KEYS, PHASE_TOLERANCE_PCT, run_case  # noqa: E402
+from vramplan.measure.grid import (
+    GRID,
+    PEAK_TOLERANCE_PCT,
+    PHASE_KEYS,
+    PHASE_TOLERANCE_PCT,
+    run_case,
+)
 
 
 def test_grid_spans_the_space():

@@ -14,11 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from vramplan.estimator.optimizer import MIN_8BIT_SIZE, QMAP_BYTES, OptimizerMemory, optimizer_memory
+from vramplan.estimator.optimizer import (
+    MIN_8BIT_SIZE,
+    QMAP_BYTES,
+    OptimizerMemory,
+    optimizer_memory,
+)
 from vramplan.estimator.programs import Ctx, decoder_layer, head
 from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.tape import Tape
-from vramplan.estimator.weights import StaticMemory, non_quantized_dtype_bytes, resolve_targets, static_memory
+from vramplan.estimator.weights import (
+    StaticMemory,
+    non_quantized_dtype_bytes,
+    resolve_targets,
+    rotary_embeddings,
+    static_memory,
+)
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
 from vramplan.units import DTYPE_BYTES
@@ -42,6 +53,20 @@ class LayerCost:
 # bitsandbytes' CUDA gemm_4bit dequantizes the weight and calls F.linear above this many rows (M = tokens) for
 # every weight over 4 Mi elements on every arch (`_gemm_4bit_use_custom_cuda`: "custom wins up to M=512").
 GEMM_4BIT_KERNEL_MAX_ROWS = 512
+
+
+def kernel_dequantizes(plan: TrainingPlan) -> bool:
+    """Whether CUDA's gemm_4bit dequantizes inside the op for this plan's micro-batch."""
+    return plan.method == "qlora" and plan.batch * plan.seq > GEMM_4BIT_KERNEL_MAX_ROWS
+
+
+def embedding_output_requires_grad(plan: TrainingPlan) -> bool:
+    """The embedding output requires grad when the embedding is trainable, or when the
+    `enable_input_require_grads` hook is on: peft's prepare_model_for_kbit_training installs it when
+    checkpointing, and reentrant checkpointing needs it."""
+    return plan.method == "full" or (
+        plan.grad_ckpt and ((plan.method == "qlora" and plan.kbit_upcast) or plan.ckpt_reentrant)
+    )
 
 
 def _ctx(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
@@ -70,7 +95,7 @@ def _ctx(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
         quant_w=DTYPE_BYTES[plan.param_dtype],
         quant_blocksize=plan.quant_blocksize,
         double_quant=plan.double_quant,
-        kernel_dequant=cuda and plan.method == "qlora" and plan.batch * plan.seq > GEMM_4BIT_KERNEL_MAX_ROWS,
+        kernel_dequant=cuda and kernel_dequantizes(plan),
         cuda=cuda,
         autocast=plan.mixed_precision is not None,
         use_cache=not plan.grad_ckpt,
@@ -153,8 +178,7 @@ def rope_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     """The rotary tables: `rotary_emb(hidden_states, position_ids)` returns cos and sin of shape [1, seq, dim] in
     the hidden states' dtype (position_ids is `arange(seq).unsqueeze(0)`: one row whatever the batch). Every
     layer's `q * cos` saves them, so they live from the start of forward to the end of backward."""
-    dim = int(model.head_dim * float(model.config.get("partial_rotary_factor") or 1.0))
-    tables = 2 if model.model_type == "gemma3_text" else 1  # gemma3: global and local rotary embeddings
+    tables, dim = rotary_embeddings(model)
     return tables * 2 * plan.seq * dim * stream_bytes(plan)
 
 
@@ -185,8 +209,8 @@ def sdpa_sliding_mask(model: ModelSpec, plan: TrainingPlan) -> bool:
     return attn_implementation(model, plan) == "sdpa" and w is not None and plan.seq >= w
 
 
-def eager_mask_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
-    """Eager attention gets an explicit 4-D float mask: `eager_mask` turns the [1, 1, S, S] bool mask into a
+def attention_mask_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
+    """Bytes of the model-level attention mask. Eager attention gets an explicit 4-D float mask: `eager_mask` turns the [1, 1, S, S] bool mask into a
     [batch, 1, S, S] tensor in the embeddings' dtype (`torch.where(mask, 0, min)`). Models with sliding and full
     layers (Gemma 2/3, `layer_types`) build one of each. sdpa and flash attention run with `is_causal`: no mask."""
     if sdpa_sliding_mask(model, plan):  # the bool [1, 1, S, S] mask (`batch` enters only by expand)
@@ -214,20 +238,14 @@ def _step_phases(model: ModelSpec, plan: TrainingPlan, base: int, grads_bytes: i
     a = stream_bytes(plan)
     n_layers = model.num_layers
     x_bytes = c.tokens * c.hidden * a
-    # The embedding output requires grad when the embedding is trainable, or when the
-    # `enable_input_require_grads` hook is on: peft's prepare_model_for_kbit_training installs it when
-    # checkpointing, and reentrant checkpointing needs it.
-    input_grad = plan.method == "full" or (
-        plan.grad_ckpt and ((plan.method == "qlora" and plan.kbit_upcast) or plan.ckpt_reentrant)
-    )
-    first = layer_cost(model, plan, c, input_grad)
+    first = layer_cost(model, plan, c, embedding_output_requires_grad(plan))
     rest = layer_cost(model, plan, c, True) if n_layers > 1 else first
     data = batch_bytes(plan)
     base += data
     act_base = base + rope_bytes(model, plan)
     # The mask lives while the decoder runs; under checkpointing the checkpoints hold it (as an argument of the
     # recompute) until backward ends.
-    mask = eager_mask_bytes(model, plan)
+    mask = attention_mask_bytes(model, plan)
     held_mask = mask if plan.grad_ckpt else 0
 
     # Forward: layer k starts with the saved bytes of layers below it plus its input.
@@ -281,7 +299,7 @@ def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int],
     gemm_4bit, float dropout masks, paged optimizer states as ordinary tensors, and bitsandbytes' two 1 KiB
     quantization maps from the optimizer's construction on (on CUDA they reach the device at step 1)."""
     qmaps = 2 * QMAP_BYTES if plan.optimizer in ("adamw_8bit", "paged_adamw_8bit", "lion_8bit") else 0
-    kernel = _ctx(model, plan, cuda=True).kernel_dequant or (plan.uses_lora and plan.lora_dropout > 0)
+    kernel = kernel_dequantizes(plan) or (plan.uses_lora and plan.lora_dropout > 0)
     if not (kernel or qmaps or opt.paged_bytes):
         return None
     step = _step_phases(model, plan, base, grads_bytes, opt.step_temp_bytes, cuda=False) if kernel else phases

@@ -345,7 +345,7 @@ def moe(tp: Tape, c: Ctx, x: int, a: int) -> int:
         tp.drop(out)
         out = oc
     if c.shared_inter:  # qwen2_moe: sigmoid(shared_expert_gate(x)) * shared_expert(x), added
-        sh = _dense_mlp(tp, c, x, a, c.shared_inter, "shared_expert")
+        sh = _dense_mlp(tp, c, x, a, c.shared_inter)
         g = linear(tp, c, x, a, "shared_expert_gate", h, 1)[0]
         sg = tp.op(t * a, (g,), saves_out=True)
         tp.drop(g)
@@ -357,10 +357,11 @@ def moe(tp: Tape, c: Ctx, x: int, a: int) -> int:
     return out
 
 
-def _dense_mlp(tp: Tape, c: Ctx, x: int, a: int, inter: int, prefix: str = "") -> int:
+def _dense_mlp(tp: Tape, c: Ctx, x: int, a: int, inter: int) -> int:
+    """gate_proj / up_proj / down_proj with a gated activation (also qwen2_moe's shared expert)."""
     t = c.tokens
     gate, a2 = linear(tp, c, x, a, "gate_proj", c.hidden, inter)
-    act = tp.op(t * inter * a2, (gate,), saves=(gate,))
+    act = tp.op(t * inter * a2, (gate,), saves=(gate,))  # silu / gelu save their input
     tp.drop(gate)
     up, _ = linear(tp, c, x, a, "up_proj", c.hidden, inter)
     h = tp.op(t * inter * a2, (act, up), saves=(act, up))
@@ -373,19 +374,13 @@ def _dense_mlp(tp: Tape, c: Ctx, x: int, a: int, inter: int, prefix: str = "") -
 def mlp(tp: Tape, c: Ctx, x: int, a: int, model_type: str, inter: int) -> int:
     if c.experts:
         return moe(tp, c, x, a)
+    if model_type != "phi3":
+        return _dense_mlp(tp, c, x, a, inter)
     t = c.tokens
-    if model_type == "phi3":
-        gu, a2 = linear(tp, c, x, a, "gate_up_proj", c.hidden, 2 * inter)
-        act = tp.op(t * inter * a2, (gu,), saves=(gu,))  # silu(gate) saves the gate view: the whole buffer
-        h = tp.op(t * inter * a2, (gu, act), saves=(gu, act))
-        tp.drop(gu, act)
-    else:
-        gate, a2 = linear(tp, c, x, a, "gate_proj", c.hidden, inter)
-        act = tp.op(t * inter * a2, (gate,), saves=(gate,))  # silu / gelu save their input
-        tp.drop(gate)
-        up, _ = linear(tp, c, x, a, "up_proj", c.hidden, inter)
-        h = tp.op(t * inter * a2, (act, up), saves=(act, up))
-        tp.drop(act, up)
+    gu, a2 = linear(tp, c, x, a, "gate_up_proj", c.hidden, 2 * inter)
+    act = tp.op(t * inter * a2, (gu,), saves=(gu,))  # silu(gate) saves the gate view: the whole buffer
+    h = tp.op(t * inter * a2, (gu, act), saves=(gu, act))
+    tp.drop(gu, act)
     out, _ = linear(tp, c, h, a2, "down_proj", inter, c.hidden)
     tp.drop(h)
     return out

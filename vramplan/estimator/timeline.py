@@ -47,16 +47,13 @@ def layers_to_visit(n_layers: int) -> list[int]:
 def step_moments(model: ModelSpec, plan: TrainingPlan) -> list[Moment]:
     """Forward and backward moments of a steady-state step on one GPU (core's composition, every layer kind)."""
     # core's internals, imported here so that a change in them breaks multi-GPU estimates only
-    from vramplan.estimator.core import _ctx, _head_cost, layer_cost, stream_bytes
+    from vramplan.estimator.core import _ctx, _head_cost, embedding_output_requires_grad, layer_cost, stream_bytes
 
     c = _ctx(model, plan)
     a = stream_bytes(plan)
     n = model.num_layers
     x = c.tokens * c.hidden * a
-    input_grad = plan.method == "full" or (
-        plan.grad_ckpt and ((plan.method == "qlora" and plan.kbit_upcast) or plan.ckpt_reentrant)
-    )
-    first = layer_cost(model, plan, c, input_grad)
+    first = layer_cost(model, plan, c, embedding_output_requires_grad(plan))
     rest = layer_cost(model, plan, c, True) if n > 1 else first
     grads = rest.param_grads
 
@@ -64,7 +61,7 @@ def step_moments(model: ModelSpec, plan: TrainingPlan) -> list[Moment]:
         return 0 if k == 0 else first.keep + (k - 1) * rest.keep
 
     def below_fwd(k: int) -> int:  # the same while the forward runs (a KV cache, where core models one)
-        return 0 if k == 0 else below(k) + getattr(first, "cache", 0) + (k - 1) * getattr(rest, "cache", 0)
+        return 0 if k == 0 else below(k) + first.cache + (k - 1) * rest.cache
 
     def cost(k: int):
         return first if k == 0 else rest

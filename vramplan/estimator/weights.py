@@ -118,11 +118,16 @@ def non_quantized_dtype_bytes(plan: TrainingPlan) -> int:
     return DTYPE_BYTES[plan.param_dtype]
 
 
+def rotary_embeddings(model: ModelSpec) -> tuple[int, int]:
+    """(rotary embeddings, rotary dim): Gemma 3 has a second, local one; `partial_rotary_factor` shrinks the dim."""
+    dim = int(model.head_dim * float(model.config.get("partial_rotary_factor") or 1.0))
+    return (2 if model.model_type == "gemma3_text" else 1), dim
+
+
 def rotary_buffer_bytes(model: ModelSpec) -> int:
     """`inv_freq` and `original_inv_freq`: fp32 buffers of rotary_dim / 2 (not parameters: never upcast or
-    quantized). Gemma 3 has a second, local rotary embedding."""
-    dim = int(model.head_dim * float(model.config.get("partial_rotary_factor") or 1.0))
-    tables = 2 if model.model_type == "gemma3_text" else 1
+    quantized)."""
+    tables, dim = rotary_embeddings(model)
     return tables * 2 * (dim // 2) * 4
 
 
