@@ -68,6 +68,10 @@ class GpuProfile(BaseModel):
     fp32_tflops: StrictFloat = Field(gt=0)
     cuda_context_bytes: StrictInt = Field(ge=0)
     interconnect: StrictStr = Field(min_length=1)
+    # Per direction, for the multi-GPU speed model: the link to the host (offload traffic), and between two GPUs
+    # (collectives; the PCIe link when the cards have no NVLink/Infinity Fabric). None: PCIe 4.0 x16 is assumed.
+    host_link_bytes_per_s: StrictInt | None = Field(default=None, gt=0)
+    peer_link_bytes_per_s: StrictInt | None = Field(default=None, gt=0)
     tdp_watts: StrictInt = Field(gt=0)
 
     @field_validator("compute_capability")
