@@ -22,7 +22,26 @@ It is not a benchmark. It counts the work of one optimizer step and divides by t
 * The optimizer step is memory-bound: read parameters, gradients and states, write parameters and states.
 * A fixed launch cost per decoder layer and pass (eager PyTorch runs a few dozen kernels per layer).
 
-Ignored: data loading, communication, overlap between kernels, the fp32 copies of QLoRA's upcast norms and embeddings (autocast runs the matmuls in 16-bit), and paging: the
+* Several GPUs (data parallel: every GPU runs the micro-batch above, tokens/s counts all of them). Collectives
+  are rings: each GPU sends (N-1)/N of an all-gather's or reduce-scatter's bytes and twice that for an
+  all-reduce, at LINK_EFFICIENCY of the profile's `peer_link_bytes_per_s` (an NVLink bridge joins only two cards;
+  more use PCIe). Per micro-batch: FSDP / ZeRO-3 all-gather the sharded weights for the forward and again for
+  the backward (not `fsdp_grad_op`, which keeps them), and reduce-scatter the gradients; ZeRO-2 reduce-scatters
+  the gradients. Per step: DDP all-reduces the accumulated gradients, ZeRO-1 reduce-scatters them, and ZeRO-1/2
+  all-gather the updated trainable weights after the step. A collective issued during a micro-batch overlaps
+  its compute (the engines prefetch and bucket for that): the micro-batch takes the longer of the two, plus
+  what cannot overlap: the pipeline's fill and drain. FSDP / ZeRO-3 gather the root unit (embeddings, final
+  norm, lm_head) and the first layer before any compute, and reduce-scatter the last layer's and the root's
+  gradients after it; DDP all-reduces its last bucket (`bucket_cap_mb`, 25 MiB) after the backward, DeepSpeed
+  its last `reduce_bucket_size` (5e8 elements).
+  Sharded optimizer states are updated by their owner only (1/N of the update each).
+* Offload, over the host link (LINK_EFFICIENCY of `host_link_bytes_per_s`, not overlapped): `optimizer`
+  (ZeRO-Offload) sends the rank's gradient shard to the host and takes its updated 16-bit weights back once
+  per step; `params` (FSDP CPUOffloadPolicy, ZeRO-3 offload_param) copies the weight shard to the GPU before
+  every all-gather and the gradient shard back every micro-batch. The update runs on the CPU, reading and
+  writing parameters, gradients and states at HOST_OPTIMIZER_BYTES_PER_S, shared by the N ranks of one host.
+
+Ignored: data loading, overlap between kernels, the fp32 copies of QLoRA's upcast norms and embeddings (autocast runs the matmuls in 16-bit), and paging: the
 advisor only proposes plans whose paged optimizer states fit on the card.
 """
 
@@ -34,6 +53,11 @@ from vramplan.hardware import GpuProfile
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
 
+LINK_EFFICIENCY = 0.75  # fraction of a link's datasheet rate that NCCL collectives and copies reach (assumption)
+HOST_OPTIMIZER_BYTES_PER_S = 20e9  # a CPU AdamW streaming states through host DRAM (assumption, unmeasured)
+DDP_BUCKET_BYTES = 25 * 2**20  # torch DistributedDataParallel(bucket_cap_mb=25)
+DEEPSPEED_BUCKET_NUMEL = 500_000_000  # DeepSpeed zero_optimization.reduce_bucket_size default
+DEFAULT_LINK_BYTES_PER_S = 31_500_000_000  # PCIe 4.0 x16 per direction, for a profile that gives no link rates
 MFU = 0.40  # fraction of the dense 16-bit peak the matmuls reach in an HF Trainer step (assumption)
 DEQUANT_BANDWIDTH_FRACTION = 0.5  # bitsandbytes dequantize_4bit reaches about half the memory bandwidth
 LAUNCH_SECONDS_PER_LAYER_PASS = 0.2e-3  # ~40 kernels x 5 us per decoder layer per forward/backward pass
@@ -60,6 +84,8 @@ class StepTime:
     step_s: float
     tokens_per_s: float
     tflops: float  # the peak used (16-bit dense, or fp32 for fp32 matmuls)
+    comm_s: float = 0.0  # collectives per step (several GPUs), overlapped with compute where issued in a micro-batch
+    offload_s: float = 0.0  # host-link traffic and the CPU update (offload), not overlapped
 
 
 def matmul_params(model: ModelSpec) -> int:
@@ -136,6 +162,60 @@ def step_time(model: ModelSpec, plan: TrainingPlan, gpu: GpuProfile) -> StepTime
     optimizer = plan.optimizer or "adamw"
     opt_bytes = trainable * (3 * p + 2 * _STATE_BYTES.get(optimizer, lambda q: 2 * q)(p))
     optimizer_s = opt_bytes / bandwidth
+    if plan.multi_gpu:
+        return _data_parallel(model, plan, gpu, micro_s, matmul_s, dequant_s, optimizer_s, tokens, peak)
     step_s = plan.grad_accum * micro_s + optimizer_s
     return StepTime(micro_s, matmul_s, dequant_s, optimizer_s, step_s,
                     tokens * plan.grad_accum / step_s, peak / 1e12)
+
+
+def _data_parallel(model: ModelSpec, plan: TrainingPlan, gpu: GpuProfile, micro_s: float, matmul_s: float,
+                   dequant_s: float, optimizer_s: float, tokens: int, peak: float) -> StepTime:
+    """One step on `plan.gpus` data-parallel GPUs (see the module docstring): compute, collectives, offload."""
+    from vramplan.estimator.partition import build_units
+    from vramplan.estimator.weights import static_memory
+
+    n, mode, offload = plan.gpus, plan.parallelism, plan.offload
+    st = static_memory(model, plan)
+    units = build_units(model, plan)
+    gathered = units.total("padded")  # what FSDP / ZeRO-3 shard and gather (padded)
+    grads = sum(st.trainable_numels) * st.trainable_dtype_bytes
+    trainable16 = sum(st.trainable_numels) * _DTYPE_BYTES[plan.activation_dtype]
+    bridge_only = "bridge" in gpu.interconnect and n > 2
+    peer = (gpu.host_link_bytes_per_s if bridge_only else gpu.peer_link_bytes_per_s) or DEFAULT_LINK_BYTES_PER_S
+    host = gpu.host_link_bytes_per_s or DEFAULT_LINK_BYTES_PER_S
+    ring = (n - 1) / n / (peer * LINK_EFFICIENCY)  # seconds per byte of an all-gather or reduce-scatter
+    # bytes through the ring: overlapped with a micro-batch's compute (every one, the last one) or not (fill and
+    # drain: every one, the last one; after the step)
+    per_micro = per_last = exposed = exposed_last = after = 0
+    ds_bucket = min(grads, DEEPSPEED_BUCKET_NUMEL * st.trainable_dtype_bytes)
+    if mode == "ddp":
+        per_last, exposed_last = 2 * grads, 2 * min(grads, DDP_BUCKET_BYTES)
+    elif mode == "zero1":
+        per_last, exposed_last, after = grads, ds_bucket, trainable16
+    elif mode == "zero2":
+        per_micro, exposed, after = grads, ds_bucket, trainable16
+    else:  # fsdp, fsdp_grad_op, zero3
+        per_micro = gathered * (1 if mode == "fsdp_grad_op" else 2) + units.total("reduce")
+        first, root = units.largest_layer, units.root
+        exposed = root.padded + first.padded + root.reduce + first.reduce
+    sharded_states = mode != "ddp"
+    micro = max(micro_s, per_micro * ring) + exposed * ring
+    last = max(micro_s, (per_micro + per_last) * ring) + (exposed + exposed_last) * ring
+    comm_s = (plan.grad_accum - 1) * (micro - micro_s) + (last - micro_s) + after * ring
+    link = 1 / (host * LINK_EFFICIENCY)
+    offload_s = 0.0
+    if offload != "none":
+        # every rank updates its shard on the CPU: the whole update's bytes go through one host's DRAM
+        offload_s = optimizer_s * gpu.bandwidth_bytes_per_s / HOST_OPTIMIZER_BYTES_PER_S
+        if offload == "optimizer":
+            offload_s += (grads + trainable16) / n * link
+        else:
+            passes = 1 if mode == "fsdp_grad_op" else 2
+            offload_s += plan.grad_accum * (gathered * passes + grads) / n * link
+        optimizer_s = 0.0
+    elif sharded_states:
+        optimizer_s /= n
+    step_s = (plan.grad_accum - 1) * micro + last + after * ring + optimizer_s + offload_s
+    return StepTime(micro_s, matmul_s, dequant_s, optimizer_s, step_s, n * tokens * plan.grad_accum / step_s,
+                    peak / 1e12, comm_s, offload_s)
