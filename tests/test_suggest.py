@@ -95,7 +95,7 @@ def test_70b_on_a_24gb_card_fits_nothing_and_names_the_nearest_options(capsys):
     a = advise("llama2-70b", "rtx4090")
     assert a.plans == [] and a.limits is None
     qlora = next(o for o in a.nearest.options if o.method == "qlora")
-    assert qlora.gpu_bytes > a.limit_bytes and qlora.shard_gpus_at_least >= 2
+    assert qlora.gpu_bytes > a.limit_bytes and qlora.fsdp_gpus >= 2
     # The smallest single GPU that fits is exact: it fits, and no GPU with less usable memory does.
     gpus = sorted(load_profiles().values(), key=lambda g: g.usable_bytes)
     assert fits("llama2-70b", qlora.plan, qlora.smallest_gpu)
@@ -227,7 +227,10 @@ def test_json_when_nothing_fits(capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["--model", "llama-7b", "--gpu", "rtx4909"], "rtx4090"),
     (["--model", "llama-7", "--gpu", "rtx4090"], "llama-7b"),
-    (["--model", "llama-7b", "--gpu", "rtx4090", "--gpus", "2"], "multi-GPU"),
+    (["--model", "llama-7b", "--gpu", "rtx4090", "--gpus", "0"], "--gpus"),
+    (["--model", "llama-7b", "--gpu", "rtx4090", "--gpus", "2", "--host-ram", "0"], "--host-ram"),
+    (["--model", "llama-7b", "--gpu", "rtx4090", "--gpus", "2", "--sharding", "fsdp", "--offload", "optimizer"],
+     "--offload optimizer"),
     (["--model", "llama-7b", "--gpu", "rtx4090", "--headroom", "1.5"], "--headroom"),
     (["--model", "llama-7b", "--gpu", "rtx4090", "--method", "full", "--rank", "8"], "--rank"),
     (["--model", "llama-7b", "--gpu", "rtx4090", "--method", "fulll"], "full, lora, qlora"),

@@ -3,7 +3,8 @@
 For the winner: the largest sequence length and micro-batch that still fit (bisection on the estimate, which
 grows with both), what each knob costs in memory and speed, and the LoRA/QLoRA contrast. When nothing fits: for
 each method its leanest plan, the smallest single GPU that holds it, its size with the optimizer states off the
-card, a lower bound on the GPUs sharding would need, and the longest sequence that fits the card.
+card, how many of the asked GPUs FSDP would need (with and without CPU offload), and the longest sequence that
+fits the card.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.advisor import (ADAPTERS, LORA_ONLY, QLORA_ONLY, Candidate, Probe, Request, check_pins, leanest_variant,
-                              model_max_seq, search, seq_ladder)
+from vramplan.advisor import (ADAPTERS, DIST_CHOICES, LORA_ONLY, QLORA_ONLY, Candidate, Probe, Request, check_pins,
+                              model_max_seq, search, seq_ladder, variants)
 from vramplan.api import allocator_reserve_bytes, estimate
 from vramplan.errors import PlanError
 from vramplan.estimator import MemoryEstimate
@@ -24,6 +25,7 @@ from vramplan.plan import TrainingPlan, make_plan
 from vramplan.speed import DEQUANT_BANDWIDTH_FRACTION, MFU
 
 BATCH_CAP = 1024
+GPU_COUNT_CAP = 1024  # the largest data-parallel job the nothing-fits advice searches
 
 
 class _Frozen(BaseModel):
@@ -34,7 +36,8 @@ class Recommendation(_Frozen):
     """One recommended plan: its estimate on the GPU (`vramplan.api.estimate`), paged states, and speed."""
 
     estimate: MemoryEstimate
-    gpu_bytes: int  # reserved + CUDA context + paged optimizer states
+    gpu_bytes: int  # per GPU: reserved + CUDA context + paged optimizer states
+    host_bytes: int  # host RAM for offloaded state, all GPUs together
     tokens_per_s: float
     step_time_s: float
     dequant_share: float  # fraction of a micro-batch spent dequantizing 4-bit weights
@@ -51,6 +54,7 @@ class KnobCost(_Frozen):
     knob: str
     plan: dict
     gpu_bytes_delta: int
+    host_bytes: int  # host RAM the changed plan offloads to (all GPUs)
     speed_ratio: float  # tokens/s relative to the winner
     fits: bool
 
@@ -60,6 +64,7 @@ class Contrast(_Frozen):
 
     plan: dict
     gpu_bytes: int
+    host_bytes: int
     tokens_per_s: float
     speed_ratio: float
     fits: bool
@@ -72,11 +77,14 @@ class Option(_Frozen):
     method: str
     plan: dict
     gpu_bytes: int
+    host_bytes: int  # host RAM for offloaded state, all GPUs together
+    host_fits: bool  # host_bytes within the request's host RAM
     weights_bytes: int  # the load phase: what the card holds before the first step
-    smallest_gpu: str | None
+    smallest_gpu: str | None  # None also when the plan's host RAM does not fit
     same_size_gpus: list[str]
     offloaded_gpu_bytes: int | None  # with the optimizer states off the GPU (ZeRO-Offload), if that matters
-    shard_gpus_at_least: int | None  # lower bound on GPUs of this kind when weights/grads/states are sharded
+    fsdp_gpus: int | None  # the fewest GPUs of this kind that fit the plan with FSDP (None: not even 1024)
+    fsdp_offload_gpus: int | None  # the same with FSDP's CPU offload of parameters, gradients and states
 
 
 class Nearest(_Frozen):
@@ -88,6 +96,8 @@ class Nearest(_Frozen):
 class Advice(_Frozen):
     model: str
     gpu: str
+    gpus: int
+    host_ram_bytes: int | None
     usable_bytes: int
     limit_bytes: int
     objective: str
@@ -113,10 +123,14 @@ def replan(plan: TrainingPlan, **changes: Any) -> TrainingPlan:
         fields.update(dict.fromkeys(LORA_ONLY))
     if fields["method"] != "qlora":
         fields.update(dict.fromkeys(QLORA_ONLY))
-    elif plan.method != "qlora":
-        fields["compute_dtype"] = None
+    elif plan.method != "qlora":  # a LoRA/full plan carries the QLoRA fields' defaults: let make_plan fill them
+        fields.update(dict.fromkeys(QLORA_ONLY))
     if fields["method"] != "full" and plan.method == "full":
         fields.update(targets=ADAPTERS[-1][0], rank=ADAPTERS[-1][1], alpha=None)
+    if "sharding" in changes and fields["method"] == "qlora":
+        # the storage dtype and the kbit upcast follow the sharding (TrainingPlan.storage_dtype, make_plan)
+        fields["quant_storage"] = None
+        fields["kbit_upcast"] = changes.get("kbit_upcast")
     return make_plan(**fields)
 
 
@@ -167,12 +181,20 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
             if 0 <= j < len(ADAPTERS):
                 changes.append((f"LoRA {ADAPTERS[j][0]} r={ADAPTERS[j][1]}", {"targets": ADAPTERS[j][0], "rank": ADAPTERS[j][1]}))
     eight_bit = "8bit" in (p.optimizer or "")
-    changes.append(("AdamW 32-bit (fused)" if eight_bit else "paged AdamW 8-bit",
-                    {"optimizer": "adamw_fused" if eight_bit else "paged_adamw_8bit"}))
+    if p.parallelism in ("none", "ddp"):  # sharded engines take torch's optimizers (advisor.SHARDED_OPTIMIZERS)
+        changes.append(("AdamW 32-bit (fused)" if eight_bit else "paged AdamW 8-bit",
+                        {"optimizer": "adamw_fused" if eight_bit else "paged_adamw_8bit"}))
     if p.method == "qlora":
         changes.append((f"double quant {'off' if p.double_quant else 'on'}", {"double_quant": not p.double_quant}))
     changes.append(("eager attention" if p.attn != "eager" else "sdpa attention",
                     {"attn": "eager" if p.attn != "eager" else "sdpa"}))
+    if p.gpus > 1:
+        for sharding, offload in DIST_CHOICES:
+            if (sharding, offload) != (p.parallelism, p.offload):
+                opt = p.optimizer if sharding == "ddp" or p.optimizer == "adamw_fused" else "adamw_fused"
+                changes.append((dist_words(sharding, offload), {"sharding": sharding, "offload": offload,
+                                                                 "optimizer": opt,
+                                                                 "kbit_upcast": probe.req.pinned.get("kbit_upcast")}))
     out = []
     for label, change in changes:
         try:
@@ -180,8 +202,17 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
         except PlanError:
             continue
         out.append(KnobCost(knob=label, plan=alt.plan.model_dump(), gpu_bytes_delta=alt.gpu_bytes - best.gpu_bytes,
-                            speed_ratio=alt.tokens_per_s / best.tokens_per_s, fits=alt.gpu_bytes <= probe.limit_bytes))
+                            host_bytes=alt.host_bytes,
+                            speed_ratio=alt.tokens_per_s / best.tokens_per_s, fits=probe.fits_candidate(alt)))
     return out
+
+
+def dist_words(sharding: str, offload: str) -> str:
+    """'FSDP + CPU offload of parameters' style name of a (sharding, offload) pair."""
+    name = {"ddp": "DDP replicas", "zero1": "DeepSpeed ZeRO-1", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3",
+            "fsdp": "FSDP", "fsdp_grad_op": "FSDP (no reshard after forward)"}.get(sharding, sharding)
+    return name + {"none": "", "optimizer": " + optimizer offload to CPU",
+                   "params": " + CPU offload of parameters, gradients and states"}[offload]
 
 
 def contrast(probe: Probe, best: Candidate) -> Contrast | None:
@@ -191,13 +222,16 @@ def contrast(probe: Probe, best: Candidate) -> Contrast | None:
     other = "qlora" if best.plan.method == "lora" else "lora"
     if other not in probe.methods:
         return None
-    opt = "paged_adamw_8bit" if other == "qlora" else best.plan.optimizer
+    # the QLoRA recipe's paged 8-bit AdamW, where the engine takes it (advisor.SHARDED_OPTIMIZERS)
+    replicated = best.plan.parallelism in ("none", "ddp")
+    opt = "paged_adamw_8bit" if other == "qlora" and replicated else best.plan.optimizer
     try:
         alt = probe.measure(replan(best.plan, method=other, optimizer=opt))
     except PlanError:
         return None
-    fits = alt.gpu_bytes <= probe.limit_bytes
-    return Contrast(plan=alt.plan.model_dump(), gpu_bytes=alt.gpu_bytes, tokens_per_s=alt.tokens_per_s,
+    fits = probe.fits_candidate(alt)
+    return Contrast(plan=alt.plan.model_dump(), gpu_bytes=alt.gpu_bytes, host_bytes=alt.host_bytes,
+                    tokens_per_s=alt.tokens_per_s,
                     speed_ratio=alt.tokens_per_s / best.tokens_per_s, fits=fits,
                     limits=solve_limits(probe, alt.plan) if fits else None)
 
@@ -206,9 +240,9 @@ def lean(probe: Probe, method: str, seq: int) -> Candidate:
     """A method's leanest plan at `seq` (smallest adapter, smallest micro-batch), fitting or not."""
     mb = probe.batch_choices()[0]
     adapter = None if method == "full" else ADAPTERS[0]
-    plans = [probe.plan(method, adapter, seq, ck, opt, mb)
-             for ck in probe.ckpt_choices() for opt in probe.optimizer_choices(method)]
-    return min((probe.measure(p) for p in plans), key=lambda c: (c.gpu_bytes, -c.tokens_per_s))
+    cands = [probe.measure(probe.plan(method, adapter, seq, ck, opt, mb, dist))
+             for ck, opt, dist in variants(probe, method)]
+    return min(cands, key=lambda c: (c.gpu_bytes, c.host_bytes, -c.tokens_per_s))
 
 
 def smallest_gpus(probe: Probe, plan: TrainingPlan) -> list[GpuProfile]:
@@ -230,22 +264,42 @@ def smallest_gpus(probe: Probe, plan: TrainingPlan) -> list[GpuProfile]:
 
 
 def option(probe: Probe, cand: Candidate) -> Option:
-    e, gpu = cand.estimate, probe.req.gpu
-    fits_on = smallest_gpus(probe, cand.plan)
+    e = cand.estimate
+    host_fits = probe.req.host_ram_bytes is None or cand.host_bytes <= probe.req.host_ram_bytes
+    fits_on = smallest_gpus(probe, cand.plan) if host_fits else []
     smallest = fits_on[0] if fits_on else None
     same = [g.slug for g in fits_on[1:] if smallest and g.memory_bytes == smallest.memory_bytes]
     offloaded = None
-    if e.components["optimizer_states"] + e.paged_bytes > 0.05 * cand.gpu_bytes:
+    if cand.plan.gpus == 1 and e.components["optimizer_states"] + e.paged_bytes > 0.05 * cand.gpu_bytes:
         offloaded = probe.measure(replan(cand.plan, optimizer="sgd")).gpu_bytes
-    # Sharding splits what the optimizer step holds (weights, gradients, states); what forward/backward add on
-    # top of it (activations) stays on every card.
-    states = e.phases["optimizer"] + e.paged_bytes
-    act = max(0, e.peak_bytes - e.phases["optimizer"])
-    shard = next((n for n in range(1, 1025) if _per_card(states // n + act, gpu.cuda_context_bytes) <= probe.limit_bytes),
-                 None)
     return Option(method=cand.plan.method, plan=cand.plan.model_dump(), gpu_bytes=cand.gpu_bytes,
-                  weights_bytes=e.phases["load"], smallest_gpu=smallest.slug if smallest else None,
-                  same_size_gpus=same, offloaded_gpu_bytes=offloaded, shard_gpus_at_least=shard)
+                  host_bytes=cand.host_bytes, host_fits=host_fits, weights_bytes=e.phases["load"], smallest_gpu=smallest.slug if smallest else None,
+                  same_size_gpus=same, offloaded_gpu_bytes=offloaded,
+                  fsdp_gpus=fewest_gpus(probe, cand.plan, "none"), fsdp_offload_gpus=fewest_gpus(probe, cand.plan, "params"))
+
+
+def fewest_gpus(probe: Probe, plan: TrainingPlan, offload: str) -> int | None:
+    """The fewest GPUs of the asked kind on which `plan` fits with FSDP (`offload`: none or params): per-GPU
+    memory falls as the GPUs grow (weights, gradients and states split; activations stay), so: doubling, then
+    bisection. Host RAM is not a limit here (the answer is a machine to look for); the plan's own GPU count
+    is not a bound either."""
+    def fits(n: int) -> bool:
+        sharded = replan(plan, gpus=n, sharding="fsdp", offload=offload, optimizer="adamw_fused",
+                         grad_accum=max(1, -(-probe.req.effective_batch // (n * plan.batch))))
+        return probe.measure(sharded).gpu_bytes <= probe.limit_bytes
+
+    good, bad, n = None, 1, 2
+    while n <= GPU_COUNT_CAP:
+        if fits(n):
+            good = n
+            break
+        bad, n = n, n * 2
+    if good is None:
+        return None
+    while good - bad > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good
 
 
 def _per_card(live_bytes: int, context_bytes: int) -> int:
@@ -265,7 +319,8 @@ def nearest(probe: Probe) -> Nearest:
 
 def _recommendation(probe: Probe, c: Candidate) -> Recommendation:
     e = estimate(probe.req.model, c.plan, gpu=probe.req.gpu.slug, gpu_dirs=probe.req.gpu_dirs)
-    return Recommendation(estimate=e, gpu_bytes=e.total_gpu_bytes + e.paged_bytes, tokens_per_s=c.tokens_per_s,
+    return Recommendation(estimate=e, gpu_bytes=e.total_gpu_bytes + e.paged_bytes, host_bytes=c.host_bytes,
+                          tokens_per_s=c.tokens_per_s,
                           step_time_s=c.speed.step_s, dequant_share=c.speed.dequant_s / c.speed.micro_batch_s)
 
 
@@ -283,7 +338,8 @@ def recommend(req: Request, progress: Callable[[int, int], None] | None = None) 
                     if tier[m] > tier[best.plan.method]]
     gpu = req.gpu
     return Advice(
-        model=req.model.name, gpu=gpu.slug, usable_bytes=gpu.usable_bytes, limit_bytes=probe.limit_bytes,
+        model=req.model.name, gpu=gpu.slug, gpus=req.gpus, host_ram_bytes=req.host_ram_bytes,
+        usable_bytes=gpu.usable_bytes, limit_bytes=probe.limit_bytes,
         objective=req.objective, headroom=req.headroom, effective_batch=req.effective_batch,
         plans=[_recommendation(probe, c) for c in found],
         limits=solve_limits(probe, best.plan) if best else None,

@@ -7,6 +7,16 @@ the effective batch, the rest is gradient accumulation). Quantization is NF4 wit
 quantization never save memory over it) and attention is sdpa (flash_attention_2 takes the same memory, eager
 more): the knob costs show them.
 
+Several GPUs (`gpus > 1`): the micro-batch is per GPU (`effective_batch` counts the sequences of all of them),
+and a variant also picks how the GPUs share the work, cheapest communication first (DIST_CHOICES): DDP
+replicas, DeepSpeed ZeRO-2 (gradients and optimizer states split), FSDP (everything split, weights gathered
+layer by layer), then offload to host RAM: ZeRO-Offload of the optimizer, FSDP's CPU offload of parameters,
+gradients and states (FSDP-QLoRA stores the 4-bit weights in the 16-bit compute dtype so they shard). ZeRO-1,
+ZeRO-3 and `fsdp_grad_op` are searched only when pinned with --sharding: each takes the memory of one of the
+modes above at no less communication. Sharded engines get torch's fused AdamW: bitsandbytes' optimizers do not
+take FSDP2's DTensor parameters, and ZeRO-Offload runs its own CPU Adam. Offloaded bytes must fit the host RAM
+(`host_ram_bytes`, for all GPUs of the machine together).
+
 Search without a grid: memory grows with micro-batch and sequence length, so the largest micro-batch that fits
 is found by bisection, and cells are visited best-first by an optimistic bound (the quality tuple, or the speed
 of the fastest variant ignoring memory) so the search stops once `top` cells beat every bound left. A plan fits
@@ -39,6 +49,12 @@ OPTIMIZER_CHOICES = {
     "lora": ("adamw_fused", "paged_adamw_8bit"),
     "qlora": ("adamw_fused", "paged_adamw_8bit"),
 }
+# (sharding, offload) for several GPUs, in rising communication and falling GPU memory
+DIST_CHOICES: tuple[tuple[str, str], ...] = (("ddp", "none"), ("zero2", "none"), ("fsdp", "none"),
+                                             ("zero2", "optimizer"), ("fsdp", "params"))
+SHARDED_OPTIMIZERS = ("adamw_fused",)
+OFFLOADS_FOR = {"ddp": ("none",), "zero1": ("none", "optimizer"), "zero2": ("none", "optimizer"),
+                "zero3": ("none", "optimizer", "params"), "fsdp": ("none", "params"), "fsdp_grad_op": ("none", "params")}
 SEQ_LADDER_CAP = 8192
 DEFAULT_MIN_SEQ = 1024
 LORA_ONLY = ("rank", "alpha", "targets", "lora_dropout")
@@ -47,10 +63,12 @@ QLORA_ONLY = ("quant", "double_quant", "compute_dtype", "kbit_upcast")
 
 @dataclass(frozen=True)
 class Request:
-    """What the user asked: a model, one GPU, an objective, and the plan fields they fixed (`pinned`)."""
+    """What the user asked: a model, a GPU (`gpus` of them), an objective, and the plan fields they fixed."""
 
     model: ModelSpec
     gpu: GpuProfile
+    gpus: int = 1
+    host_ram_bytes: int | None = None  # the machine's RAM for offloaded state (all its GPUs); None: unlimited
     objective: str = "quality"
     effective_batch: int = 16
     headroom: float = 0.1
@@ -66,10 +84,10 @@ class Request:
             raise InputError(f"--objective: '{self.objective}' is not one of {', '.join(OBJECTIVES)}")
         if not 0 <= self.headroom < 1:
             raise InputError(f"--headroom: {self.headroom} must be a fraction in [0, 1), e.g. 0.1")
-        for name in ("effective_batch", "top", "seq", "min_seq"):
+        for name in ("effective_batch", "top", "seq", "min_seq", "gpus", "host_ram_bytes"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise InputError(f"--{name.replace('_', '-')}: must be a positive integer")
+                raise InputError(f"--{name.replace('_', '-').replace('-bytes', '')}: must be positive")
         if self.seq and self.min_seq:
             raise InputError("give --seq (one length) or --min-seq (the shortest acceptable), not both")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -83,8 +101,13 @@ class Candidate:
 
     plan: TrainingPlan
     estimate: MemoryEstimate
-    gpu_bytes: int  # reserved + CUDA context + paged optimizer states
+    gpu_bytes: int  # per GPU: reserved + CUDA context + paged optimizer states
     speed: StepTime
+
+    @property
+    def host_bytes(self) -> int:
+        """Host RAM the offloaded state takes, all GPUs together."""
+        return self.estimate.host_offload_bytes * self.plan.gpus
 
     @property
     def tokens_per_s(self) -> float:
@@ -142,7 +165,8 @@ class Probe:
         pinned = self.req.pinned
         if self.req.methods:
             for method in self.req.methods:  # a pinned flag that does not apply raises a one-line PlanError
-                self.plan(method, ADAPTERS[0], 1024, True, OPTIMIZER_CHOICES[method][0], 1)
+                self.plan(method, ADAPTERS[0], 1024, True, self.optimizer_choices(method)[0], 1,
+                          self.dist_choices()[0])
             return self.req.methods
         allowed = [m for m in METHODS if not (m == "full" and any(k in pinned for k in LORA_ONLY))]
         allowed = [m for m in allowed if not (m != "qlora" and any(k in pinned for k in QLORA_ONLY))]
@@ -155,13 +179,15 @@ class Probe:
         return {"param_dtype": "fp32", "mixed_precision": "fp16"} if method == "full" else {"param_dtype": "fp16"}
 
     def plan(self, method: str, adapter: tuple[str, int] | None, seq: int, grad_ckpt: bool, optimizer: str,
-             batch: int) -> TrainingPlan:
+             batch: int, dist: tuple[str | None, str] = (None, "none")) -> TrainingPlan:
         pinned = dict(self.req.pinned)
         if method != "qlora":
             for k in QLORA_ONLY:
                 pinned.pop(k, None)
         opts: dict[str, Any] = {"method": method, "seq": seq, "grad_ckpt": grad_ckpt, "optimizer": optimizer,
-                                "batch": batch, "grad_accum": -(-self.req.effective_batch // batch)}
+                                "batch": batch, "grad_accum": -(-self.per_gpu_batch() // batch)}
+        if self.req.gpus > 1:
+            opts.update(gpus=self.req.gpus, sharding=dist[0], offload=dist[1])
         if method != "full" and adapter:
             opts.update(targets=adapter[0], rank=adapter[1])
         opts.update(self.dtype_fields(method))
@@ -179,19 +205,44 @@ class Probe:
         return cand
 
     def fits(self, plan: TrainingPlan) -> bool:
-        return self.measure(plan).gpu_bytes <= self.limit_bytes
+        return self.fits_candidate(self.measure(plan))
+
+    def fits_candidate(self, cand: Candidate) -> bool:
+        host_ok = self.req.host_ram_bytes is None or cand.host_bytes <= self.req.host_ram_bytes
+        return cand.gpu_bytes <= self.limit_bytes and host_ok
+
+    def per_gpu_batch(self) -> int:
+        """Sequences each GPU trains per optimizer step (the effective batch split over the GPUs, rounded up)."""
+        return -(-self.req.effective_batch // self.req.gpus)
 
     # Knob ranges, narrowed by what the user pinned --------------------------------------------------------
     def ckpt_choices(self) -> tuple[bool, ...]:
         pinned = self.req.pinned.get("grad_ckpt")
         return (pinned,) if pinned is not None else (False, True)
 
-    def optimizer_choices(self, method: str) -> tuple[str, ...]:
+    def optimizer_choices(self, method: str, dist: tuple[str | None, str] = (None, "none")) -> tuple[str, ...]:
         pinned = self.req.pinned.get("optimizer")
-        return (pinned,) if pinned else OPTIMIZER_CHOICES[method]
+        if pinned:
+            return (pinned,)
+        return SHARDED_OPTIMIZERS if dist[0] not in (None, "ddp") else OPTIMIZER_CHOICES[method]
+
+    def dist_choices(self) -> tuple[tuple[str | None, str], ...]:
+        """(sharding, offload) pairs to try: one GPU has none; pinned --sharding/--offload narrow DIST_CHOICES."""
+        if self.req.gpus == 1:
+            return ((None, "none"),)
+        sharding, offload = self.req.pinned.get("sharding"), self.req.pinned.get("offload")
+        if sharding:
+            pairs = tuple((sharding, o) for o in OFFLOADS_FOR.get(sharding, ("none",)))
+        else:
+            pairs = DIST_CHOICES
+        out = tuple(p for p in pairs if offload is None or p[1] == offload)
+        if not out:
+            raise InputError(f"--offload {offload}: not available with --sharding {sharding}; "
+                             f"choose one of {', '.join(OFFLOADS_FOR.get(sharding, ('none',)))}")
+        return out
 
     def batch_choices(self) -> list[int]:
-        b, pinned = self.req.effective_batch, self.req.pinned
+        b, pinned = self.per_gpu_batch(), self.req.pinned
         if pinned.get("batch"):
             return [pinned["batch"]]
         if pinned.get("grad_accum"):
@@ -220,23 +271,44 @@ def largest_batch(probe: Probe, build: Callable[[int], TrainingPlan], choices: l
     return choices[lo]
 
 
+def variants(probe: Probe, method: str) -> list[tuple[bool, str, tuple[str | None, str]]]:
+    """(checkpointing, optimizer, (sharding, offload)) for a method: every combination the request allows."""
+    return [(ckpt, opt, dist) for dist in probe.dist_choices() for ckpt in probe.ckpt_choices()
+            for opt in probe.optimizer_choices(method, dist)]
+
+
+SPEED_TIE = 0.005  # tokens/s this close are a tie: below what the roofline model can tell apart
+
+
+def _faster(cand: Candidate, best: Candidate) -> bool:
+    """Is `cand` the better variant? More tokens/s; on a tie the simpler engine (earlier in DIST_CHOICES: DDP
+    before DeepSpeed before FSDP, no offload before offload), then less memory."""
+    if abs(cand.tokens_per_s - best.tokens_per_s) > SPEED_TIE * best.tokens_per_s:
+        return cand.tokens_per_s > best.tokens_per_s
+    return (_dist_rank(cand.plan), cand.gpu_bytes) < (_dist_rank(best.plan), best.gpu_bytes)
+
+
+def _dist_rank(plan: TrainingPlan) -> int:
+    pair = (plan.parallelism, plan.offload)
+    return DIST_CHOICES.index(pair) if pair in DIST_CHOICES else len(DIST_CHOICES)
+
+
 def fastest_variant(probe: Probe, cell: Cell) -> Candidate | None:
-    """The fitting (checkpointing, optimizer, micro-batch) with the most tokens/s; ties go to less memory."""
+    """The fitting (checkpointing, optimizer, sharding, micro-batch) with the most tokens/s (see `_faster`)."""
     method, adapter, seq = cell
     best: Candidate | None = None
     batches = probe.batch_choices()
-    for ckpt in probe.ckpt_choices():
-        for opt in probe.optimizer_choices(method):
-            def build(b: int, ckpt: bool = ckpt, opt: str = opt) -> TrainingPlan:
-                return probe.plan(method, adapter, seq, ckpt, opt, b)
+    for ckpt, opt, dist in variants(probe, method):
+        def build(b: int, ckpt: bool = ckpt, opt: str = opt, dist: tuple = dist) -> TrainingPlan:
+            return probe.plan(method, adapter, seq, ckpt, opt, b, dist)
 
-            if best and step_time(probe.req.model, build(batches[-1]), probe.req.gpu).tokens_per_s < best.tokens_per_s:
-                continue  # even its largest micro-batch would be slower than what we have
-            mb = largest_batch(probe, build, batches)
-            if mb is not None:
-                cand = probe.measure(build(mb))
-                if best is None or (cand.tokens_per_s, -cand.gpu_bytes) > (best.tokens_per_s, -best.gpu_bytes):
-                    best = cand
+        if best and step_time(probe.req.model, build(batches[-1]), probe.req.gpu).tokens_per_s < best.tokens_per_s:
+            continue  # even its largest micro-batch would be slower than what we have
+        mb = largest_batch(probe, build, batches)
+        if mb is not None:
+            cand = probe.measure(build(mb))
+            if best is None or _faster(cand, best):
+                best = cand
     return best
 
 
@@ -244,10 +316,10 @@ def leanest_variant(probe: Probe, cell: Cell) -> Candidate | None:
     """The fitting variant with the least memory on the card at the smallest micro-batch; ties go to speed."""
     method, adapter, seq = cell
     mb = probe.batch_choices()[0]
-    cands = [probe.measure(probe.plan(method, adapter, seq, ckpt, opt, mb))
-             for ckpt in probe.ckpt_choices() for opt in probe.optimizer_choices(method)]
-    best = min(cands, key=lambda c: (c.gpu_bytes, c.peak_bytes, -c.tokens_per_s))
-    return best if best.gpu_bytes <= probe.limit_bytes else None
+    cands = [probe.measure(probe.plan(method, adapter, seq, ckpt, opt, mb, dist))
+             for ckpt, opt, dist in variants(probe, method)]
+    fitting = [c for c in cands if probe.fits_candidate(c)]
+    return min(fitting, key=lambda c: (c.gpu_bytes, c.peak_bytes, -c.tokens_per_s)) if fitting else None
 
 
 # Ranking ----------------------------------------------------------------------------------------------------
@@ -283,9 +355,9 @@ def bound(probe: Probe, cell: Cell) -> tuple:
     if probe.req.objective == "quality":
         return (*tier, float("inf"))
     if probe.req.objective == "speed":
-        fastest = max(step_time(probe.req.model, probe.plan(method, adapter, seq, ck, opt, probe.batch_choices()[-1]),
-                                probe.req.gpu).tokens_per_s
-                      for ck in probe.ckpt_choices() for opt in probe.optimizer_choices(method))
+        fastest = max(step_time(probe.req.model, probe.plan(method, adapter, seq, ck, opt, probe.batch_choices()[-1],
+                                                            dist), probe.req.gpu).tokens_per_s
+                      for ck, opt, dist in variants(probe, method))
         return (fastest, *tier)
     return (0,)  # memory: no cheap bound; every cell is evaluated (one micro-batch each)
 

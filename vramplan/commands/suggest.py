@@ -13,8 +13,9 @@ from typing import Any
 OBJECTIVE_CHOICES = ("quality", "speed", "memory")  # vramplan.advisor.OBJECTIVES, kept here so import stays light
 PLAN_FIELDS = ("param_dtype", "mixed_precision", "quant", "double_quant", "compute_dtype", "kbit_upcast", "rank",
                "alpha", "targets", "lora_dropout", "batch", "grad_accum", "grad_ckpt", "ckpt_reentrant", "attn",
-               "optimizer")
+               "optimizer", "sharding", "offload", "quant_storage")
 NO_PLAN_FITS = 1  # exit code when nothing fits (the output says what would)
+GPU_COUNT_CAP = 1024  # vramplan.advice.GPU_COUNT_CAP
 
 
 def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,14 +23,18 @@ def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "suggest", help="recommend the best setups that fit a GPU, and say why",
-        description="Search methods, LoRA targets/rank, sequence length, micro-batch x accumulation, checkpointing "
-        "and optimizers for the plans that fit one GPU; rank them by an objective and explain the winner. Plan "
-        "flags pin a knob (e.g. --rank 16, --no-grad-ckpt).")
+        description="Search methods, LoRA targets/rank, sequence length, micro-batch x accumulation, checkpointing, "
+        "optimizers and, on several GPUs, sharding (DDP, ZeRO-2, FSDP) and CPU offload for the plans that fit; rank "
+        "them by an objective and explain the winner. Plan flags pin a knob (e.g. --rank 16, --no-grad-ckpt, "
+        "--sharding fsdp).")
     p.add_argument("--model", required=True, help="preset name, config.json path, model folder or HF hub id")
     p.add_argument("--gpu", required=True, help="GPU profile (e.g. rtx4090, a100-80gb)")
     p.add_argument("--gpu-dir", action="append", metavar="DIR",
                    help="extra folder of GPU profile .toml files (repeatable; also $VRAMPLAN_GPU_DIR)")
-    p.add_argument("--gpus", type=int, default=1, help="number of GPUs (only 1 for now)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs of this kind in one data-parallel job (default 1); "
+                   "the effective batch is split over them and sizes are per GPU")
+    p.add_argument("--host-ram", type=float, default=128, metavar="GIB",
+                   help="host RAM for state offloaded from the GPUs, all of them together (default 128 GiB)")
     p.add_argument("--method", help="methods to consider: a comma list of full, lora, qlora (default all)")
     p.add_argument("--objective", choices=OBJECTIVE_CHOICES, default="quality",
                    help="quality: full > LoRA > QLoRA, more adapters, longer sequences; speed: tokens/s; "
@@ -53,13 +58,15 @@ def request_from_args(args: argparse.Namespace):
     from vramplan.hardware import resolve_gpu
     from vramplan.models import resolve_model
 
-    if args.gpus != 1:
-        raise InputError(f"--gpus {args.gpus}: multi-GPU plans are not available yet (sharding is not modelled); "
-                         "leave out --gpus to plan for one GPU")
+    if args.gpus < 1:
+        raise InputError(f"--gpus {args.gpus}: give the number of GPUs, 1 or more")
+    if args.host_ram <= 0:
+        raise InputError(f"--host-ram {args.host_ram:g}: give the machine's RAM in GiB, e.g. 128")
     methods = tuple(m.strip() for m in (args.method or "").split(",") if m.strip())
     pinned = {f: getattr(args, f) for f in PLAN_FIELDS if getattr(args, f, None) is not None}
     gpu = resolve_gpu(args.gpu, _gpu_dirs(args))
-    return Request(model=resolve_model(args.model), gpu=gpu, objective=args.objective,
+    return Request(model=resolve_model(args.model), gpu=gpu, gpus=args.gpus, host_ram_bytes=int(args.host_ram * 2**30),
+                   objective=args.objective,
                    effective_batch=args.effective_batch, headroom=args.headroom, seq=args.seq, min_seq=args.min_seq,
                    methods=methods, top=args.top, pinned=pinned, gpu_dirs=_gpu_dirs(args))
 
@@ -136,23 +143,42 @@ def describe(plan: dict) -> str:
 
 def _run_words(plan: dict) -> str:
     ckpt = "gradient checkpointing on" if plan["grad_ckpt"] else "no gradient checkpointing"
-    return (f"seq {plan['seq']}, micro-batch {plan['batch']} x {plan['grad_accum']} accumulation, {ckpt}, "
-            f"{plan['optimizer']}")
+    words = (f"seq {plan['seq']}, micro-batch {plan['batch']} x {plan['grad_accum']} accumulation, {ckpt}, "
+             f"{plan['optimizer']}")
+    if plan.get("gpus", 1) > 1:
+        words = f"{plan['gpus']} GPUs with {_dist(plan)}, {words} (per GPU)"
+        if plan["method"] == "qlora" and (plan["sharding"] or "ddp") in ("fsdp", "fsdp_grad_op", "zero3"):
+            storage = plan["quant_storage"] or plan["param_dtype"]
+            words += f"; the 4-bit weights stored as {storage} (bnb_4bit_quant_storage) so that they shard"
+    return words
+
+
+def _dist(plan: dict) -> str:
+    from vramplan.advice import dist_words
+
+    return dist_words(plan["sharding"] or "ddp", plan["offload"])
+
+
+def _cards(a: Any) -> str:
+    return f"{a.gpus} x {a.gpu}" if a.gpus > 1 else a.gpu
 
 
 def explain(a: Any) -> list[str]:
     """The plain-language case for the winner (or, when nothing fits, the verdict)."""
     if not a.plans:
-        return [f"Nothing fits {a.model} on {a.gpu}: every plan needs more than the {gib(a.limit_bytes)} allowed "
-                f"({gib(a.usable_bytes)} usable less {a.headroom:.0%} headroom)."]
+        per = " per GPU" if a.gpus > 1 else ""
+        host = f" (or more than the {gib(a.host_ram_bytes)} of host RAM)" if a.gpus > 1 and a.host_ram_bytes else ""
+        return [f"Nothing fits {a.model} on {_cards(a)}: every plan needs more than the {gib(a.limit_bytes)}{per} "
+                f"allowed ({gib(a.usable_bytes)} usable less {a.headroom:.0%} headroom){host}."]
     best = a.plans[0]
     plan = best.estimate.plan
-    lines = [f"Run {describe(plan)}: {_run_words(plan)}. It takes {gib(best.gpu_bytes)} of the {a.gpu}'s "
-             f"{gib(a.usable_bytes)} ({gib(a.usable_bytes - best.gpu_bytes)} free), ~{best.tokens_per_s:,.0f} tokens/s."]
+    each = "each " if a.gpus > 1 else "the "
+    host = f" and {gib(best.host_bytes)} of host RAM" if best.host_bytes else ""
+    lines = [f"Run {describe(plan)}: {_run_words(plan)}. It takes {gib(best.gpu_bytes)} of {each}{a.gpu}'s "
+             f"{gib(a.usable_bytes)} ({gib(a.usable_bytes - best.gpu_bytes)} free){host}, "
+             f"~{best.tokens_per_s:,.0f} tokens/s."]
     if a.objective == "quality":
-        why = "; ".join(f"{describe(b.plan)} needs at least {gib(b.gpu_bytes)}"
-                        + (f" (smallest GPU that fits: {b.smallest_gpu})" if b.smallest_gpu else "")
-                        for b in a.blockers)
+        why = "; ".join(_blocker_words(a, b) for b in a.blockers)
         if why:
             lines.append(f"It is the most capable plan that fits: {why}.")
         else:
@@ -169,6 +195,17 @@ def explain(a: Any) -> list[str]:
         lines.append(f"At this setup the longest sequence that fits is {lim.max_seq}{cap}, and the largest micro-batch "
                      f"at seq {plan['seq']} is {lim.max_batch}.")
     return lines
+
+
+def _blocker_words(a: Any, b: Any) -> str:
+    """Why a better method is not plan 1: what its leanest plan needs."""
+    per = " per GPU" if a.gpus > 1 else ""
+    if not b.host_fits:
+        return (f"{describe(b.plan)} needs {gib(b.host_bytes)} of host RAM for {_dist(b.plan)} (more than "
+                f"--host-ram {gib(a.host_ram_bytes)}), at {gib(b.gpu_bytes)}{per}")
+    host = f" and {gib(b.host_bytes)} of host RAM" if b.host_bytes else ""
+    smallest = f" (smallest GPU that fits: {b.smallest_gpu})" if b.smallest_gpu else ""
+    return f"{describe(b.plan)} needs at least {gib(b.gpu_bytes)}{per}{host}{smallest}"
 
 
 def _contrast_words(a: Any, plan: dict) -> list[str]:
@@ -191,11 +228,17 @@ def _contrast_words(a: Any, plan: dict) -> list[str]:
         recompute = ", the backward and the recompute" if plan["grad_ckpt"] else " and the backward"
         cost = (f"but run {speed_words(c.speed_ratio)}: every 4-bit weight is dequantized in the forward{recompute}"
                 if c.speed_ratio < 0.995 else "at about the same speed")
+        if c.speed_ratio >= 1.005 and a.gpus > 1:  # sharded 4-bit weights: fewer bytes to gather and offload
+            cost = f"and run {speed_words(c.speed_ratio)}: its 4-bit weights are fewer bytes to gather and offload"
         return [f"QLoRA with the same adapters would take {gib(c.gpu_bytes)} instead of {gib(best.gpu_bytes)}{buys}, "
                 f"{cost}."]
     if c.fits:
         return [f"LoRA on the 16-bit base would also fit ({gib(c.gpu_bytes)}) and run {speed_words(c.speed_ratio)}."]
-    return [f"LoRA on the 16-bit base would need {gib(c.gpu_bytes)}: more than the {gib(a.limit_bytes)} allowed, "
+    if c.gpu_bytes <= a.limit_bytes:
+        return [f"LoRA on the 16-bit base would need {gib(c.host_bytes)} of host RAM for {_dist(c.plan)}: more than "
+                f"--host-ram {gib(a.host_ram_bytes)}, so the base must be 4-bit."]
+    per = " per GPU" if a.gpus > 1 else ""
+    return [f"LoRA on the 16-bit base would need {gib(c.gpu_bytes)}{per}: more than the {gib(a.limit_bytes)} allowed, "
             "so the base must be 4-bit."]
 
 
@@ -214,24 +257,33 @@ def assumptions_words(a: Any) -> str:
 def render_advice(console: Any, a: Any) -> None:
     from rich.table import Table
 
-    console.print(f"[bold]{a.model}[/bold] on [bold]{a.gpu}[/bold]: {gib(a.usable_bytes)} usable, plans up to "
-                  f"{gib(a.limit_bytes)} ({a.headroom:.0%} headroom); objective {a.objective}, effective batch "
-                  f"{a.effective_batch}")
+    per = " per GPU" if a.gpus > 1 else ""
+    host = f", host RAM for offload {gib(a.host_ram_bytes)} (--host-ram)" if a.gpus > 1 and a.host_ram_bytes else ""
+    console.print(f"[bold]{a.model}[/bold] on [bold]{_cards(a)}[/bold]: {gib(a.usable_bytes)} usable, plans up to "
+                  f"{gib(a.limit_bytes)}{per} ({a.headroom:.0%} headroom){host}; objective {a.objective}, effective "
+                  f"batch {a.effective_batch}")
     if a.assumptions.get("dtype_note"):
         console.print(f"Note: {a.assumptions['dtype_note']}.")
     if a.plans:
-        table = Table(title="Plans that fit, best first (GiB; free = usable - reserved - context - paged states)",
-                      title_justify="left")
-        for col in ("method", "quant", "LoRA", "seq", "batch", "ckpt", "optimizer", "peak", "reserved", "free",
-                    "tok/s"):
-            table.add_column(col, justify="right" if col in ("seq", "peak", "reserved", "free", "tok/s") else "left")
+        multi = a.gpus > 1
+        table = Table(title="Plans that fit, best first (GiB" + (" per GPU" if multi else "") + "; free = usable - "
+                      "reserved - context - paged states)", title_justify="left")
+        cols = ["method", "quant", "LoRA", "seq", "batch", "ckpt", "optimizer"]
+        cols += ["sharding", "offload", "host"] if multi else []
+        cols += ["peak", "reserved", "free", "tok/s"]
+        for col in cols:
+            table.add_column(col, justify="right" if col in ("seq", "peak", "reserved", "free", "tok/s", "host")
+                             else "left")
         for r in a.plans:
             p = r.estimate.plan
             quant = f"{p['quant']}{'+dq' if p['double_quant'] else ''}" if p["method"] == "qlora" else p["param_dtype"]
-            table.add_row(p["method"], quant, f"r{p['rank']} {p['targets']}" if p["rank"] else "-", str(p["seq"]),
-                          f"{p['batch']}x{p['grad_accum']}", "on" if p["grad_ckpt"] else "off", p["optimizer"],
-                          f"{r.estimate.peak_bytes / 2**30:.2f}", f"{r.estimate.reserved_bytes / 2**30:.2f}",
-                          f"{(a.usable_bytes - r.gpu_bytes) / 2**30:.2f}", f"{r.tokens_per_s:,.0f}")
+            row = [p["method"], quant, f"r{p['rank']} {p['targets']}" if p["rank"] else "-", str(p["seq"]),
+                   f"{p['batch']}x{p['grad_accum']}", "on" if p["grad_ckpt"] else "off", p["optimizer"]]
+            if multi:
+                row += [p["sharding"] or "ddp", p["offload"], f"{r.host_bytes / 2**30:.1f}"]
+            row += [f"{r.estimate.peak_bytes / 2**30:.2f}", f"{r.estimate.reserved_bytes / 2**30:.2f}",
+                    f"{(a.usable_bytes - r.gpu_bytes) / 2**30:.2f}", f"{r.tokens_per_s:,.0f}"]
+            table.add_row(*row)
         console.print(table)
     for line in explain(a):
         console.print(line)
@@ -239,6 +291,8 @@ def render_advice(console: Any, a: Any) -> None:
         console.print("[bold]What each knob costs[/bold] (from plan 1, GPU memory incl. context and paged states):")
         for k in a.knobs:
             verdict = "fits" if k.fits else "[red]does not fit[/red]"
+            if not k.fits and a.host_ram_bytes and k.host_bytes > a.host_ram_bytes:
+                verdict = f"[red]does not fit: {gib(k.host_bytes)} of host RAM[/red]"
             sign = "+" if k.gpu_bytes_delta >= 0 else "-"
             console.print(f"  {k.knob}: {sign}{gib(abs(k.gpu_bytes_delta))}, {speed_words(k.speed_ratio)} ({verdict})")
     if a.nearest:
@@ -250,29 +304,38 @@ def render_advice(console: Any, a: Any) -> None:
 def render_nearest(console: Any, a: Any) -> None:
     from rich.table import Table
 
-    n = a.nearest
-    table = Table(title="Nearest options (leanest plan per method)", title_justify="left")
-    for col in ("method", "needs", "weights alone", "smallest GPU that fits", "optimizer states on CPU",
-                "cards if sharded"):
-        table.add_column(col, justify="left" if col in ("method", "smallest GPU that fits") else "right")
+    n, multi = a.nearest, a.gpus > 1
+    table = Table(title="Nearest options (leanest plan per method" + (", per GPU" if multi else "") + ")",
+                  title_justify="left")
+    cols = ["method", "needs", *(["sharding", "host RAM"] if multi else []), "weights alone",
+            "smallest GPU that fits", "optimizer states on CPU", f"{a.gpu}s with FSDP", "+ CPU offload"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("method", "sharding", "smallest GPU that fits") else "right")
     for o in n.options:
         more = ", ..." if len(o.same_size_gpus) > 2 else ""
         also = f" (also {', '.join(o.same_size_gpus[:2])}{more})" if o.same_size_gpus else ""
-        table.add_row(o.method, gib(o.gpu_bytes), gib(o.weights_bytes), (o.smallest_gpu or "none") + also,
+        smallest = (o.smallest_gpu or "none") + also if o.host_fits else "- (host RAM)"
+        dist = [f"{o.plan['sharding'] or 'ddp'}+{o.plan['offload']}", gib(o.host_bytes)] if multi else []
+        table.add_row(o.method, gib(o.gpu_bytes), *dist, gib(o.weights_bytes), smallest,
                       gib(o.offloaded_gpu_bytes) if o.offloaded_gpu_bytes else "-",
-                      f">= {o.shard_gpus_at_least}" if o.shard_gpus_at_least else "-")
+                      str(o.fsdp_gpus or f"> {GPU_COUNT_CAP}"), str(o.fsdp_offload_gpus or f"> {GPU_COUNT_CAP}"))
     console.print(table)
     if n.shorter_seq:
         console.print(f"A shorter sequence: {n.shorter_seq_method} fits at seq {n.shorter_seq} or less.")
+    elif any(o.gpu_bytes <= a.limit_bytes and not o.host_fits for o in n.options):
+        console.print(f"Host RAM is what stops it: the plans that fit the GPUs offload more than --host-ram "
+                      f"{gib(a.host_ram_bytes)}.")
     else:
         console.print("No shorter sequence helps: the weights and states alone do not fit.")
-    console.print("Multi-GPU sharding is not modelled yet: the GPU counts are lower bounds (weights, gradients and "
-                  "optimizer states split evenly, activations not). Optimizer states on CPU: DeepSpeed ZeRO-Offload.")
+    console.print(f"GPU counts: the fewest {a.gpu}s whose per-GPU estimate fits with FSDP (every layer sharded, "
+                  "fused AdamW), without and with its CPU offload (host RAM not counted; try them with --gpus N). "
+                  "Optimizer states on CPU: DeepSpeed ZeRO-Offload on one GPU.")
 
 
 def advice_json(a: Any) -> dict:
     """`{"plans": [...]}` best first, each with `plan` (as in `estimate --json`), bytes and tokens/s; and the why."""
     plans = [{"plan": r.estimate.plan, "peak_bytes": r.estimate.peak_bytes, "reserved_bytes": r.estimate.reserved_bytes,
+              "host_bytes": r.host_bytes,
               "total_gpu_bytes": r.estimate.total_gpu_bytes, "paged_bytes": r.estimate.paged_bytes,
               "gpu_bytes": r.gpu_bytes, "headroom_bytes": a.usable_bytes - r.gpu_bytes,
               "tokens_per_s": round(r.tokens_per_s, 1), "step_time_s": round(r.step_time_s, 4)} for r in a.plans]
