@@ -131,6 +131,11 @@ def render_estimate(console: Console, e: Any) -> None:
             f" = {format_bytes(e.total_gpu_bytes)} of {format_bytes(e.gpu_usable_bytes)} usable: {verdict}"
             f" (headroom {format_bytes(e.headroom_bytes)})"
         )
+        if e.paged_bytes and e.fits:
+            spill = e.paged_spill_bytes
+            console.print(f"paged optimizer states: {format_bytes(e.paged_bytes - spill)} fit in the headroom"
+                          + (f", [yellow]{format_bytes(spill)} page to host RAM every step (slower)[/yellow]"
+                             if spill else ""))
 
 
 def render_compare(console: Console, rows: Sequence[Any]) -> None:

@@ -61,6 +61,16 @@ class MemoryEstimate(BaseModel):
 
     @computed_field
     @property
+    def paged_spill_bytes(self) -> int | None:
+        """Paged optimizer states that do not fit beside the rest: bitsandbytes allocates them with
+        cudaMallocManaged, so they page between host and GPU every step (slower) instead of raising an OOM.
+        `fits` leaves paged states out; `vramplan suggest` counts them."""
+        if self.headroom_bytes is None:
+            return None
+        return max(0, self.paged_bytes - max(0, self.headroom_bytes))
+
+    @computed_field
+    @property
     def headroom_bytes(self) -> int | None:
         if self.total_gpu_bytes is None or self.gpu_usable_bytes is None:
             return None
