@@ -60,3 +60,12 @@ def test_paged_states_that_do_not_fit_the_headroom_are_reported_as_spilling(caps
     assert main(["estimate", "--model", "llama3.2-1b", "--method", "full", "--optimizer", "paged_adamw_32bit",
                  "--seq", "2048", "--batch", "2", "--gpu", "t4"]) == 0
     assert "page to host RAM every step" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_the_json_plan_builds_the_same_plan(capsys, method):
+    """QLoRA's options are None off QLoRA, so `make_plan(**plan)` takes a plan's JSON back for every method."""
+    assert main(["estimate", "--model", "llama-7b", "--method", method, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert make_plan(**plan).model_dump() == plan
+    assert (plan["double_quant"] is None) == (method != "qlora") == (plan["kbit_upcast"] is None)

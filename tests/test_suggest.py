@@ -33,8 +33,8 @@ def gpu_bytes(model: str, plan: dict, gpu: str) -> int:
 
 
 def as_plan(plan: dict) -> TrainingPlan:
-    """A plan from its JSON form (`make_plan` would refuse the qlora-only defaults a lora/full dump carries)."""
-    return plan if isinstance(plan, TrainingPlan) else TrainingPlan(**plan)
+    """A plan from its JSON form (the `plan` of `estimate --json` / `suggest --json`)."""
+    return plan if isinstance(plan, TrainingPlan) else make_plan(**plan)
 
 
 def fits(model: str, plan: dict, gpu: str, headroom: float = 0.1) -> bool:

@@ -64,9 +64,9 @@ class TrainingPlan(BaseModel):
     # QLoRA (bitsandbytes BitsAndBytesConfig)
     quant: Quant | None = None
     quant_blocksize: int = 64
-    double_quant: bool = True
+    double_quant: bool | None = None  # qlora: default on; None for other methods (see `_qlora_defaults`)
     compute_dtype: Dtype | None = None
-    kbit_upcast: bool = True
+    kbit_upcast: bool | None = None  # qlora: default on, off for param-sharded QLoRA; None for other methods
     # LoRA (peft LoraConfig)
     rank: int | None = None
     alpha: float | None = None
@@ -86,6 +86,21 @@ class TrainingPlan(BaseModel):
     sharding: Sharding | None = None  # None: 'none' on one GPU, 'ddp' on several (see `parallelism`)
     offload: Offload = "none"
     quant_storage: QuantStorage | None = None  # qlora: packed 4-bit storage dtype (see `storage_dtype`)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _qlora_defaults(cls, data: object) -> object:
+        """QLoRA's booleans get their defaults here, so that only a qlora plan carries them and a plan's dump
+        (`estimate --json`) builds the same plan again. kbit upcast: trl's SFTTrainer skips
+        `prepare_model_for_kbit_training` when the 4-bit weights are sharded (FSDP-QLoRA)."""
+        if not isinstance(data, dict) or data.get("method", "qlora") != "qlora":
+            return data
+        out = dict(data)
+        if out.get("double_quant") is None:
+            out["double_quant"] = True
+        if out.get("kbit_upcast") is None:
+            out["kbit_upcast"] = out.get("sharding") not in PARAM_SHARDING
+        return out
 
     @field_validator("batch", "seq", "grad_accum", "rank", "quant_blocksize", "gpus")
     @classmethod
@@ -120,8 +135,12 @@ class TrainingPlan(BaseModel):
                     raise ValueError(f"--{field} applies to lora/qlora, not to method '{self.method}'")
             if self.lora_dropout:
                 raise ValueError("--lora-dropout applies to lora/qlora, not to full fine-tuning")
-        if self.method != "qlora" and self.quant is not None:
-            raise ValueError("--quant applies to method qlora only")
+        if self.method != "qlora":
+            for field in ("quant", "double_quant", "kbit_upcast"):
+                if getattr(self, field) is not None:
+                    flag = {"double_quant": "--double-quant", "kbit_upcast": "--no-kbit-upcast"}.get(
+                        field, "--" + field.replace("_", "-"))
+                    raise ValueError(f"{flag} applies to method qlora only, not '{self.method}'")
         if self.mixed_precision and self.param_dtype != "fp32":
             raise ValueError("--mixed-precision needs --param-dtype fp32 (fp32 master weights)")
         if self.method == "qlora" and self.param_dtype == "fp32" and self.mixed_precision:
@@ -192,9 +211,6 @@ def make_plan(**options: object) -> TrainingPlan:
     """Validate options (None means 'use the default') and fill the method-dependent defaults."""
     given = {k: v for k, v in options.items() if v is not None}
     method = given.get("method", "qlora")
-    sharded_qlora = method == "qlora" and given.get("sharding") in PARAM_SHARDING
-    if sharded_qlora and "kbit_upcast" not in given:
-        given["kbit_upcast"] = False  # trl SFTTrainer skips prepare_model_for_kbit_training for sharded QLoRA
     if method != "qlora":
         for key in ("double_quant", "compute_dtype", "kbit_upcast", "quant"):
             if key in given:
