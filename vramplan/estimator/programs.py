@@ -200,6 +200,17 @@ def attention_core(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
     return out
 
 
+def _softcap(tp: Tape, x: int, nbytes: int) -> int:
+    """Gemma 2's soft-capping, x / cap -> tanh -> * cap: three temporaries of x's size, tanh saves its output."""
+    d = tp.op(nbytes, (x,))
+    tp.drop(x)
+    th = tp.op(nbytes, (d,), saves_out=True)
+    tp.drop(d)
+    out = tp.op(nbytes, (th,))
+    tp.drop(th)
+    return out
+
+
 def _eager(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
     """transformers `eager_attention_forward`: repeat_kv copies, S x S scores, fp32 softmax, cast back."""
     rep = c.heads // c.kv_heads
@@ -210,13 +221,8 @@ def _eager(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
     tp.drop(kr)
     scaled = tp.op(s2 * a, (scores,))
     tp.drop(scores)
-    if c.attn_softcap:  # gemma2 attn_logit_softcapping; tanh saves its output
-        d = tp.op(s2 * a, (scaled,))
-        tp.drop(scaled)
-        th = tp.op(s2 * a, (d,), saves_out=True)
-        tp.drop(d)
-        scaled = tp.op(s2 * a, (th,))
-        tp.drop(th)
+    if c.attn_softcap:  # gemma2 attn_logit_softcapping
+        scaled = _softcap(tp, scaled, s2 * a)
     masked = tp.op(s2 * a, (scaled,))
     tp.drop(scaled)
     probs32 = tp.op(s2 * 4, (masked,), saves_out=True)
@@ -422,13 +428,8 @@ def head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool) -> int:
         la = max(ha, c.lm_head_w)
         grad_w = c.vocab * c.hidden * c.lm_head_w if c.full else 0
         logits = tp.op(tv * la, (h,), saves=(h,) if c.full else (), param_grad=grad_w)
-    if softcap:  # gemma2 final_logit_softcapping: logits / cap -> tanh (saves its output) -> * cap
-        d = tp.op(tv * la, (logits,))
-        tp.drop(logits)
-        th = tp.op(tv * la, (d,), saves_out=True)
-        tp.drop(d)
-        logits = tp.op(tv * la, (th,))
-        tp.drop(th)
+    if softcap:  # gemma2 final_logit_softcapping
+        logits = _softcap(tp, logits, tv * la)
     l32 = tp.op(tv * 4, (logits,)) if la != 4 else tp.op(0, (logits,), alias=logits)
     # labels padded by one ignore_index column, then shifted and made contiguous (int64); nll_loss saves them
     padded = tp.op(8 * c.batch * (c.seq + 1), grad=False)
