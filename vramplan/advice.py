@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from vramplan.advisor import (ADAPTERS, DIST_CHOICES, LORA_ONLY, QLORA_ONLY, Candidate, Probe, Request, check_pins,
-                              model_max_seq, search, seq_ladder, variants)
+                              model_max_seq, search, seq_ladder, takes_bnb_optimizers, variants)
 from vramplan.api import allocator_reserve_bytes, estimate
 from vramplan.errors import PlanError
 from vramplan.estimator import MemoryEstimate
@@ -121,9 +121,7 @@ def replan(plan: TrainingPlan, **changes: Any) -> TrainingPlan:
         fields["alpha"] = None
     if fields["method"] == "full":
         fields.update(dict.fromkeys(LORA_ONLY))
-    if fields["method"] != "qlora":
-        fields.update(dict.fromkeys(QLORA_ONLY))
-    elif plan.method != "qlora":  # a LoRA/full plan carries the QLoRA fields' defaults: let make_plan fill them
+    if fields["method"] != "qlora":  # (a LoRA/full plan's QLoRA fields are None: make_plan fills them for QLoRA)
         fields.update(dict.fromkeys(QLORA_ONLY))
     if fields["method"] != "full" and plan.method == "full":
         fields.update(targets=ADAPTERS[-1][0], rank=ADAPTERS[-1][1], alpha=None)
@@ -181,7 +179,7 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
             if 0 <= j < len(ADAPTERS):
                 changes.append((f"LoRA {ADAPTERS[j][0]} r={ADAPTERS[j][1]}", {"targets": ADAPTERS[j][0], "rank": ADAPTERS[j][1]}))
     eight_bit = "8bit" in (p.optimizer or "")
-    if p.parallelism in ("none", "ddp"):  # sharded engines take torch's optimizers (advisor.SHARDED_OPTIMIZERS)
+    if takes_bnb_optimizers(p.parallelism):
         changes.append(("AdamW 32-bit (fused)" if eight_bit else "paged AdamW 8-bit",
                         {"optimizer": "adamw_fused" if eight_bit else "paged_adamw_8bit"}))
     if p.method == "qlora":
@@ -191,7 +189,8 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
     if p.gpus > 1:
         for sharding, offload in DIST_CHOICES:
             if (sharding, offload) != (p.parallelism, p.offload):
-                opt = p.optimizer if sharding == "ddp" or p.optimizer == "adamw_fused" else "adamw_fused"
+                choices = probe.optimizer_choices(p.method, (sharding, offload))
+                opt = p.optimizer if p.optimizer in choices else choices[0]
                 changes.append((dist_words(sharding, offload), {"sharding": sharding, "offload": offload,
                                                                  "optimizer": opt,
                                                                  "kbit_upcast": probe.req.pinned.get("kbit_upcast")}))
@@ -222,9 +221,9 @@ def contrast(probe: Probe, best: Candidate) -> Contrast | None:
     other = "qlora" if best.plan.method == "lora" else "lora"
     if other not in probe.methods:
         return None
-    # the QLoRA recipe's paged 8-bit AdamW, where the engine takes it (advisor.SHARDED_OPTIMIZERS)
-    replicated = best.plan.parallelism in ("none", "ddp")
-    opt = "paged_adamw_8bit" if other == "qlora" and replicated else best.plan.optimizer
+    # the QLoRA recipe's paged 8-bit AdamW, where the engine takes it
+    bnb = takes_bnb_optimizers(best.plan.parallelism)
+    opt = "paged_adamw_8bit" if other == "qlora" and bnb else best.plan.optimizer
     try:
         alt = probe.measure(replan(best.plan, method=other, optimizer=opt))
     except PlanError:
@@ -265,7 +264,7 @@ def smallest_gpus(probe: Probe, plan: TrainingPlan) -> list[GpuProfile]:
 
 def option(probe: Probe, cand: Candidate) -> Option:
     e = cand.estimate
-    host_fits = probe.req.host_ram_bytes is None or cand.host_bytes <= probe.req.host_ram_bytes
+    host_fits = probe.host_fits(cand)
     fits_on = smallest_gpus(probe, cand.plan) if host_fits else []
     smallest = fits_on[0] if fits_on else None
     same = [g.slug for g in fits_on[1:] if smallest and g.memory_bytes == smallest.memory_bytes]
@@ -273,9 +272,10 @@ def option(probe: Probe, cand: Candidate) -> Option:
     if cand.plan.gpus == 1 and e.components["optimizer_states"] + e.paged_bytes > 0.05 * cand.gpu_bytes:
         offloaded = probe.measure(replan(cand.plan, optimizer="sgd")).gpu_bytes
     return Option(method=cand.plan.method, plan=cand.plan.model_dump(), gpu_bytes=cand.gpu_bytes,
-                  host_bytes=cand.host_bytes, host_fits=host_fits, weights_bytes=e.phases["load"], smallest_gpu=smallest.slug if smallest else None,
-                  same_size_gpus=same, offloaded_gpu_bytes=offloaded,
-                  fsdp_gpus=fewest_gpus(probe, cand.plan, "none"), fsdp_offload_gpus=fewest_gpus(probe, cand.plan, "params"))
+                  host_bytes=cand.host_bytes, host_fits=host_fits, weights_bytes=e.phases["load"],
+                  smallest_gpu=smallest.slug if smallest else None, same_size_gpus=same,
+                  offloaded_gpu_bytes=offloaded, fsdp_gpus=fewest_gpus(probe, cand.plan, "none"),
+                  fsdp_offload_gpus=fewest_gpus(probe, cand.plan, "params"))
 
 
 def fewest_gpus(probe: Probe, plan: TrainingPlan, offload: str) -> int | None:

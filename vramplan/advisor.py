@@ -35,7 +35,7 @@ from vramplan.errors import InputError, PlanError
 from vramplan.estimator import MemoryEstimate
 from vramplan.hardware import GpuProfile
 from vramplan.models import ModelSpec
-from vramplan.plan import TrainingPlan, make_plan
+from vramplan.plan import TrainingPlan, allowed_offloads, make_plan
 from vramplan.speed import StepTime, step_time
 
 OBJECTIVES = ("quality", "speed", "memory")
@@ -53,8 +53,12 @@ OPTIMIZER_CHOICES = {
 DIST_CHOICES: tuple[tuple[str, str], ...] = (("ddp", "none"), ("zero2", "none"), ("fsdp", "none"),
                                              ("zero2", "optimizer"), ("fsdp", "params"))
 SHARDED_OPTIMIZERS = ("adamw_fused",)
-OFFLOADS_FOR = {"ddp": ("none",), "zero1": ("none", "optimizer"), "zero2": ("none", "optimizer"),
-                "zero3": ("none", "optimizer", "params"), "fsdp": ("none", "params"), "fsdp_grad_op": ("none", "params")}
+
+
+def takes_bnb_optimizers(parallelism: str) -> bool:
+    """Whether the engine runs bitsandbytes' optimizers: one GPU and DDP do; FSDP2 and DeepSpeed get torch's."""
+    return parallelism in ("none", "ddp")
+
 SEQ_LADDER_CAP = 8192
 DEFAULT_MIN_SEQ = 1024
 LORA_ONLY = ("rank", "alpha", "targets", "lora_dropout")
@@ -164,9 +168,9 @@ class Probe:
     def _allowed_methods(self) -> tuple[str, ...]:
         pinned = self.req.pinned
         if self.req.methods:
+            dist = self.dist_choices()[0]
             for method in self.req.methods:  # a pinned flag that does not apply raises a one-line PlanError
-                self.plan(method, ADAPTERS[0], 1024, True, self.optimizer_choices(method)[0], 1,
-                          self.dist_choices()[0])
+                self.plan(method, ADAPTERS[0], 1024, True, self.optimizer_choices(method, dist)[0], 1, dist)
             return self.req.methods
         allowed = [m for m in METHODS if not (m == "full" and any(k in pinned for k in LORA_ONLY))]
         allowed = [m for m in allowed if not (m != "qlora" and any(k in pinned for k in QLORA_ONLY))]
@@ -208,8 +212,10 @@ class Probe:
         return self.fits_candidate(self.measure(plan))
 
     def fits_candidate(self, cand: Candidate) -> bool:
-        host_ok = self.req.host_ram_bytes is None or cand.host_bytes <= self.req.host_ram_bytes
-        return cand.gpu_bytes <= self.limit_bytes and host_ok
+        return cand.gpu_bytes <= self.limit_bytes and self.host_fits(cand)
+
+    def host_fits(self, cand: Candidate) -> bool:
+        return self.req.host_ram_bytes is None or cand.host_bytes <= self.req.host_ram_bytes
 
     def per_gpu_batch(self) -> int:
         """Sequences each GPU trains per optimizer step (the effective batch split over the GPUs, rounded up)."""
@@ -224,21 +230,18 @@ class Probe:
         pinned = self.req.pinned.get("optimizer")
         if pinned:
             return (pinned,)
-        return SHARDED_OPTIMIZERS if dist[0] not in (None, "ddp") else OPTIMIZER_CHOICES[method]
+        return OPTIMIZER_CHOICES[method] if takes_bnb_optimizers(dist[0] or "none") else SHARDED_OPTIMIZERS
 
     def dist_choices(self) -> tuple[tuple[str | None, str], ...]:
         """(sharding, offload) pairs to try: one GPU has none; pinned --sharding/--offload narrow DIST_CHOICES."""
         if self.req.gpus == 1:
             return ((None, "none"),)
         sharding, offload = self.req.pinned.get("sharding"), self.req.pinned.get("offload")
-        if sharding:
-            pairs = tuple((sharding, o) for o in OFFLOADS_FOR.get(sharding, ("none",)))
-        else:
-            pairs = DIST_CHOICES
+        pairs = tuple((sharding, o) for o in allowed_offloads(sharding)) if sharding else DIST_CHOICES
         out = tuple(p for p in pairs if offload is None or p[1] == offload)
         if not out:
             raise InputError(f"--offload {offload}: not available with --sharding {sharding}; "
-                             f"choose one of {', '.join(OFFLOADS_FOR.get(sharding, ('none',)))}")
+                             f"choose one of {', '.join(allowed_offloads(sharding))}")
         return out
 
     def batch_choices(self) -> list[int]:

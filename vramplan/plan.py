@@ -36,6 +36,13 @@ Offload = Literal["none", "optimizer", "params"]
 QuantStorage = Literal["uint8", "bf16", "fp16", "fp32"]
 # Engines that shard the parameters themselves (and so can shard 4-bit weights stored in a float dtype).
 PARAM_SHARDING = ("fsdp", "fsdp_grad_op", "zero3")
+ZERO = ("zero1", "zero2", "zero3")  # DeepSpeed: ZeRO-Offload moves the optimizer to the host at any stage
+
+
+def allowed_offloads(sharding: str) -> tuple[str, ...]:
+    """The `offload` values an engine takes: optimizer states with DeepSpeed, parameters with FSDP and ZeRO-3."""
+    return ("none", *(("optimizer",) if sharding in ZERO else ()), *(("params",) if sharding in PARAM_SHARDING else ()))
+
 Optimizer = Literal[
     "adamw",
     "adamw_fused",
@@ -136,7 +143,7 @@ class TrainingPlan(BaseModel):
             if self.lora_dropout:
                 raise ValueError("--lora-dropout applies to lora/qlora, not to full fine-tuning")
         if self.method != "qlora":
-            for field in ("quant", "double_quant", "kbit_upcast"):
+            for field in ("quant", "double_quant", "compute_dtype", "kbit_upcast"):
                 if getattr(self, field) is not None:
                     flag = {"double_quant": "--double-quant", "kbit_upcast": "--no-kbit-upcast"}.get(
                         field, "--" + field.replace("_", "-"))
@@ -155,11 +162,11 @@ class TrainingPlan(BaseModel):
         if sharding == "none" and self.gpus > 1:
             raise ValueError(f"--sharding none trains on one GPU; with --gpus {self.gpus} choose ddp (replicas), "
                              "fsdp, fsdp_grad_op, zero1, zero2 or zero3")
-        if self.offload == "optimizer" and sharding not in ("zero1", "zero2", "zero3"):
-            hint = "use --offload params (FSDP offloads parameters, gradients and optimizer states together)" \
-                if sharding.startswith("fsdp") else "use --sharding zero1, zero2 or zero3 (DeepSpeed ZeRO-Offload)"
-            raise ValueError(f"--offload optimizer needs DeepSpeed ZeRO: {hint}")
-        if self.offload == "params" and sharding not in PARAM_SHARDING:
+        if self.offload not in allowed_offloads(sharding):
+            if self.offload == "optimizer":
+                hint = "use --offload params (FSDP offloads parameters, gradients and optimizer states together)" \
+                    if sharding.startswith("fsdp") else "use --sharding zero1, zero2 or zero3 (DeepSpeed ZeRO-Offload)"
+                raise ValueError(f"--offload optimizer needs DeepSpeed ZeRO: {hint}")
             raise ValueError("--offload params needs --sharding fsdp, fsdp_grad_op or zero3 "
                              "(DeepSpeed offloads parameters only at stage 3)")
         if self.quant_storage is not None and self.method != "qlora":
@@ -210,12 +217,6 @@ def default_optimizer(method: str) -> str:
 def make_plan(**options: object) -> TrainingPlan:
     """Validate options (None means 'use the default') and fill the method-dependent defaults."""
     given = {k: v for k, v in options.items() if v is not None}
-    method = given.get("method", "qlora")
-    if method != "qlora":
-        for key in ("double_quant", "compute_dtype", "kbit_upcast", "quant"):
-            if key in given:
-                flag = {"kbit_upcast": "--no-kbit-upcast", "double_quant": "--double-quant"}.get(key, "--" + key.replace("_", "-"))
-                raise PlanError(f"{flag} applies to method qlora only, not '{method}'")
     try:
         plan = TrainingPlan(**given)
     except ValidationError as exc:
