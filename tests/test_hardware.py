@@ -281,6 +281,8 @@ BROKEN = {
     "alias-of-builtin": ("broken", to_toml(profile_data("broken", aliases=["RTX-4090"])), "aliases"),
     "override-steals-alias": ("a10", to_toml(profile_data("a10", aliases=["4090"])), "aliases"),
     "vendor-word-alias": ("broken", to_toml(profile_data("broken", aliases=["NVIDIA GeForce"])), "aliases"),
+    "zero-link-rate": ("broken", to_toml(profile_data("broken", peer_link_bytes_per_s=0)), "peer_link_bytes_per_s"),
+    "one-gpu-link": ("broken", to_toml(profile_data("broken", peer_link_max_gpus=1)), "peer_link_max_gpus"),
 }
 
 

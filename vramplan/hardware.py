@@ -72,6 +72,7 @@ class GpuProfile(BaseModel):
     # (collectives; the PCIe link when the cards have no NVLink/Infinity Fabric). None: PCIe 4.0 x16 is assumed.
     host_link_bytes_per_s: StrictInt | None = Field(default=None, gt=0)
     peer_link_bytes_per_s: StrictInt | None = Field(default=None, gt=0)
+    peer_link_max_gpus: StrictInt | None = Field(default=None, ge=2)  # a bridge joins 2 cards; None: no limit
     tdp_watts: StrictInt = Field(gt=0)
 
     @field_validator("compute_capability")

@@ -24,8 +24,8 @@ It is not a benchmark. It counts the work of one optimizer step and divides by t
 
 * Several GPUs (data parallel: every GPU runs the micro-batch above, tokens/s counts all of them). Collectives
   are rings: each GPU sends (N-1)/N of an all-gather's or reduce-scatter's bytes and twice that for an
-  all-reduce, at LINK_EFFICIENCY of the profile's `peer_link_bytes_per_s` (an NVLink bridge joins only two cards;
-  more use PCIe). Per micro-batch: FSDP / ZeRO-3 all-gather the sharded weights for the forward and again for
+  all-reduce, at LINK_EFFICIENCY of the profile's `peer_link_bytes_per_s` (the host link when the job has more
+  GPUs than `peer_link_max_gpus`: an NVLink bridge joins two cards). Per micro-batch: FSDP / ZeRO-3 all-gather the sharded weights for the forward and again for
   the backward (not `fsdp_grad_op`, which keeps them), and reduce-scatter the gradients; ZeRO-2 reduce-scatters
   the gradients. Per step: DDP all-reduces the accumulated gradients, ZeRO-1 reduce-scatters them, and ZeRO-1/2
   all-gather the updated trainable weights after the step. A collective issued during a micro-batch overlaps
@@ -181,13 +181,14 @@ def _data_parallel(model: ModelSpec, plan: TrainingPlan, gpu: GpuProfile, micro_
     gathered = units.total("padded")  # what FSDP / ZeRO-3 shard and gather (padded)
     grads = sum(st.trainable_numels) * st.trainable_dtype_bytes
     trainable16 = sum(st.trainable_numels) * _DTYPE_BYTES[plan.activation_dtype]
-    bridge_only = "bridge" in gpu.interconnect and n > 2
-    peer = (gpu.host_link_bytes_per_s if bridge_only else gpu.peer_link_bytes_per_s) or DEFAULT_LINK_BYTES_PER_S
+    beyond_peer_link = gpu.peer_link_max_gpus is not None and n > gpu.peer_link_max_gpus
+    peer = (gpu.host_link_bytes_per_s if beyond_peer_link else gpu.peer_link_bytes_per_s) or DEFAULT_LINK_BYTES_PER_S
     host = gpu.host_link_bytes_per_s or DEFAULT_LINK_BYTES_PER_S
     ring = (n - 1) / n / (peer * LINK_EFFICIENCY)  # seconds per byte of an all-gather or reduce-scatter
     # bytes through the ring: overlapped with a micro-batch's compute (every one, the last one) or not (fill and
     # drain: every one, the last one; after the step)
     per_micro = per_last = exposed = exposed_last = after = 0
+    gathers = 1 if mode == "fsdp_grad_op" else 2  # FSDP / ZeRO-3 weight all-gathers per micro-batch
     ds_bucket = min(grads, DEEPSPEED_BUCKET_NUMEL * st.trainable_dtype_bytes)
     if mode == "ddp":
         per_last, exposed_last = 2 * grads, 2 * min(grads, DDP_BUCKET_BYTES)
@@ -196,7 +197,7 @@ def _data_parallel(model: ModelSpec, plan: TrainingPlan, gpu: GpuProfile, micro_
     elif mode == "zero2":
         per_micro, exposed, after = grads, ds_bucket, trainable16
     else:  # fsdp, fsdp_grad_op, zero3
-        per_micro = gathered * (1 if mode == "fsdp_grad_op" else 2) + units.total("reduce")
+        per_micro = gathered * gathers + units.total("reduce")
         first, root = units.largest_layer, units.root
         exposed = root.padded + first.padded + root.reduce + first.reduce
     sharded_states = mode != "ddp"
@@ -211,8 +212,7 @@ def _data_parallel(model: ModelSpec, plan: TrainingPlan, gpu: GpuProfile, micro_
         if offload == "optimizer":
             offload_s += (grads + trainable16) / n * link
         else:
-            passes = 1 if mode == "fsdp_grad_op" else 2
-            offload_s += plan.grad_accum * (gathered * passes + grads) / n * link
+            offload_s += plan.grad_accum * (gathered * gathers + grads) / n * link
         optimizer_s = 0.0
     elif sharded_states:
         optimizer_s /= n
