@@ -15,7 +15,6 @@ PLAN_FIELDS = ("param_dtype", "mixed_precision", "quant", "double_quant", "compu
                "alpha", "targets", "lora_dropout", "batch", "grad_accum", "grad_ckpt", "ckpt_reentrant", "attn",
                "optimizer", "sharding", "offload", "quant_storage")
 NO_PLAN_FITS = 1  # exit code when nothing fits (the output says what would)
-GPU_COUNT_CAP = 1024  # vramplan.advice.GPU_COUNT_CAP
 
 
 def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
@@ -303,6 +302,8 @@ def render_advice(console: Any, a: Any) -> None:
 
 def render_nearest(console: Any, a: Any) -> None:
     from rich.table import Table
+
+    from vramplan.advice import GPU_COUNT_CAP
 
     n, multi = a.nearest, a.gpus > 1
     table = Table(title="Nearest options (leanest plan per method" + (", per GPU" if multi else "") + ")",
