@@ -146,9 +146,11 @@ def _run_words(plan: dict) -> str:
              f"{plan['optimizer']}")
     if plan.get("gpus", 1) > 1:
         words = f"{plan['gpus']} GPUs with {_dist(plan)}, {words} (per GPU)"
-        if plan["method"] == "qlora" and (plan["sharding"] or "ddp") in ("fsdp", "fsdp_grad_op", "zero3"):
-            storage = plan["quant_storage"] or plan["param_dtype"]
-            words += f"; the 4-bit weights stored as {storage} (bnb_4bit_quant_storage) so that they shard"
+        from vramplan.plan import PARAM_SHARDING, TrainingPlan
+
+        p = TrainingPlan(**plan)
+        if p.method == "qlora" and p.parallelism in PARAM_SHARDING:
+            words += f"; the 4-bit weights stored as {p.storage_dtype} (bnb_4bit_quant_storage) so that they shard"
     return words
 
 
@@ -162,10 +164,14 @@ def _cards(a: Any) -> str:
     return f"{a.gpus} x {a.gpu}" if a.gpus > 1 else a.gpu
 
 
+def _per_gpu(a: Any) -> str:
+    return " per GPU" if a.gpus > 1 else ""
+
+
 def explain(a: Any) -> list[str]:
     """The plain-language case for the winner (or, when nothing fits, the verdict)."""
     if not a.plans:
-        per = " per GPU" if a.gpus > 1 else ""
+        per = _per_gpu(a)
         host = f" (or more than the {gib(a.host_ram_bytes)} of host RAM)" if a.gpus > 1 and a.host_ram_bytes else ""
         return [f"Nothing fits {a.model} on {_cards(a)}: every plan needs more than the {gib(a.limit_bytes)}{per} "
                 f"allowed ({gib(a.usable_bytes)} usable less {a.headroom:.0%} headroom){host}."]
@@ -198,7 +204,7 @@ def explain(a: Any) -> list[str]:
 
 def _blocker_words(a: Any, b: Any) -> str:
     """Why a better method is not plan 1: what its leanest plan needs."""
-    per = " per GPU" if a.gpus > 1 else ""
+    per = _per_gpu(a)
     if not b.host_fits:
         return (f"{describe(b.plan)} needs {gib(b.host_bytes)} of host RAM for {_dist(b.plan)} (more than "
                 f"--host-ram {gib(a.host_ram_bytes)}), at {gib(b.gpu_bytes)}{per}")
@@ -236,7 +242,7 @@ def _contrast_words(a: Any, plan: dict) -> list[str]:
     if c.gpu_bytes <= a.limit_bytes:
         return [f"LoRA on the 16-bit base would need {gib(c.host_bytes)} of host RAM for {_dist(c.plan)}: more than "
                 f"--host-ram {gib(a.host_ram_bytes)}, so the base must be 4-bit."]
-    per = " per GPU" if a.gpus > 1 else ""
+    per = _per_gpu(a)
     return [f"LoRA on the 16-bit base would need {gib(c.gpu_bytes)}{per}: more than the {gib(a.limit_bytes)} allowed, "
             "so the base must be 4-bit."]
 
@@ -256,7 +262,7 @@ def assumptions_words(a: Any) -> str:
 def render_advice(console: Any, a: Any) -> None:
     from rich.table import Table
 
-    per = " per GPU" if a.gpus > 1 else ""
+    per = _per_gpu(a)
     host = f", host RAM for offload {gib(a.host_ram_bytes)} (--host-ram)" if a.gpus > 1 and a.host_ram_bytes else ""
     console.print(f"[bold]{a.model}[/bold] on [bold]{_cards(a)}[/bold]: {gib(a.usable_bytes)} usable, plans up to "
                   f"{gib(a.limit_bytes)}{per} ({a.headroom:.0%} headroom){host}; objective {a.objective}, effective "
