@@ -43,7 +43,7 @@ def _add_store_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
-    from vramplan.cli import add_plan_arguments
+    from vramplan.commands.plan_flags import add_plan_arguments
 
     p = sub.add_parser("calibrate", help="measure a plan with the micro-trainer and compare it with the estimate",
                        description="Run one real (or traced) fine-tuning step of a plan, print measured vs "

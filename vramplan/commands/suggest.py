@@ -18,7 +18,7 @@ NO_PLAN_FITS = 1  # exit code when nothing fits (the output says what would)
 
 
 def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
-    from vramplan.cli import add_plan_arguments
+    from vramplan.commands.plan_flags import add_plan_arguments
 
     p = sub.add_parser(
         "suggest", help="recommend the best setups that fit a GPU, and say why",

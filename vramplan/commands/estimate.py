@@ -1,0 +1,53 @@
+"""`vramplan estimate` (one plan, every byte) and `vramplan compare` (full vs LoRA vs QLoRA side by side)."""
+
+from __future__ import annotations
+
+import argparse
+
+from vramplan.commands.plan_flags import add_gpu_arguments, add_plan_arguments, console, gpu_dirs, method_plan, \
+    plan_from_args
+
+
+def add_estimate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("estimate", help="estimate the peak memory of one training plan",
+                       description="Estimate every byte of a training step: components and phases.")
+    p.add_argument("--model", required=True, help="preset name, config.json path, model folder or HF hub id")
+    add_plan_arguments(p)
+    add_gpu_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_estimate)
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    from vramplan import report
+    from vramplan.api import estimate
+
+    result = estimate(args.model, plan_from_args(args), gpu=args.gpu, gpu_dirs=gpu_dirs(args))
+    if args.json:
+        report.print_json(report.estimate_json(result))
+    else:
+        report.render_estimate(console(args), result)
+    return 0
+
+
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="full fine-tuning vs LoRA vs QLoRA, side by side",
+                       description="Compare full fine-tuning, LoRA and QLoRA memory for one or more models.")
+    p.add_argument("--model", required=True, help="one model or a comma list (llama2-7b,llama2-13b)")
+    add_plan_arguments(p, method_default=False)
+    add_gpu_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from vramplan import report
+    from vramplan.api import compare
+
+    rows = compare([m for m in args.model.split(",") if m.strip()], lambda method: method_plan(args, method),
+                   gpu=args.gpu, gpu_dirs=gpu_dirs(args))
+    if args.json:
+        report.print_json([report.estimate_json(r) for r in rows])
+    else:
+        report.render_compare(console(args), rows)
+    return 0
