@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from vramplan.configs import deepspeed
-from vramplan.configs.fields import ConfigReadError, FieldReader, as_bool, as_int, follow
+from vramplan.configs.fields import (
+    ConfigReadError,
+    FieldReader,
+    as_bool,
+    as_int,
+    follow,
+)
 
 _STRATEGIES = {"FULL_SHARD": "fsdp", "1": "fsdp", "SHARD_GRAD_OP": "fsdp_grad_op", "2": "fsdp_grad_op"}
 
