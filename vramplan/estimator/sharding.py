@@ -138,7 +138,8 @@ def price_torch(model: ModelSpec, plan: TrainingPlan, moments: list[Moment], eng
         numels = st.trainable_numels
         if mode == "ddp_zero_redundancy":
             numels = zero_redundancy_share(numels, plan.gpus, rank)
-        opt = optimizer_memory(plan, numels, st.trainable_dtype_bytes)
+        shapes = st.trainable_shapes if mode == "ddp" else None  # ZeroRedundancyOptimizer's share: unfactored
+        opt = optimizer_memory(plan, numels, st.trainable_dtype_bytes, shapes)
         buckets = units.total("grads")
         static = Static(_weights(st), opt.states_bytes, buffers=buckets)
         grads = units.total("grads")
@@ -271,7 +272,8 @@ def compose(model: ModelSpec, plan: TrainingPlan, single: MemoryEstimate, moment
 def _drift(model: ModelSpec, plan: TrainingPlan, single: MemoryEstimate, moments: list[Moment]) -> dict[str, int]:
     """core's phase peaks minus what timeline.py recomputes for them (0 while they agree)."""
     st = static_memory(model, plan)
-    opt = optimizer_memory(plan, st.trainable_numels, st.trainable_dtype_bytes)
+    # the same states core priced (Adafactor factors >= 2-D tensors: the shapes matter, as in core.py)
+    opt = optimizer_memory(plan, st.trainable_numels, st.trainable_dtype_bytes, st.trainable_shapes)
     base = st.total + opt.states_bytes
     out = {}
     for phase in ("forward", "backward"):
