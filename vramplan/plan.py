@@ -34,6 +34,11 @@ Sharding = Literal["none", "ddp", "fsdp", "fsdp_grad_op", "zero1", "zero2", "zer
 SHARDINGS: tuple[str, ...] = Sharding.__args__  # type: ignore[attr-defined]
 Offload = Literal["none", "optimizer", "params"]
 QuantStorage = Literal["uint8", "bf16", "fp16", "fp32"]
+# The loop that runs the step: HF Trainer (outputs dropped before backward), a custom/accelerate loop (outputs kept
+# through backward), TRL's SFTTrainer (fused LM head, no full logits). Owner: vramplan/estimator/trainers.py.
+Trainer = Literal["hf", "loop", "trl-sft"]
+TRAINERS: tuple[str, ...] = Trainer.__args__  # type: ignore[attr-defined]
+LossType = Literal["nll", "dft"]  # TRL 1.16 SFTConfig.loss_type
 # Engines that shard the parameters themselves (and so can shard 4-bit weights stored in a float dtype).
 PARAM_SHARDING = ("fsdp", "fsdp_grad_op", "zero3")
 ZERO = ("zero1", "zero2", "zero3")  # DeepSpeed: ZeRO-Offload moves the optimizer to the host at any stage
@@ -93,6 +98,9 @@ class TrainingPlan(BaseModel):
     sharding: Sharding | None = None  # None: 'none' on one GPU, 'ddp' on several (see `parallelism`)
     offload: Offload = "none"
     quant_storage: QuantStorage | None = None  # qlora: packed 4-bit storage dtype (see `storage_dtype`)
+    # The training loop and its loss (vramplan/estimator/trainers.py)
+    trainer: Trainer = "hf"
+    loss_type: LossType | None = None  # trl-sft: default 'nll' (TRL 1.16 SFTConfig); None for other trainers
 
     @model_validator(mode="before")
     @classmethod
@@ -106,8 +114,15 @@ class TrainingPlan(BaseModel):
         if out.get("double_quant") is None:
             out["double_quant"] = True
         if out.get("kbit_upcast") is None:
-            out["kbit_upcast"] = out.get("sharding") not in PARAM_SHARDING
+            # TRL 1.16 SFTTrainer never calls prepare_model_for_kbit_training (it casts the adapters to bf16)
+            out["kbit_upcast"] = out.get("sharding") not in PARAM_SHARDING and out.get("trainer") != "trl-sft"
         return out
+
+    @model_validator(mode="after")
+    def _trainer_options(self) -> TrainingPlan:
+        if self.loss_type is not None and self.trainer != "trl-sft":
+            raise ValueError(f"--loss-type applies to --trainer trl-sft, not '{self.trainer}'")
+        return self
 
     @field_validator("batch", "seq", "grad_accum", "rank", "quant_blocksize", "gpus")
     @classmethod
@@ -234,6 +249,8 @@ def make_plan(**options: object) -> TrainingPlan:
             fills["alpha"] = 2.0 * (plan.rank or 8)
         if plan.targets is None:
             fills["targets"] = "default"
+    if plan.trainer == "trl-sft" and plan.loss_type is None:
+        fills["loss_type"] = "nll"
     if plan.method == "qlora":
         if plan.quant is None:
             fills["quant"] = "nf4"
