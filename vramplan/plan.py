@@ -20,9 +20,10 @@ to off.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vramplan.errors import PlanError
 
@@ -63,6 +64,24 @@ OPTIMIZERS: tuple[str, ...] = Optimizer.__args__  # type: ignore[attr-defined]
 
 # Target shorthands; anything else is a comma list of module names (peft `target_modules`).
 TARGET_SHORTHANDS = ("default", "attention", "all-linear")
+
+# The documented range of every integer in a plan (the CLI's help quotes it via `range_words`): wider than any
+# real run, narrow enough that a typo cannot make an estimate or a search do unbounded work.
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "batch": (1, 65_536),  # sequences per GPU per micro-batch
+    "seq": (1, 16_777_216),  # 2**24 tokens: above every released context length
+    "grad_accum": (1, 1_048_576),  # HF Trainer holds every micro-batch's input ids: 16 B/token each
+    "rank": (1, 65_536),  # peft takes any r; a rank above the layer's width only adds zeros
+    "gpus": (1, 131_072),
+}
+# bitsandbytes `_ops.py` (quantize_4bit / dequantize_4bit): `blocksize in (32, 64, ..., 4096)`.
+QUANT_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def range_words(field: str) -> str:
+    """'1-65536' for an integer plan field, as the CLI's help text says it."""
+    lo, hi = INT_RANGES[field]
+    return f"{lo}-{hi}"
 
 
 class TrainingPlan(BaseModel):
@@ -124,18 +143,40 @@ class TrainingPlan(BaseModel):
             raise ValueError(f"--loss-type applies to --trainer trl-sft, not '{self.trainer}'")
         return self
 
-    @field_validator("batch", "seq", "grad_accum", "rank", "quant_blocksize", "gpus")
+    @field_validator(*INT_RANGES, mode="before")
     @classmethod
-    def _positive(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("must be a positive integer")
+    def _in_range(cls, v: object, info: ValidationInfo) -> object:
+        """An integer within INT_RANGES (a bool is not a count; 2.0 is 2, 2.5 is refused by the type)."""
+        if v is None:
+            return v
+        if isinstance(v, bool):
+            raise ValueError(f"must be an integer, not {v}")
+        lo, hi = INT_RANGES[info.field_name]
+        if isinstance(v, (int, float)) and not lo <= v <= hi:
+            raise ValueError(f"{v:g} is out of range: give an integer from {lo} to {hi}" if isinstance(v, float)
+                             else f"{v} is out of range: give an integer from {lo} to {hi}")
+        return v
+
+    @field_validator("quant_blocksize")
+    @classmethod
+    def _blocksize(cls, v: int) -> int:
+        if v not in QUANT_BLOCKSIZES:
+            raise ValueError(f"{v}: bitsandbytes takes one of {', '.join(map(str, QUANT_BLOCKSIZES))}")
         return v
 
     @field_validator("lora_dropout")
     @classmethod
     def _probability(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
-            raise ValueError("must be in [0, 1)")
+        if not 0.0 <= v < 1.0:  # nan fails both comparisons
+            raise ValueError(f"{v:g} is out of range: give a probability in [0, 1)")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float | None) -> float | None:
+        """peft scales the adapter by alpha / r: a finite positive number (0 would train nothing)."""
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{v:g} is out of range: give a finite number above 0 (peft's default is 8)")
         return v
 
     @field_validator("targets")
