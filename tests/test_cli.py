@@ -128,27 +128,13 @@ def test_aliases_resolve(alias):
     assert resolve_model(alias).name == "llama2-7b"
 
 
-def _cold_cpu_seconds(*argv: str) -> float:
-    """CPU seconds (user + sys) of a fresh `python -m vramplan ...`, best of 3.
-
-    CPU time rather than wall time: the suite runs on 2 workers of a 2-core machine, so wall time measures the
-    neighbour test as much as us. A single-threaded start-up with warm files takes its CPU time as wall time on
-    an idle machine (benchmarks/estimator_speed.py reports the wall figure).
-    """
-    import resource
-
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    best = 1e9
-    for _ in range(3):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([sys.executable, "-m", "vramplan", *argv], capture_output=True, env=env, check=True)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        best = min(best, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
-    return best
-
-
 @pytest.mark.parametrize("argv", [("--help",), ("models",), ("estimate", "--model", "llama2-70b", "--json")])
-def test_startup_is_fast_and_torch_free(argv):
-    assert _cold_cpu_seconds(*argv) < 0.5
+def test_startup_is_torch_free(argv):
+    """Start-up imports no torch; how fast it is, is measured by benchmarks/cli_startup.py (no wall-clock test)."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    code = (f"import sys\nfrom vramplan.cli import main\ntry:\n    main({list(argv)!r})\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
     code = "import sys, vramplan.cli, vramplan.estimator, vramplan.api; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

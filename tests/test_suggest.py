@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -259,21 +258,3 @@ def test_suggest_does_not_import_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-
-
-@pytest.mark.parametrize("model, gpu, objective", [
-    ("llama-7b", "rtx4090", "quality"), ("llama-7b", "rtx4090", "speed"), ("llama-7b", "rtx4090", "memory"),
-    ("llama2-70b", "rtx4090", "quality"),
-])
-def test_search_is_fast(model, gpu, objective):
-    """Under 2 s of CPU, cold caches included (it takes ~0.1 s; CPU time, since tests share the cores)."""
-    script = ("import time; from vramplan.advice import recommend; from vramplan.advisor import Request; "
-              "from vramplan.models import resolve_model; from vramplan.hardware import resolve_gpu; "
-              f"r = Request(model=resolve_model({model!r}), gpu=resolve_gpu({gpu!r}), objective={objective!r}); "
-              "t = time.process_time(); recommend(r); print(time.process_time() - t)")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert float(out.stdout) < 2.0
-    start = time.process_time()
-    advise(model, gpu, objective=objective)
-    assert time.process_time() - start < 2.0

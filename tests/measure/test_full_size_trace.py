@@ -1,8 +1,9 @@
-"""Full size: a traced QLoRA step of Llama-2-7B runs on a CPU in seconds, with almost no real memory.
+"""Full size: a traced QLoRA step of Llama-2-7B runs on a CPU with almost no real memory.
 
 Plan: the QLoRA paper's recipe at seq 1024 (nf4, double quant, rank 8 on q_proj/v_proj, gradient
 checkpointing, paged 8-bit AdamW). The load is pinned to the byte by the hand-derived bitsandbytes layout
-(expected_bytes.py); the phase peaks are printed (`pytest -s`) for the record.
+(expected_bytes.py); the phase peaks are printed (`pytest -s`) for the record. How long it takes is measured by
+`benchmarks/trace_speed.py`, not asserted: a loaded machine must not fail a test.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ LLAMA2_7B = dict(  # meta-llama/Llama-2-7b-hf config.json
 
 
 @pytest.mark.slow
-def test_llama2_7b_qlora_traces_in_seconds():
+def test_llama2_7b_qlora_traces_at_full_size():
     plan = make_plan(method="qlora", quant="nf4", double_quant=True, rank=8, targets="q_proj,v_proj",
                      grad_ckpt=True, batch=1, seq=1024)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -43,7 +44,6 @@ def test_llama2_7b_qlora_traces_in_seconds():
                   "after_step_bytes", "peak_bytes"):
         print(f"  {field:22} {getattr(step, field):>14,} B  {format_bytes(getattr(step, field))}")
 
-    assert seconds < 60
     assert rss_growth < 1 * GiB  # a real run would hold ~5 GiB
     assert step.load_bytes == qlora_load_bytes(LLAMA2_7B, double_quant=True, upcast=True,
                                                targets=["q_proj", "v_proj"])
