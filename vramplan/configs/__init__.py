@@ -87,7 +87,8 @@ def read_config(path: str | Path | Sequence[str | Path], fmt: str | None = None)
 
 
 def combine(readings: Sequence[ConfigReading]) -> ConfigReading:
-    """Files read together: each option from the file that sets it; two files disagreeing is an error."""
+    """Files read together: each option from the file that sets it; two files disagreeing is an error, except
+    peft's LoRA with a 4-bit BitsAndBytesConfig, which is QLoRA."""
     options: dict[str, Any] = {}
     origin: dict[str, str] = {}
     model = None
@@ -96,7 +97,9 @@ def combine(readings: Sequence[ConfigReading]) -> ConfigReading:
             raise ConfigReadError(f"{r.source}: model {r.model!r} differs from {model!r} in another config file")
         model = model or r.model
         for field, value in r.plan_options.items():
-            if field in options and options[field] != value:
+            if field == "method" and {value, options.get(field)} == {"lora", "qlora"}:
+                value = "qlora"  # adapter_config.json (LoRA) read with a 4-bit BitsAndBytesConfig
+            elif field in options and options[field] != value:
                 raise ConfigReadError(f"{r.source}: {r.origin[field]} gives {field}={value!r}, but "
                                       f"{origin[field]} gives {options[field]!r}")
             options[field], origin[field] = value, origin.get(field, f"{r.source}: {r.origin[field]}")

@@ -1,7 +1,186 @@
-"""HF TrainingArguments JSON, peft adapter_config.json, BitsAndBytesConfig JSON (placeholder)."""
+"""HF `TrainingArguments` (a JSON of its fields, as `TrainingArguments.to_json_string` writes), peft's
+`adapter_config.json` (`LoraConfig.save_pretrained`) and a `BitsAndBytesConfig` JSON (`to_json_string`, or a
+model's `quantization_config`); `read_training_args` also serves the LLaMA-Factory and TRL readers.
+
+TrainingArguments as transformers 5 uses it (`trainer.py`, `training_args.py`): `per_device_train_batch_size`
+(default 8), `gradient_accumulation_steps` (1), `optim` (adamw_torch_fused on torch >= 2.8),
+`activation_checkpointing` / its alias `gradient_checkpointing` (off) with kwargs: none given -> the model's
+`_activation_checkpointing_enable` uses `use_reentrant: False`; `bf16`/`fp16` are autocast (they change memory
+only where the weights are fp32); `deepspeed` (a path or a dict), `fsdp` + `fsdp_config`.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
-TRAINING_ARGS = PEFT = BNB = SimpleNamespace(looks_like=lambda data: False)
+from vramplan.configs import accelerate, deepspeed, names
+from vramplan.configs.fields import (
+    ConfigReadError,
+    FieldReader,
+    as_bool,
+    as_int,
+    comma_list,
+    follow,
+    load_mapping,
+)
+
+REFUSED_TRAINING_ARGS = {
+    "torch_compile": "torch.compile changes which activations are kept",
+    "torch_compile_backend": "torch.compile", "torch_compile_mode": "torch.compile",
+    "use_liger_kernel": "Liger kernels (fused linear cross-entropy: no full logits)",
+    "auto_find_batch_size": "a batch size found by retrying after out-of-memory",
+}
+
+
+def read_training_args(reader: FieldReader, base: Path, *, checkpointing: bool = False, batch: int = 8) -> str | None:
+    """Map TrainingArguments fields; `checkpointing`/`batch` are the defaults of the config class in use (TRL's
+    configs turn checkpointing on). Returns the autocast dtype ("bf16", "fp16" or None) for the caller, which
+    knows what dtype the weights are loaded in."""
+    for key, why in REFUSED_TRAINING_ARGS.items():
+        reader.refuse_if_on(key, why)
+    reader.set("batch", as_int(reader, "per_device_train_batch_size", reader.take("per_device_train_batch_size", batch)),
+               "per_device_train_batch_size")
+    reader.set("grad_accum", as_int(reader, "gradient_accumulation_steps",
+                                    reader.take("gradient_accumulation_steps", 1)), "gradient_accumulation_steps")
+    reader.set("optimizer", names.optimizer(reader, "optim", reader.take("optim", "adamw_torch_fused")), "optim")
+    _checkpointing(reader, checkpointing)
+    _parallel(reader, base)
+    bf16, fp16 = reader.take("bf16"), reader.take("fp16")
+    if bf16 is not None and as_bool(reader, "bf16", bf16):
+        return "bf16"
+    if fp16 is not None and as_bool(reader, "fp16", fp16):
+        return "fp16"
+    return None
+
+
+def _checkpointing(reader: FieldReader, default: bool) -> None:
+    key = "activation_checkpointing" if reader.given("activation_checkpointing") else "gradient_checkpointing"
+    reader.used.update(("activation_checkpointing", "gradient_checkpointing"))
+    on = as_bool(reader, key, reader.take(key, default))
+    reader.set("grad_ckpt", on, key)
+    kw_key = next((k for k in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs") if reader.given(k)),
+                  "gradient_checkpointing_kwargs")
+    reader.used.update(("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"))
+    kwargs = reader.take(kw_key) or {}
+    if isinstance(kwargs, str):
+        import json
+
+        kwargs = json.loads(kwargs)
+    if not on:
+        return
+    if kwargs.get("offload"):
+        reader.refuse(f"{kw_key}.offload", "checkpoints held in host memory")
+    if kwargs.get("every_n_layers", 1) != 1:
+        reader.refuse(f"{kw_key}.every_n_layers", "checkpointing only some layers")
+    reader.set("ckpt_reentrant", bool(kwargs.get("use_reentrant", False)), kw_key)
+
+
+def _parallel(reader: FieldReader, base: Path) -> None:
+    target = follow(reader, "deepspeed", base)
+    if target is not None:
+        nested = FieldReader(load_mapping(target) if isinstance(target, Path) else target,
+                             str(target) if isinstance(target, Path) else reader.source, "" if isinstance(target, Path)
+                             else "deepspeed.")
+        deepspeed.read(nested)
+        for field in ("batch", "grad_accum"):  # "auto" is filled from these TrainingArguments
+            nested.options.pop(field, None)
+        reader.absorb(nested)
+        if isinstance(target, Path):
+            reader.followed.append(str(target))
+    words = accelerate.fsdp_words(reader, "fsdp", reader.take("fsdp"))
+    config = follow(reader, "fsdp_config", base)
+    section = FieldReader(load_mapping(config) if isinstance(config, Path) else config or {}, reader.source,
+                          "fsdp_config.")
+    if words is not None:
+        accelerate.read_fsdp_config(section, "fsdp", words)
+    reader.absorb(section)
+
+
+# TrainingArguments JSON alone ---------------------------------------------------------------------------------
+
+
+def _looks_like_training_args(data: dict) -> bool:
+    return "per_device_train_batch_size" in data or "output_dir" in data and "learning_rate" in data
+
+
+def _read_training_args_file(reader: FieldReader, base: Path) -> None:
+    autocast = read_training_args(reader, base)
+    reader.note("TrainingArguments hold no model, sequence length or method: give --model, --seq and --method "
+                "(or read adapter_config.json and a BitsAndBytesConfig with it)")
+    if autocast:
+        reader.note(f"{'bf16' if autocast == 'bf16' else 'fp16'}: autocast; the weights keep the dtype they are loaded "
+                    "in (from_pretrained dtype; give --param-dtype fp32 --mixed-precision for fp32 weights)")
+
+
+TRAINING_ARGS = SimpleNamespace(looks_like=_looks_like_training_args, read=_read_training_args_file)
+
+
+# peft adapter_config.json -------------------------------------------------------------------------------------
+
+PEFT_REFUSED = {"use_dora": "DoRA's magnitude vectors and weight-norm temporaries",
+                "modules_to_save": "fully trained copies of whole modules (peft modules_to_save)",
+                "layers_to_transform": "adapters on some layers only", "rank_pattern": "per-module ranks",
+                "trainable_token_indices": "trainable token rows", "target_parameters": "LoRA on parameters"}
+
+
+def _read_peft(reader: FieldReader, base: Path) -> None:
+    kind = reader.take("peft_type", "LORA")
+    if str(kind).upper() != "LORA":
+        reader.refuse("peft_type", f"{kind} (vramplan models LoRA)")
+    reader.model = reader.take("base_model_name_or_path")
+    for key, why in PEFT_REFUSED.items():
+        reader.refuse_if_on(key, why)
+    reader.set("method", "lora", "peft_type")
+    reader.set("rank", as_int(reader, "r", reader.take("r", 8)), "r")
+    reader.set("alpha", float(reader.take("lora_alpha", 8)), "lora_alpha")
+    reader.set("lora_dropout", float(reader.take("lora_dropout", 0.0)), "lora_dropout")
+    reader.set("targets", targets(reader.take("target_modules")), "target_modules")
+
+
+def targets(value: Any) -> str | None:
+    """peft target_modules: None (peft's per-architecture default), 'all-linear' or a list of names."""
+    if value is None:
+        return "default"
+    if value in ("all-linear", "all_linear"):
+        return "all-linear"
+    return comma_list(value)
+
+
+PEFT = SimpleNamespace(looks_like=lambda data: "peft_type" in data, read=_read_peft)
+
+
+# BitsAndBytesConfig JSON --------------------------------------------------------------------------------------
+
+
+def _looks_like_bnb(data: dict) -> bool:
+    return data.get("quant_method") == "bitsandbytes" or ("load_in_4bit" in data and "bnb_4bit_quant_type" in data)
+
+
+def read_bnb(reader: FieldReader, base: Path | None = None) -> None:
+    """BitsAndBytesConfig's fields (transformers `BitsAndBytesConfig.__init__` defaults: fp4, no double quant,
+    compute dtype fp32, storage uint8)."""
+    if reader.take("load_in_8bit"):
+        reader.refuse("load_in_8bit", "LoRA on 8-bit (LLM.int8) weights")
+    reader.take("quant_method")
+    if not reader.take("load_in_4bit"):
+        raise ConfigReadError(f"{reader.source}: load_in_4bit is not true: nothing is quantized")
+    reader.set("method", "qlora", "load_in_4bit")
+    quant = str(reader.take("bnb_4bit_quant_type", "fp4"))
+    if quant not in ("nf4", "fp4"):
+        raise reader.bad_value("bnb_4bit_quant_type", quant, ["nf4", "fp4"])
+    reader.set("quant", quant, "bnb_4bit_quant_type")
+    reader.set("double_quant", as_bool(reader, "bnb_4bit_use_double_quant",
+                                       reader.take("bnb_4bit_use_double_quant", False)), "bnb_4bit_use_double_quant")
+    reader.set("compute_dtype", names.dtype(reader, "bnb_4bit_compute_dtype",
+                                            reader.take("bnb_4bit_compute_dtype", "float32")), "bnb_4bit_compute_dtype")
+    storage = str(reader.take("bnb_4bit_quant_storage", "uint8"))
+    reader.set("quant_storage", "uint8" if storage == "uint8" else names.dtype(reader, "bnb_4bit_quant_storage", storage),
+               "bnb_4bit_quant_storage")
+    skip = reader.take("llm_int8_skip_modules")
+    if skip:
+        reader.refuse("llm_int8_skip_modules", "modules kept unquantized")
+
+
+BNB = SimpleNamespace(looks_like=_looks_like_bnb, read=read_bnb)

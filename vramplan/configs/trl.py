@@ -1,7 +1,78 @@
-"""LLaMA-Factory YAML (placeholder: filled in the next commit)."""
+"""TRL's CLI YAML (`trl sft --config sft.yaml`): `ScriptArguments` + `SFTConfig` + `ModelConfig` fields in one
+mapping. Its TrainingArguments fields go through `hf.read_training_args`, with TRL's defaults:
+
+- `SFTConfig` (trl 1.16 `trainer/sft_config.py`, `base_config.py`): `max_length` 1024, `gradient_checkpointing`
+  on, `bf16` on unless `fp16` (`_BaseConfig.__post_init__`), `packing` bins of max_length tokens (batch x
+  max_length tokens at most), `per_device_train_batch_size` 8;
+- `ModelConfig` (`trainer/model_config.py`): `dtype` float32 (so bf16 is autocast over fp32 weights),
+  `attn_implementation` (else transformers' default, sdpa), `use_peft` with `lora_r` 16, `lora_alpha` 32,
+  `lora_dropout` 0.05, `lora_target_modules` (else peft's default for the architecture);
+  `load_in_4bit` -> `get_quantization_config`: `bnb_4bit_compute_dtype` = dtype, `bnb_4bit_quant_type` nf4,
+  `use_bnb_nested_quant` (off), `bnb_4bit_quant_storage` (uint8).
+- `SFTTrainer` forces reentrant checkpointing for PEFT under ZeRO-3 (`_prepare_peft_model`).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from vramplan.configs import names
+from vramplan.configs.fields import FieldReader, as_bool, as_int
+from vramplan.configs.hf import read_training_args, targets
+
+REFUSED = {
+    "use_dora": "DoRA's magnitude vectors and weight-norm temporaries",
+    "lora_modules_to_save": "fully trained copies of whole modules (peft modules_to_save)",
+    "lora_target_parameters": "LoRA on parameters", "load_in_8bit": "LoRA on 8-bit (LLM.int8) weights",
+    "activation_offloading": "activations offloaded to host memory",
+    "assistant_only_loss": None, "completion_only_loss": None,  # loss masks: no memory (listed as ignored)
+}
+
 
 def looks_like(data: dict) -> bool:
-    return False
+    return "model_name_or_path" in data and any(
+        k in data for k in ("max_length", "use_peft", "dataset_name", "packing", "lora_r", "output_dir"))
+
+
+def read(reader: FieldReader, base: Path) -> None:
+    reader.model = reader.take("model_name_or_path")
+    for key, why in REFUSED.items():
+        if why:
+            reader.refuse_if_on(key, why)
+    peft = as_bool(reader, "use_peft", reader.take("use_peft", False))
+    four_bit = as_bool(reader, "load_in_4bit", reader.take("load_in_4bit", False))
+    method = "qlora" if peft and four_bit else "lora" if peft else "full"
+    if four_bit and not peft:
+        reader.refuse("load_in_4bit", "4-bit weights without adapters (nothing trainable)")
+    reader.set("method", method, "load_in_4bit" if method == "qlora" else "use_peft")
+    bf16 = reader.data.get("bf16")
+    if bf16 is None and not reader.data.get("fp16"):
+        reader.data["bf16"] = True  # _BaseConfig.__post_init__: bf16 = not fp16
+    autocast = read_training_args(reader, base, checkpointing=True)
+    weights = names.dtype(reader, "dtype", reader.take("dtype", "float32"))
+    reader.set("param_dtype", weights, "dtype")
+    if autocast and weights == "fp32" and method != "qlora":
+        reader.set("mixed_precision", autocast, "bf16" if autocast == "bf16" else "fp16")
+    elif autocast and weights == "fp32":
+        reader.note(f"{autocast} autocast over fp32 weights and compute dtype: estimated in fp32 (over)")
+    if method != "full":
+        reader.set("rank", as_int(reader, "lora_r", reader.take("lora_r", 16)), "lora_r")
+        reader.set("alpha", float(reader.take("lora_alpha", 32)), "lora_alpha")
+        reader.set("lora_dropout", float(reader.take("lora_dropout", 0.05)), "lora_dropout")
+        reader.set("targets", targets(reader.take("lora_target_modules")), "lora_target_modules")
+    if method == "qlora":
+        reader.set("quant", str(reader.take("bnb_4bit_quant_type", "nf4")), "bnb_4bit_quant_type")
+        reader.set("double_quant", as_bool(reader, "use_bnb_nested_quant", reader.take("use_bnb_nested_quant", False)),
+                   "use_bnb_nested_quant")
+        reader.set("compute_dtype", weights, "dtype")
+        storage = reader.take("bnb_4bit_quant_storage")
+        reader.set("quant_storage", names.dtype(reader, "bnb_4bit_quant_storage", storage) if storage else None,
+                   "bnb_4bit_quant_storage")
+        if reader.options.get("sharding") == "zero3" and reader.options.get("grad_ckpt"):
+            reader.set("ckpt_reentrant", True, "gradient_checkpointing_kwargs")
+    elif method == "lora" and reader.options.get("sharding") == "zero3" and reader.options.get("grad_ckpt"):
+        reader.set("ckpt_reentrant", True, "gradient_checkpointing_kwargs")
+    reader.set("seq", as_int(reader, "max_length", reader.take("max_length", 1024)), "max_length")
+    reader.take("packing"), reader.take("padding_free")
+    attn = reader.take("attn_implementation")
+    reader.set("attn", names.attention(reader, "attn_implementation", attn or "sdpa"), "attn_implementation")
