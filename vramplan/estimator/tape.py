@@ -6,7 +6,10 @@ linear saves nothing). A tensor is freed when the program drops it and no node s
 walks the nodes in reverse: it allocates each input's gradient, frees the output's gradient and the node's saved
 tensors (autograd releases `SavedVariable`s after a node runs when `retain_graph=False`).
 
-Sizes are bytes. The tape only counts; it never touches torch.
+Sizes are bytes. The tape only counts; it never touches torch. With `events` set to a list, it also records the
+allocation sequence the caching-allocator simulation replays (`allocator.py`): `(key, nbytes)` for an allocation,
+`(key, -1)` for a free; keys are tensor ids, `("g", id)` for a gradient, `("t", n)` for a transient. Recording
+never changes the counting.
 """
 
 from __future__ import annotations
@@ -35,7 +38,19 @@ class Tape:
     nodes: list[Node] = field(default_factory=list)
     freed: set[int] = field(default_factory=set)
     cached: list[int] = field(default_factory=list)  # autocast's weight-cast cache (held until the region ends)
+    events: list | None = None  # the allocation sequence, when recorded (see the module docstring)
     _next: int = 0
+
+    def _log(self, key: object, nbytes: int) -> None:
+        if self.events is not None:
+            self.events.append((key, nbytes))
+
+    def _transient(self, nbytes: int) -> None:
+        """A temporary allocated and freed within one op (recorded only)."""
+        if self.events is not None and nbytes > 0:
+            key = ("t", len(self.events))
+            self.events.append((key, nbytes))
+            self.events.append((key, -1))
 
     # Forward -----------------------------------------------------------------------------------------------
     def _touch(self, extra: int = 0) -> None:
@@ -47,6 +62,7 @@ class Tape:
         self._next += 1
         self.size[t], self.grad[t], self.refs[t], self.saved_by[t] = nbytes, grad, 1, 0
         self.live += nbytes
+        self._log(t, nbytes)
         self._touch()
         return t
 
@@ -59,7 +75,13 @@ class Tape:
             self.refs[alias] += 1
             return alias
         self._touch(nbytes + temp)
-        out = self.new(nbytes, needs_grad)
+        if temp and self.events is not None:  # e.g. a dequantized weight: alive while the output is written
+            key = ("t", len(self.events))
+            self._log(key, temp)
+            out = self.new(nbytes, needs_grad)
+            self._log(key, -1)
+        else:
+            out = self.new(nbytes, needs_grad)
         if needs_grad:
             kept = tuple(s for s in saves if s is not None)
             if not self.checkpointing:
@@ -90,20 +112,25 @@ class Tape:
         if self.refs[t] <= 0 and self.saved_by[t] <= 0 and t not in self.freed:
             self.live -= self.size[t]
             self.freed.add(t)
+            self._log(t, -1)
 
     # Backward ----------------------------------------------------------------------------------------------
-    def backward(self, out_grad_of: int, accumulate: bool = False) -> tuple[int, int]:
+    def backward(self, out_grad_of: int, accumulate: bool = False, grad_key: int | None = None) -> tuple[int, int]:
         """Replay backward from a gradient of `out_grad_of`; returns (peak above start, param grad bytes).
 
         The gradient of `out_grad_of` is allocated by the caller's accounting (it is the incoming gradient).
         `accumulate`: the parameters' `.grad` already exist (a later micro-batch of gradient accumulation), so
         each new weight gradient lives only until AccumulateGrad has added it in place.
+        `grad_key` (recording only): the incoming gradient already exists under `("g", grad_key)` (a checkpointed
+        layer's recompute output stands for the forward's output), so no allocation is recorded for it.
         """
         start, peak = self.live, self.live
         grads: dict[int, int] = {out_grad_of: self.size[out_grad_of]}
         live = self.live + grads[out_grad_of]
         peak = max(peak, live)
         param_grads = 0
+        if grad_key is None:
+            self._log(("g", out_grad_of), grads[out_grad_of])
         for node in reversed(self.nodes):
             g_out = grads.pop(node.out, None)
             if g_out is None:
@@ -113,17 +140,27 @@ class Tape:
                 if i not in grads:
                     grads[i] = self.size[i]
                     new += grads[i]
+                    self._log(("g", i), grads[i])
                 else:  # a second use of the input: its gradient is computed, then added into the buffer
                     accumulated += self.size[i]
+                    self._transient(self.size[i])
             live += new + (0 if accumulate else node.param_grad)
             param_grads += node.param_grad
             peak = max(peak, live + accumulated + node.bwd_temp + (node.param_grad if accumulate else 0))
+            if node.param_grad:  # a weight's .grad: kept until zero_grad (the caller frees "p" keys)
+                if accumulate:
+                    self._transient(node.param_grad)
+                else:
+                    self._log(("p", len(self.events or ())), node.param_grad)
+            self._transient(node.bwd_temp)
             live -= g_out
+            self._log(("g", grad_key if node.out == out_grad_of and grad_key is not None else node.out), -1)
             for s in node.saved:
                 self.saved_by[s] -= 1
                 if self.saved_by[s] <= 0 and self.refs[s] <= 0 and s not in self.freed:
                     live -= self.size[s]
                     self.freed.add(s)
+                    self._log(s, -1)
         # what is left in `grads` flows to the inputs of the program (the caller accounts for it)
         self.live = live
         return peak - start, param_grads

@@ -1,0 +1,191 @@
+"""The allocation sequence of loading a model and running two training steps, for the allocator simulation.
+
+The same programs the estimator counts with (`programs.decoder_layer`, `programs.head`) run on one recording
+`Tape` per step, so the sequence is the step's real order: every op's output, transient and free, gradients as
+backward creates and drops them, weight gradients kept until `zero_grad(set_to_none=True)`.
+
+Order (HF Trainer, one GPU):
+1. Load, tensor by tensor in inventory order (transformers moves each loaded tensor to the device). A QLoRA
+   linear arrives as a 16-bit tensor and is quantized on the device (bitsandbytes `Params4bit._quantize`:
+   `w = self.data.contiguous().to(device)`, then `quantize_4bit`): the 16-bit copy is a transient. peft then adds
+   the adapters (fp32).
+2. Each step: the batch (`input_ids`, `labels`), the rotary tables, the attention mask; forward layer by layer;
+   the head and loss; backward (under checkpointing each layer recomputes, then runs its backward); the
+   optimizer (states created at the first step, `_init_group`; foreach temporaries); `zero_grad` frees `.grad`.
+
+Approximate: weight gradients are one block per node (peft/torch make one per parameter: same bytes, finer
+blocks); the optimizer's foreach temporaries are one per trainable tensor in proportion to its size; nothing
+runs on a second stream here (see `vramplan.device` for the communication pools of sharded plans).
+"""
+
+from __future__ import annotations
+
+from vramplan.estimator.allocator import AllocatorConfig, CachingAllocator
+from vramplan.estimator.core import (
+    _ctx,
+    _optimizer,
+    attention_mask_bytes,
+    embedding_output_requires_grad,
+    rope_bytes,
+    stream_bytes,
+)
+from vramplan.estimator.programs import head
+from vramplan.estimator.tape import Tape
+from vramplan.estimator.weights import (
+    non_quantized_dtype_bytes,
+    quantized_layer_bytes,
+    static_memory,
+)
+from vramplan.models import ModelSpec
+from vramplan.plan import TrainingPlan
+from vramplan.units import DTYPE_BYTES
+
+Event = tuple[object, int]  # (key, nbytes) allocates; (key, -1) frees
+
+
+def _layer_program(model: ModelSpec):
+    """The decoder-layer program the estimator counts with (`core._layer_cost` runs the same one)."""
+    try:  # the per-architecture programs (vramplan.estimator.layers, driven by traits)
+        from vramplan.estimator.layers import decoder_layer
+        from vramplan.traits import traits_of
+    except ImportError:  # before that split: programs.decoder_layer by model_type
+        from vramplan.estimator import programs
+
+        sandwich = model.model_type in ("gemma2", "gemma3_text")
+        return lambda tp, c, x, a: programs.decoder_layer(tp, c, x, a, model.model_type,
+                                                          model.intermediate_size, sandwich)
+    tr = traits_of(model)
+    return lambda tp, c, x, a: decoder_layer(tp, c, tr, x, a, model.intermediate_size)
+
+
+def _head_program(model: ModelSpec, plan: TrainingPlan):
+    """The final norm, LM head and loss of the plan's trainer (`losses.loss_head` where it exists)."""
+    softcap = bool(model.config.get("final_logit_softcapping"))
+    try:
+        from vramplan.estimator.losses import loss_head
+    except ImportError:
+        return lambda tp, c, x, a: head(tp, c, x, a, softcap)
+    trainer, loss_type = getattr(plan, "trainer", "hf"), getattr(plan, "loss_type", None)
+    return lambda tp, c, x, a: loss_head(tp, c, x, a, softcap, trainer, loss_type)
+
+
+def load_events(model: ModelSpec, plan: TrainingPlan) -> list[Event]:
+    """Weights in inventory order, then the LoRA adapters."""
+    ev: list[Event] = []
+    nq = non_quantized_dtype_bytes(plan)
+    w16 = DTYPE_BYTES[plan.param_dtype]
+    for i, t in enumerate(model.inventory.tensors):
+        if plan.method == "qlora" and t.role == "linear":
+            packed, consts, dq = quantized_layer_bytes(t.numel, plan.quant_blocksize, plan.double_quant)
+            ev.append((("w16", i), t.numel * w16))
+            ev += [(("w", i), packed), (("c", i), consts)] + ([(("dq", i), dq)] if dq else [])
+            ev.append((("w16", i), -1))
+        else:
+            ev.append((("w", i), t.numel * (nq if plan.method == "qlora" else w16)))
+    st = static_memory(model, plan)
+    if plan.method != "full":
+        ev += [(("lora", i), n * st.trainable_dtype_bytes) for i, n in enumerate(st.trainable_numels)]
+    return ev
+
+
+def _forward(tp: Tape, model: ModelSpec, plan: TrainingPlan, c, x: int) -> tuple[int, list[int]]:
+    """Decoder layers then the head; returns the loss and each layer's input and output (for the recompute)."""
+    a = stream_bytes(plan)
+    layer = _layer_program(model)
+    inputs = []
+    tp.checkpointing = plan.grad_ckpt
+    for _ in range(model.num_layers):
+        if plan.grad_ckpt:
+            tp.refs[x] += 1  # torch.utils.checkpoint keeps the layer input for the recompute
+        inputs.append(x)
+        x = layer(tp, c, x, a)
+        tp.release_cached()
+    tp.checkpointing = False
+    if plan.grad_ckpt:
+        tp.nodes.clear()  # the checkpointed layers' graph is rebuilt by each recompute
+    return _head_program(model, plan)(tp, c, x, a), inputs + [x]
+
+
+def _backward(tp: Tape, model: ModelSpec, plan: TrainingPlan, c, loss: int, inputs: list[int],
+              accumulate: bool) -> None:
+    tp.backward(loss, accumulate)
+    tp.drop(loss)
+    if not plan.grad_ckpt:
+        return
+    a = stream_bytes(plan)
+    layer = _layer_program(model)
+    for k in reversed(range(model.num_layers)):
+        x = inputs[k]
+        tp.nodes.clear()
+        tp.refs[x] += 1
+        y = layer(tp, c, x, a)
+        tp.release_cached()
+        if not plan.ckpt_reentrant:  # non-reentrant: the recompute's output is not kept
+            tp.drop(y)
+        tp.backward(y, accumulate, grad_key=inputs[k + 1])
+        if plan.ckpt_reentrant:  # CheckpointFunction.backward holds `outputs` through its inner backward
+            tp.drop(y)
+        tp.drop(x)
+
+
+def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2) -> list[Event]:
+    """Load, then `steps` training steps (step 2 is the steady state `max_memory_reserved` is read on)."""
+    ev = load_events(model, plan)
+    st = static_memory(model, plan)
+    opt = _optimizer(st, plan)
+    c = _ctx(model, plan)
+    total = sum(st.trainable_numels) or 1
+    x_bytes = c.tokens * c.hidden * stream_bytes(plan)
+    for step in range(steps):
+        tp = Tape(events=ev)
+        tp._next = 10**9 * (step + 1)  # fresh ids per step
+        data = [tp.new(8 * plan.batch * plan.seq) for _ in range(2 * plan.grad_accum)]
+        for m in range(plan.grad_accum):
+            rope = tp.new(rope_bytes(model, plan)) if rope_bytes(model, plan) else None
+            mask = tp.new(attention_mask_bytes(model, plan)) if attention_mask_bytes(model, plan) else None
+            x = tp.new(x_bytes, embedding_output_requires_grad(plan))
+            loss, inputs = _forward(tp, model, plan, c, x)
+            _backward(tp, model, plan, c, loss, inputs, accumulate=m > 0)
+            if plan.method == "full" and m == 0:  # embedding_dense_backward: the [vocab, hidden] gradient
+                ev.append((("p", "embed", step), c.vocab * c.hidden * DTYPE_BYTES[plan.param_dtype]))
+            ev += [(("g", x), -1)] if embedding_output_requires_grad(plan) else []
+            tp.drop(*[t for t in (rope, mask) if t is not None])
+        if step == 0:
+            ev += [(("state", i), opt.states_bytes * n // total) for i, n in enumerate(st.trainable_numels)
+                   if opt.states_bytes]
+        temps = [(("tmp", step, i), opt.step_temp_bytes * n // total) for i, n in enumerate(st.trainable_numels)]
+        ev += [e for e in temps if e[1] > 0] + [(k, -1) for k, n in temps if n > 0]
+        ev += _zero_grad(ev, step)
+        tp.drop(*data)
+    return ev
+
+
+def _zero_grad(ev: list[Event], step: int) -> list[Event]:
+    """`zero_grad(set_to_none=True)`: every weight gradient of the step is released."""
+    live: dict[object, None] = {}
+    for key, n in ev:
+        if isinstance(key, tuple) and key and key[0] == "p":
+            if n >= 0:
+                live[key] = None
+            else:
+                live.pop(key, None)
+    return [(k, -1) for k in live]
+
+
+def replay(events: list[Event], config: AllocatorConfig | None = None, capacity_bytes: int | None = None,
+           lag: int = 0) -> CachingAllocator:
+    """Run the events through the allocator. `lag`: each free happens `lag` allocations late (a tensor whose
+    last reference dies a little after the op that last used it: a Python frame, an autograd node's release)."""
+    alloc = CachingAllocator(config or AllocatorConfig(), capacity_bytes)
+    handles: dict[object, int] = {}
+    pending: list[object] = []
+    for key, n in events:
+        if n >= 0:
+            handles[key] = alloc.malloc(n)
+            if len(pending) > lag:
+                for k in pending[: len(pending) - lag]:
+                    alloc.free(handles.pop(k))
+                del pending[: len(pending) - lag]
+        elif key in handles:
+            pending.append(key)
+    return alloc
