@@ -52,7 +52,7 @@ def _read_deepspeed_section(reader: FieldReader, base: Path) -> None:
     target = follow(section, "deepspeed_config_file", base)
     if isinstance(target, Path):
         followed = deepspeed.read_file(target)
-        section.absorb(followed)
+        section.absorb(followed, "deepspeed_config_file")
         section.followed.append(str(target))
     else:
         stage = as_int(section, "zero_stage", section.take("zero_stage"))

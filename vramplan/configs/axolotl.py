@@ -160,7 +160,7 @@ def _parallel(reader: FieldReader, base: Path) -> None:
                     else _inline_deepspeed(reader, target))
         for field in ("batch", "grad_accum"):  # HF fills "auto"; the axolotl fields win over numbers there
             followed.options.pop(field, None)
-        reader.absorb(followed)
+        reader.absorb(followed, "deepspeed" if isinstance(target, Path) else "")
         reader.followed.append(str(target) if isinstance(target, Path) else "deepspeed (inline)")
     words = accelerate.fsdp_words(reader, "fsdp", reader.take("fsdp"))
     version = reader.take("fsdp_version")

@@ -104,14 +104,15 @@ class FieldReader:
             raise ConfigReadError(f"{self.source}: {self.prefix}{key}: expected a mapping, got {value!r}")
         return FieldReader(value, self.source, f"{self.prefix}{key}.")
 
-    def absorb(self, other: FieldReader) -> None:
-        """Take a nested reader's options, notes and ignored fields (a section or a followed file)."""
+    def absorb(self, other: FieldReader, via: str = "") -> None:
+        """Take a nested reader's options, notes and ignored fields (a section, or a file that field `via`
+        names: its fields are listed as `via.field`)."""
         for field, value in other.options.items():
             self.options.setdefault(field, value)
-            self.origin.setdefault(field, other.origin[field])
+            self.origin.setdefault(field, (via + "." if via else "") + other.origin[field])
         self.notes += other.notes
         self.followed += other.followed
-        self.nested_ignored += other.ignored()
+        self.nested_ignored += [(via + "." if via else "") + name for name in other.ignored()]
         self.model = self.model or other.model
 
     def ignored(self) -> list[str]:

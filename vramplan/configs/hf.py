@@ -86,7 +86,7 @@ def _parallel(reader: FieldReader, base: Path) -> None:
         deepspeed.read(nested)
         for field in ("batch", "grad_accum"):  # "auto" is filled from these TrainingArguments
             nested.options.pop(field, None)
-        reader.absorb(nested)
+        reader.absorb(nested, "deepspeed" if isinstance(target, Path) else "")
         if isinstance(target, Path):
             reader.followed.append(str(target))
     words = accelerate.fsdp_words(reader, "fsdp", reader.take("fsdp"))
