@@ -14,11 +14,15 @@ from collections.abc import Callable, Sequence
 from vramplan.commands.calibrate import add_calibrate_parser, add_calibrations_parser
 from vramplan.commands.estimate import add_compare_parser, add_estimate_parser
 from vramplan.commands.listing import add_gpus_parser, add_models_parser
-from vramplan.commands.plan_flags import add_plan_arguments, plan_from_args  # noqa: F401  (re-exported)
+from vramplan.commands.plan_flags import (  # noqa: F401
+    add_plan_arguments,
+    finish_plan_args,
+    plan_from_args,
+)
 from vramplan.commands.plan_flags import console as _console  # noqa: F401  (suggest/calibrate import these)
 from vramplan.commands.plan_flags import gpu_dirs as _gpu_dirs  # noqa: F401
 from vramplan.commands.suggest import add_suggest_parser
-from vramplan.errors import VramplanError
+from vramplan.errors import VramplanError, did_you_mean
 
 PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_models_parser,
@@ -32,10 +36,21 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (`vramplan estimate: error: ...`) and exit code 2."""
+    """argparse, strict and one line: no prefix matching (`--lora 0.05` must not set --lora-dropout), a usage
+    error is `vramplan estimate: error: ...` with a did-you-mean and exit code 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = [str(c) for c in action.choices]
+            raise argparse.ArgumentError(action, f"invalid choice: '{value}' (choose from {', '.join(choices)})"
+                                         f"{did_you_mean(str(value), choices)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,29 +58,68 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="vramplan",
-        description="GPU-memory planner and hardware advisor for fine-tuning LLMs (full, LoRA, QLoRA).",
+        description="GPU-memory planner and hardware advisor for fine-tuning LLMs (full, LoRA, QLoRA). "
+        "Exit codes: 0 fits, 1 does not fit (with a GPU), 2 bad input.",
     )
     parser.add_argument("--version", action="version", version=f"vramplan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in PARSERS:
         add(sub)
+    parser.set_defaults(subparsers=sub.choices)
     return parser
+
+
+def _dashed(token: str) -> str:
+    """`--per_device_train_batch_size=4` -> `--per-device-train-batch-size=4`: HfArgumentParser's spelling."""
+    if not token.startswith("--") or token == "--":
+        return token
+    name, eq, value = token.partition("=")
+    return name.replace("_", "-") + eq + value
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse; an unknown flag is an error of its subcommand, with the closest flags it has."""
+    args, extras = parser.parse_known_args([_dashed(a) for a in argv])
+    if extras:
+        owner = args.subparsers.get(getattr(args, "command", None) or "", parser)
+        flags = [f for f in extras if f.startswith("-")]
+        hint = did_you_mean(flags[0].partition("=")[0], owner._option_string_actions) if flags else ""
+        owner.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, sys.argv[1:] if argv is None else argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    code = None
     try:
-        return args.run(args)
+        if getattr(args, "plan_flags", False):
+            finish_plan_args(args)
+        code = args.run(args)
+        sys.stdout.flush()
+        return code
     except VramplanError as exc:
         print(f"vramplan {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        return _closed_pipe(code)
     except KeyboardInterrupt:
         print("vramplan: interrupted", file=sys.stderr)
         return 130
+
+
+def _closed_pipe(code: int | None) -> int:
+    """The reader went away (`vramplan suggest ... | head -1`). Keep the verdict's exit code when it was
+    reached (the usual case: output is flushed at the end), else 141 like a shell tool killed by SIGPIPE;
+    stdout goes to /dev/null so Python's exit flush cannot raise again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141 if code is None else code
 
 
 if __name__ == "__main__":  # pragma: no cover

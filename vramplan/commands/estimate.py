@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from vramplan.commands.plan_flags import add_gpu_arguments, add_plan_arguments, console, gpu_dirs, method_plan, \
-    plan_from_args
+from vramplan.commands.plan_flags import (
+    add_gpu_arguments,
+    add_plan_arguments,
+    console,
+    gpu_dirs,
+    method_plan,
+    plan_from_args,
+)
+
+# The README's rule, for every command: 0 fits, 1 does not fit, 2 bad input. Without --gpu nothing is judged
+# (exit 0); with one, estimate says 1 when the plan does not fit, compare when a model has no method that fits.
+DOES_NOT_FIT = 1
 
 
 def add_estimate_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +37,7 @@ def run_estimate(args: argparse.Namespace) -> int:
         report.print_json(report.estimate_json(result))
     else:
         report.render_estimate(console(args), result)
-    return 0
+    return DOES_NOT_FIT if result.fits is False else 0
 
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,4 +60,9 @@ def run_compare(args: argparse.Namespace) -> int:
         report.print_json([report.estimate_json(r) for r in rows])
     else:
         report.render_compare(console(args), rows)
-    return 0
+    return DOES_NOT_FIT if _some_model_fits_nowhere(rows) else 0
+
+
+def _some_model_fits_nowhere(rows: list) -> bool:
+    """With a GPU: a model none of whose methods fits (`fits` is None without a GPU: nothing judged)."""
+    return any(all(r.fits is False for r in rows if r.model == m) for m in {r.model for r in rows})

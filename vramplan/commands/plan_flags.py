@@ -8,19 +8,48 @@ built only when a command runs.
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from vramplan.hf_names import (
+    attention_from_hf,
+    bool_from_hf,
+    dtype_from_hf,
+    optimizer_from_hf,
+    storage_dtype_from_hf,
+    targets_from_hf,
+)
+from vramplan.vocab import (
+    ATTENTIONS,
+    METHODS,
+    MIXED_PRECISIONS,
+    OFFLOADS,
+    OPTIMIZERS,
+    QUANTS,
+    SHARDINGS,
+)
+
 
 def console(args: argparse.Namespace | None = None) -> Any:
-    """A rich Console: the terminal's width, or 120 columns when piped (so tables are not truncated)."""
+    """A rich Console: the terminal's width, or 120 columns when piped (so tables are not truncated). When the
+    reader goes away (`| head -1`) it goes quiet instead of exiting 1 (rich's `on_broken_pipe`), so the command
+    still returns its verdict's exit code."""
     import os
 
     from rich.console import Console
 
-    out = Console()
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+
+    out = _Console()
     if not out.is_terminal and "COLUMNS" not in os.environ:
-        out = Console(width=120)
+        out = _Console(width=120)
     return out
 
 
@@ -40,34 +69,77 @@ def add_gpu_arguments(p: argparse.ArgumentParser) -> None:
     add_gpu_dir_argument(p)
 
 
-def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) -> None:
-    """The training-plan flags shared by estimate, compare, suggest and calibrate (None = plan default)."""
-    from vramplan.vocab import ATTENTIONS, OFFLOADS, OPTIMIZERS, SHARDINGS
+def _hf(convert: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type from a `vramplan.hf_names` converter: its InputError becomes argparse's one-line error."""
+    def parse(text: str) -> object:
+        from vramplan.errors import InputError
 
-    g = p.add_argument_group("training plan")
+        try:
+            return convert(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def _bool_flag(g: argparse._ArgumentGroup, flag: str, dest: str, help: str) -> None:
+    """An HfArgumentParser-style boolean: `--flag` (true), `--flag false`, and `--no-flag`."""
+    g.add_argument(flag, dest=dest, nargs="?", const=True, default=None, type=_hf(bool_from_hf), metavar="BOOL",
+                   help=help)
+    g.add_argument("--no-" + flag[2:], dest=dest, action="store_const", const=False, help=argparse.SUPPRESS)
+
+
+def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) -> None:
+    """The training-plan flags shared by estimate, compare, suggest and calibrate (None = plan default).
+
+    Hugging Face's spellings (TrainingArguments, LoraConfig, BitsAndBytesConfig) are aliases of the same flag:
+    one `dest`, one converter from `vramplan.hf_names`; `--foo_bar` is read as `--foo-bar` (see `cli.main`).
+    """
+    g = p.add_argument_group("training plan (Hugging Face spellings in parentheses)")
     if method_default:
-        g.add_argument("--method", choices=["full", "lora", "qlora"], help="fine-tuning method (default qlora)")
-    g.add_argument("--param-dtype", choices=["bf16", "fp16", "fp32"], help="base weight dtype (default bf16)")
-    g.add_argument("--mixed-precision", choices=["bf16", "fp16"], help="autocast dtype (with --param-dtype fp32)")
-    g.add_argument("--quant", choices=["nf4", "fp4"], help="4-bit type for qlora (default nf4)")
+        g.add_argument("--method", choices=METHODS, help="fine-tuning method (default qlora)")
+    dtypes = "{bf16,fp16,fp32}"
+    g.add_argument("--param-dtype", "--dtype", "--torch-dtype", type=_hf(dtype_from_hf), metavar=dtypes,
+                   help="base weight dtype, also bfloat16/float16/float32 (default bf16)")
+    g.add_argument("--mixed-precision", type=_hf(partial(dtype_from_hf, allowed=MIXED_PRECISIONS)),
+                   metavar="{bf16,fp16}", help="autocast dtype (with --param-dtype fp32)")
+    for dtype in MIXED_PRECISIONS:
+        g.add_argument(f"--{dtype}", dest=f"hf_{dtype}", nargs="?", const=True, default=None, type=_hf(bool_from_hf),
+                       metavar="BOOL", help=f"TrainingArguments {dtype}: autocast to {dtype} over fp32 weights "
+                       f"(with --param-dtype fp32), else {dtype} weights")
+    g.add_argument("--quant", "--bnb-4bit-quant-type", choices=QUANTS, help="4-bit type for qlora (default nf4)")
     g.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=None,
                    help="quantize the quantization constants (qlora; default on)")
-    g.add_argument("--compute-dtype", choices=["bf16", "fp16", "fp32"], help="bnb_4bit_compute_dtype (qlora)")
+    _bool_flag(g, "--bnb-4bit-use-double-quant", "double_quant", "= --double-quant")
+    g.add_argument("--compute-dtype", "--bnb-4bit-compute-dtype", type=_hf(dtype_from_hf), metavar=dtypes,
+                   help="bnb_4bit_compute_dtype (qlora; default the param dtype)")
+    g.add_argument("--quant-storage", "--bnb-4bit-quant-storage", type=_hf(storage_dtype_from_hf),
+                   metavar="{uint8,bf16,fp16,fp32}", help="qlora: dtype packed 4-bit weights are stored in "
+                   "(bnb_4bit_quant_storage; FSDP/ZeRO-3 need a float one, the default there)")
     g.add_argument("--no-kbit-upcast", dest="kbit_upcast", action="store_const", const=False, default=None,
                    help="skip peft prepare_model_for_kbit_training's fp32 upcast of non-4-bit weights")
-    g.add_argument("--rank", type=int, help="LoRA rank (default 8)")
-    g.add_argument("--alpha", type=float, help="LoRA alpha (default 2 x rank)")
-    g.add_argument("--targets", help="LoRA targets: default | attention | all-linear | a comma list (q_proj,v_proj)")
+    g.add_argument("--rank", "--lora-r", "--r", dest="rank", type=int, help="LoRA rank (default 8, as peft)")
+    g.add_argument("--alpha", "--lora-alpha", dest="alpha", type=float, help="LoRA alpha (default 8, as peft)")
+    g.add_argument("--targets", "--target-modules", dest="targets", nargs="+", metavar="TARGETS",
+                   help="LoRA targets: default | attention | all-linear (all_linear) | module names, comma or "
+                   "space separated (q_proj,v_proj)")
     g.add_argument("--lora-dropout", type=float, help="LoRA dropout probability (default 0)")
-    g.add_argument("--batch", type=int, help="micro-batch size (default 1)")
-    g.add_argument("--seq", type=int, help="sequence length in tokens (default 1024)")
-    g.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
+    g.add_argument("--batch", "--per-device-train-batch-size", dest="batch", type=int,
+                   help="micro-batch size per GPU (default 1)")
+    g.add_argument("--seq", "--max-seq-length", "--max-length", dest="seq", type=int,
+                   help="sequence length in tokens (default 1024)")
+    g.add_argument("--grad-accum", "--gradient-accumulation-steps", dest="grad_accum", type=int,
+                   help="gradient accumulation steps (default 1)")
     g.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
                    help="gradient checkpointing (default on)")
+    _bool_flag(g, "--gradient-checkpointing", "grad_ckpt", "= --grad-ckpt")
     g.add_argument("--ckpt-reentrant", action="store_const", const=True, default=None,
                    help="use the older reentrant checkpointing")
-    g.add_argument("--attn", choices=ATTENTIONS, help="attention (default sdpa)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, help="default paged_adamw_8bit for qlora, adamw otherwise")
+    g.add_argument("--attn", "--attn-implementation", dest="attn", type=_hf(attention_from_hf),
+                   metavar="{" + ",".join(ATTENTIONS) + "}", help="attention (default sdpa)")
+    g.add_argument("--optimizer", "--optim", dest="optimizer", type=_hf(optimizer_from_hf), metavar="OPTIMIZER",
+                   help=f"{', '.join(OPTIMIZERS)}, or a transformers `optim` name (adamw_torch, adamw_bnb_8bit, "
+                   "...) (default paged_adamw_8bit for qlora, adamw otherwise)")
     if "--gpus" not in p._option_string_actions:  # a command may define --gpus itself (suggest)
         g.add_argument("--gpus", type=int, help="GPUs of a data-parallel job (default 1); sizes are then per GPU "
                        "and --batch is each GPU's micro-batch")
@@ -76,9 +148,37 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     g.add_argument("--offload", choices=OFFLOADS,
                    help="state in host RAM: optimizer (DeepSpeed ZeRO-Offload) or params (+ grads + optimizer: "
                    "FSDP CPU offload, ZeRO-3)")
-    g.add_argument("--quant-storage", choices=["uint8", "bf16", "fp16", "fp32"],
-                   help="qlora: dtype packed 4-bit weights are stored in (bnb_4bit_quant_storage; "
-                   "FSDP/ZeRO-3 need a float one, the default there)")
+    p.set_defaults(plan_flags=True)
+
+
+def finish_plan_args(args: argparse.Namespace) -> None:
+    """After parsing: HF spellings that are more than a rename become plan fields (`--bf16`, a target list)."""
+    if getattr(args, "targets", None) is not None and not isinstance(args.targets, str):
+        args.targets = targets_from_hf(args.targets)
+    _hf_precision(args)
+
+
+def _hf_precision(args: argparse.Namespace) -> None:
+    """TrainingArguments `bf16`/`fp16` turn on autocast (accelerate mixed_precision). Over fp32 weights that is
+    the plan's `mixed_precision`; over weights already loaded in that dtype (transformers 5 loads a checkpoint's
+    own dtype: `from_pretrained(dtype="auto")`) autocast changes no byte, so it names the weights' dtype."""
+    from vramplan.errors import InputError
+
+    chosen = [d for d in MIXED_PRECISIONS if getattr(args, f"hf_{d}", None)]
+    if len(chosen) > 1:
+        raise InputError("--bf16 and --fp16 both given: choose one")
+    if not chosen:
+        return
+    dtype, weights = chosen[0], args.param_dtype
+    if weights == "fp32":
+        if args.mixed_precision not in (None, dtype):
+            raise InputError(f"--{dtype} with --mixed-precision {args.mixed_precision}: choose one")
+        args.mixed_precision = dtype
+    elif weights in (None, dtype):
+        args.param_dtype = dtype
+    else:
+        raise InputError(f"--{dtype} over {weights} weights (autocast between two 16-bit dtypes) is not modelled: "
+                         f"use --param-dtype {dtype}, or fp32 for mixed precision")
 
 
 def plan_from_args(args: argparse.Namespace, **override: object):
