@@ -26,20 +26,34 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vramplan.errors import PlanError
+from vramplan.vocab import (  # noqa: F401  (SHARDINGS, OPTIMIZERS, TRAINERS, TARGET_SHORTHANDS: re-exported)
+    ATTENTIONS,
+    DTYPES,
+    LOSS_TYPES,
+    METHODS,
+    MIXED_PRECISIONS,
+    OFFLOADS,
+    OPTIMIZERS,
+    QUANT_STORAGES,
+    QUANTS,
+    SHARDINGS,
+    TARGET_SHORTHANDS,
+    TRAINERS,
+)
 
-Method = Literal["full", "lora", "qlora"]
-Dtype = Literal["bf16", "fp16", "fp32"]
-Quant = Literal["nf4", "fp4"]
-Attn = Literal["eager", "sdpa", "flash_attention_2"]
-Sharding = Literal["none", "ddp", "fsdp", "fsdp_grad_op", "zero1", "zero2", "zero3"]
-SHARDINGS: tuple[str, ...] = Sharding.__args__  # type: ignore[attr-defined]
-Offload = Literal["none", "optimizer", "params"]
-QuantStorage = Literal["uint8", "bf16", "fp16", "fp32"]
+# The names each field takes are owned by vramplan.vocab (plain tuples, so the CLI parser needs no pydantic).
+Method = Literal[METHODS]  # type: ignore[valid-type]
+Dtype = Literal[DTYPES]  # type: ignore[valid-type]
+MixedPrecision = Literal[MIXED_PRECISIONS]  # type: ignore[valid-type]
+Quant = Literal[QUANTS]  # type: ignore[valid-type]
+Attn = Literal[ATTENTIONS]  # type: ignore[valid-type]
+Sharding = Literal[SHARDINGS]  # type: ignore[valid-type]
+Offload = Literal[OFFLOADS]  # type: ignore[valid-type]
+QuantStorage = Literal[QUANT_STORAGES]  # type: ignore[valid-type]
 # The loop that runs the step: HF Trainer (outputs dropped before backward), a custom/accelerate loop (outputs kept
 # through backward), TRL's SFTTrainer (fused LM head, no full logits). Owner: vramplan/estimator/trainers.py.
-Trainer = Literal["hf", "loop", "trl-sft"]
-TRAINERS: tuple[str, ...] = Trainer.__args__  # type: ignore[attr-defined]
-LossType = Literal["nll", "dft"]  # TRL 1.16 SFTConfig.loss_type
+Trainer = Literal[TRAINERS]  # type: ignore[valid-type]
+LossType = Literal[LOSS_TYPES]  # type: ignore[valid-type]  # TRL 1.16 SFTConfig.loss_type
 # Engines that shard the parameters themselves (and so can shard 4-bit weights stored in a float dtype).
 PARAM_SHARDING = ("fsdp", "fsdp_grad_op", "zero3")
 ZERO = ("zero1", "zero2", "zero3")  # DeepSpeed: ZeRO-Offload moves the optimizer to the host at any stage
@@ -49,21 +63,7 @@ def allowed_offloads(sharding: str) -> tuple[str, ...]:
     """The `offload` values an engine takes: optimizer states with DeepSpeed, parameters with FSDP and ZeRO-3."""
     return ("none", *(("optimizer",) if sharding in ZERO else ()), *(("params",) if sharding in PARAM_SHARDING else ()))
 
-Optimizer = Literal[
-    "adamw",
-    "adamw_fused",
-    "adamw_8bit",
-    "paged_adamw_8bit",
-    "paged_adamw_32bit",
-    "adafactor",
-    "sgd",
-    "sgd_momentum",
-    "lion_8bit",
-]
-OPTIMIZERS: tuple[str, ...] = Optimizer.__args__  # type: ignore[attr-defined]
-
-# Target shorthands; anything else is a comma list of module names (peft `target_modules`).
-TARGET_SHORTHANDS = ("default", "attention", "all-linear")
+Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
 
 # The documented range of every integer in a plan (the CLI's help quotes it via `range_words`): wider than any
 # real run, narrow enough that a typo cannot make an estimate or a search do unbounded work.
@@ -91,7 +91,7 @@ class TrainingPlan(BaseModel):
 
     method: Method = "qlora"
     param_dtype: Dtype = "bf16"
-    mixed_precision: Literal["bf16", "fp16"] | None = None
+    mixed_precision: MixedPrecision | None = None
     # QLoRA (bitsandbytes BitsAndBytesConfig)
     quant: Quant | None = None
     quant_blocksize: int = 64
@@ -266,6 +266,9 @@ class TrainingPlan(BaseModel):
         return self.param_dtype
 
 
+LORA_ALPHA_DEFAULT = 8  # peft 0.21 `LoraConfig.lora_alpha` default (tests/test_cli_flags.py reads it from peft)
+
+
 def default_optimizer(method: str) -> str:
     return "paged_adamw_8bit" if method == "qlora" else "adamw"
 
@@ -286,8 +289,8 @@ def make_plan(**options: object) -> TrainingPlan:
     if plan.uses_lora:
         if plan.rank is None:
             fills["rank"] = 8
-        if plan.alpha is None:
-            fills["alpha"] = 2.0 * (plan.rank or 8)
+        if plan.alpha is None:  # peft LoraConfig.lora_alpha's default (peft 0.21: 8, whatever r is)
+            fills["alpha"] = float(LORA_ALPHA_DEFAULT)
         if plan.targets is None:
             fills["targets"] = "default"
     if plan.trainer == "trl-sft" and plan.loss_type is None:
