@@ -12,6 +12,7 @@ naming it; every other field is listed in `ignored`. This package imports no tor
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,8 @@ def _check_plan(reading: ConfigReading) -> None:
         make_plan(**reading.plan_options)
     except PlanError as exc:
         text = str(exc)
-        field = text.split(":", 1)[0]
-        where = reading.origin.get(field)
+        fields = [text.split(":", 1)[0]] + [f.replace("-", "_") for f in re.findall(r"--([a-z][a-z-]*)", text)]
+        where = ", ".join(dict.fromkeys(reading.origin[f] for f in fields if f in reading.origin))
         raise ConfigReadError(f"{reading.source}: {where + ' -> ' if where else ''}{text}") from None
 
 

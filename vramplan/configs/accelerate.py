@@ -32,7 +32,8 @@ def looks_like(data: dict) -> bool:
 
 
 def read(reader: FieldReader, base: Path) -> None:
-    kind = str(reader.take("distributed_type", "NO")).upper()
+    kind = reader.take("distributed_type", "NO")
+    kind = "NO" if kind is False else str(kind).upper()  # YAML 1.1 reads an unquoted NO as false
     processes = as_int(reader, "num_processes", reader.take("num_processes"))
     reader.set("gpus", processes, "num_processes")
     if kind == "MULTI_GPU":

@@ -36,7 +36,7 @@ _ATTENTION = {"auto": "sdpa", "disabled": "eager", "sdpa": "sdpa", "fa2": "flash
 
 
 def looks_like(data: dict) -> bool:
-    return any(k in data for k in ("stage", "finetuning_type", "cutoff_len", "lora_target", "quantization_bit"))
+    return any(k in data for k in ("stage", "finetuning_type", "cutoff_len", "lora_target", "quantization_bit", "template"))
 
 
 def read(reader: FieldReader, base: Path) -> None:

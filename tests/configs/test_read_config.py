@@ -1,0 +1,70 @@
+"""read_config: detection, malformed files as one line naming file and line, format names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vramplan.configs import FORMATS, ConfigReadError, read_config
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"
+
+
+@pytest.mark.parametrize("name, fmt", [
+    ("axolotl-llama31-8b-qlora.yml", "axolotl"), ("axolotl-qwen25-7b-lora-zero2.yml", "axolotl"),
+    ("llamafactory-qwen25-7b-qlora.yaml", "llamafactory"), ("trl-sft-qwen25-1.5b.yaml", "trl"),
+    ("hf-training-args.json", "hf"), ("adapter_config.json", "peft"), ("bnb_config.json", "bnb"),
+    ("accelerate-fsdp2.yaml", "accelerate"), ("deepspeed-zero2.json", "deepspeed"),
+    ("deepspeed-zero3-offload.json", "deepspeed"),
+])
+def test_every_example_is_detected_and_read(name, fmt):
+    r = read_config(EXAMPLES / name)
+    assert r.format == fmt and r.source.endswith(name)
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yml"
+    path.write_text("base_model: x\nadapter: [lora\nlora_r: 8\n")
+    with pytest.raises(ConfigReadError, match=r"bad\.yml:\d+: invalid YAML"):
+        read_config(path)
+
+
+def test_malformed_json_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{\n  "zero_optimization": {"stage": 2,}\n}')
+    with pytest.raises(ConfigReadError, match=r"bad\.json:2: invalid JSON"):
+        read_config(path)
+
+
+def test_not_a_mapping_and_missing_file(tmp_path):
+    (tmp_path / "list.yml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigReadError, match="expected a mapping"):
+        read_config(tmp_path / "list.yml")
+    with pytest.raises(ConfigReadError, match="cannot read"):
+        read_config(tmp_path / "absent.yml")
+
+
+def test_unknown_format_and_undetectable_file(tmp_path):
+    (tmp_path / "x.yml").write_text("foo: 1\n")
+    with pytest.raises(ConfigReadError, match="cannot tell the config format"):
+        read_config(tmp_path / "x.yml")
+    with pytest.raises(ConfigReadError, match="did you mean axolotl"):
+        read_config(tmp_path / "x.yml", "axolotel")
+    assert set(FORMATS) == {"axolotl", "llamafactory", "trl", "hf", "peft", "bnb", "accelerate", "deepspeed"}
+
+
+def test_a_value_the_plan_refuses_names_the_config_field(tmp_path):
+    (tmp_path / "a.yml").write_text("base_model: x\nmicro_batch_size: 0\n")
+    with pytest.raises(ConfigReadError, match="micro_batch_size -> batch: "):
+        read_config(tmp_path / "a.yml")
+
+
+def test_the_package_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, vramplan.configs as c; c.read_config(sys.argv[1]); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code, str(EXAMPLES / "axolotl-llama31-8b-qlora.yml")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

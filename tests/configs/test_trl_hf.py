@@ -1,0 +1,112 @@
+"""TRL's CLI YAML, HF TrainingArguments JSON, peft adapter_config.json and BitsAndBytesConfig JSON. These
+libraries are installed, so the slow tests parse the same files with them and compare field by field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vramplan.configs import ConfigReadError, read_config
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"
+TRL = "model_name_or_path: Qwen/Qwen2.5-1.5B\ndataset_name: x\n"
+
+
+def test_trl_defaults(read):
+    """SFTConfig: max_length 1024, gradient_checkpointing on, bf16 unless fp16; ModelConfig dtype float32 (so
+    bf16 is autocast over fp32 weights); TrainingArguments batch 8, adamw_torch_fused; no kwargs -> not reentrant."""
+    r = read(TRL)
+    assert r.format == "trl"
+    assert r.plan_options == {"method": "full", "batch": 8, "grad_accum": 1, "optimizer": "adamw_fused",
+                              "grad_ckpt": True, "ckpt_reentrant": False, "param_dtype": "fp32",
+                              "mixed_precision": "bf16", "seq": 1024, "attn": "sdpa"}
+
+
+@pytest.mark.parametrize("text, field, value", [
+    ("use_peft: true\n", "method", "lora"),
+    ("use_peft: true\nload_in_4bit: true\ndtype: bfloat16\n", "method", "qlora"),
+    ("use_peft: true\n", "rank", 16), ("use_peft: true\nlora_r: 64\n", "rank", 64),
+    ("use_peft: true\n", "alpha", 32.0), ("use_peft: true\n", "lora_dropout", 0.05),
+    ("use_peft: true\n", "targets", "default"),
+    ("use_peft: true\nlora_target_modules: [q_proj, v_proj]\n", "targets", "q_proj,v_proj"),
+    ("use_peft: true\nload_in_4bit: true\ndtype: bfloat16\n", "double_quant", False),
+    ("use_peft: true\nload_in_4bit: true\ndtype: bfloat16\nuse_bnb_nested_quant: true\n", "double_quant", True),
+    ("use_peft: true\nload_in_4bit: true\ndtype: bfloat16\n", "compute_dtype", "bf16"),
+    ("dtype: bfloat16\n", "param_dtype", "bf16"),
+    ("max_length: 4096\n", "seq", 4096),
+    ("per_device_train_batch_size: 2\n", "batch", 2),
+    ("gradient_accumulation_steps: 4\n", "grad_accum", 4),
+    ("gradient_checkpointing: false\n", "grad_ckpt", False),
+    ("gradient_checkpointing_kwargs: {use_reentrant: true}\n", "ckpt_reentrant", True),
+    ("attn_implementation: flash_attention_2\n", "attn", "flash_attention_2"),
+    ("optim: adamw_8bit\n", "optimizer", "adamw_8bit"),
+])
+def test_trl_mapped_field(read, text, field, value):
+    assert read(TRL + text).plan_options[field] == value
+
+
+@pytest.mark.parametrize("text, field", [
+    ("use_liger_kernel: true\n", "use_liger_kernel"), ("use_peft: true\nuse_dora: true\n", "use_dora"),
+    ("use_peft: true\nload_in_8bit: true\n", "load_in_8bit"),
+    ("activation_checkpointing_kwargs: {offload: true}\n", "offload"),
+])
+def test_trl_unmodelled_field_is_an_error(read, text, field):
+    with pytest.raises(ConfigReadError, match=field):
+        read(TRL + text)
+
+
+def test_peft_and_bnb_files_make_qlora():
+    r = read_config([EXAMPLES / "hf-training-args.json", EXAMPLES / "adapter_config.json",
+                     EXAMPLES / "bnb_config.json"])
+    assert r.format == "hf+peft+bnb" and r.model == "meta-llama/Llama-3.1-8B"
+    assert r.plan_options["method"] == "qlora" and r.plan_options["rank"] == 16 and r.plan_options["batch"] == 4
+
+
+def test_files_that_disagree_are_an_error(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "ds.json"
+    a.write_text('{"per_device_train_batch_size": 4, "output_dir": "o"}')
+    b.write_text('{"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 2}')
+    with pytest.raises(ConfigReadError, match="batch=2.*per_device_train_batch_size"):
+        read_config([a, b])
+
+
+@pytest.mark.slow
+def test_trl_reading_matches_trl_parser():
+    """The example parsed by trl's own TrlParser (ScriptArguments, SFTConfig, ModelConfig)."""
+    from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
+
+    path = EXAMPLES / "trl-sft-qwen25-1.5b.yaml"
+    _, args, model = TrlParser((ScriptArguments, SFTConfig, ModelConfig)).parse_args_and_config(
+        ["--config", str(path), "--use_cpu", "true"])
+    opts = read_config(path).plan_options
+    assert opts["batch"] == args.per_device_train_batch_size and opts["seq"] == args.max_length
+    assert opts["grad_accum"] == args.gradient_accumulation_steps and opts["grad_ckpt"] == args.activation_checkpointing
+    assert opts["ckpt_reentrant"] is bool((args.activation_checkpointing_kwargs or {}).get("use_reentrant", False))
+    assert f"{opts['optimizer']}".replace("adamw_fused", "adamw_torch_fused") == args.optim.value
+    assert (opts["rank"], opts["alpha"], opts["lora_dropout"]) == (model.lora_r, model.lora_alpha, model.lora_dropout)
+    assert opts["targets"] == model.lora_target_modules and opts["param_dtype"] == "bf16" == model.dtype[:1] + "f16"
+
+
+@pytest.mark.slow
+def test_hf_peft_bnb_reading_matches_the_libraries(tmp_path):
+    """TrainingArguments(**json), LoraConfig.from_pretrained, BitsAndBytesConfig.from_dict."""
+    import torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig, TrainingArguments
+
+    args = TrainingArguments(**json.loads((EXAMPLES / "hf-training-args.json").read_text()), use_cpu=True)
+    (tmp_path / "adapter_config.json").write_text((EXAMPLES / "adapter_config.json").read_text())
+    lora = LoraConfig.from_pretrained(str(tmp_path))
+    bnb = BitsAndBytesConfig.from_dict(json.loads((EXAMPLES / "bnb_config.json").read_text()))
+    opts = read_config([EXAMPLES / "hf-training-args.json", EXAMPLES / "adapter_config.json",
+                        EXAMPLES / "bnb_config.json"]).plan_options
+    assert (opts["batch"], opts["grad_accum"]) == (args.per_device_train_batch_size, args.gradient_accumulation_steps)
+    assert opts["optimizer"] == args.optim.value and opts["grad_ckpt"] == args.activation_checkpointing
+    assert opts["ckpt_reentrant"] == args.activation_checkpointing_kwargs["use_reentrant"]
+    assert (opts["rank"], opts["alpha"], opts["lora_dropout"]) == (lora.r, lora.lora_alpha, lora.lora_dropout)
+    assert set(opts["targets"].split(",")) == set(lora.target_modules)
+    assert (opts["quant"], opts["double_quant"]) == (bnb.bnb_4bit_quant_type, bnb.bnb_4bit_use_double_quant)
+    assert bnb.bnb_4bit_compute_dtype == torch.bfloat16 and opts["compute_dtype"] == "bf16"
+    assert bnb.bnb_4bit_quant_storage == torch.uint8 and opts["quant_storage"] == "uint8"
