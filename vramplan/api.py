@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vramplan.estimator import MemoryEstimate, estimate_memory
+from vramplan.estimator.allocator import AllocatorConfig
 from vramplan.models import ModelSpec, resolve_model
 from vramplan.plan import TrainingPlan
+
+if TYPE_CHECKING:
+    from vramplan.hardware import GpuProfile
 
 METHODS = ("full", "lora", "qlora")
 
 
 def allocator_reserve_bytes(peak_bytes: int) -> int:
-    """What PyTorch's caching allocator holds beyond the live peak (fragmentation, cached free blocks).
-
-    Model: large allocations are served from 2 MiB-rounded segments and freed blocks stay cached, so reserved
-    memory runs a few percent over the allocated peak; we take 5% of the peak plus 128 MiB. This is the
-    calibration target for GPU runs (vramplan calibrate --device cuda records max_memory_reserved).
-    """
+    """A quick screen of the caching allocator's reserve for searches that price thousands of plans before
+    estimating the survivors (`vramplan.advisor`): 5% of the peak plus 128 MiB. `estimate(..., gpu=...)` replaces
+    it with the simulation of the allocator on the step's allocation sequence (`vramplan.device`)."""
     return peak_bytes // 20 + 128 * 2**20
 
 
@@ -32,12 +34,36 @@ def estimate(model: str | ModelSpec, plan: TrainingPlan, gpu: str | None = None,
     from vramplan.hardware import resolve_gpu
 
     profile = resolve_gpu(gpu, tuple(gpu_dirs))
+    return with_device(spec, plan, result, profile)
+
+
+def with_device(spec: ModelSpec, plan: TrainingPlan, result: MemoryEstimate, profile: GpuProfile) -> MemoryEstimate:
+    """Add what the process takes on `profile` beyond its tensors (vramplan.device) and say if it fits."""
+    from vramplan.device import (
+        driver_context_bytes,
+        nccl_buffer_bytes,
+        reserve_interval,
+    )
+    from vramplan.hardware import blas_workspace_bytes
+
+    reserve = reserve_interval(spec, plan, result.peak_bytes, profile, plan_allocator_config(plan))
     return result.model_copy(update={
         "gpu": profile.slug,
         "gpu_usable_bytes": profile.usable_bytes,
-        "cuda_context_bytes": profile.cuda_context_bytes,
-        "allocator_reserve_bytes": allocator_reserve_bytes(result.peak_bytes),
+        "cuda_context_bytes": driver_context_bytes(profile),
+        "allocator_reserve_bytes": reserve.high_bytes,
+        "allocator_reserve_low_bytes": reserve.low_bytes,
+        "blas_workspace_bytes": blas_workspace_bytes(profile.vendor, profile.compute_capability,
+                                                     profile.architecture),
+        "nccl_bytes": nccl_buffer_bytes(plan.gpus, profile),
     })
+
+
+def plan_allocator_config(plan: TrainingPlan) -> AllocatorConfig:
+    """The plan's `PYTORCH_CUDA_ALLOC_CONF` knobs (defaults where the plan has none)."""
+    split = getattr(plan, "max_split_size_mb", None)
+    return AllocatorConfig(expandable_segments=bool(getattr(plan, "expandable_segments", False)),
+                           max_split_size_bytes=None if split is None else split * 2**20)
 
 
 def compare(models: Sequence[str], plan_for: Callable[[str], TrainingPlan], gpu: str | None = None,

@@ -128,13 +128,21 @@ def default_cuda_context_bytes(vendor: str, compute_capability: str | None, arch
     Hopper, 32 MiB for compute capability 9.x/10.x/12.x; on ROCm 32 MiB (128 MiB on gfx94x, CDNA 3) plus
     the 76 MiB hipBLASLt workspace. The AMD context (512 MiB) is an unmeasured estimate.
     """
+    workspace = blas_workspace_bytes(vendor, compute_capability, architecture)
     if vendor == "amd":
-        blas = (128 if architecture == "CDNA 3" else 32) * MiB + 76 * MiB
-        return 512 * MiB + blas
+        return 512 * MiB + workspace
     major = int((compute_capability or "0.0").split(".")[0])
     context = 300 if major < 8 else 400 if major == 8 else 500
-    workspace = 32 * MiB if major >= 9 else 4096 * 1024 * 2 + 16 * 1024 * 8
     return context * MiB + workspace
+
+
+def blas_workspace_bytes(vendor: str, compute_capability: str | None, architecture: str) -> int:
+    """The BLAS workspace of one (handle, stream), from ATen's CublasHandlePool.cpp (see above); it is allocated
+    through the caching allocator, so it is part of reserved memory (vramplan.device)."""
+    if vendor == "amd":
+        return (128 if architecture == "CDNA 3" else 32) * MiB + 76 * MiB
+    major = int((compute_capability or "0.0").split(".")[0])
+    return 32 * MiB if major >= 9 else 4096 * 1024 * 2 + 16 * 1024 * 8
 
 
 def name_key(text: str) -> str:

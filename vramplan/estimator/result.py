@@ -25,8 +25,14 @@ class MemoryEstimate(BaseModel):
     # What the CPU tracer (vramplan calibrate --trace) sees where it differs from CUDA: bitsandbytes' CUDA
     # gemm_4bit allocates a dequantized weight inside its custom op, which a TorchDispatchMode cannot see.
     traced_phases: dict[str, int] | None = None
+    # On a GPU (vramplan.device): the caching allocator's reserve above the peak as an interval from its simulation
+    # (`allocator_reserve_bytes` is the high end), the driver's CUDA context (outside the allocator; the cuBLAS
+    # workspace is in the reserve) and NCCL's communicator buffers.
     cuda_context_bytes: int | None = None
     allocator_reserve_bytes: int | None = None
+    allocator_reserve_low_bytes: int | None = None
+    blas_workspace_bytes: int = 0  # inside the reserve
+    nccl_bytes: int = 0
     gpu: str | None = None
     gpu_usable_bytes: int | None = None
     # Several GPUs: the sizes above are per GPU (rank 0, the busiest) of a `gpus`-way data-parallel job
@@ -48,11 +54,29 @@ class MemoryEstimate(BaseModel):
 
     @computed_field
     @property
+    def reserved_low_bytes(self) -> int | None:
+        """The low end of `max_memory_reserved` (`reserved_bytes` is the high end, which `fits` uses)."""
+        if self.allocator_reserve_bytes is None:
+            return None
+        low = self.allocator_reserve_low_bytes
+        return self.peak_bytes + (self.allocator_reserve_bytes if low is None else low)
+
+    @computed_field
+    @property
     def total_gpu_bytes(self) -> int | None:
-        """Reserved memory + CUDA context: what the process takes on the card."""
+        """What the process takes on the card (nvidia-smi), high end: reserved + CUDA context + NCCL buffers.
+        Paged optimizer states come on top while resident (`paged_bytes`); they page out rather than fail."""
         if self.reserved_bytes is None or self.cuda_context_bytes is None:
             return None
-        return self.reserved_bytes + self.cuda_context_bytes
+        return self.reserved_bytes + self.cuda_context_bytes + self.nccl_bytes
+
+    @computed_field
+    @property
+    def total_gpu_low_bytes(self) -> int | None:
+        """The low end of the device total."""
+        if self.reserved_low_bytes is None or self.cuda_context_bytes is None:
+            return None
+        return self.reserved_low_bytes + self.cuda_context_bytes + self.nccl_bytes
 
     @computed_field
     @property

@@ -1,0 +1,131 @@
+"""What a training process takes on the card: the caching allocator's reserve, the CUDA context, NCCL, paged states.
+
+`nvidia-smi` shows, per process:
+* **reserved**: every segment PyTorch's caching allocator holds (`torch.cuda.max_memory_reserved()`), simulated
+  on the step's allocation sequence (`vramplan.estimator.allocator`, `step_events`). It includes the cuBLAS
+  workspace: `CublasHandlePool.cpp: getNewWorkspace` allocates it through the caching allocator, one per
+  (handle, stream), kept for the process (`cublas_handle_stream_to_workspace`); with torch >= 2.7 cuBLASLt shares
+  it (`getCUDABlasLtWorkspaceSize`: unified workspace unless TORCH_CUBLASLT_UNIFIED_WORKSPACE=0). The size is
+  `hardware.blas_workspace_bytes`.
+* **CUDA context**: the driver's context and loaded kernels, outside the allocator: the GPU profile's
+  `cuda_context_bytes` less the BLAS workspace it includes (`hardware.default_cuda_context_bytes`).
+* **NCCL** (several GPUs): communicator buffers NCCL allocates itself, outside torch's allocator. Per channel and
+  peer connection, one buffer per protocol: Simple `NCCL_BUFFSIZE` (default 4 MiB, NCCL docs, env.html), LL128
+  (about 4.5 MiB with the default NCCL_LL128_BUFFSIZE) and LL (256 KiB); a ring and a tree connection per channel.
+  Channels: 2 over PCIe, 16 over NVLink (NCCL's topology search picks more channels on faster links; the counts
+  are the usual ones NCCL_DEBUG=INFO prints on such machines, not a measurement of ours).
+* **paged optimizer states** (bitsandbytes `paged_*`): `cudaMallocManaged`, outside the allocator; they page to
+  host instead of failing, so `fits` leaves them out (see `MemoryEstimate.paged_spill_bytes`).
+
+Sharded engines run their collectives on their own streams (FSDP2: `all_gather_stream`, `reduce_scatter_stream`;
+DeepSpeed: its communication streams): their buffers come from pools of their own, which blocks freed on the
+default stream never serve (per-stream pools). Their cached blocks are added to the reserve's high end.
+
+The reserve is an interval. Low: the sequence replayed in order. High: the same with every free one allocation
+late (a tensor whose last reference dies after the op that used it last: Python frames, autograd releasing saved
+tensors), plus the communication pools. `fits` uses the high end.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from vramplan.estimator.allocator import AllocatorConfig, allocation_size, round_size
+from vramplan.hardware import GpuProfile, blas_workspace_bytes
+from vramplan.models import ModelSpec
+from vramplan.plan import TrainingPlan
+from vramplan.units import KiB, MiB
+
+NCCL_SIMPLE_BUFFER_BYTES = 4 * MiB  # NCCL_BUFFSIZE default
+NCCL_LL128_BUFFER_BYTES = 4608 * KiB  # approximately, per connection with the default LL128 settings
+NCCL_LL_BUFFER_BYTES = 256 * KiB
+
+
+class ReserveInterval(BaseModel):
+    """The caching allocator's reserve above the allocated peak, from the simulation (bytes)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    low_bytes: int  # sequence in order
+    high_bytes: int  # frees one allocation late, plus the communication streams' pools
+    simulated_peak_bytes: int  # the simulation's own peak of requested bytes (a check on the sequence)
+
+
+def nccl_buffer_bytes(gpus: int, profile: GpuProfile) -> int:
+    """NCCL communicator buffers per GPU (see the module docstring); 0 on one GPU."""
+    if gpus <= 1:
+        return 0
+    nvlink = profile.peer_link_bytes_per_s is not None and (
+        profile.peer_link_max_gpus is None or gpus <= profile.peer_link_max_gpus)
+    channels = 16 if nvlink else 2
+    per_connection = NCCL_SIMPLE_BUFFER_BYTES + NCCL_LL128_BUFFER_BYTES + NCCL_LL_BUFFER_BYTES
+    return channels * 2 * per_connection
+
+
+def driver_context_bytes(profile: GpuProfile) -> int:
+    """The profile's CUDA context less the BLAS workspace (which the allocator's reserve holds)."""
+    return max(0, profile.cuda_context_bytes - blas_workspace_bytes(
+        profile.vendor, profile.compute_capability, profile.architecture))
+
+
+def reserve_interval(model: ModelSpec, plan: TrainingPlan, peak_bytes: int, profile: GpuProfile,
+                     config: AllocatorConfig | None = None) -> ReserveInterval:
+    """The reserve above `peak_bytes` (the estimator's allocated peak) on `profile`."""
+    workspace = blas_workspace_bytes(profile.vendor, profile.compute_capability, profile.architecture)
+    low, high, sim_peak = _simulate(model, plan, config or AllocatorConfig(), workspace)
+    comm = _comm_pool_bytes(model, plan)
+    return ReserveInterval(low_bytes=low, high_bytes=max(low, high) + comm, simulated_peak_bytes=sim_peak)
+
+
+_CACHE: dict[tuple, tuple[ModelSpec, tuple[int, int, int]]] = {}
+
+
+def _simulate(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, workspace: int) -> tuple[int, int, int]:
+    """(reserve in order, reserve with late frees, simulated requested peak), cached per (model, plan)."""
+    key = (id(model), plan, config, workspace)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    if len(_CACHE) > 512:
+        _CACHE.clear()
+    result = _run(model, plan, config, workspace)
+    _CACHE[key] = (model, result)
+    return result
+
+
+def _run(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, workspace: int) -> tuple[int, int, int]:
+    from vramplan.estimator.step_events import replay, step_events
+
+    local = _single_gpu_plan(plan)
+    events = [("blas_workspace", workspace), *step_events(model, local)]
+    exact = replay(events, config)
+    late = replay(events, config, lag=1)
+    # the reserve beyond the requested peak: rounding, unsplit blocks, cached free blocks, fragmentation
+    return (max(0, exact.peak_reserved - exact.peak_requested) + round_size(workspace),
+            max(0, late.peak_reserved - late.peak_requested) + round_size(workspace),
+            exact.peak_requested)
+
+
+def _single_gpu_plan(plan: TrainingPlan) -> TrainingPlan:
+    """The step one GPU runs (its own micro-batch); the sharded engines' buffers are priced apart."""
+    if plan.gpus == 1:
+        return plan
+    update = {"gpus": 1, "sharding": None, "offload": "none"}
+    if plan.method == "qlora" and plan.kbit_upcast is False and plan.sharding in ("fsdp", "fsdp_grad_op", "zero3"):
+        update["kbit_upcast"] = False
+    return plan.model_copy(update=update)
+
+
+def _comm_pool_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
+    """Cached blocks of the sharded engines' communication streams: two all-gather outputs (the unit in use and
+    the prefetched one) and one reduce-scatter input of the largest unit, each a segment of its own."""
+    if plan.gpus <= 1 or plan.parallelism not in ("fsdp", "fsdp_grad_op", "zero2", "zero3"):
+        return 0
+    from vramplan.estimator.partition import build_units
+
+    units = build_units(model, plan)
+    gather = max(u.padded for u in units.all)
+    reduce = max(u.reduce for u in units.all)
+    if plan.parallelism == "zero2":
+        gather = 0
+    return 2 * allocation_size(round_size(gather)) * (gather > 0) + allocation_size(round_size(reduce)) * (reduce > 0)
