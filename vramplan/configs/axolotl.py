@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vramplan.configs import accelerate, deepspeed, names
-from vramplan.configs.fields import FieldReader, as_bool, as_int, comma_list, follow
+from vramplan.configs.fields import FieldReader, as_bool, as_int, follow
 
 # Memory-relevant fields the estimator does not model yet: an error naming them when they are on.
 REFUSED = {
@@ -111,8 +111,7 @@ def _lora(reader: FieldReader) -> None:
     if linear and as_bool(reader, "lora_target_linear", linear):
         reader.set("targets", "all-linear", "lora_target_linear")
     elif modules:
-        targets = "all-linear" if modules in ("all-linear", "all_linear") else comma_list(modules)
-        reader.set("targets", targets, "lora_target_modules")
+        reader.set("targets", names.targets(reader, "lora_target_modules", modules), "lora_target_modules")
 
 
 def _qlora(reader: FieldReader, dtype: str) -> None:
@@ -124,8 +123,7 @@ def _qlora(reader: FieldReader, dtype: str) -> None:
     double = kwargs.take("bnb_4bit_use_double_quant", True)
     reader.set("double_quant", as_bool(kwargs, "bnb_4bit_use_double_quant", double), "bnb_config_kwargs")
     storage = kwargs.take("bnb_4bit_quant_storage", "bfloat16")
-    reader.set("quant_storage", "uint8" if str(storage) == "uint8" else names.dtype(kwargs, "bnb_4bit_quant_storage",
-                                                                                       storage), "adapter")
+    reader.set("quant_storage", names.storage(kwargs, "bnb_4bit_quant_storage", storage), "adapter")
     compute = kwargs.take("bnb_4bit_compute_dtype")
     reader.set("compute_dtype", names.dtype(kwargs, "bnb_4bit_compute_dtype", compute) if compute else dtype,
                "bf16" if reader.given("bf16") else "adapter")

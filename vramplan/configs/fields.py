@@ -136,13 +136,6 @@ def as_int(reader: FieldReader, key: str, value: Any) -> int | None:
     return value
 
 
-def comma_list(value: Any) -> str:
-    """peft target_modules as the plan's comma list (a YAML list or a comma string)."""
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v).strip() for v in value)
-    return str(value)
-
-
 def follow(reader: FieldReader, key: str, base: Path) -> Path | dict | None:
     """A field that names another file (DeepSpeed JSON, fsdp_config JSON) or holds it inline: the path
     (relative to the config's folder, else to the working directory) or the dict."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 from vramplan.configs import accelerate, deepspeed, names
 from vramplan.configs.fields import (
@@ -21,7 +20,6 @@ from vramplan.configs.fields import (
     FieldReader,
     as_bool,
     as_int,
-    comma_list,
     follow,
     load_mapping,
 )
@@ -136,16 +134,7 @@ def _read_peft(reader: FieldReader, base: Path) -> None:
     reader.set("rank", as_int(reader, "r", reader.take("r", 8)), "r")
     reader.set("alpha", float(reader.take("lora_alpha", 8)), "lora_alpha")
     reader.set("lora_dropout", float(reader.take("lora_dropout", 0.0)), "lora_dropout")
-    reader.set("targets", targets(reader.take("target_modules")), "target_modules")
-
-
-def targets(value: Any) -> str | None:
-    """peft target_modules: None (peft's per-architecture default), 'all-linear' or a list of names."""
-    if value is None:
-        return "default"
-    if value in ("all-linear", "all_linear"):
-        return "all-linear"
-    return comma_list(value)
+    reader.set("targets", names.targets(reader, "target_modules", reader.take("target_modules")), "target_modules")
 
 
 PEFT = SimpleNamespace(looks_like=lambda data: "peft_type" in data, read=_read_peft)
@@ -176,8 +165,7 @@ def read_bnb(reader: FieldReader, base: Path | None = None) -> None:
     reader.set("compute_dtype", names.dtype(reader, "bnb_4bit_compute_dtype",
                                             reader.take("bnb_4bit_compute_dtype", "float32")), "bnb_4bit_compute_dtype")
     storage = str(reader.take("bnb_4bit_quant_storage", "uint8"))
-    reader.set("quant_storage", "uint8" if storage == "uint8" else names.dtype(reader, "bnb_4bit_quant_storage", storage),
-               "bnb_4bit_quant_storage")
+    reader.set("quant_storage", names.storage(reader, "bnb_4bit_quant_storage", storage), "bnb_4bit_quant_storage")
     skip = reader.take("llm_int8_skip_modules")
     if skip:
         reader.refuse("llm_int8_skip_modules", "modules kept unquantized")

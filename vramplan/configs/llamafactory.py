@@ -101,7 +101,7 @@ def _lora(reader: FieldReader, method: str, compute: str) -> None:
     reader.set("alpha", float(reader.take("lora_alpha", 2 * rank)), "lora_alpha")
     reader.set("lora_dropout", float(reader.take("lora_dropout", 0.0)), "lora_dropout")
     target = str(reader.take("lora_target", "all"))
-    reader.set("targets", "all-linear" if target == "all" else target, "lora_target")
+    reader.set("targets", "all-linear" if target == "all" else names.targets(reader, "lora_target", target), "lora_target")
     if method == "qlora":
         quant = str(reader.take("quantization_type", "nf4"))
         reader.set("quant", quant, "quantization_type")

@@ -1,62 +1,48 @@
-"""HF spellings the config readers need: optimizer names (transformers `OptimizerNames`), dtypes, attention
-implementations. Uses `vramplan.hf_names` (the one owner of these tables) when it is present."""
+"""HF spellings in config fields (optimizer names, dtypes, attention, LoRA targets), read with the tables of
+`vramplan.hf_names` (their one owner); an unknown or unmodelled value is an error naming the config field."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from vramplan.configs.fields import FieldReader
-
-# transformers.training_args.OptimizerNames value -> plan optimizer. Trainer.get_optimizer_cls_and_kwargs:
-# adamw_torch = torch.optim.AdamW, adamw_torch_fused = AdamW(fused=True), adamw_bnb_8bit/adamw_8bit =
-# bnb.optim.AdamW(optim_bits=8), paged_* = bnb paged AdamW, lion_8bit = bnb Lion 8-bit, sgd = torch SGD.
-_OPTIMIZERS = {
-    "adamw_torch": "adamw", "adamw_hf": "adamw", "adamw": "adamw",
-    "adamw_torch_fused": "adamw_fused",
-    "adamw_bnb_8bit": "adamw_8bit", "adamw_8bit": "adamw_8bit",
-    "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit",
-    "adafactor": "adafactor", "sgd": "sgd", "lion_8bit": "lion_8bit",
-}
-_DTYPES = {
-    "bf16": "bf16", "bfloat16": "bf16", "torch.bfloat16": "bf16",
-    "fp16": "fp16", "float16": "fp16", "half": "fp16", "torch.float16": "fp16",
-    "fp32": "fp32", "float32": "fp32", "float": "fp32", "torch.float32": "fp32",
-}
-_ATTENTION = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "fa2": "flash_attention_2"}
+from vramplan import hf_names
+from vramplan.configs.fields import ConfigReadError, FieldReader
+from vramplan.errors import InputError
 
 
-def _table(name: str, fallback: dict[str, str]) -> dict[str, str]:
+def _convert(reader: FieldReader, key: str, convert: Callable[[Any], str], value: Any) -> str:
     try:
-        from vramplan import hf_names  # type: ignore[attr-defined]
-    except ImportError:
-        return fallback
-    table = getattr(hf_names, name, None)
-    return {**fallback, **table} if isinstance(table, dict) else fallback
+        return convert(value)
+    except InputError as exc:
+        raise ConfigReadError(f"{reader.source}: {reader.prefix}{key}: {exc}") from None
 
 
 def optimizer(reader: FieldReader, key: str, value: Any) -> str:
-    table = _table("HF_OPTIMIZERS", _OPTIMIZERS)
-    name = str(value).lower()
-    if name not in table:
-        raise reader.bad_value(key, value, sorted(table))
-    return table[name]
+    return _convert(reader, key, hf_names.optimizer_from_hf, value)
 
 
-def dtype(reader: FieldReader, key: str, value: Any) -> str | None:
-    """A dtype spelling; 'auto' (the checkpoint's own dtype) gives None, with a note."""
-    table = _table("HF_DTYPES", _DTYPES)
-    name = str(value).lower()
-    if name == "auto":
+def dtype(reader: FieldReader, key: str, value: Any) -> str:
+    """A dtype spelling; 'auto' (the checkpoint's own dtype) is read as bf16, with a note."""
+    if str(value).lower() == "auto":
         reader.note(f"{reader.prefix}{key}: auto means the checkpoint's dtype; read as bf16 (give --param-dtype)")
         return "bf16"
-    if name not in table:
-        raise reader.bad_value(key, value, sorted(table))
-    return table[name]
+    return _convert(reader, key, hf_names.dtype_from_hf, value)
+
+
+def storage(reader: FieldReader, key: str, value: Any) -> str:
+    return _convert(reader, key, hf_names.storage_dtype_from_hf, value)
 
 
 def attention(reader: FieldReader, key: str, value: Any) -> str:
-    table = _table("HF_ATTENTION", _ATTENTION)
-    name = str(value).lower()
-    if name not in table:
-        raise reader.bad_value(key, value, sorted(table))
-    return table[name]
+    return _convert(reader, key, hf_names.attention_from_hf, value)
+
+
+def targets(reader: FieldReader, key: str, value: Any) -> str:
+    """peft `target_modules`: a list, a comma string or a shorthand (None is peft's per-architecture default)."""
+    if value is None:
+        return "default"
+    return _convert(reader, key, hf_names.targets_from_hf, value)
+
+
+__all__ = ["ConfigReadError", "attention", "dtype", "optimizer", "storage", "targets"]

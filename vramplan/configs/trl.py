@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vramplan.configs import names
 from vramplan.configs.fields import FieldReader, as_bool, as_int
-from vramplan.configs.hf import read_training_args, targets
+from vramplan.configs.hf import read_training_args
 
 REFUSED = {
     "use_dora": "DoRA's magnitude vectors and weight-norm temporaries",
@@ -59,14 +59,15 @@ def read(reader: FieldReader, base: Path) -> None:
         reader.set("rank", as_int(reader, "lora_r", reader.take("lora_r", 16)), "lora_r")
         reader.set("alpha", float(reader.take("lora_alpha", 32)), "lora_alpha")
         reader.set("lora_dropout", float(reader.take("lora_dropout", 0.05)), "lora_dropout")
-        reader.set("targets", targets(reader.take("lora_target_modules")), "lora_target_modules")
+        reader.set("targets", names.targets(reader, "lora_target_modules", reader.take("lora_target_modules")),
+                   "lora_target_modules")
     if method == "qlora":
         reader.set("quant", str(reader.take("bnb_4bit_quant_type", "nf4")), "bnb_4bit_quant_type")
         reader.set("double_quant", as_bool(reader, "use_bnb_nested_quant", reader.take("use_bnb_nested_quant", False)),
                    "use_bnb_nested_quant")
         reader.set("compute_dtype", weights, "dtype")
         storage = reader.take("bnb_4bit_quant_storage")
-        reader.set("quant_storage", names.dtype(reader, "bnb_4bit_quant_storage", storage) if storage else None,
+        reader.set("quant_storage", names.storage(reader, "bnb_4bit_quant_storage", storage) if storage else None,
                    "bnb_4bit_quant_storage")
         if reader.options.get("sharding") == "zero3" and reader.options.get("grad_ckpt"):
             reader.set("ckpt_reentrant", True, "gradient_checkpointing_kwargs")
