@@ -48,7 +48,7 @@ def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="measure a plan with the micro-trainer and compare it with the estimate",
                        description="Run one real (or traced) fine-tuning step of a plan, print measured vs "
                        "estimated memory per phase and component, and save the record.")
-    p.add_argument("--model", required=True, help="preset name, config.json path, model folder or HF hub id")
+    p.add_argument("--model", help="preset name, config.json path, model folder or HF hub id (or from --config)")
     add_plan_arguments(p)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--trace", action="store_true",

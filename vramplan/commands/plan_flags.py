@@ -148,14 +148,62 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     g.add_argument("--offload", choices=OFFLOADS,
                    help="state in host RAM: optimizer (DeepSpeed ZeRO-Offload) or params (+ grads + optimizer: "
                    "FSDP CPU offload, ZeRO-3)")
-    p.set_defaults(plan_flags=True)
+    c = p.add_argument_group("training config files")
+    c.add_argument("--config", action="append", metavar="FILE", help="read the plan (and the model) from a "
+                   "training config: axolotl, LLaMA-Factory, TRL, TrainingArguments JSON, adapter_config.json, "
+                   "BitsAndBytesConfig, accelerate, DeepSpeed (repeatable: files read together); flags override it")
+    c.add_argument("--config-format", metavar="FORMAT", help="the --config file's format when detection is not "
+                   "enough: axolotl, llamafactory, trl, hf, peft, bnb, accelerate, deepspeed")
+    late = {}
+    if "--gpus" in p._option_string_actions:  # the command's own --gpus default applies after the config's
+        action = p._option_string_actions["--gpus"]
+        late["gpus"], action.default = action.default, None
+    p.set_defaults(plan_flags=True, late_defaults=late)
 
 
 def finish_plan_args(args: argparse.Namespace) -> None:
-    """After parsing: HF spellings that are more than a rename become plan fields (`--bf16`, a target list)."""
+    """After parsing: HF spellings that are more than a rename become plan fields (`--bf16`, a target list),
+    then the --config file's options fill every plan field no flag gave (a flag's default is None)."""
     if getattr(args, "targets", None) is not None and not isinstance(args.targets, str):
         args.targets = targets_from_hf(args.targets)
     _hf_precision(args)
+    if getattr(args, "config", None):
+        _apply_config(args)
+    elif getattr(args, "config_format", None):
+        from vramplan.errors import InputError
+
+        raise InputError("--config-format applies to a --config file: give one")
+    for field, default in getattr(args, "late_defaults", {}).items():
+        if getattr(args, field, None) is None:
+            setattr(args, field, default)
+    if getattr(args, "model", "") is None:
+        from vramplan.errors import InputError
+
+        raise InputError("--model is required (a preset, config.json, model folder or hub id), or a --config "
+                         "that names the model")
+
+
+def _apply_config(args: argparse.Namespace) -> None:
+    """`vramplan.configs.read_config`: its model and plan options where the command line gave none; its notes
+    and the fields it ignored go to stderr (stdout stays the answer, --json parseable)."""
+    from vramplan.configs import read_config
+    from vramplan.errors import InputError
+
+    if args.config_format and len(args.config) > 1:
+        raise InputError("--config-format applies to one --config file; several are each detected")
+    reading = read_config(args.config[0] if len(args.config) == 1 else args.config, args.config_format)
+    for field, value in reading.plan_options.items():
+        if getattr(args, field, None) is None:
+            setattr(args, field, value)
+    if getattr(args, "model", "") is None:
+        args.model = reading.model
+    where = f"vramplan {args.command}: {reading.source}"
+    for note in reading.notes:
+        print(f"{where}: note: {note}", file=sys.stderr)
+    if reading.ignored:
+        shown = ", ".join(reading.ignored[:8]) + (f" and {len(reading.ignored) - 8} more" if len(reading.ignored) > 8
+                                                 else "")
+        print(f"{where}: ignored (no effect on memory): {shown}", file=sys.stderr)
 
 
 def _hf_precision(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
         "optimizers and, on several GPUs, sharding (DDP, ZeRO-2, FSDP) and CPU offload for the plans that fit; rank "
         "them by an objective and explain the winner. Plan flags pin a knob (e.g. --rank 16, --no-grad-ckpt, "
         "--sharding fsdp).")
-    p.add_argument("--model", required=True, help="preset name, config.json path, model folder or HF hub id")
+    p.add_argument("--model", help="preset name, config.json path, model folder or HF hub id (or from --config)")
     p.add_argument("--gpu", required=True, help="GPU profile (e.g. rtx4090, a100-80gb)")
     p.add_argument("--gpu-dir", action="append", metavar="DIR",
                    help="extra folder of GPU profile .toml files (repeatable; also $VRAMPLAN_GPU_DIR)")

@@ -1,0 +1,89 @@
+"""Cold start of the CLI, side by side with a bare interpreter (issue 10, "Fast where users feel it").
+
+Targets: `vramplan --help` and `vramplan models` at most 2.5x `python -c pass`; `vramplan estimate --model
+llama2-7b --json` at most 4x. Each run is a fresh process; the commands are run round-robin (one of each per
+round), so a load spike hits all of them alike, and each is summarised by its median. Prints the load average
+before and after: the ratios mean little on a machine whose load is far above its core count.
+
+    python benchmarks/cli_startup.py [--runs 15] [--check]
+
+`--check` exits 1 when a ratio misses its target (for a person to run; no test times anything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TARGETS = {"--help": 2.5, "models": 2.5, "estimate --json": 4.0}
+
+
+def _vramplan() -> list[str]:
+    """The installed console script next to this interpreter (what a user runs), else `python -m vramplan`."""
+    script = Path(sys.executable).with_name("vramplan")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("vramplan")
+    return [found] if found else [sys.executable, "-m", "vramplan"]
+
+
+def commands() -> dict[str, list[str]]:
+    cli = _vramplan()
+    return {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "--help": [*cli, "--help"],
+        "models": [*cli, "models"],
+        "estimate --json": [*cli, "estimate", "--model", "llama2-7b", "--json"],
+    }
+
+
+def time_once(argv: list[str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def measure(runs: int) -> dict[str, float]:
+    cmds = commands()
+    for argv in cmds.values():  # warm the page cache and the .pyc files: "cold" means a new process, not a new disk
+        time_once(argv)
+    samples: dict[str, list[float]] = {name: [] for name in cmds}
+    for _ in range(runs):
+        for name, argv in cmds.items():
+            samples[name].append(time_once(argv))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15, help="rounds (default 15)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a ratio misses its target")
+    opts = parser.parse_args()
+    load_before = os.getloadavg()
+    medians = measure(opts.runs)
+    load_after = os.getloadavg()
+    base = medians["python -c pass"]
+    print(f"cores {os.cpu_count()}, load average before {load_before[0]:.2f} / after {load_after[0]:.2f} "
+          f"(1 min), {opts.runs} rounds, medians")
+    missed = []
+    for name, median in medians.items():
+        ratio = median / base
+        target = TARGETS.get(name)
+        verdict = "" if target is None else f"  target <= {target}x: {'ok' if ratio <= target else 'MISSED'}"
+        if target is not None and ratio > target:
+            missed.append(name)
+        print(f"{name:18s} {median * 1000:7.1f} ms  {ratio:5.2f}x{verdict}")
+    return 1 if opts.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
