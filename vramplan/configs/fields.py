@@ -72,7 +72,8 @@ class FieldReader:
         if value is None:
             return
         self.options[field] = value
-        self.origin[field] = self.prefix + key
+        given = self.data.get(key.split(".")[0]) is not None
+        self.origin[field] = self.prefix + key + ("" if given else " (default)")
 
     def note(self, text: str) -> None:
         self.notes.append(text)

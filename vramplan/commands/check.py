@@ -1,0 +1,98 @@
+"""`vramplan check FILE...`: the preflight for a training config. Reads the config (vramplan.configs), shows
+which plan each field made and where it came from, estimates the plan, gives the verdict for `--gpu`, and lists
+every field that does not change memory (`ignored: learning_rate`, one line each). Flags override the config,
+exactly as `vramplan estimate --config FILE` does (the same `finish_plan_args`). Exit code: 0 fits (or no
+--gpu), 1 does not fit, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+from typing import Any
+
+from vramplan.commands.plan_flags import (
+    add_gpu_arguments,
+    add_plan_arguments,
+    console,
+    finish_plan_args,
+    gpu_dirs,
+    plan_from_args,
+)
+
+DOES_NOT_FIT = 1
+
+
+def add_check_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="preflight a training config: plan, estimate, verdict, ignored fields",
+                       description="Read a training config (axolotl, LLaMA-Factory, TRL, TrainingArguments JSON, "
+                       "adapter_config.json, BitsAndBytesConfig, accelerate, DeepSpeed; several files are read "
+                       "together), estimate it, say whether it fits --gpu, and list the fields that do not change "
+                       "memory. Flags override the config.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="the training config file(s)")
+    p.add_argument("--model", help="override the config's model (preset, config.json, folder or hub id)")
+    add_plan_arguments(p)
+    add_gpu_arguments(p)
+    p.add_argument("--no-calibration", action="store_true",
+                   help="leave stored CUDA runs out (reserve and CUDA context from the model only)")
+    p.add_argument("--json", action="store_true", help="print one JSON object: the reading and the estimate")
+    p.set_defaults(run=run_check, plan_flags=False)  # finish_plan_args runs in run_check, after FILE joins --config
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from vramplan import report
+    from vramplan.api import estimate
+    from vramplan.configs import read_config
+
+    files = [*args.files, *(args.config or [])]
+    args.config = files
+    with contextlib.redirect_stderr(io.StringIO()):  # its notes and ignored fields are shown below instead
+        finish_plan_args(args)
+    reading = read_config(files[0] if len(files) == 1 else files, args.config_format)
+    plan = plan_from_args(args)
+    result = estimate(args.model, plan, gpu=args.gpu, gpu_dirs=gpu_dirs(args))
+    result, words = _calibrated(result, args)
+    if args.json:
+        report.print_json({"reading": reading.model_dump(mode="json"), "estimate": report.estimate_json(result),
+                           "calibration": words})
+    else:
+        out = console(args)
+        render_reading(out, reading, plan, args.model)
+        report.render_estimate(out, result)
+        if words:
+            out.print(words)
+        for name in reading.ignored:
+            out.print(f"ignored: {name}", highlight=False)
+    return DOES_NOT_FIT if result.fits is False else 0
+
+
+def _calibrated(result: Any, args: argparse.Namespace) -> tuple[Any, str | None]:
+    """With --gpu: the reserve and CUDA context learnt from stored runs on this GPU (vramplan.calibration),
+    unless --no-calibration."""
+    if not args.gpu or args.no_calibration:
+        return result, None
+    try:
+        from vramplan.calibration_learning import apply_calibration
+    except ImportError:
+        return result, None
+    return apply_calibration(result)
+
+
+def render_reading(out: Any, reading: Any, plan: Any, model: str) -> None:
+    """Each plan field: its value and the config field it came from ('flag or default' otherwise)."""
+    from rich.table import Table
+
+    out.print(f"[bold]{reading.source}[/bold] ({reading.format}): model {model}", highlight=False)
+    table = Table(title="Plan read from the config", title_justify="left")
+    for col in ("plan field", "value", "from"):
+        table.add_column(col)
+    given = plan.model_dump()
+    for field, value in given.items():
+        if value is None:
+            continue
+        source = reading.origin.get(field) if reading.plan_options.get(field) == value else None
+        table.add_row(field, str(value), source or "[dim]flag or default[/dim]")
+    out.print(table)
+    for note in reading.notes:
+        out.print(f"note: {note}", highlight=False)
