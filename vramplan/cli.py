@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from vramplan.commands.calibrate import add_calibrate_parser, add_calibrations_parser
 from vramplan.commands.check import add_check_parser
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    code = None
+    stdout, sys.stdout = sys.stdout, _ClosedPipeGuard(sys.stdout)
     try:
         if getattr(args, "plan_flags", False):
             finish_plan_args(args)
@@ -106,22 +107,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VramplanError as exc:
         print(f"vramplan {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except BrokenPipeError:
-        return _closed_pipe(code)
     except KeyboardInterrupt:
         print("vramplan: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = stdout
 
 
-def _closed_pipe(code: int | None) -> int:
-    """The reader went away (`vramplan suggest ... | head -1`). Keep the verdict's exit code when it was
-    reached (the usual case: output is flushed at the end), else 141 like a shell tool killed by SIGPIPE;
-    stdout goes to /dev/null so Python's exit flush cannot raise again."""
-    import os
+class _ClosedPipeGuard:
+    """stdout that goes quiet when the reader has gone (`vramplan suggest ... | head -1`), so the command still
+    returns its verdict's exit code: Python would raise BrokenPipeError, and rich's `Console.on_broken_pipe` exits
+    1, which reads as "does not fit". The file descriptor is pointed at /dev/null so the exit flush succeeds."""
 
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    return 141 if code is None else code
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                self._stream.write(text)
+            except BrokenPipeError:
+                self._go_quiet()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._go_quiet()
+
+    def _go_quiet(self) -> None:
+        import os
+
+        self._gone = True
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):  # no file descriptor (a test's captured stream)
+            pass
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
 
 
 if __name__ == "__main__":  # pragma: no cover

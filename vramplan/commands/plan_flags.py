@@ -34,22 +34,14 @@ from vramplan.vocab import (
 
 
 def console(args: argparse.Namespace | None = None) -> Any:
-    """A rich Console: the terminal's width, or 120 columns when piped (so tables are not truncated). When the
-    reader goes away (`| head -1`) it goes quiet instead of exiting 1 (rich's `on_broken_pipe`), so the command
-    still returns its verdict's exit code."""
+    """A rich Console: the terminal's width, or 120 columns when piped (so tables are not truncated)."""
     import os
 
     from rich.console import Console
 
-    class _Console(Console):
-        def on_broken_pipe(self) -> None:
-            self.quiet = True
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-
-    out = _Console()
+    out = Console()
     if not out.is_terminal and "COLUMNS" not in os.environ:
-        out = _Console(width=120)
+        out = Console(width=120)
     return out
 
 
