@@ -9,9 +9,12 @@ Order (HF Trainer, one GPU):
    linear arrives as a 16-bit tensor and is quantized on the device (bitsandbytes `Params4bit._quantize`:
    `w = self.data.contiguous().to(device)`, then `quantize_4bit`): the 16-bit copy is a transient. peft then adds
    the adapters (fp32).
-2. Each step: the batch (`input_ids`, `labels`), the rotary tables, the attention mask; forward layer by layer;
+2. Each step: the batch (`input_ids`, `labels` of every micro-batch: HF Trainer fetches them all first), then per
+   micro-batch the rotary tables, the attention mask; forward layer by layer;
    the head and loss; backward (under checkpointing each layer recomputes, then runs its backward); the
    optimizer (states created at the first step, `_init_group`; foreach temporaries); `zero_grad` frees `.grad`.
+   Gradient accumulation: the first micro-batch creates the `.grad`s, the second adds into them; the ones after
+   repeat the second's sequence exactly (same sizes, same order), so two are replayed.
 
 Approximate: weight gradients are one block per node (peft/torch make one per parameter: same bytes, finer
 blocks); the optimizer's foreach temporaries are one per trainable tensor in proportion to its size; nothing
@@ -140,7 +143,7 @@ def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2) -> list[Ev
         tp = Tape(events=ev)
         tp._next = 10**9 * (step + 1)  # fresh ids per step
         data = [tp.new(8 * plan.batch * plan.seq) for _ in range(2 * plan.grad_accum)]
-        for m in range(plan.grad_accum):
+        for m in range(min(plan.grad_accum, 2)):  # later micro-batches repeat the second one's sequence
             rope = tp.new(rope_bytes(model, plan)) if rope_bytes(model, plan) else None
             mask = tp.new(attention_mask_bytes(model, plan)) if attention_mask_bytes(model, plan) else None
             x = tp.new(x_bytes, embedding_output_requires_grad(plan))
