@@ -30,7 +30,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.estimator.allocator import AllocatorConfig, allocation_size, round_size
+from vramplan.estimator.allocator import (
+    AllocatorConfig,
+    OutOfMemory,
+    allocation_size,
+    round_size,
+)
 from vramplan.hardware import GpuProfile, blas_workspace_bytes
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
@@ -72,34 +77,49 @@ def reserve_interval(model: ModelSpec, plan: TrainingPlan, peak_bytes: int, prof
                      config: AllocatorConfig | None = None) -> ReserveInterval:
     """The reserve above `peak_bytes` (the estimator's allocated peak) on `profile`."""
     workspace = blas_workspace_bytes(profile.vendor, profile.compute_capability, profile.architecture)
-    low, high, sim_peak = _simulate(model, plan, config or AllocatorConfig(), workspace)
+    config = config or AllocatorConfig()
+    low, high, sim_peak = _simulate(model, plan, config, workspace, None)
     comm = _comm_pool_bytes(model, plan)
+    room = profile.usable_bytes - driver_context_bytes(profile) - nccl_buffer_bytes(plan.gpus, profile) - comm
+    if peak_bytes + max(low, high) > room:
+        # The device is full before the cache is: `malloc` frees the cached segments and retries (see allocator.py),
+        # so the reserve is what the sequence needs within the room left. If even that fails, it is an OOM: the
+        # unconstrained figures stand (and `fits` says no).
+        capped = _simulate(model, plan, config, workspace, room - (peak_bytes - sim_peak))
+        if capped is not None:
+            low, high = min(low, capped[0]), min(high, capped[1])
     return ReserveInterval(low_bytes=low, high_bytes=max(low, high) + comm, simulated_peak_bytes=sim_peak)
 
 
 _CACHE: dict[tuple, tuple[ModelSpec, tuple[int, int, int]]] = {}
 
 
-def _simulate(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, workspace: int) -> tuple[int, int, int]:
-    """(reserve in order, reserve with late frees, simulated requested peak), cached per (model, plan)."""
-    key = (id(model), plan, config, workspace)
+def _simulate(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, workspace: int,
+              capacity: int | None) -> tuple[int, int, int] | None:
+    """(reserve in order, reserve with late frees, simulated requested peak), cached per (model, plan); None
+    when the sequence runs out of memory within `capacity`."""
+    key = (id(model), plan, config, workspace, capacity)
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is model:
         return hit[1]
     if len(_CACHE) > 512:
         _CACHE.clear()
-    result = _run(model, plan, config, workspace)
+    try:
+        result = _run(model, plan, config, workspace, capacity)
+    except OutOfMemory:
+        result = None
     _CACHE[key] = (model, result)
     return result
 
 
-def _run(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, workspace: int) -> tuple[int, int, int]:
+def _run(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, workspace: int,
+         capacity: int | None) -> tuple[int, int, int]:
     from vramplan.estimator.step_events import replay, step_events
 
     local = _single_gpu_plan(plan)
     events = [("blas_workspace", workspace), *step_events(model, local)]
-    exact = replay(events, config)
-    late = replay(events, config, lag=1)
+    exact = replay(events, config, capacity)
+    late = replay(events, config, capacity, lag=1)
     # the reserve beyond the requested peak: rounding, unsplit blocks, cached free blocks, fragmentation
     return (max(0, exact.peak_reserved - exact.peak_requested) + round_size(workspace),
             max(0, late.peak_reserved - late.peak_requested) + round_size(workspace),
