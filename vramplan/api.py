@@ -25,8 +25,10 @@ def allocator_reserve_bytes(peak_bytes: int) -> int:
 
 
 def estimate(model: str | ModelSpec, plan: TrainingPlan, gpu: str | None = None,
-             gpu_dirs: Sequence[Path] = ()) -> MemoryEstimate:
-    """Estimate one plan; with a GPU, add the CUDA context and the allocator reserve and say if it fits."""
+             gpu_dirs: Sequence[Path] = (), calibration: bool | str | Path = False) -> MemoryEstimate:
+    """Estimate one plan; with a GPU, add the CUDA context and the allocator reserve and say if it fits.
+    `calibration` (True, or a store path): correct the reserve and context from stored CUDA runs on this GPU
+    (`calibrated`); the peak is never changed."""
     spec = resolve_model(model) if isinstance(model, str) else model
     result = estimate_memory(spec, plan)
     if gpu is None:
@@ -34,7 +36,20 @@ def estimate(model: str | ModelSpec, plan: TrainingPlan, gpu: str | None = None,
     from vramplan.hardware import resolve_gpu
 
     profile = resolve_gpu(gpu, tuple(gpu_dirs))
-    return with_device(spec, plan, result, profile)
+    result = with_device(spec, plan, result, profile)
+    if calibration is not False:
+        result, _ = calibrated(result, None if calibration is True else calibration, gpu_dirs)
+    return result
+
+
+def calibrated(result: MemoryEstimate, store: str | Path | None = None,
+               gpu_dirs: Sequence[Path] = ()) -> tuple[MemoryEstimate, str | None]:
+    """The estimate with the allocator reserve and CUDA context learnt from the calibration store's CUDA runs on
+    its GPU, and one line saying so ("reserve from 7 runs on this GPU"); unchanged (None) without such runs.
+    A correction layer (vramplan.calibration_learning): it never moves the analytic peak."""
+    from vramplan.calibration_learning import apply_calibration
+
+    return apply_calibration(result, store, gpu_dirs)
 
 
 def with_device(spec: ModelSpec, plan: TrainingPlan, result: MemoryEstimate, profile: GpuProfile) -> MemoryEstimate:

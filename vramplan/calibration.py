@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from vramplan.errors import PlanError, VramplanError
+from vramplan.errors import InputError, PlanError, VramplanError
 from vramplan.plan import TrainingPlan
 
 STEP_PHASES = ("forward", "backward", "optimizer")
@@ -300,10 +300,60 @@ class CalibrationStore:
                 if "no such table" in str(exc):
                     return []
                 raise
-        return [CalibrationRecord.model_validate_json(rec).model_copy(update={"id": i}) for i, rec in reversed(rows)]
+        return [_record_of_row(self.path, i, rec) for i, rec in reversed(rows)]
+
+    def add_many(self, records: Iterable[CalibrationRecord]) -> tuple[int, int]:
+        """Import records (`calibrations import`): (added, skipped as already stored). A record is already
+        stored when one with the same content (all but its row id) is."""
+        stored = {r.model_dump_json(exclude={"id"}) for r in self.records()}
+        added = skipped = 0
+        for record in records:
+            text = record.model_dump_json(exclude={"id"})
+            if text in stored:
+                skipped += 1
+                continue
+            self.add(record)
+            stored.add(text)
+            added += 1
+        return added, skipped
 
     def _connect(self, create: bool) -> _Connection:
         return _Connection(self.path, create)
+
+
+def _record_of_row(path: Path, row_id: int, text: str) -> CalibrationRecord:
+    """One stored row as a record; a row that is not a valid record is a one-line StoreError naming it."""
+    from pydantic import ValidationError
+
+    try:
+        return CalibrationRecord.model_validate_json(text).model_copy(update={"id": row_id})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise StoreError(f"store: {path}: row {row_id} is not a calibration record: "
+                         f"{where + ': ' if where else ''}{err['msg']}") from None
+
+
+def read_jsonl(path: Path) -> list[CalibrationRecord]:
+    """Records from a JSON-lines file (`calibrations export`); a bad line is a one-line error naming it."""
+    from pydantic import ValidationError
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(CalibrationRecord.model_validate_json(line).model_copy(update={"id": None}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise InputError(f"{path}:{number}: not a calibration record: {where + ': ' if where else ''}"
+                             f"{err['msg']}") from None
+    return out
 
 
 class _Connection:

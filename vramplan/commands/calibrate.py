@@ -107,7 +107,14 @@ def _quiet_libraries() -> None:
 def _progress(what: str) -> Iterator[Callable[[int, int, str], None] | None]:
     """A progress bar on stderr while measuring (only on a terminal: pipes and --json stdout stay clean)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     console = Console(stderr=True)
     if not console.is_terminal:
@@ -128,12 +135,16 @@ def _progress(what: str) -> Iterator[Callable[[int, int, str], None] | None]:
 
 
 def add_calibrations_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("calibrations", help="list or export the stored calibration records",
-                       description="List the calibration records, or export them as JSON.")
+    p = sub.add_parser("calibrations", help="list, export or import the stored calibration records",
+                       description="List the calibration records (or print them as JSON); export them as JSON "
+                       "lines to share with a team, or import such a file (records already stored are skipped).")
+    p.add_argument("action", nargs="?", choices=("list", "export", "import"), default="list",
+                   help="list (default), export [FILE] (JSON lines; stdout without FILE), import FILE")
+    p.add_argument("file", nargs="?", help="the JSON-lines file to export to or import from")
     _add_store_argument(p)
     p.add_argument("--model", help="only records of this model (as recorded, e.g. llama-7b)")
     p.add_argument("--limit", type=_positive_int, help="only the most recent N records")
-    p.add_argument("--json", action="store_true", help="export the full records as a JSON list")
+    p.add_argument("--json", action="store_true", help="list: the full records as a JSON list")
     p.set_defaults(run=run_calibrations)
 
 
@@ -143,13 +154,50 @@ def run_calibrations(args: argparse.Namespace) -> int:
     from vramplan.cli import _console
 
     store = CalibrationStore(args.store)
+    if args.action == "import":
+        return _import(args, store)
+    if args.file and args.action != "export":
+        raise VramplanError(f"{args.file}: a file goes with export or import, not list")
     records = store.records(model=args.model, limit=args.limit)
+    if args.action == "export":
+        return _export(args, records)
     if args.json:
         report.print_json([r.model_dump(mode="json") for r in records])
     elif not records:
         _console(args).print(f"no calibrations in {store.path}")
     else:
         render_calibrations(_console(args), records, str(store.path))
+    return 0
+
+
+def _export(args: argparse.Namespace, records: Sequence[Any]) -> int:
+    """One record per line, without its row id (ids belong to a store)."""
+    import sys
+    from pathlib import Path
+
+    text = "".join(r.model_dump_json(exclude={"id"}) + "\n" for r in records)
+    if args.file:
+        try:
+            Path(args.file).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise VramplanError(f"{args.file}: cannot write: {exc.strerror or exc}") from None
+        print(f"exported {len(records)} record{'s' * (len(records) != 1)} to {args.file}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _import(args: argparse.Namespace, store: Any) -> int:
+    from pathlib import Path
+
+    from vramplan.calibration import read_jsonl
+    from vramplan.cli import _console
+
+    if not args.file:
+        raise VramplanError("calibrations import: give the JSON-lines FILE to import")
+    added, skipped = store.add_many(read_jsonl(Path(args.file)))
+    _console(args).print(f"imported {added} record{'s' * (added != 1)} into {store.path}"
+                         + (f" ({skipped} already there)" if skipped else ""), highlight=False)
     return 0
 
 

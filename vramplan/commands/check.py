@@ -36,6 +36,8 @@ def add_check_parser(sub: argparse._SubParsersAction) -> None:
     add_gpu_arguments(p)
     p.add_argument("--no-calibration", action="store_true",
                    help="leave stored CUDA runs out (reserve and CUDA context from the model only)")
+    p.add_argument("--store", metavar="PATH", help="calibration database whose CUDA runs on --gpu correct the "
+                   "reserve and context (default $VRAMPLAN_CALIBRATION_DB, else the cache folder)")
     p.add_argument("--json", action="store_true", help="print one JSON object: the reading and the estimate")
     p.set_defaults(run=run_check, plan_flags=False)  # finish_plan_args runs in run_check, after FILE joins --config
 
@@ -72,11 +74,9 @@ def _calibrated(result: Any, args: argparse.Namespace) -> tuple[Any, str | None]
     unless --no-calibration."""
     if not args.gpu or args.no_calibration:
         return result, None
-    try:
-        from vramplan.calibration_learning import apply_calibration
-    except ImportError:
-        return result, None
-    return apply_calibration(result)
+    from vramplan.api import calibrated
+
+    return calibrated(result, getattr(args, "store", None), gpu_dirs(args))
 
 
 def render_reading(out: Any, reading: Any, plan: Any, model: str) -> None:
