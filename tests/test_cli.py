@@ -132,3 +132,25 @@ def test_startup_is_torch_free(argv):
     assert out.returncode == 0, out.stderr
     code = "import sys, vramplan.cli, vramplan.estimator, vramplan.api; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_fallback_architecture_is_cached_on_disk(tmp_path):
+    """A model_type without a native spec is read through transformers once; the second call reads the disk
+    record (keyed by config + transformers version) and imports no torch."""
+    pytest.importorskip("transformers")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "gpt_neox", "hidden_size": 64, "num_hidden_layers": 2,
+                                  "num_attention_heads": 4, "intermediate_size": 256, "vocab_size": 100,
+                                  "max_position_embeddings": 128}))
+    env = {**os.environ, "VRAMPLAN_CACHE_DIR": str(tmp_path / "cache")}
+    code = ("import json, sys\nfrom vramplan.measure.meta_inventory import inventory_from_meta, record_path, "
+            f"traits_record\ncfg = json.load(open({str(config)!r}))\ninv = inventory_from_meta(cfg)\n"
+            "print(json.dumps({'numel': inv.total_numel, 'traits': traits_record(cfg), 'torch': 'torch' in "
+            "sys.modules, 'cached': record_path(cfg).exists()}))")
+    first, second = (json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               env=env, check=True, timeout=600).stdout.splitlines()[-1])
+                     for _ in range(2))
+    assert first["torch"] and first["cached"] and not second["torch"]
+    assert (second["numel"], second["traits"]) == (first["numel"], first["traits"])
+    assert len(list((tmp_path / "cache" / "specs").glob("*.json"))) == 1
