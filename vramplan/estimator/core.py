@@ -20,7 +20,8 @@ from vramplan.estimator.optimizer import (
     OptimizerMemory,
     optimizer_memory,
 )
-from vramplan.estimator.programs import Ctx, decoder_layer, head
+from vramplan.estimator.layers import decoder_layer
+from vramplan.estimator.programs import Ctx, head
 from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.tape import Tape
 from vramplan.estimator.weights import (
@@ -32,10 +33,9 @@ from vramplan.estimator.weights import (
 )
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
+from vramplan.traits import Traits, traits_of
 from vramplan.units import DTYPE_BYTES
 
-_SANDWICH = {"gemma2", "gemma3_text"}
-_GEMMA_NORM = {"gemma", "gemma2", "gemma3_text"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,9 @@ def _ctx(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
         rank=plan.rank or 0,
         dropout=plan.lora_dropout > 0,
         full=plan.method == "full",
-        gemma_norm=model.model_type in _GEMMA_NORM,
+        gemma_norm=traits_of(model).gemma_norm,
+        layer_norm=traits_of(model).norm == "layer",
+        norm_bias=traits_of(model).norm_bias,
         attn=attn_implementation(model, plan),
         lm_head_w=nq,
         quant_w=DTYPE_BYTES[plan.param_dtype],
@@ -127,22 +129,21 @@ def stream_bytes(plan: TrainingPlan) -> int:
 
 
 def layer_cost(model: ModelSpec, plan: TrainingPlan, c: Ctx, input_grad: bool) -> LayerCost:
-    return _layer_cost(model.model_type, model.intermediate_size, c, stream_bytes(plan), plan.grad_ckpt,
+    return _layer_cost(traits_of(model), model.intermediate_size, c, stream_bytes(plan), plan.grad_ckpt,
                        plan.grad_ckpt and plan.ckpt_reentrant, input_grad, plan.grad_accum > 1)
 
 
 @lru_cache(maxsize=8192)
-def _layer_cost(model_type: str, inter: int, c: Ctx, a: int, grad_ckpt: bool, reentrant: bool,
+def _layer_cost(traits: Traits, inter: int, c: Ctx, a: int, grad_ckpt: bool, reentrant: bool,
                 input_grad: bool, accumulate: bool = False) -> LayerCost:
     """Two tape replays of one decoder layer; a pure function of its (hashable) arguments, so cached."""
     x_bytes = c.tokens * c.hidden * a
-    sandwich = model_type in _SANDWICH
 
     def run(tp: Tape) -> tuple[int, int]:
         x = tp.new(x_bytes, input_grad)
         if grad_ckpt:
             tp.refs[x] += 1  # torch.utils.checkpoint keeps the layer input for the recompute
-        y = decoder_layer(tp, c, x, a, model_type, inter, sandwich)
+        y = decoder_layer(tp, c, traits, x, a, inter)
         peak = tp.peak - x_bytes
         # what only autocast's weight cache or the KV cache holds: alive until the forward (or recompute) ends
         cached = tp.release_cached()

@@ -1,4 +1,5 @@
-"""The forward programs replayed on the tape: one decoder layer, and the head (final norm, lm_head, loss).
+"""The forward programs replayed on the tape: norms, linears, attention kernels, MoE, and the head (final norm,
+lm_head, loss). The decoder layer that puts them together per architecture is `layers.py`.
 
 Each function follows the transformers 5 / peft / bitsandbytes source line by line, keeping only what allocates:
 - `LlamaRMSNorm.forward`: x.to(fp32) -> pow(2) -> mean -> +eps -> rsqrt -> mul -> .to(input dtype) -> weight *.
@@ -41,6 +42,8 @@ class Ctx:
     gemma_norm: bool  # GemmaRMSNorm (fp32 math, output in input dtype)
     attn: str  # sdpa | eager | flash_attention_2
     lm_head_w: int  # bytes of lm_head / embedding weight
+    layer_norm: bool = False  # the model's norms are nn.LayerNorm (traits.norm == "layer")
+    norm_bias: bool = False  # ... with a bias
     attn_softcap: bool = False  # gemma2: scores / cap -> tanh -> * cap (eager)
     sdpa_mask: bool = False  # sdpa gets an explicit (sliding-window) mask instead of is_causal
     quant_w: int = 2  # bytes per element of a dequantized 4-bit weight (QuantState.dtype: the loading dtype)
@@ -61,7 +64,9 @@ class Ctx:
 
 def rmsnorm(tp: Tape, c: Ctx, x: int, a: int, width: int, groups: int = 1) -> tuple[int, int]:
     """Returns (output, output dtype bytes). Drops nothing: the caller owns x. `groups` rows of `width` per token
-    (the per-head q/k norms: heads x head_dim)."""
+    (the per-head q/k norms: heads x head_dim). A model whose norms are nn.LayerNorm takes `layernorm`."""
+    if c.layer_norm:
+        return layernorm(tp, c, x, a, width, groups)
     rows = c.tokens * groups
     n = rows * width
     x32 = tp.op(n * 4, (x,)) if a != 4 else tp.op(0, (x,), alias=x)
@@ -88,6 +93,17 @@ def rmsnorm(tp: Tape, c: Ctx, x: int, a: int, width: int, groups: int = 1) -> tu
     out = tp.op(n * out_a, (yc,), saves=(yc,) if c.full else (), param_grad=width * c.norm_w if c.full else 0)
     tp.drop(yc)
     return out, out_a
+
+
+def layernorm(tp: Tape, c: Ctx, x: int, a: int, width: int, groups: int = 1) -> tuple[int, int]:
+    """`F.layer_norm` -> `native_layer_norm`, one op: the output in the input dtype; it saves the input, mean and
+    rstd ([rows] each: fp32 on CUDA, the input dtype in `layer_norm_cpu` and the meta kernel) and the weights."""
+    rows = c.tokens * groups
+    stats = tp.op(2 * rows * (4 if c.cuda else a), grad=False)
+    grad_w = width * c.norm_w * (2 if c.norm_bias else 1) if c.full else 0
+    out = tp.op(rows * width * a, (x, stats), saves=(x, stats), param_grad=grad_w)
+    tp.drop(stats)
+    return out, a
 
 
 def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -> tuple[int, int]:
@@ -234,71 +250,6 @@ def _eager(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
     return out
 
 
-def rotary(tp: Tape, c: Ctx, x: int, a: int, heads: int, rope_a: int) -> tuple[int, int]:
-    """`apply_rotary_pos_emb`: (x * cos) + (rotate_half(x) * sin); cos/sin are shared and already live, in the
-    hidden states' dtype, so a bf16 x under autocast comes out fp32 (type promotion). Returns (out, dtype)."""
-    n = c.tokens * heads * c.head_dim
-    o = max(a, rope_a)
-    xc = tp.op(n * o, (x,))
-    neg = tp.op(n * a // 2, (x,))
-    rh = tp.op(n * a, (neg, x))
-    tp.drop(neg)
-    rs = tp.op(n * o, (rh,))
-    tp.drop(rh)
-    out = tp.op(n * o, (xc, rs))
-    tp.drop(xc, rs)
-    return out, o
-
-
-def attention(tp: Tape, c: Ctx, x: int, a: int, model_type: str) -> int:
-    hd = c.head_dim
-    q_out, kv_out = c.heads * hd, c.kv_heads * hd
-    if model_type == "phi3":  # one fused projection, then views
-        qkv, a2 = linear(tp, c, x, a, "qkv_proj", c.hidden, q_out + 2 * kv_out)
-        q, k, v = qkv, qkv, qkv
-        tp.refs[qkv] += 2
-    else:
-        q, a2 = linear(tp, c, x, a, "q_proj", c.hidden, q_out)
-        k, _ = linear(tp, c, x, a, "k_proj", c.hidden, kv_out)
-        v, _ = linear(tp, c, x, a, "v_proj", c.hidden, kv_out)
-    if model_type in ("qwen3", "qwen3_moe", "gemma3_text"):
-        qn, qa = rmsnorm(tp, c, q, a2, hd, c.heads)  # weight * x: may promote to the norm weights' dtype
-        tp.drop(q)
-        kn, _ = rmsnorm(tp, c, k, a2, hd, c.kv_heads)
-        tp.drop(k)
-        q, k, a2 = qn, kn, qa
-    qr, ra = rotary(tp, c, q, a2, c.heads, a)
-    tp.drop(q)
-    kr, _ = rotary(tp, c, k, a2, c.kv_heads, a)
-    tp.drop(k)
-    if c.use_cache:
-        # DynamicCache.update: `torch.cat` copies of k and v (v in k's dtype: the cache is made with it), held
-        # until the model output is dropped; attention runs on the copies. A fused qkv buffer is freed then.
-        kc = tp.op(c.tokens * kv_out * ra, (kr,))
-        vc = tp.op(c.tokens * kv_out * max(ra, a2), (v,))
-        tp.drop(kr, v)
-        tp.cached += [kc, vc]
-        tp.refs[kc] += 1
-        tp.refs[vc] += 1
-        kr, v = kc, vc
-        va = max(ra, a2)
-    else:
-        va = a2
-    if c.autocast and ra != c.compute:  # sdpa is on autocast's lower-precision list: q and k are cast back
-        qc, kc = tp.op(c.tokens * q_out * c.compute, (qr,)), tp.op(c.tokens * kv_out * c.compute, (kr,))
-        tp.drop(qr, kr)
-        qr, kr, ra = qc, kc, c.compute
-        if va != c.compute:
-            vc = tp.op(c.tokens * kv_out * c.compute, (v,))
-            tp.drop(v)
-            v = vc
-    out = attention_core(tp, c, qr, kr, v, ra)
-    tp.drop(qr, kr, v)
-    o, _ = linear(tp, c, out, ra, "o_proj", q_out, c.hidden)
-    tp.drop(out)
-    return o
-
-
 def moe(tp: Tape, c: Ctx, x: int, a: int) -> int:
     """transformers' sparse MoE block with the default `grouped_mm` experts (integrations/moe.py
     `grouped_mm_experts_forward`): S = tokens x top_k rows, sorted by expert, two grouped matmuls."""
@@ -375,45 +326,6 @@ def _dense_mlp(tp: Tape, c: Ctx, x: int, a: int, inter: int) -> int:
     out, _ = linear(tp, c, h, a2, "down_proj", inter, c.hidden)
     tp.drop(h)
     return out
-
-
-def mlp(tp: Tape, c: Ctx, x: int, a: int, model_type: str, inter: int) -> int:
-    if c.experts:
-        return moe(tp, c, x, a)
-    if model_type != "phi3":
-        return _dense_mlp(tp, c, x, a, inter)
-    t = c.tokens
-    gu, a2 = linear(tp, c, x, a, "gate_up_proj", c.hidden, 2 * inter)
-    act = tp.op(t * inter * a2, (gu,), saves=(gu,))  # silu(gate) saves the gate view: the whole buffer
-    h = tp.op(t * inter * a2, (gu, act), saves=(gu, act))
-    tp.drop(gu, act)
-    out, _ = linear(tp, c, h, a2, "down_proj", inter, c.hidden)
-    tp.drop(h)
-    return out
-
-
-def decoder_layer(tp: Tape, c: Ctx, x: int, a: int, model_type: str, inter: int, sandwich: bool) -> int:
-    """One decoder layer; consumes x (drops the program's reference) and returns the new hidden state."""
-    n = c.tokens * c.hidden * a
-    h, ha = rmsnorm(tp, c, x, a, c.hidden)
-    attn = attention(tp, c, h, ha, model_type)
-    tp.drop(h)
-    if sandwich:  # gemma2: post_attention_layernorm on the attention output before the residual add
-        attn2, _ = rmsnorm(tp, c, attn, a, c.hidden)
-        tp.drop(attn)
-        attn = attn2
-    x2 = tp.op(n, (x, attn))
-    tp.drop(x, attn)
-    pre, pa = rmsnorm(tp, c, x2, a, c.hidden)
-    m = mlp(tp, c, pre, pa, model_type, inter)
-    tp.drop(pre)
-    if sandwich:
-        m2, _ = rmsnorm(tp, c, m, a, c.hidden)
-        tp.drop(m)
-        m = m2
-    y = tp.op(n, (x2, m))
-    tp.drop(x2, m)
-    return y
 
 
 def head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool) -> int:

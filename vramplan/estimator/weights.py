@@ -20,6 +20,7 @@ from vramplan.errors import PlanError
 from vramplan.inventory import Inventory, LinearGroup
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
+from vramplan.traits import traits_of
 from vramplan.units import DTYPE_BYTES
 
 CODE_4BIT_BYTES = 16 * 4  # get_4bit_type: 16 fp32 values, one tensor per quantized layer
@@ -39,6 +40,12 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "gemma": ("q_proj", "v_proj"),
     "gemma2": ("q_proj", "v_proj"),
     "gemma3_text": ("q_proj", "v_proj"),
+    # architectures read on the meta device (peft 0.21's entries; none for olmo2, starcoder2, granite, cohere)
+    "gpt_neox": ("query_key_value",),
+    "falcon": ("query_key_value",),
+    "phi": ("q_proj", "v_proj", "fc1", "fc2"),
+    "stablelm": ("q_proj", "v_proj"),
+    "gpt_bigcode": ("c_attn",),
 }
 
 
@@ -52,10 +59,12 @@ def resolve_targets(model: ModelSpec, plan: TrainingPlan) -> tuple[str, ...]:
     spec = plan.targets or "default"
     if spec == "all-linear":  # peft: every nn.Linear but the output layer
         return tuple(groups)
+    tr = traits_of(model)
     if spec == "attention":
-        return tuple(n for n in groups if n in ATTENTION_NAMES)
+        return tuple(n for n in groups if n in ATTENTION_NAMES or n in tr.attention_names)
     if spec == "default":
-        names = PEFT_DEFAULT_TARGETS.get(model.model_type) or (("qkv_proj",) if "qkv_proj" in groups else ("q_proj", "v_proj"))
+        # where peft has no default, the query/value projections (a fused qkv where there is one)
+        names = PEFT_DEFAULT_TARGETS.get(model.model_type) or ((tr.qkv,) if tr.fused_qkv else (tr.q, tr.v))
         return tuple(n for n in names if n in groups)
     names = tuple(spec.split(","))
     unknown = [n for n in names if n not in groups]
@@ -119,8 +128,10 @@ def non_quantized_dtype_bytes(plan: TrainingPlan) -> int:
 
 
 def rotary_embeddings(model: ModelSpec) -> tuple[int, int]:
-    """(rotary embeddings, rotary dim): Gemma 3 has a second, local one; `partial_rotary_factor` shrinks the dim."""
-    dim = int(model.head_dim * float(model.config.get("partial_rotary_factor") or 1.0))
+    """(rotary embeddings, rotary dim): Gemma 3 has a second, local one; `partial_rotary_factor` shrinks the dim
+    (GPT-NeoX's `rotary_pct` too: the traits carry the attention's `rotary_ndims`)."""
+    factor = model.config.get("partial_rotary_factor") or traits_of(model).rotary_factor
+    dim = int(model.head_dim * float(factor))
     return (2 if model.model_type == "gemma3_text" else 1), dim
 
 

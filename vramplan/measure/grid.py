@@ -95,6 +95,18 @@ GRID: tuple[Case, ...] = (
     _c("qwen3-30b-a3b-lora-attn-s512", "qwen3-30b-a3b", method="lora", targets="attention", seq=512),
     _c("qwen3-30b-a3b-lora-nockpt-b2-s512", "qwen3-30b-a3b", method="lora", grad_ckpt=False, batch=2, seq=512),
     _c("mixtral-8x7b-lora-recipe", "mixtral-8x7b", method="lora"),
+    # Architectures without a hand-written spec: traits read on the meta device (measure/arch_configs.py)
+    _c("pythia-1.4b-lora-nockpt", "pythia-1.4b", method="lora", grad_ckpt=False),
+    _c("pythia-1.4b-qlora-alllinear", "pythia-1.4b", method="qlora", targets="all-linear"),
+    _c("olmo2-7b-lora-nockpt-s512", "olmo2-7b", method="lora", grad_ckpt=False, seq=512),
+    _c("olmo2-7b-qlora-recipe", "olmo2-7b", method="qlora"),
+    _c("starcoder2-3b-qlora-nockpt", "starcoder2-3b-noattndrop", method="qlora", grad_ckpt=False),
+    _c("starcoder2-3b-lora-alllinear", "starcoder2-3b-noattndrop", method="lora", targets="all-linear"),
+    _c("phi-2-lora-nockpt-drop", "phi-2", method="lora", grad_ckpt=False, lora_dropout=0.05),
+    _c("phi-2-qlora-recipe", "phi-2", method="qlora"),
+    _c("stablelm2-1.6b-lora-alllinear-nockpt", "stablelm2-1.6b", method="lora", targets="all-linear",
+       grad_ckpt=False),
+    _c("stablelm2-1.6b-qlora-nockpt-b2", "stablelm2-1.6b", method="qlora", grad_ckpt=False, batch=2),
 )
 
 
@@ -112,15 +124,18 @@ def error_pct(estimate: int, measured: int) -> float:
 def run_case(c: Case) -> dict:
     """Trace one case and estimate it: {'traced': {phase: bytes}, 'estimate': {...}, 'error_pct': {...}}."""
     from vramplan.api import estimate
+    from vramplan.measure.arch_configs import ARCH_CONFIGS
     from vramplan.measure.trainer import measure_step
-    from vramplan.models import preset_config, resolve_model
+    from vramplan.models import preset_config, resolve_model, spec_from_config
     from vramplan.plan import make_plan
 
     plan = make_plan(**c.opts)
+    config = ARCH_CONFIGS.get(c.model) or preset_config(c.model)  # architectures without a preset
     start = time.perf_counter()
-    step = measure_step(preset_config(c.model), plan, trace=True)
+    step = measure_step(config, plan, trace=True)
     seconds = time.perf_counter() - start
-    est = estimate(resolve_model(c.model), plan)
+    model = spec_from_config(config, c.model, "grid") if c.model in ARCH_CONFIGS else resolve_model(c.model)
+    est = estimate(model, plan)
     traced = {p: getattr(step, k) for p, k in PHASE_KEYS.items()}
     traced["peak"] = step.peak_bytes
     phases = est.traced_phases or est.phases  # the tracer cannot see CUDA-kernel temporaries

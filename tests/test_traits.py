@@ -1,0 +1,69 @@
+"""Architecture traits: the hand-written records agree with the module tree transformers builds, and the
+meta-device derivation reads the parts of architectures without one (GPT-NeoX, OLMo-2, StarCoder2, Phi-2,
+StableLM). The oracle is the real transformers class on the meta device."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from vramplan.models import preset_config, spec_from_config
+from vramplan.traits import NATIVE_TRAITS, Traits, traits_of
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from vramplan.measure.arch_configs import ARCH_CONFIGS
+from vramplan.measure.meta_traits import traits_from_meta
+
+# a dense preset per native architecture (MoE blocks have no dense MLP to read)
+NATIVE_PRESETS = {"llama": "llama3.2-1b", "qwen2": "qwen2.5-0.5b", "qwen3": "qwen3-0.6b", "gemma2": "gemma2-2b",
+                  "phi3": "phi3-mini", "mistral": "mistral-7b"}
+# what the module tree cannot show: GemmaRMSNorm's (1 + weight) is in its forward, not its type
+NOT_STRUCTURAL = ("native", "gemma_norm")
+
+
+def _small(cfg: dict) -> dict:
+    return {**cfg, "num_hidden_layers": 2}
+
+
+@pytest.mark.parametrize("model_type", sorted(NATIVE_PRESETS))
+def test_native_records_match_the_module_tree(model_type):
+    derived = traits_from_meta(_small(preset_config(NATIVE_PRESETS[model_type])))
+    written = NATIVE_TRAITS[model_type]
+    for f in dataclasses.fields(Traits):
+        if f.name not in NOT_STRUCTURAL:
+            assert getattr(derived, f.name) == getattr(written, f.name), f.name
+
+
+def test_fallback_architectures_read_from_the_module_tree():
+    neox = traits_from_meta(_small(ARCH_CONFIGS["pythia-1.4b"]))
+    assert (neox.norm, neox.norm_bias, neox.layout, neox.parallel_norms) == ("layer", True, "parallel", 2)
+    assert (neox.fused_qkv, neox.qkv, neox.o, neox.gated_mlp) == (True, "query_key_value", "dense", False)
+    assert neox.rotary_factor == 0.25 and neox.layers_path == "gpt_neox.layers"
+    olmo = traits_from_meta(_small(ARCH_CONFIGS["olmo2-7b"]))
+    assert (olmo.layout, olmo.qk_norm, olmo.norm) == ("post", "proj", "rms")
+    phi = traits_from_meta(_small(ARCH_CONFIGS["phi-2"]))
+    assert (phi.layout, phi.parallel_norms, phi.activation, phi.resid_dropout) == ("parallel", 1, "gelu_new", 0.1)
+    assert phi.rotary_factor == pytest.approx(0.4)
+    sc = traits_from_meta(_small(ARCH_CONFIGS["starcoder2-3b-noattndrop"]))
+    assert (sc.layout, sc.up, sc.down, sc.activation) == ("pre", "c_fc", "c_proj", "gelu_pytorch_tanh")
+
+
+def test_spec_reads_traits_and_defaults_targets_from_them():
+    from vramplan.estimator.weights import resolve_targets
+    from vramplan.plan import make_plan
+
+    spec = spec_from_config(_small(ARCH_CONFIGS["pythia-1.4b"]), "pythia", "test")
+    assert traits_of(spec).fused_qkv
+    assert resolve_targets(spec, make_plan(method="lora")) == ("query_key_value",)
+    assert resolve_targets(spec, make_plan(method="lora", targets="attention")) == ("query_key_value", "dense")
+
+
+def test_unsupported_activation_is_a_one_line_error():
+    from vramplan.errors import UnsupportedArchitectureError
+
+    cfg = {**_small(ARCH_CONFIGS["stablelm2-1.6b"]), "hidden_act": "relu2"}
+    with pytest.raises(UnsupportedArchitectureError, match="relu2"):
+        traits_from_meta(cfg)

@@ -1,0 +1,172 @@
+"""Traits of an architecture with no hand-written record, read from the transformers model on the meta device.
+
+The decoder layer stack is the `nn.ModuleList` as long as `num_hidden_layers` (`model.layers`, GPT-NeoX's
+`gpt_neox.layers`, GPT-BigCode's `transformer.h`). In its first layer:
+- norms are the children that are `nn.LayerNorm` or whose class is an RMSNorm; `nn.LayerNorm` with a bias or not;
+- the layout follows the norms' names and the config: one norm before both branches (Phi-2, Cohere) or
+  `use_parallel_residual` / `parallel_attn` -> parallel; four norms -> sandwich (Gemma 2); only `post_*` norms ->
+  post-norm (OLMo-2); otherwise pre-norm (Llama);
+- the attention block is the child whose class name has "Attention"; its `nn.Linear` children in definition order
+  are q, k, v, o, or a fused qkv (out = q + 2 kv) and o; its norm children are q/k norms, per head when they are
+  `head_dim` wide, else over the projection (OLMo-2);
+- the MLP is the child whose class name has "MLP": three linears are gate, up, down (gated); two are fc1, fc2
+  (plain) unless the first is twice the second's input (Phi-3's fused gate_up);
+- the activation is the config's (`hidden_act`, `activation_function`, `hidden_activation`), the rotary share
+  the attention's `rotary_ndims` (or `partial_rotary_factor`), the residual dropout the config's
+  (`residual_dropout`, `resid_pdrop`, `hidden_dropout`).
+A layer that does not fit these shapes raises UnsupportedArchitectureError, never a silent Llama estimate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from vramplan.errors import UnsupportedArchitectureError
+from vramplan.traits import SINGLE_OP_ACTIVATIONS, Traits
+
+_ACT_FIELDS = ("hidden_act", "activation_function", "hidden_activation")
+_DROPOUT_FIELDS = ("residual_dropout", "resid_pdrop", "hidden_dropout")
+
+
+def traits_from_meta(cfg: Mapping[str, Any]) -> Traits:
+    """Cached per config (the meta build takes a second or more)."""
+    return _traits(json.dumps(dict(cfg), sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=64)
+def _traits(cfg_json: str) -> Traits:
+    cfg = json.loads(cfg_json)
+    model = meta_model(cfg)
+    return derive_traits(model, cfg)
+
+
+def meta_model(cfg: Mapping[str, Any]):
+    """The causal LM class built from `cfg` on the meta device (shapes only, no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.for_model(**cfg)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except Exception as exc:  # noqa: BLE001 - unknown model_type, or no causal-LM class for it
+        raise UnsupportedArchitectureError(
+            f"transformers cannot build a causal LM for model_type '{cfg.get('model_type')}': {exc}"
+        ) from None
+
+
+def decoder_layers(model) -> tuple[str, Any]:
+    """(path, ModuleList) of the decoder layers: the ModuleList as long as `num_hidden_layers`."""
+    import torch
+
+    n = model.config.num_hidden_layers
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n and n > 0:
+            return name, module
+    raise UnsupportedArchitectureError(f"{model.config.model_type}: no list of {n} decoder layers found")
+
+
+def _is_norm(module) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.LayerNorm) or "rmsnorm" in type(module).__name__.lower()
+
+
+def _child(layer, word: str):
+    for name, module in layer.named_children():
+        if word in type(module).__name__.lower():
+            return name, module
+    raise UnsupportedArchitectureError(f"{type(layer).__name__}: no {word} block found")
+
+
+def _linears(module) -> list[tuple[str, Any]]:
+    import torch
+
+    return [(n, m) for n, m in module.named_children() if type(m) is torch.nn.Linear]
+
+
+def _first(cfg: Mapping[str, Any], fields: tuple[str, ...], default: Any) -> Any:
+    for f in fields:
+        if cfg.get(f) is not None:
+            return cfg[f]
+    return default
+
+
+def derive_traits(model, cfg: Mapping[str, Any]) -> Traits:
+    import torch
+
+    path, layers = decoder_layers(model)
+    layer = layers[0]
+    norms = [(n, m) for n, m in layer.named_children() if _is_norm(m)]
+    if not norms:
+        raise UnsupportedArchitectureError(f"{type(layer).__name__}: no norm found in the decoder layer")
+    kind = "layer" if isinstance(norms[0][1], torch.nn.LayerNorm) else "rms"
+    bias = kind == "layer" and norms[0][1].bias is not None
+    mc = model.config
+    if len(norms) == 1 or getattr(mc, "use_parallel_residual", False) or getattr(mc, "parallel_attn", False):
+        layout = "parallel"
+    elif len(norms) == 4:
+        layout = "sandwich"
+    elif all(n.startswith("post") for n, _ in norms):
+        layout = "post"
+    else:
+        layout = "pre"
+    _, attn = _child(layer, "attention")
+    _, mlp = _child(layer, "mlp")
+    names = _attention_names(attn, model)
+    qk_norm, qk_kind = _qk_norm(attn, model)
+    act = str(_first(cfg, _ACT_FIELDS, "silu"))
+    if act not in SINGLE_OP_ACTIVATIONS and act != "gelu_new":
+        raise UnsupportedArchitectureError(f"{mc.model_type}: activation '{act}' has no program")
+    head_dim = getattr(attn, "head_dim", None) or getattr(attn, "head_size", None) or mc.hidden_size // mc.num_attention_heads
+    rot = getattr(attn, "rotary_ndims", None)
+    factor = rot / head_dim if rot else float((getattr(mc, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0))
+    return Traits(
+        norm=kind, norm_bias=bias, layout=layout, parallel_norms=len(norms) if layout == "parallel" else 1,
+        qk_norm=qk_norm, qk_norm_kind=qk_kind, activation=act, rotary_factor=factor,
+        resid_dropout=float(_first(cfg, _DROPOUT_FIELDS, 0.0) or 0.0), layers_path=path, native=False,
+        **names, **_mlp_names(mlp),
+    )
+
+
+def _attention_names(attn, model) -> dict[str, Any]:
+    lin = _linears(attn)
+    mc = model.config
+    if len(lin) == 2:  # the fused projection is the wider one (Phi-3 defines o_proj first)
+        qkv, o = sorted(lin, key=lambda nm: -nm[1].out_features)
+        return {"fused_qkv": True, "qkv": qkv[0], "o": o[0]}
+    if len(lin) == 4:
+        return {"q": lin[0][0], "k": lin[1][0], "v": lin[2][0], "o": lin[3][0]}
+    raise UnsupportedArchitectureError(
+        f"{mc.model_type}: {type(attn).__name__} has {len(lin)} linears (expected q, k, v, o or qkv, o)")
+
+
+def _qk_norm(attn, model) -> tuple[str, str]:
+    import torch
+
+    norms = [m for _, m in attn.named_children() if _is_norm(m)]
+    if not norms:
+        return "none", "rms"
+    mc = model.config
+    head_dim = getattr(attn, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
+    width = norms[0].weight.shape[-1]
+    kind = "layer" if isinstance(norms[0], torch.nn.LayerNorm) else "rms"
+    return ("head" if width == head_dim else "proj"), kind
+
+
+def _mlp_names(mlp) -> dict[str, Any]:
+    lin = _linears(mlp)
+    if len(lin) == 3:
+        return {"gated_mlp": True, "gate": lin[0][0], "up": lin[1][0], "down": lin[2][0]}
+    if len(lin) == 2:  # the down projection is the one whose input is the other's output (or half of it)
+        if lin[0][1].in_features in (lin[1][1].out_features, 2 * lin[1][1].out_features) and \
+                lin[1][1].in_features not in (lin[0][1].out_features, lin[0][1].out_features // 2):
+            lin = lin[::-1]
+        first, second = lin[0][1], lin[1][1]
+        if first.out_features == 2 * second.in_features:
+            return {"gated_mlp": True, "fused_gate_up": True, "gate_up": lin[0][0], "down": lin[1][0]}
+        return {"gated_mlp": False, "up": lin[0][0], "down": lin[1][0]}
+    raise UnsupportedArchitectureError(f"{type(mlp).__name__} has {len(lin)} linears (expected 2 or 3)")

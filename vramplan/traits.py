@@ -1,0 +1,110 @@
+"""Architecture traits: one frozen record per `model_type`, read by the estimator instead of testing names.
+
+A decoder layer of every causal LM transformers ships is a few choices over the same parts. `Traits` names
+them; the layer program (`estimator/blocks.py`, `estimator/programs.py`) replays what they imply:
+
+- norm: `RMSNorm` (Llama: fp32 math, weight * x) or `nn.LayerNorm` (`native_layer_norm`: one op that saves its
+  input, mean and rstd), with or without bias; Gemma's `(1 + weight)` RMSNorm.
+- where the norms sit: `pre` (Llama: input_layernorm, post_attention_layernorm before attention and MLP),
+  `post` (OLMo-2: post_attention_layernorm / post_feedforward_layernorm on the branch outputs, no pre-norm),
+  `sandwich` (Gemma 2/3: both), `parallel` (GPT-NeoX `use_parallel_residual`, Phi-2, Falcon, Cohere: attention
+  and MLP read the same input, their outputs are summed with the residual).
+- q/k norm: none, per head (Qwen3, Gemma 3: `head_dim` wide) or over the whole projection (OLMo-2:
+  `num_heads * head_dim` wide, before the head view).
+- fused projections: one `qkv` linear (Phi-3 `qkv_proj`, GPT-NeoX `query_key_value`), a fused `gate_up_proj`.
+- MLP: gated (act(gate) * up) or plain (fc1 -> act -> fc2), and the activation as transformers' ACT2FN runs it
+  (one op for silu/gelu/gelu_pytorch_tanh/relu; `gelu_new` is a Python formula of eight ops).
+- partial rotary (`partial_rotary_factor`: slice, rotate, `torch.cat` back), residual dropout sites.
+- the leaf names of the linears (LoRA targets) and the decoder layers' path (`model.layers`, `transformer.h`).
+
+Native architectures get hand-written records here; others are derived from the module tree built on the
+meta device (`measure/meta_traits.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+NormKind = Literal["rms", "layer"]
+Layout = Literal["pre", "post", "sandwich", "parallel"]
+QKNorm = Literal["none", "head", "proj"]
+# ACT2FN activations that are one autograd op saving their input (silu, gelu, gelu_pytorch_tanh, relu, ...)
+SINGLE_OP_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu")
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What a decoder layer is made of. Hashable: the layer cost cache keys on it."""
+
+    norm: NormKind = "rms"
+    norm_bias: bool = False  # LayerNorm with a bias (trainable in full fine-tuning)
+    gemma_norm: bool = False  # GemmaRMSNorm: fp32 math, x * (1 + weight), `.type_as(x)`
+    layout: Layout = "pre"
+    parallel_norms: int = 1  # parallel layout: one shared norm (Phi-2, Cohere) or one per branch (GPT-NeoX)
+    qk_norm: QKNorm = "none"
+    qk_norm_kind: NormKind = "rms"
+    fused_qkv: bool = False
+    gated_mlp: bool = True
+    fused_gate_up: bool = False
+    activation: str = "silu"
+    rotary_factor: float = 1.0  # partial_rotary_factor (1.0: the whole head)
+    resid_dropout: float = 0.0  # dropout on the attention and MLP outputs (StarCoder2, Phi-2, GPT-NeoX)
+    # leaf module names of the linears, in call order
+    q: str = "q_proj"
+    k: str = "k_proj"
+    v: str = "v_proj"
+    qkv: str = "qkv_proj"
+    o: str = "o_proj"
+    gate: str = "gate_proj"
+    up: str = "up_proj"
+    gate_up: str = "gate_up_proj"
+    down: str = "down_proj"
+    layers_path: str = "model.layers"
+    native: bool = True
+
+    @property
+    def attention_names(self) -> tuple[str, ...]:
+        return (self.qkv, self.o) if self.fused_qkv else (self.q, self.k, self.v, self.o)
+
+    @property
+    def mlp_names(self) -> tuple[str, ...]:
+        if not self.gated_mlp:
+            return (self.up, self.down)
+        return (self.gate_up, self.down) if self.fused_gate_up else (self.gate, self.up, self.down)
+
+
+_LLAMA = Traits()
+_GEMMA = Traits(gemma_norm=True, activation="gelu_pytorch_tanh")
+NATIVE_TRAITS: dict[str, Traits] = {
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "mixtral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen2_moe": _LLAMA,
+    "qwen3": Traits(qk_norm="head"),
+    "qwen3_moe": Traits(qk_norm="head"),
+    "gemma": _GEMMA,
+    "gemma2": Traits(gemma_norm=True, layout="sandwich", activation="gelu_pytorch_tanh"),
+    "gemma3_text": Traits(gemma_norm=True, layout="sandwich", qk_norm="head", activation="gelu_pytorch_tanh"),
+    "phi3": Traits(fused_qkv=True, fused_gate_up=True),
+}
+
+
+def native_traits(model_type: str, config: Mapping[str, Any] | None = None) -> Traits | None:
+    """The hand-written record of a native architecture (None for others)."""
+    return NATIVE_TRAITS.get(model_type)
+
+
+def traits_of(model) -> Traits:
+    """The traits of a ModelSpec: hand-written for native architectures, else derived on the meta device
+    (torch and transformers needed, as for the fallback's inventory)."""
+    known = native_traits(model.model_type)
+    if known is not None:
+        return known
+    from vramplan.measure.meta_traits import (
+        traits_from_meta,  # torch: only for other architectures
+    )
+
+    return traits_from_meta(model.config)
