@@ -138,3 +138,11 @@ def test_garbage_collection_threshold_frees_cache_early():
     a.free(a.malloc(40 * MiB))
     a.malloc(42 * MiB)  # 40 + 42 > 50: the cached segment is released before growing
     assert a.reserved == 42 * MiB and a.retries == 0
+
+
+def test_replay_frees_in_order_or_one_allocation_late():
+    from vramplan.estimator.step_events import replay
+
+    events = [("a", 30 * MiB), ("a", -1), ("b", 30 * MiB), ("b", -1), ("c", 30 * MiB)]
+    assert replay(events).peak_reserved == 30 * MiB  # each block reused by the next request
+    assert replay(events, lag=1).peak_reserved == 60 * MiB  # "a" returns only after "b" is allocated

@@ -181,14 +181,17 @@ def replay(events: list[Event], config: AllocatorConfig | None = None, capacity_
     last reference dies a little after the op that last used it: a Python frame, an autograd node's release)."""
     alloc = CachingAllocator(config or AllocatorConfig(), capacity_bytes)
     handles: dict[object, int] = {}
-    pending: list[object] = []
+    pending: list[object] = []  # freed by the program, not yet returned to the allocator (oldest first)
     for key, n in events:
         if n >= 0:
             handles[key] = alloc.malloc(n)
-            if len(pending) > lag:
-                for k in pending[: len(pending) - lag]:
+            if len(pending) >= lag > 0:  # each pending free has now waited `lag` allocations (or more)
+                for k in pending[: len(pending) - lag + 1]:
                     alloc.free(handles.pop(k))
-                del pending[: len(pending) - lag]
+                del pending[: len(pending) - lag + 1]
         elif key in handles:
-            pending.append(key)
+            if lag == 0:
+                alloc.free(handles.pop(key))
+            else:
+                pending.append(key)
     return alloc
