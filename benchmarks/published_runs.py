@@ -16,9 +16,13 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from vramplan.api import estimate
 from vramplan.plan import make_plan
