@@ -32,15 +32,22 @@ _DROPOUT_FIELDS = ("residual_dropout", "resid_pdrop", "hidden_dropout")
 
 
 def traits_from_meta(cfg: Mapping[str, Any]) -> Traits:
-    """Cached per config (the meta build takes a second or more)."""
+    """Read from the fallback's on-disk record (`meta_inventory.traits_record`: derived with the inventory from
+    one meta build); a record written by another version of `Traits` is derived again here."""
     return _traits(json.dumps(dict(cfg), sort_keys=True, default=str))
 
 
 @lru_cache(maxsize=64)
 def _traits(cfg_json: str) -> Traits:
+    from dataclasses import fields
+
+    from vramplan.measure.meta_inventory import traits_record
+
     cfg = json.loads(cfg_json)
-    model = meta_model(cfg)
-    return derive_traits(model, cfg)
+    record = traits_record(cfg)
+    if set(record) == {f.name for f in fields(Traits)}:
+        return Traits(**record)
+    return derive_traits(meta_model(cfg), cfg)
 
 
 def meta_model(cfg: Mapping[str, Any]):
