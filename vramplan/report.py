@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from vramplan.units import format_bytes
+
+if TYPE_CHECKING:  # rich loads when a table is drawn: --json output never imports it
+    from rich.console import Console
 
 
 def print_json(obj: Any) -> None:
@@ -20,6 +20,8 @@ def print_json(obj: Any) -> None:
 
 
 def render_models(console: Console, presets: Sequence[Any]) -> None:
+    from rich.table import Table
+
     table = Table(title="Model presets", title_justify="left")
     for col in ("preset", "hub id", "family", "params", "aliases"):
         table.add_column(col, justify="right" if col == "params" else "left")
@@ -29,6 +31,8 @@ def render_models(console: Console, presets: Sequence[Any]) -> None:
 
 
 def render_gpus(console: Console, gpus: Sequence[Any]) -> None:
+    from rich.table import Table
+
     table = Table(title="GPU profiles", title_justify="left")
     for col in ("gpu", "name", "memory", "usable", "bandwidth", "bf16 TFLOPs", "bf16", "fp8"):
         table.add_column(col, justify="left" if col in ("gpu", "name") else "right")
@@ -93,6 +97,8 @@ def _bar(components: dict[str, int], total: int, width: int = 40) -> str:
 
 
 def render_estimate(console: Console, e: Any) -> None:
+    from rich.table import Table
+
     plan = e.plan
     desc = f"{plan['method']}"
     if plan["method"] != "full":
@@ -126,8 +132,12 @@ def render_estimate(console: Console, e: Any) -> None:
     if e.gpu:
         verdict = "[green]fits[/green]" if e.fits else "[red]does not fit[/red]"
         each = f"each of {e.gpus} x " if getattr(e, "gpus", 1) > 1 else ""
+        low = getattr(e, "reserved_low_bytes", None)
+        reserved = format_bytes(e.reserved_bytes) if low in (None, e.reserved_bytes) else \
+            f"{format_bytes(low)} to {format_bytes(e.reserved_bytes)}"
+        nccl = f" + NCCL {format_bytes(e.nccl_bytes)}" if getattr(e, "nccl_bytes", 0) else ""
         console.print(
-            f"on {each}{e.gpu}: reserved {format_bytes(e.reserved_bytes)} + CUDA context {format_bytes(e.cuda_context_bytes)}"
+            f"on {each}{e.gpu}: reserved {reserved} + CUDA context {format_bytes(e.cuda_context_bytes)}{nccl}"
             f" = {format_bytes(e.total_gpu_bytes)} of {format_bytes(e.gpu_usable_bytes)} usable: {verdict}"
             f" (headroom {format_bytes(e.headroom_bytes)})"
         )
@@ -139,6 +149,8 @@ def render_estimate(console: Console, e: Any) -> None:
 
 
 def render_compare(console: Console, rows: Sequence[Any]) -> None:
+    from rich.table import Table
+
     gpu = next((r.gpu for r in rows if r.gpu), None)
     sharded = next((r for r in rows if getattr(r, "sharding", "none") != "none"), None)
     where = per_gpu_words(sharded) if sharded else ""
