@@ -67,3 +67,16 @@ def test_unsupported_activation_is_a_one_line_error():
     cfg = {**_small(ARCH_CONFIGS["stablelm2-1.6b"]), "hidden_act": "relu2"}
     with pytest.raises(UnsupportedArchitectureError, match="relu2"):
         traits_from_meta(cfg)
+
+
+def test_decoder_layers_not_named_layers_are_found(tmp_path, monkeypatch):
+    """GPT-BigCode keeps its blocks in `transformer.h`: each parameter still gets its layer (an FSDP unit each)."""
+    from vramplan.measure.meta_inventory import inventory_from_meta
+
+    monkeypatch.setenv("VRAMPLAN_CACHE_DIR", str(tmp_path))
+    cfg = {"model_type": "gpt_bigcode", "n_embd": 256, "n_layer": 3, "n_head": 4, "vocab_size": 1000,
+           "n_inner": 1024, "multi_query": True, "bos_token_id": 0, "eos_token_id": 0}
+    layers = {t.name: t.layer for t in inventory_from_meta(cfg).tensors}
+    assert layers["transformer.h.2.attn.c_attn.weight"] == 2
+    assert layers["transformer.wte.weight"] is None
+    assert {v for v in layers.values() if v is not None} == {0, 1, 2}

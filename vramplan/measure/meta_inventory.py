@@ -27,7 +27,7 @@ from typing import Any
 from vramplan.errors import UnsupportedArchitectureError
 from vramplan.inventory import Inventory, ParamTensor
 
-RECORD_VERSION = 1  # bump when the record's layout or the derivation changes
+RECORD_VERSION = 2  # bump when the record's layout or the derivation changes
 
 
 def cache_dir() -> Path:
@@ -136,12 +136,26 @@ def _meta_model(cfg: Mapping[str, Any]):
         ) from None
 
 
-def _layer_index(name: str) -> int | None:
+def _layer_index(name: str, prefix: str = "layers.") -> int | None:
+    """The decoder layer a parameter belongs to: the number after the layer list's path (`model.layers.`,
+    GPT-BigCode's `transformer.h.`: `meta_traits.decoder_layers`), else after any `.layers.`."""
+    if prefix.endswith(".") and name.startswith(prefix) and prefix != "layers.":
+        head = name[len(prefix):].split(".", 1)[0]
+        return int(head) if head.isdigit() else None
     parts = name.split(".")
     for i, part in enumerate(parts[:-1]):
         if part == "layers" and parts[i + 1].isdigit():
             return int(parts[i + 1])
     return None
+
+
+def _layers_prefix(model) -> str:
+    try:
+        from vramplan.measure.meta_traits import decoder_layers
+
+        return decoder_layers(model)[0] + "."
+    except (ImportError, UnsupportedArchitectureError):
+        return "layers."
 
 
 def _tensors(model) -> list[list[Any]]:
@@ -151,6 +165,7 @@ def _tensors(model) -> list[list[Any]]:
 
     output = model.get_output_embeddings()
     modules = dict(model.named_modules())
+    prefix = _layers_prefix(model)
     rows: list[list[Any]] = []
     for name, param in model.named_parameters():
         owner_name, _, leaf = name.rpartition(".")
@@ -167,7 +182,7 @@ def _tensors(model) -> list[list[Any]]:
             role = "experts"
         else:
             role = "router"
-        rows.append([name, list(param.shape), role, owner_name.rpartition(".")[2], _layer_index(name)])
+        rows.append([name, list(param.shape), role, owner_name.rpartition(".")[2], _layer_index(name, prefix)])
     return rows
 
 
