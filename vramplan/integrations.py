@@ -64,6 +64,11 @@ def plan_options_from_trainer(args: Any, model: Any, seq: int | None) -> tuple[d
     options["attn"] = getattr(base.config, "_attn_implementation", None) or "sdpa"
     options["grad_ckpt"] = bool(getattr(base, "is_gradient_checkpointing", False) or options.get("grad_ckpt"))
     options.update(_adapter_options(model, base))
+    if type(args).__name__ == "SFTConfig":  # TRL's SFTTrainer (vramplan.estimator.trainers: trl-sft)
+        options["trainer"] = "trl-sft"
+        options["loss_type"] = {"chunked_nll": "nll"}.get(args.loss_type, args.loss_type)
+    else:
+        options["trainer"] = "hf"
     options["gpus"] = max(1, int(getattr(args, "world_size", 1)))
     if options["gpus"] > 1 and "sharding" not in options:
         options["sharding"] = "ddp"

@@ -16,7 +16,7 @@ def test_defaults_are_axolotls_not_vramplans(read):
     optimizer adamw_torch_fused; gradient_checkpointing False; no bf16/fp16 -> float32 (resolve_dtype)."""
     r = read(BASE)
     assert r.model == "meta-llama/Llama-3.1-8B" and r.format == "axolotl"
-    assert r.plan_options == {"method": "full", "param_dtype": "fp32", "seq": 512, "batch": 1, "grad_accum": 1,
+    assert r.plan_options == {"trainer": "hf", "method": "full", "param_dtype": "fp32", "seq": 512, "batch": 1, "grad_accum": 1,
                               "grad_ckpt": False, "attn": "sdpa", "optimizer": "adamw_fused"}
 
 

@@ -21,7 +21,8 @@ def test_trl_defaults(read):
     assert r.format == "trl"
     assert r.plan_options == {"method": "full", "batch": 8, "grad_accum": 1, "optimizer": "adamw_fused",
                               "grad_ckpt": True, "ckpt_reentrant": False, "param_dtype": "fp32",
-                              "mixed_precision": "bf16", "seq": 1024, "attn": "sdpa"}
+                              "mixed_precision": "bf16", "trainer": "trl-sft", "loss_type": "nll", "seq": 1024,
+                              "attn": "sdpa"}
 
 
 @pytest.mark.parametrize("text, field, value", [
@@ -42,6 +43,8 @@ def test_trl_defaults(read):
     ("gradient_checkpointing_kwargs: {use_reentrant: true}\n", "ckpt_reentrant", True),
     ("attn_implementation: flash_attention_2\n", "attn", "flash_attention_2"),
     ("optim: adamw_8bit\n", "optimizer", "adamw_8bit"),
+    ("loss_type: dft\n", "loss_type", "dft"),
+    ("loss_type: chunked_nll\n", "loss_type", "nll"),
 ])
 def test_trl_mapped_field(read, text, field, value):
     assert read(TRL + text).plan_options[field] == value
@@ -51,6 +54,7 @@ def test_trl_mapped_field(read, text, field, value):
     ("use_liger_kernel: true\n", "use_liger_kernel"), ("use_peft: true\nuse_dora: true\n", "use_dora"),
     ("use_peft: true\nload_in_8bit: true\n", "load_in_8bit"),
     ("activation_checkpointing_kwargs: {offload: true}\n", "offload"),
+    ("beta: 0.1\n", "beta"), ("loss_type: sigmoid\n", "loss_type"),
 ])
 def test_trl_unmodelled_field_is_an_error(read, text, field):
     with pytest.raises(ConfigReadError, match=field):

@@ -53,6 +53,7 @@ def looks_like(data: dict) -> bool:
 
 def read(reader: FieldReader, base: Path) -> None:
     reader.model = reader.take("base_model")
+    reader.fixed("trainer", "hf", "axolotl (AxolotlTrainer, an HF Trainer)")
     for key, why in REFUSED.items():
         reader.refuse_if_on(key, why)
     dtype = _dtype(reader)

@@ -75,6 +75,11 @@ class FieldReader:
         given = self.data.get(key.split(".")[0]) is not None
         self.origin[field] = self.prefix + key + ("" if given else " (default)")
 
+    def fixed(self, field: str, value: Any, why: str) -> None:
+        """Plan option `field` that the format itself decides (`why` says how), not one of its fields."""
+        self.options[field] = value
+        self.origin[field] = why
+
     def note(self, text: str) -> None:
         self.notes.append(text)
 

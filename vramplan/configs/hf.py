@@ -104,6 +104,7 @@ def _looks_like_training_args(data: dict) -> bool:
 
 
 def _read_training_args_file(reader: FieldReader, base: Path) -> None:
+    reader.fixed("trainer", "hf", "TrainingArguments (transformers Trainer)")
     autocast = read_training_args(reader, base)
     reader.note("TrainingArguments hold no model, sequence length or method: give --model, --seq and --method "
                 "(or read adapter_config.json and a BitsAndBytesConfig with it)")

@@ -41,6 +41,7 @@ def looks_like(data: dict) -> bool:
 
 def read(reader: FieldReader, base: Path) -> None:
     reader.model = reader.take("model_name_or_path")
+    reader.fixed("trainer", "hf", "LLaMA-Factory (CustomSeq2SeqTrainer, an HF Trainer)")
     for key, why in REFUSED.items():
         reader.refuse_if_on(key, why)
     stage = reader.take("stage", "sft")

@@ -9,7 +9,8 @@ mapping. Its TrainingArguments fields go through `hf.read_training_args`, with T
   `lora_dropout` 0.05, `lora_target_modules` (else peft's default for the architecture);
   `load_in_4bit` -> `get_quantization_config`: `bnb_4bit_compute_dtype` = dtype, `bnb_4bit_quant_type` nf4,
   `use_bnb_nested_quant` (off), `bnb_4bit_quant_storage` (uint8).
-- `SFTTrainer` forces reentrant checkpointing for PEFT under ZeRO-3 (`_prepare_peft_model`).
+- `SFTTrainer` forces reentrant checkpointing for PEFT under ZeRO-3 (`_prepare_peft_model`); the plan's trainer is
+  trl-sft (vramplan.estimator.trainers: the fused LM head, `loss_type` nll or dft).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ REFUSED = {
     "lora_modules_to_save": "fully trained copies of whole modules (peft modules_to_save)",
     "lora_target_parameters": "LoRA on parameters", "load_in_8bit": "LoRA on 8-bit (LLM.int8) weights",
     "activation_offloading": "activations offloaded to host memory",
-    "assistant_only_loss": None, "completion_only_loss": None,  # loss masks: no memory (listed as ignored)
+    "beta": "a preference trainer (DPO/KTO: a reference model, chosen and rejected batches)",
+    "max_prompt_length": "a preference trainer (DPO/KTO: a reference model, chosen and rejected batches)",
 }
+_LOSSES = {"nll": "nll", "chunked_nll": "nll", "dft": "dft"}  # SFTConfig.__post_init__: chunked_nll -> nll
 
 
 def looks_like(data: dict) -> bool:
@@ -37,8 +40,7 @@ def looks_like(data: dict) -> bool:
 def read(reader: FieldReader, base: Path) -> None:
     reader.model = reader.take("model_name_or_path")
     for key, why in REFUSED.items():
-        if why:
-            reader.refuse_if_on(key, why)
+        reader.refuse_if_on(key, why)
     peft = as_bool(reader, "use_peft", reader.take("use_peft", False))
     four_bit = as_bool(reader, "load_in_4bit", reader.take("load_in_4bit", False))
     method = "qlora" if peft and four_bit else "lora" if peft else "full"
@@ -73,7 +75,17 @@ def read(reader: FieldReader, base: Path) -> None:
             reader.set("ckpt_reentrant", True, "gradient_checkpointing_kwargs")
     elif method == "lora" and reader.options.get("sharding") == "zero3" and reader.options.get("grad_ckpt"):
         reader.set("ckpt_reentrant", True, "gradient_checkpointing_kwargs")
+    _loss(reader)
     reader.set("seq", as_int(reader, "max_length", reader.take("max_length", 1024)), "max_length")
     reader.take("packing"), reader.take("padding_free")
     attn = reader.take("attn_implementation")
     reader.set("attn", names.attention(reader, "attn_implementation", attn or "sdpa"), "attn_implementation")
+
+
+def _loss(reader: FieldReader) -> None:
+    """`trl sft` trains with SFTTrainer (vramplan's trl-sft trainer: its fused LM head) and its `loss_type`."""
+    reader.fixed("trainer", "trl-sft", "trl sft (SFTTrainer)")
+    loss = str(reader.take("loss_type", "nll"))
+    if loss not in _LOSSES:
+        reader.refuse("loss_type", f"{loss} (SFT losses modelled: nll, dft; a preference loss needs DPO/KTO)")
+    reader.set("loss_type", _LOSSES[loss], "loss_type")
