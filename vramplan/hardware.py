@@ -74,6 +74,9 @@ class GpuProfile(BaseModel):
     peer_link_bytes_per_s: StrictInt | None = Field(default=None, gt=0)
     peer_link_max_gpus: StrictInt | None = Field(default=None, ge=2)  # a bridge joins 2 cards; None: no limit
     tdp_watts: StrictInt = Field(gt=0)
+    # Maximum achievable matmul TFLOPS (16-bit, dense) measured by a shape search, for the speed model
+    # (vramplan.kernels); None: the vendor's typical fraction of the dense peak.
+    mamf_tflops: StrictFloat | None = Field(default=None, gt=0)
 
     @field_validator("compute_capability")
     @classmethod
