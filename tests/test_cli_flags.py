@@ -181,6 +181,8 @@ def test_exit_codes_follow_the_readme_rule(capsys, argv, expected):
     (["estimate", "--model", "llama2-7b", "--method", "full", "--gpu", "rtx4090"], 1),
     (["estimate", "--model", "llama2-7b", "--gpu", "a100-80gb", "--json"], 0),
     (["gpus"], 0),
+    pytest.param(["suggest", "--model", "llama-7b", "--gpu", "rtx4090"], 0, marks=pytest.mark.slow),
+    pytest.param(["suggest", "--model", "llama2-70b", "--gpu", "rtx4090", "--json"], 1, marks=pytest.mark.slow),
 ])
 def test_closed_pipe_keeps_the_verdict_and_prints_no_traceback(argv, expected):
     """`vramplan ... | head -1`: the reader is gone before vramplan writes; rich would exit 1 ("does not fit")."""
