@@ -28,6 +28,7 @@ def test_defaults_are_llamafactorys(read):
     ("quantization_bit: 4\ndouble_quantization: false\n", "double_quant", False),
     ("quantization_bit: 4\n", "quant_storage", "bf16"),  # bnb_4bit_quant_storage = compute dtype
     ("quantization_bit: 4\n", "compute_dtype", "bf16"),
+    ("quantization_bit: 4\n", "kbit_upcast", False),  # no prepare_model_for_kbit_training
     ("lora_rank: 32\n", "rank", 32),
     ("lora_rank: 32\n", "alpha", 64.0),
     ("lora_alpha: 8\n", "alpha", 8.0),

@@ -104,9 +104,14 @@ def combine(readings: Sequence[ConfigReading]) -> ConfigReading:
                 raise ConfigReadError(f"{r.source}: {r.origin[field]} gives {field}={value!r}, but "
                                       f"{origin[field]} gives {options[field]!r}")
             options[field], origin[field] = value, origin.get(field, f"{r.source}: {r.origin[field]}")
+    notes = [n for r in readings for n in r.notes]
+    if any(r.format == "llamafactory" for r in readings) and str(options.get("sharding", "")).startswith("fsdp"):
+        from vramplan.configs.llamafactory import FSDP2_NOTE
+
+        notes.append(FSDP2_NOTE)
     return ConfigReading(format="+".join(r.format for r in readings), source=", ".join(r.source for r in readings),
                          model=model, plan_options=options, origin=origin,
-                         ignored=[f for r in readings for f in r.ignored], notes=[n for r in readings for n in r.notes],
+                         ignored=[f for r in readings for f in r.ignored], notes=notes,
                          files=[f for r in readings for f in r.files])
 
 

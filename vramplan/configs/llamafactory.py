@@ -10,7 +10,9 @@ LLaMA-Factory's defaults:
 - QLoRA: `quantization_bit: 4` -> `BitsAndBytesConfig(quant type, double_quantization (default on), compute dtype,
   bnb_4bit_quant_storage = compute dtype)` (`model_utils/quantization.configure_quantization`);
 - checkpointing: on unless `disable_gradient_checkpointing`, reentrant per `use_reentrant_gc` (default on)
-  (`model_utils/checkpointing.prepare_model_for_training`);
+  (`model_utils/checkpointing.prepare_model_for_training`, which turns it off under FSDP2: `FSDP2_NOTE` when
+  this file is read with an FSDP config); it does not call peft's
+  `prepare_model_for_kbit_training`, so QLoRA's non-4-bit weights stay in the compute dtype (kbit_upcast off);
 - `flash_attn`: auto (transformers' default, sdpa), disabled (eager), sdpa, fa2 (`model_utils/attention`);
 - `packing`/`neat_packing`: bins of cutoff_len tokens, so the step holds batch x cutoff_len tokens.
 """
@@ -32,6 +34,8 @@ REFUSED = {
     "mixture_of_depths": "mixture of depths", "use_galore": "GaLore", "use_apollo": "APOLLO", "use_badam": "BAdam",
     "use_kt": "KTransformers offload", "train_from_scratch": "training from random weights",
 }
+FSDP2_NOTE = ("under an FSDP2 accelerate config LLaMA-Factory sets use_reentrant_gc false "
+              "(prepare_model_for_training); this reading keeps the config's value")
 _ATTENTION = {"auto": "sdpa", "disabled": "eager", "sdpa": "sdpa", "fa2": "flash_attention_2"}
 
 
@@ -73,8 +77,6 @@ def read(reader: FieldReader, base: Path) -> None:
     reader.set("grad_ckpt", not as_bool(reader, "disable_gradient_checkpointing", off), "disable_gradient_checkpointing")
     if not off:
         reentrant = reader.take("use_reentrant_gc", True)
-        if reader.options.get("sharding") == "fsdp" and reader.take("fsdp_version") == 2:
-            reentrant = False  # prepare_model_for_training: fsdp2 sets use_reentrant_gc False
         reader.set("ckpt_reentrant", as_bool(reader, "use_reentrant_gc", reentrant), "use_reentrant_gc")
     attn = str(reader.take("flash_attn", "auto")).lower()
     if attn not in _ATTENTION:
@@ -110,3 +112,6 @@ def _lora(reader: FieldReader, method: str, compute: str) -> None:
                    "double_quantization")
         reader.set("compute_dtype", compute, "bf16")
         reader.set("quant_storage", compute, "quantization_bit")
+        # model_utils/checkpointing.prepare_model_for_training replaces peft's prepare_model_for_kbit_training:
+        # non-4-bit weights keep the compute dtype (no fp32 upcast) unless upcast_layernorm (refused above).
+        reader.fixed("kbit_upcast", False, "LLaMA-Factory (no prepare_model_for_kbit_training)")
