@@ -16,10 +16,11 @@ from vramplan.measure.trainer import measure_step
 from vramplan.plan import make_plan
 from vramplan.units import format_bytes
 
-LLAMA2_7B = dict(  # meta-llama/Llama-2-7b-hf config.json
-    model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-    num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
-)
+LLAMA2_7B = {  # meta-llama/Llama-2-7b-hf config.json
+    "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+}
 
 if __name__ == "__main__":
     print(f"load average (1, 5, 15 min): {os.getloadavg()}, {os.cpu_count()} CPUs")
