@@ -3,7 +3,8 @@
 Targets: `vramplan --help` and `vramplan models` at most 2.5x `python -c pass`; `vramplan estimate --model
 llama2-7b --json` at most 4x. Each run is a fresh process; the commands are run round-robin (one of each per
 round), so a load spike hits all of them alike, and each is summarised by its median. Prints the load average
-before and after: the ratios mean little on a machine whose load is far above its core count.
+before and after: wall-clock ratios mean little on a machine whose load is far above its core count, so the
+CPU time of each child process (user + system, `getrusage(RUSAGE_CHILDREN)`) is shown beside them.
 
     python benchmarks/cli_startup.py [--runs 15] [--check]
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -43,24 +45,32 @@ def commands() -> dict[str, list[str]]:
     }
 
 
-def time_once(argv: list[str]) -> float:
-    start = time.perf_counter()
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_once(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one fresh process."""
+    cpu, start = _cpu_s(), time.perf_counter()
     done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-500:]}")
-    return elapsed
+    return elapsed, _cpu_s() - cpu
 
 
-def measure(runs: int) -> dict[str, float]:
+def measure(runs: int) -> dict[str, tuple[float, float]]:
+    """name -> (median wall seconds, median CPU seconds)."""
     cmds = commands()
     for argv in cmds.values():  # warm the page cache and the .pyc files: "cold" means a new process, not a new disk
         time_once(argv)
-    samples: dict[str, list[float]] = {name: [] for name in cmds}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in cmds}
     for _ in range(runs):
         for name, argv in cmds.items():
             samples[name].append(time_once(argv))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
+            for name, values in samples.items()}
 
 
 def main() -> int:
@@ -71,17 +81,18 @@ def main() -> int:
     load_before = os.getloadavg()
     medians = measure(opts.runs)
     load_after = os.getloadavg()
-    base = medians["python -c pass"]
+    base_wall, base_cpu = medians["python -c pass"]
     print(f"cores {os.cpu_count()}, load average before {load_before[0]:.2f} / after {load_after[0]:.2f} "
           f"(1 min), {opts.runs} rounds, medians")
     missed = []
-    for name, median in medians.items():
-        ratio = median / base
+    for name, (wall, cpu) in medians.items():
+        ratio = wall / base_wall
         target = TARGETS.get(name)
         verdict = "" if target is None else f"  target <= {target}x: {'ok' if ratio <= target else 'MISSED'}"
         if target is not None and ratio > target:
             missed.append(name)
-        print(f"{name:18s} {median * 1000:7.1f} ms  {ratio:5.2f}x{verdict}")
+        print(f"{name:18s} wall {wall * 1000:7.1f} ms {ratio:5.2f}x   cpu {cpu * 1000:6.1f} ms "
+              f"{cpu / base_cpu:5.2f}x{verdict}")
     return 1 if opts.check and missed else 0
 
 
