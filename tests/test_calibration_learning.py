@@ -152,3 +152,12 @@ def test_api_estimate_takes_a_store(tmp_path):
 def test_calibrations_usage(capsys, argv, tmp_path):
     assert main([*argv, "--store", str(tmp_path / "s.sqlite3")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_estimate_command_says_so(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("VRAMPLAN_CALIBRATION_DB", _store(tmp_path, [cuda_record(context=600 * MiB)]))
+    argv = ["estimate", "--model", "qwen2.5-0.5b", "--method", "lora", "--seq", "256", "--gpu", "rtx4090"]
+    assert main(argv) == 0
+    assert "CUDA context from 1 run: 0.59 GiB" in capsys.readouterr().out
+    assert main([*argv, "--no-calibration"]) == 0
+    assert "calibration" not in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from vramplan.commands.plan_flags import (
     add_gpu_arguments,
@@ -24,6 +25,8 @@ def add_estimate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="preset name, config.json path, model folder or HF hub id (or from --config)")
     add_plan_arguments(p)
     add_gpu_arguments(p)
+    p.add_argument("--no-calibration", action="store_true", help="with --gpu: leave the stored CUDA runs on this GPU "
+                   "out (the reserve and CUDA context come from the model only)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_estimate)
 
@@ -33,10 +36,17 @@ def run_estimate(args: argparse.Namespace) -> int:
     from vramplan.api import estimate
 
     result = estimate(args.model, plan_from_args(args), gpu=args.gpu, gpu_dirs=gpu_dirs(args))
+    words = None
+    if args.gpu and not args.no_calibration:  # vramplan.calibration_learning: context and reserve of stored runs
+        from vramplan.api import calibrated
+
+        result, words = calibrated(result, None, gpu_dirs(args))
     if args.json:
         report.print_json(report.estimate_json(result))
     else:
         report.render_estimate(console(args), result)
+    if words:
+        print(words, file=sys.stderr if args.json else sys.stdout)
     return DOES_NOT_FIT if result.fits is False else 0
 
 
