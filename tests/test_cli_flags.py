@@ -125,6 +125,24 @@ def test_lora_defaults_are_peft_defaults():
     assert plan_of("--method", "lora", "--rank", "64").alpha == _lora_default("lora_alpha")  # not 2 x rank
 
 
+def _trl_default(field: str) -> object:
+    body = _class_body(_package_file("trl", "trainer/model_config.py"), "ModelConfig")
+    node = next(n for n in body if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", None) == field)
+    return ast.literal_eval(next(k.value for k in node.value.keywords if k.arg == "default"))  # type: ignore[union-attr]
+
+
+def test_trl_spellings_take_trl_defaults():
+    """`trl sft --use_peft --load_in_4bit`: TRL's ModelConfig defaults reach LoraConfig / BitsAndBytesConfig."""
+    plan = plan_of("--use_peft", "--load_in_4bit")
+    assert plan.method == "qlora"
+    assert (plan.rank, plan.alpha, plan.lora_dropout, plan.double_quant) == (
+        _trl_default("lora_r"), _trl_default("lora_alpha"), _trl_default("lora_dropout"),
+        _trl_default("use_bnb_nested_quant"))
+    assert plan_of("--use-peft", "--lora-r", "4", "--lora-target-modules", "q_proj") == \
+        plan_of("--method", "lora", "--rank", "4", "--targets", "q_proj", "--alpha", "32", "--lora-dropout", "0.05")
+    assert plan_of("--use-peft", "false").method == "full"
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["estimate", "--model", "llama2-7b", "--method", "lora", "--lora", "0.05"], "--lora 0.05 (did you mean --lora-r"),
     (["estimate", "--model", "llama2-7b", "--grad", "2"], "unrecognized arguments: --grad 2"),
@@ -144,6 +162,8 @@ def test_lora_defaults_are_peft_defaults():
     (["estimate", "--model", "llama2-7b", "--param-dtype", "fp16", "--bf16"], "--bf16 over fp16 weights"),
     (["estimate", "--model", "llama2-7b", "--target-modules", "all_linear", "q_proj"], "all-linear"),
     (["estimate"], "--model is required"),
+    (["estimate", "--model", "llama2-7b", "--load-in-4bit"], "--load-in-4bit without --use-peft"),
+    (["estimate", "--model", "llama2-7b", "--use-peft", "--method", "full"], "--method says full"),
     (["estimate", "--model", "llama2-7b", "--config-format", "hf"], "--config-format applies to a --config file"),
 ])
 def test_bad_flags_are_one_line_with_the_command_and_exit_2(capsys, argv, needle):

@@ -87,9 +87,13 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     Hugging Face's spellings (TrainingArguments, LoraConfig, BitsAndBytesConfig) are aliases of the same flag:
     one `dest`, one converter from `vramplan.hf_names`; `--foo_bar` is read as `--foo-bar` (see `cli.main`).
     """
-    g = p.add_argument_group("training plan (Hugging Face spellings in parentheses)")
+    g = p.add_argument_group("training plan (Hugging Face / TRL spellings are aliases; --foo_bar reads as --foo-bar)")
     if method_default:
         g.add_argument("--method", choices=METHODS, help="fine-tuning method (default qlora)")
+        for flag, what in (("--use-peft", "LoRA adapters"), ("--load-in-4bit", "a 4-bit base")):
+            g.add_argument(flag, dest="trl_" + flag[2:].replace("-", "_"), nargs="?", const=True, default=None,
+                           type=_hf(bool_from_hf), metavar="BOOL", help=f"TRL ModelConfig: {what} (--use-peft = "
+                           "--method lora, with --load-in-4bit = qlora, neither = full)")
     dtypes = "{bf16,fp16,fp32}"
     g.add_argument("--param-dtype", "--dtype", "--torch-dtype", type=_hf(dtype_from_hf), metavar=dtypes,
                    help="base weight dtype, also bfloat16/float16/float32 (default bf16)")
@@ -103,6 +107,7 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     g.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=None,
                    help="quantize the quantization constants (qlora; default on)")
     _bool_flag(g, "--bnb-4bit-use-double-quant", "double_quant", "= --double-quant")
+    _bool_flag(g, "--use-bnb-nested-quant", "double_quant", "= --double-quant (TRL ModelConfig)")
     g.add_argument("--compute-dtype", "--bnb-4bit-compute-dtype", type=_hf(dtype_from_hf), metavar=dtypes,
                    help="bnb_4bit_compute_dtype (qlora; default the param dtype)")
     g.add_argument("--quant-storage", "--bnb-4bit-quant-storage", type=_hf(storage_dtype_from_hf),
@@ -112,7 +117,7 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
                    help="skip peft prepare_model_for_kbit_training's fp32 upcast of non-4-bit weights")
     g.add_argument("--rank", "--lora-r", "--r", dest="rank", type=int, help="LoRA rank (default 8, as peft)")
     g.add_argument("--alpha", "--lora-alpha", dest="alpha", type=float, help="LoRA alpha (default 8, as peft)")
-    g.add_argument("--targets", "--target-modules", dest="targets", nargs="+", metavar="TARGETS",
+    g.add_argument("--targets", "--target-modules", "--lora-target-modules", dest="targets", nargs="+", metavar="TARGETS",
                    help="LoRA targets: default | attention | all-linear (all_linear) | module names, comma or "
                    "space separated (q_proj,v_proj)")
     g.add_argument("--lora-dropout", type=float, help="LoRA dropout probability (default 0)")
@@ -159,12 +164,14 @@ def finish_plan_args(args: argparse.Namespace) -> None:
     if getattr(args, "targets", None) is not None and not isinstance(args.targets, str):
         args.targets = targets_from_hf(args.targets)
     _hf_precision(args)
+    _trl_method(args)
     if getattr(args, "config", None):
         _apply_config(args)
     elif getattr(args, "config_format", None):
         from vramplan.errors import InputError
 
         raise InputError("--config-format applies to a --config file: give one")
+    _trl_defaults(args)
     for field, default in getattr(args, "late_defaults", {}).items():
         if getattr(args, field, None) is None:
             setattr(args, field, default)
@@ -196,6 +203,40 @@ def _apply_config(args: argparse.Namespace) -> None:
         shown = ", ".join(reading.ignored[:8]) + (f" and {len(reading.ignored) - 8} more" if len(reading.ignored) > 8
                                                  else "")
         print(f"{where}: ignored (no effect on memory): {shown}", file=sys.stderr)
+
+
+def _trl_method(args: argparse.Namespace) -> None:
+    """TRL's `use_peft` / `load_in_4bit` (trl ModelConfig, `get_peft_config` / `get_quantization_config`) name
+    the method: adapters on a 4-bit base are QLoRA, adapters alone LoRA, neither full fine-tuning."""
+    from vramplan.errors import InputError
+
+    peft, four_bit = getattr(args, "trl_use_peft", None), getattr(args, "trl_load_in_4bit", None)
+    if peft is None and four_bit is None:
+        return
+    if four_bit and not peft:
+        raise InputError("--load-in-4bit without --use-peft: a 4-bit base trains only through adapters (QLoRA)")
+    method = "qlora" if four_bit else "lora" if peft else "full"
+    if args.method not in (None, method):
+        raise InputError(f"--use-peft/--load-in-4bit say {method}, --method says {args.method}: give one")
+    args.method = method
+
+
+# trl ModelConfig's own defaults (trl 1.16 `trainer/model_config.py`), which `get_peft_config` and
+# `get_quantization_config` pass to LoraConfig / BitsAndBytesConfig: they, not peft's, apply to a `trl sft --use_peft`
+# run (r 16, not peft's 8; no nested quantization, where vramplan's QLoRA default has it).
+TRL_LORA_DEFAULTS = {"rank": 16, "alpha": 32.0, "lora_dropout": 0.05}
+TRL_4BIT_DEFAULTS = {"double_quant": False}
+
+
+def _trl_defaults(args: argparse.Namespace) -> None:
+    """After the config file: fields still unset take TRL's defaults when TRL's flags chose the method."""
+    if getattr(args, "trl_use_peft", None) is None and getattr(args, "trl_load_in_4bit", None) is None:
+        return
+    fills = {**(TRL_LORA_DEFAULTS if args.method in ("lora", "qlora") else {}),
+             **(TRL_4BIT_DEFAULTS if args.method == "qlora" else {})}
+    for field, value in fills.items():
+        if getattr(args, field, None) is None:
+            setattr(args, field, value)
 
 
 def _hf_precision(args: argparse.Namespace) -> None:
