@@ -23,7 +23,6 @@ def test_defaults_are_axolotls_not_vramplans(read):
 @pytest.mark.parametrize("text, field, value", [
     ("adapter: lora\n", "method", "lora"),
     ("adapter: qlora\nload_in_4bit: true\n", "method", "qlora"),
-    ("adapter: lora\nload_in_4bit: true\n", "method", "qlora"),
     ("bf16: true\n", "param_dtype", "bf16"),
     ("bf16: auto\n", "param_dtype", "bf16"),
     ("fp16: true\n", "param_dtype", "fp16"),
@@ -83,6 +82,8 @@ def test_deepspeed_file_is_followed(read, tmp_path):
     ("gradient_checkpointing: offload\n", "gradient_checkpointing"),
     ("activation_offloading: true\n", "activation_offloading"),
     ("adapter: qlora\n", "adapter"),
+    ("adapter: lora\nload_in_4bit: true\n", "load_in_4bit"),
+    ("load_in_8bit: true\n", "load_in_8bit"),
     ("deepspeed: {zero_optimization: {stage: 2, reduce_bucket_size: 500000000}}\n", "reduce_bucket_size"),
 ])
 def test_unmodelled_field_is_an_error_naming_it(read, text, field):

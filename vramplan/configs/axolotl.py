@@ -92,14 +92,19 @@ def _dtype(reader: FieldReader) -> str:
 def _method(reader: FieldReader) -> str:
     adapter = reader.take("adapter")
     four_bit, eight_bit = reader.take("load_in_4bit", False), reader.data.get("load_in_8bit", False)
+    if eight_bit:
+        reader.refuse("load_in_8bit", "8-bit (LLM.int8) weights")
     if adapter in (None, "", "none"):
+        if four_bit:
+            reader.refuse("load_in_4bit", "4-bit weights without an adapter")
         return "full"
     if adapter not in ("lora", "qlora"):
         raise reader.bad_value("adapter", adapter, ["lora", "qlora"])
-    if eight_bit:
-        reader.refuse("load_in_8bit", "LoRA on 8-bit (LLM.int8) weights")
     if adapter == "qlora" and not four_bit:
         reader.refuse("adapter", "qlora without load_in_4bit (axolotl quantizes only with load_in_4bit: true)")
+    if adapter == "lora" and four_bit:  # ModelLoader builds the 4-bit config for adapter qlora only, but
+        reader.refuse("load_in_4bit", "with adapter lora: unquantized weights that prepare_model_for_kbit_training "
+                      "still upcasts (axolotl quantizes with adapter: qlora)")
     return "qlora" if four_bit else "lora"
 
 

@@ -157,6 +157,8 @@ def read_bnb(reader: FieldReader, base: Path | None = None) -> None:
     if not reader.take("load_in_4bit"):
         raise ConfigReadError(f"{reader.source}: load_in_4bit is not true: nothing is quantized")
     reader.set("method", "qlora", "load_in_4bit")
+    reader.note("4-bit weights: peft's prepare_model_for_kbit_training assumed (fp32 upcast of the other weights), "
+                "as QLoRA scripts call it; --no-kbit-upcast if yours does not")
     quant = str(reader.take("bnb_4bit_quant_type", "fp4"))
     if quant not in ("nf4", "fp4"):
         raise reader.bad_value("bnb_4bit_quant_type", quant, ["nf4", "fp4"])
