@@ -21,9 +21,11 @@ from vramplan.estimator.optimizer import (
     optimizer_memory,
 )
 from vramplan.estimator.layers import decoder_layer
-from vramplan.estimator.programs import Ctx, head
+from vramplan.estimator.losses import loss_head
+from vramplan.estimator.programs import Ctx
 from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.tape import Tape
+from vramplan.estimator.trainers import adapter_bytes, batch_tensors, kept_outputs_bytes, kv_cache_in_forward, peft_input_grads
 from vramplan.estimator.weights import (
     StaticMemory,
     non_quantized_dtype_bytes,
@@ -63,8 +65,8 @@ def kernel_dequantizes(plan: TrainingPlan) -> bool:
 def embedding_output_requires_grad(plan: TrainingPlan) -> bool:
     """The embedding output requires grad when the embedding is trainable, or when the
     `enable_input_require_grads` hook is on: peft's prepare_model_for_kbit_training installs it when
-    checkpointing, and reentrant checkpointing needs it."""
-    return plan.method == "full" or (
+    checkpointing, and reentrant checkpointing needs it; TRL's SFTTrainer installs it on a PEFT model."""
+    return plan.method == "full" or peft_input_grads(plan) or (
         plan.grad_ckpt and ((plan.method == "qlora" and plan.kbit_upcast) or plan.ckpt_reentrant)
     )
 
@@ -100,7 +102,10 @@ def _ctx(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
         kernel_dequant=cuda and kernel_dequantizes(plan),
         cuda=cuda,
         autocast=plan.mixed_precision is not None,
-        use_cache=not plan.grad_ckpt,
+        use_cache=kv_cache_in_forward(plan),
+        trainer=plan.trainer,
+        lora_w=adapter_bytes(plan),
+        loss_type=plan.loss_type,
         attn_softcap=attn_implementation(model, plan) == "eager" and bool(model.config.get("attn_logit_softcapping")),
         sdpa_mask=sdpa_sliding_mask(model, plan),
         **_moe_fields(model, nq),
@@ -169,7 +174,7 @@ def _head_cost(c: Ctx, a: int, softcap: bool, accumulate: bool = False) -> tuple
     """(forward peak incl. its input, bytes kept for backward, backward peak above that, param grads)."""
     th = Tape()
     hx = th.new(c.tokens * c.hidden * a, True)
-    loss = head(th, c, hx, a, softcap=softcap)
+    loss = loss_head(th, c, hx, a, softcap, c.trainer, c.loss_type)
     peak, keep = th.peak, th.live
     rel, grads = th.backward(loss, accumulate)
     return peak, keep, rel, grads
@@ -227,9 +232,10 @@ def attention_mask_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
 
 
 def batch_bytes(plan: TrainingPlan) -> int:
-    """input_ids and labels (int64) of every micro-batch of the step: HF Trainer fetches the `grad_accum`
-    batches of an update before the first forward (`get_batch_samples`); they live until the step ends."""
-    return 2 * 8 * plan.batch * plan.seq * plan.grad_accum
+    """input_ids and labels (int64; TRL's collator adds attention_mask: `trainers.batch_tensors`) of every
+    micro-batch of the step: HF Trainer fetches the `grad_accum` batches of an update before the first forward
+    (`get_batch_samples`); they live until the step ends."""
+    return batch_tensors(plan) * 8 * plan.batch * plan.seq * plan.grad_accum
 
 
 def _step_phases(model: ModelSpec, plan: TrainingPlan, base: int, grads_bytes: int, step_temp: int,
@@ -291,7 +297,12 @@ def _step_phases(model: ModelSpec, plan: TrainingPlan, base: int, grads_bytes: i
         # Embedding backward: `embedding_dense_backward` makes a dense [vocab, hidden] gradient while the
         # input's gradient is alive; tied, it is summed with the held lm_head gradient: three at once.
         bwd_peak = max(bwd_peak, base + all_grads + x_bytes + (2 * vh if tied else vh))
-    return {"forward": fwd_peak, "backward": bwd_peak, "optimizer": base + grads_bytes + step_temp}
+    # a custom loop's outputs, alive across the step (trainers.py)
+    # the leaf: `gradient_checkpointing_enable` calls `enable_input_require_grads` (modeling_utils.py)
+    logits, outside = kept_outputs_bytes(plan, c, a, n_layers, plan.method != "full" and (
+        plan.grad_ckpt or embedding_output_requires_grad(plan)))
+    return {"forward": fwd_peak + logits + outside, "backward": bwd_peak + logits,
+            "optimizer": base + grads_bytes + step_temp + logits + outside}
 
 
 def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int], base: int, grads_bytes: int,

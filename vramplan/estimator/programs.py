@@ -60,6 +60,9 @@ class Ctx:
     shared_inter: int = 0  # qwen2_moe's shared expert
     weights_fp32_scores: bool = True  # Mixtral keeps the routing weights fp32; Qwen casts them to the logits'
     expert_w: int = 2  # bytes of the fused 3-D expert weights (never quantized: fp32 after the kbit upcast)
+    trainer: str = "hf"  # plan.trainer: which head and loss (losses.py)
+    lora_w: int = 4  # bytes of LoRA A/B (fp32: peft autocast_adapter_dtype; bf16 under TRL's SFT for QLoRA)
+    loss_type: str | None = None  # plan.loss_type (trl-sft)
 
 
 def rmsnorm(tp: Tape, c: Ctx, x: int, a: int, width: int, groups: int = 1) -> tuple[int, int]:
@@ -137,14 +140,15 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
         res_a = a
     if name not in c.lora:
         return res, res_a
-    xa = tp.op(t * n_in * 4, (x,)) if a != 4 else tp.op(0, (x,), alias=x)
+    lw = c.lora_w  # peft `_cast_input_dtype(x, lora_A.weight.dtype)`
+    xa = tp.op(t * n_in * lw, (x,)) if a != lw else tp.op(0, (x,), alias=x)
     if c.dropout:
         # nn.Dropout on CUDA: native_dropout saves a bool mask. On CPU (`_dropout_impl`) the mask is
         # `empty_like(input).bernoulli_()`, as wide as the input, saved by `input * noise`. The output feeds
         # lora_A, which saves it.
         # Without a gradient to the input (the first layer, frozen below) no node saves the mask.
-        mask = tp.op(t * n_in * (1 if c.cuda else 4), grad=False)
-        xd = tp.op(t * n_in * 4, (xa, mask), saves=(mask,))
+        mask = tp.op(t * n_in * (1 if c.cuda else lw), grad=False)
+        xd = tp.op(t * n_in * lw, (xa, mask), saves=(mask,))
         tp.drop(xa, mask)
         xa = xd
     if c.autocast:  # lora_A / lora_B are nn.Linear: autocast casts their input and (cached) weights
@@ -154,10 +158,10 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
         hb = autocast_mm(tp, c, ha, la, c.rank, n_out, True, weight_bytes=4)
         tp.drop(ha)
     else:
-        la = 4
-        ha = tp.op(t * c.rank * 4, (xa,), saves=(xa,), grad=True, param_grad=c.rank * n_in * 4)
+        la = lw
+        ha = tp.op(t * c.rank * lw, (xa,), saves=(xa,), grad=True, param_grad=c.rank * n_in * lw)
         tp.drop(xa)
-        hb = tp.op(t * n_out * 4, (ha,), saves=(ha,), grad=True, param_grad=n_out * c.rank * 4)
+        hb = tp.op(t * n_out * lw, (ha,), saves=(ha,), grad=True, param_grad=n_out * c.rank * lw)
         tp.drop(ha)
     scaled = tp.op(t * n_out * la, (hb,))
     tp.drop(hb)

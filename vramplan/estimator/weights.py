@@ -20,6 +20,7 @@ from vramplan.errors import PlanError
 from vramplan.inventory import Inventory, LinearGroup
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
+from vramplan.estimator.trainers import adapter_bytes
 from vramplan.traits import traits_of
 from vramplan.units import DTYPE_BYTES
 
@@ -143,7 +144,8 @@ def rotary_buffer_bytes(model: ModelSpec) -> int:
 
 
 _STATIC_CACHE: dict[tuple, tuple[ModelSpec, StaticMemory]] = {}
-_STATIC_FIELDS = ("method", "param_dtype", "quant_blocksize", "double_quant", "kbit_upcast", "rank", "targets")
+_STATIC_FIELDS = ("method", "param_dtype", "quant_blocksize", "double_quant", "kbit_upcast", "rank", "targets",
+                  "trainer")
 
 
 def static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
@@ -188,13 +190,13 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
         shapes = tuple(t.shape for t in inv.tensors)
         trainable_bytes = DTYPE_BYTES[plan.param_dtype]
     else:
-        trainable, shapes, trainable_bytes = tuple(lora_numels), tuple(lora_shapes), ADAPTER_BYTES
+        trainable, shapes, trainable_bytes = tuple(lora_numels), tuple(lora_shapes), adapter_bytes(plan)
     return StaticMemory(
         quantized_weights=q_w,
         quant_constants=q_c,
         double_quant_constants=q_dq,
         base_weights=base,
-        lora_adapters=sum(lora_numels) * ADAPTER_BYTES,
+        lora_adapters=sum(lora_numels) * adapter_bytes(plan),
         trainable_numels=trainable,
         trainable_dtype_bytes=trainable_bytes,
         trainable_shapes=shapes,

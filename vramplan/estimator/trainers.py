@@ -1,0 +1,71 @@
+"""What each training loop (`plan.trainer`) changes in the step `core.py` composes. One owner for these facts.
+
+- `hf`: HF Trainer. `training_step` -> `compute_loss` keeps only the loss (`outputs` die before backward); the
+  batch is input_ids + labels; `get_batch_samples` fetches the `grad_accum` batches of an update first.
+- `loop`: a custom or accelerate loop, `outputs = model(**batch); accelerator.backward(outputs.loss);
+  optimizer.step(); optimizer.zero_grad()` (accelerate's examples/nlp_example.py, most tutorials): `outputs` is
+  only replaced when the next forward returns, so in the steady state the previous micro-batch's logits
+  ([batch, seq, vocab] in the lm_head's output dtype) are alive through every phase.
+- `trl-sft`: TRL 1.16 `SFTTrainer` (trl/trainer/sft_trainer.py): the fused LM head (losses.py); `use_cache=False`
+  forced in `compute_loss` (no KV cache even without checkpointing); `model.enable_input_require_grads()` for a
+  PEFT model with gradient checkpointing (the embedding output requires grad); a quantized model's trainable
+  parameters cast to bf16 and no `prepare_model_for_kbit_training` (plan.py: kbit_upcast defaults off);
+  `DataCollatorForLanguageModeling` adds an int64 attention_mask to the batch.
+"""
+
+from __future__ import annotations
+
+from vramplan.estimator.programs import Ctx
+from vramplan.plan import TrainingPlan
+
+# Ints in each micro-batch the collator returns: input_ids and labels, plus TRL's attention_mask
+_BATCH_TENSORS = {"hf": 2, "loop": 2, "trl-sft": 3}
+
+
+def adapter_bytes(plan: TrainingPlan) -> int:
+    """Bytes per LoRA A/B element: fp32 (peft `autocast_adapter_dtype=True`), except under TRL's SFTTrainer for a
+    quantized model, which casts every trainable parameter to bf16 after `get_peft_model` ("to follow the
+    recommendations from the original paper", sft_trainer.py)."""
+    return 2 if plan.trainer == "trl-sft" and plan.method == "qlora" else 4
+
+
+def batch_tensors(plan: TrainingPlan) -> int:
+    return _BATCH_TENSORS[plan.trainer]
+
+
+def kv_cache_in_forward(plan: TrainingPlan) -> bool:
+    """transformers keeps `use_cache` on without checkpointing (a DynamicCache fills up); TRL's SFT turns it off."""
+    return not plan.grad_ckpt and plan.trainer != "trl-sft"
+
+
+def peft_input_grads(plan: TrainingPlan) -> bool:
+    """SFTTrainer calls `enable_input_require_grads()` on a PEFT model trained with checkpointing."""
+    return plan.trainer == "trl-sft" and plan.uses_lora and plan.grad_ckpt
+
+
+def logits_bytes(c: Ctx, a: int) -> int:
+    """The `logits` tensor of the CausalLM output: lm_head's output dtype (the final norm's output promoted with
+    the head weight's dtype; autocast's dtype under mixed precision), every position."""
+    if c.autocast:
+        la = c.compute
+    else:
+        norm_out = a if c.gemma_norm else max(a, c.norm_w)
+        la = max(norm_out, c.lm_head_w)
+    return c.tokens * c.vocab * la
+
+
+def kept_outputs_bytes(plan: TrainingPlan, c: Ctx, a: int, layers: int, input_leaf: bool) -> tuple[int, int]:
+    """(in every phase, outside backward only): what the loop keeps alive beyond what HF Trainer keeps.
+
+    `loop` holds the previous micro-batch's outputs until the next forward returns, and `outputs.loss` holds the
+    autograd graph. So: the logits; `past_key_values` when transformers left `use_cache` on (no checkpointing):
+    `DynamicCache.update` keeps every layer's key and value states ([batch, kv_heads, seq, head_dim] each, in the
+    hidden states' dtype); and, when `enable_input_require_grads` made the output of a frozen embedding a leaf
+    that requires grad (`input_leaf`), that leaf and the `.grad` backward leaves on it (the graph's
+    AccumulateGrad node holds them). During backward the current cache is saved by attention and the leaf is a
+    layer input (both counted), so only the logits are extra there."""
+    if plan.trainer != "loop":
+        return 0, 0
+    cache = 2 * layers * c.tokens * c.kv_heads * c.head_dim * a if c.use_cache else 0
+    leaf = 2 * c.tokens * c.hidden * a if input_leaf else 0
+    return logits_bytes(c, a), cache + leaf

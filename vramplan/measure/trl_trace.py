@@ -1,0 +1,242 @@
+"""Trace the step of the other training loops: a custom loop that keeps `outputs`, and TRL's `SFTTrainer`.
+
+`measure_trainer_step(config, plan, trace=True)` does what `measure_step` does (trainer.py) for `plan.trainer`:
+
+- `hf`: `measure_step` itself (HF Trainer: the outputs are dropped before `backward()`).
+- `loop`: a hand-written or accelerate loop, `outputs = model(**batch); outputs.loss.backward()`: the outputs,
+  logits included, stay referenced through backward (accelerate's nlp_example, most tutorials).
+- `trl-sft`: TRL's own `SFTTrainer.compute_loss` runs the step, on the model prepared as `SFTTrainer.__init__`
+  prepares it (TRL 1.16, trl/trainer/sft_trainer.py): `get_peft_model`, then `enable_input_require_grads()` for a
+  PEFT model with checkpointing, every trainable parameter cast to bf16 for a quantized model (no
+  `prepare_model_for_kbit_training`), `add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))`;
+  `Trainer.train` then turns checkpointing on (non-reentrant unless asked). The batch is what TRL's
+  `DataCollatorForLanguageModeling` returns for unpadded rows: input_ids, attention_mask, labels.
+
+Not driven: `SFTTrainer` itself (its `__init__` tokenizes a dataset and needs a processing class from the Hub), so
+`compute_loss` is called unbound on a stand-in that carries the attributes it reads (args, accelerator, metrics).
+The stand-in's `gather_for_metrics` returns a constant scalar: the metric `.item()` calls read data, which a
+FakeTensor has not; the scalars it would have made are a few bytes. The all-ones attention mask stays in the batch
+(its bytes are counted) but is not passed to the model: a real unpadded batch lets transformers drop it
+(`_ignore_causal_mask_sdpa`), while under FakeTensors it would build an explicit [batch, 1, seq, seq] mask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import types
+import warnings
+from collections.abc import Iterator
+
+import torch
+
+from vramplan.errors import MeasurementError
+from vramplan.measure.build import build_model, hf_config, resolve_targets
+from vramplan.measure.optimizers import build_optimizer
+from vramplan.measure.tracker import Allocation, MemoryTracker
+from vramplan.measure.trainer import (
+    GC_GENERATION,
+    PHASES,
+    MeasuredStep,
+    _keep_peak,
+    _session,
+    measure_step,
+    named_state,
+    prepare_model,
+)
+from vramplan.plan import TrainingPlan
+
+
+def measure_trainer_step(config: dict, plan: TrainingPlan, *, trace: bool = True, steps: int = 2,
+                         seed: int = 0) -> MeasuredStep:
+    """One steady-state step of `plan.trainer` on CPU (traced or real), measured as `measure_step` measures."""
+    if plan.trainer == "hf":
+        return measure_step(config, plan, trace=trace, steps=steps, seed=seed)
+    if plan.attn == "flash_attention_2":
+        raise MeasurementError("attn: flash_attention_2 needs CUDA and the flash-attn package; measure eager or sdpa")
+    hf_config(config)
+    tiles = triton_tiles() if plan.trainer == "trl-sft" else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), _session(trace, config.get("model_type")), \
+            tiles:
+        torch.manual_seed(seed)
+        warnings.simplefilter("ignore")
+        with MemoryTracker(record=True) as tracker:
+            model = build_model(config, plan, device="cpu", trace=trace)
+            model = prepare_model(model, plan) if plan.trainer == "loop" else prepare_sft_model(model, plan)
+            optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], plan)
+            tracker.name_modules(model)
+            tracker.name_tensors(named_state(model, optimizer))
+            gc.collect(GC_GENERATION)
+            load = tracker.current_bytes
+            loss_fn = _loop_loss if plan.trainer == "loop" else _sft_loss(plan)
+            held: dict = {}  # what the loop keeps between steps (a custom loop's `outputs`)
+            for _ in range(steps):
+                peaks, snaps = _step(model, optimizer, plan, tracker, config, loss_fn, held)
+                tracker.name_tensors(named_state(model, optimizer))
+            gc.collect(GC_GENERATION)
+            after = tracker.current_bytes
+    top = max(PHASES, key=lambda p: peaks[p])
+    return MeasuredStep(
+        load_bytes=load, forward_peak_bytes=peaks["forward"], backward_peak_bytes=peaks["backward"],
+        optimizer_peak_bytes=peaks["optimizer"], after_step_bytes=after,
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        traced=trace, peak_phase=top, snapshots=snaps,
+    )
+
+
+def prepare_sft_model(model: torch.nn.Module, plan: TrainingPlan) -> torch.nn.Module:
+    """What `SFTTrainer.__init__` and `Trainer.train` do to a model they are handed (TRL 1.16)."""
+    from peft import LoraConfig, get_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    quantized = getattr(model, "is_loaded_in_4bit", False) or plan.method == "qlora"
+    if plan.uses_lora:
+        lora = LoraConfig(r=plan.rank, lora_alpha=plan.alpha, lora_dropout=plan.lora_dropout,
+                          target_modules=resolve_targets(model, plan.targets), task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+        if plan.grad_ckpt:
+            model.enable_input_require_grads()
+    if quantized:  # "the PEFT adapter weights are converted to bf16" (sft_trainer.py)
+        for name, param in model.named_parameters():
+            if param.requires_grad and "lora_magnitude_vector" not in name:
+                param.data = param.data.to(torch.bfloat16)
+    add_fused_lm_head(model.get_base_model() if plan.uses_lora else model,
+                      outputs=("log_probs", "entropy", "is_top1"))
+    if plan.grad_ckpt:  # Trainer.train -> model.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": plan.ckpt_reentrant})
+    return model
+
+
+class _Accelerator:
+    parallelism_config = None
+    num_processes = 1
+
+    @staticmethod
+    def gather_for_metrics(x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(1)  # a constant FakeTensor: `.item()` and `> 0` work on it
+
+
+def _sft_stub(plan: TrainingPlan, model: torch.nn.Module):
+    from collections import defaultdict
+
+    args = types.SimpleNamespace(loss_type=plan.loss_type or "nll", average_tokens_across_devices=True,
+                                 label_smoothing_factor=0.0)
+    return types.SimpleNamespace(model=model, args=args, accelerator=_Accelerator(), aux_loss_enabled=False,
+                                 compute_loss_func=None, label_smoother=None, router_aux_loss_coef=0.0,
+                                 _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+                                 _total_train_tokens=0, _tp_size=1)
+
+
+def _sft_loss(plan: TrainingPlan):
+    from trl import SFTTrainer
+
+    def loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        stub = _sft_stub(plan, model)
+
+        def call(**kw):  # the all-ones mask of an unpadded batch: a real run drops it (see the module docstring)
+            kw.pop("attention_mask", None)
+            return model(**kw)
+
+        return SFTTrainer.compute_loss(stub, call, batch)
+
+    return loss
+
+
+def _loop_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, object]:
+    out = model(input_ids=batch["input_ids"], labels=batch["labels"])
+    return out.loss, out  # the caller keeps `out` through backward
+
+
+def _step(model, optimizer, plan: TrainingPlan, tracker: MemoryTracker, config: dict, loss_fn, held: dict):
+    """One optimizer step. A custom loop's `outputs` is rebound when the next forward returns: the previous one
+    lives through this forward, and this one through backward, the optimizer step and the next forward."""
+    peaks = dict.fromkeys(PHASES, 0)
+    snaps: dict[str, list[Allocation]] = {}
+    vocab = int(config.get("vocab_size") or model.config.vocab_size)
+    batches = []
+    for _ in range(plan.grad_accum):
+        ids = torch.randint(0, vocab, (plan.batch, plan.seq), dtype=torch.int64)
+        batch = {"input_ids": ids, "labels": ids.clone()}
+        if plan.trainer == "trl-sft":
+            batch["attention_mask"] = torch.ones_like(ids)
+        batches.append(batch)
+        with tracker.phase("forward"):
+            result = loss_fn(model, dict(batch))
+            loss, held["outputs"] = result if isinstance(result, tuple) else (result, None)
+        _keep_peak(tracker, "forward", peaks, snaps)
+        with tracker.phase("backward"):
+            (loss / plan.grad_accum if plan.grad_accum > 1 else loss).backward()
+            del loss, result
+        _keep_peak(tracker, "backward", peaks, snaps)
+    with tracker.phase("optimizer"):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _keep_peak(tracker, "optimizer", peaks, snaps)
+    del batches
+    return peaks, snaps
+
+
+@contextlib.contextmanager
+def triton_tiles() -> Iterator[None]:
+    """Run TRL's `ChunkedLogProbFunction` on its CUDA path (trl/kernels/chunked_logprob.py, TRL 1.16).
+
+    On CUDA the tile folds are Triton kernels (`_forward_kernel`, `_backward_kernel`) that read the bf16 tile and
+    write in place into buffers the function allocated: they allocate no tensor. `_addmm_fp32` is one
+    `torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)`: no tensor either. On CPU both fall back to torch
+    ops with fp32 temporaries of the tile's size (`_forward_tile`, `_backward_tile`, `a.float()`), which no GPU run
+    allocates. Patched here: the kernels are launched as no-ops, so what is traced is what the CUDA path allocates
+    (the buffers, the tiles, the gradients). The token selection of `add_fused_lm_head` still takes its non-Triton
+    branch (every position scored: `hidden[mask]` needs the data); with every label valid it scores as many
+    tokens as the CUDA branch.
+    """
+    import trl.trainer.utils  # noqa: F401 - binds the real `_use_triton` for the token selection first
+    from trl.kernels import chunked_logprob as ck
+
+    class _Launcher:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    saved = {k: getattr(ck, k, None) for k in ("_use_triton", "_forward_kernel", "_backward_kernel", "triton",
+                                               "_addmm_fp32")}
+    ck._use_triton = lambda device: True
+    ck._forward_kernel = ck._backward_kernel = _Launcher()
+    ck.triton = types.SimpleNamespace(cdiv=lambda a, b: -(-a // b))
+    ck._addmm_fp32 = lambda acc, a, b: None
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                delattr(ck, k)
+            else:
+                setattr(ck, k, v)
+
+
+# The accuracy cases of the trainers (tests/accuracy/test_trainer_grid.py): each traced by
+# `measure_trainer_step` at full size and held to the estimator like the main grid (vramplan/measure/grid.py).
+TRAINER_GRID: tuple = ()
+
+
+def run_trainer_case(case) -> dict:
+    """Trace one trainer case and estimate it (the dict `grid.run_case` returns)."""
+    import time
+
+    from vramplan.api import estimate
+    from vramplan.measure.grid import PHASE_KEYS, error_pct
+    from vramplan.models import preset_config, resolve_model
+    from vramplan.plan import make_plan
+
+    plan = make_plan(**case.opts)
+    start = time.perf_counter()
+    step = measure_trainer_step(preset_config(case.model), plan, trace=True)
+    seconds = time.perf_counter() - start
+    est = estimate(resolve_model(case.model), plan)
+    traced = {p: getattr(step, k) for p, k in PHASE_KEYS.items()}
+    traced["peak"] = step.peak_bytes
+    phases = est.traced_phases or est.phases
+    estimated = dict(phases, peak=max(phases.values()))
+    return {
+        "id": case.id, "seconds": round(seconds, 1), "traced": traced, "estimate": estimated,
+        "error_pct": {p: error_pct(estimated[p], traced[p]) for p in traced},
+        "snapshot": [(a.name, a.nbytes) for a in step.peak_snapshot[:12]],
+    }
