@@ -24,12 +24,14 @@ from vramplan.hf_names import (
 )
 from vramplan.vocab import (
     ATTENTIONS,
+    LOSS_TYPES,
     METHODS,
     MIXED_PRECISIONS,
     OFFLOADS,
     OPTIMIZERS,
     QUANTS,
     SHARDINGS,
+    TRAINERS,
 )
 
 
@@ -145,6 +147,10 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     g.add_argument("--offload", choices=OFFLOADS,
                    help="state in host RAM: optimizer (DeepSpeed ZeRO-Offload) or params (+ grads + optimizer: "
                    "FSDP CPU offload, ZeRO-3)")
+    g.add_argument("--trainer", choices=TRAINERS,
+                   help="the training loop: hf (transformers Trainer, default), loop (a custom or accelerate loop "
+                   "that keeps `outputs`), trl-sft (TRL SFTTrainer: fused LM head, no full logits)")
+    g.add_argument("--loss-type", choices=LOSS_TYPES, help="trl-sft loss (SFTConfig.loss_type): nll (default) | dft")
     c = p.add_argument_group("training config files")
     c.add_argument("--config", action="append", metavar="FILE", help="read the plan (and the model) from a "
                    "training config: axolotl, LLaMA-Factory, TRL, TrainingArguments JSON, adapter_config.json, "
