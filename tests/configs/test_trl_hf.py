@@ -114,3 +114,106 @@ def test_hf_peft_bnb_reading_matches_the_libraries(tmp_path):
     assert (opts["quant"], opts["double_quant"]) == (bnb.bnb_4bit_quant_type, bnb.bnb_4bit_use_double_quant)
     assert bnb.bnb_4bit_compute_dtype == torch.bfloat16 and opts["compute_dtype"] == "bf16"
     assert bnb.bnb_4bit_quant_storage == torch.uint8 and opts["quant_storage"] == "uint8"
+
+
+HF = '{"output_dir": "o", "per_device_train_batch_size": 2, %s}'
+
+
+@pytest.mark.parametrize("fields, field, value", [
+    ('"gradient_accumulation_steps": 8', "grad_accum", 8),
+    ('"optim": "adamw_torch"', "optimizer", "adamw"),
+    ('"activation_checkpointing": true', "grad_ckpt", True),
+    ('"gradient_checkpointing": true', "ckpt_reentrant", False),  # transformers 5: use_reentrant False
+    ('"gradient_checkpointing": true, "gradient_checkpointing_kwargs": {"use_reentrant": true}', "ckpt_reentrant", True),
+    ('"fsdp": "full_shard auto_wrap"', "sharding", "fsdp"),
+    ('"fsdp": "shard_grad_op"', "sharding", "fsdp_grad_op"),
+    ('"fsdp": "full_shard offload"', "offload", "params"),
+    ('"fsdp": true, "fsdp_config": {"reshard_after_forward": false}', "sharding", "fsdp_grad_op"),
+    ('"deepspeed": {"zero_optimization": {"stage": 3}}', "sharding", "zero3"),
+])
+def test_training_args_mapped_field(read, fields, field, value):
+    r = read(HF % fields, "args.json")
+    assert r.format == "hf" and r.plan_options[field] == value and r.plan_options["batch"] == 2
+
+
+def test_training_args_follow_a_deepspeed_file(read, tmp_path):
+    (tmp_path / "z2.json").write_text('{"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto"}')
+    r = read(HF % '"deepspeed": "z2.json"', "args.json")
+    assert r.plan_options["sharding"] == "zero2" and r.files[-1].endswith("z2.json")
+
+
+@pytest.mark.parametrize("fields, field", [
+    ('"torch_compile": true', "torch_compile"), ('"use_liger_kernel": true', "use_liger_kernel"),
+    ('"auto_find_batch_size": true', "auto_find_batch_size"), ('"fsdp": "hybrid_shard"', "hybrid_shard"),
+    ('"gradient_checkpointing": true, "gradient_checkpointing_kwargs": {"every_n_layers": 2}', "every_n_layers"),
+    ('"optim": "galore_adamw"', "galore_adamw"),
+])
+def test_training_args_unmodelled(read, fields, field):
+    with pytest.raises(ConfigReadError, match=field):
+        read(HF % fields, "args.json")
+
+
+PEFT = '{"peft_type": "LORA", "base_model_name_or_path": "Qwen/Qwen2.5-0.5B", %s}'
+
+
+@pytest.mark.parametrize("fields, field, value", [
+    ('"r": 32', "rank", 32), ('"lora_alpha": 64', "alpha", 64.0), ('"lora_dropout": 0.1', "lora_dropout", 0.1),
+    ('"target_modules": ["q_proj", "v_proj"]', "targets", "q_proj,v_proj"),
+    ('"target_modules": "all-linear"', "targets", "all-linear"),
+    ('"target_modules": null', "targets", "default"),
+    ('"r": 8', "method", "lora"),
+])
+def test_peft_mapped_field(read, fields, field, value):
+    r = read(PEFT % fields, "adapter_config.json")
+    assert r.format == "peft" and r.model == "Qwen/Qwen2.5-0.5B" and r.plan_options[field] == value
+
+
+@pytest.mark.parametrize("fields, field", [
+    ('"use_dora": true', "use_dora"), ('"modules_to_save": ["lm_head"]', "modules_to_save"),
+    ('"layers_to_transform": [0, 1]', "layers_to_transform"), ('"rank_pattern": {"q_proj": 4}', "rank_pattern"),
+])
+def test_peft_unmodelled(read, fields, field):
+    with pytest.raises(ConfigReadError, match=field):
+        read(PEFT % fields, "adapter_config.json")
+
+
+def test_peft_other_methods_are_refused(read):
+    with pytest.raises(ConfigReadError, match="peft_type: IA3"):
+        read('{"peft_type": "IA3"}', "adapter_config.json")
+
+
+BNB = '{"quant_method": "bitsandbytes", "load_in_4bit": true%s}'
+
+
+@pytest.mark.parametrize("fields, field, value", [
+    # BitsAndBytesConfig(load_in_4bit=True)'s own defaults: fp4, no double quant, fp32 compute, uint8 storage
+    ("", "quant", "fp4"), ("", "double_quant", False), ("", "compute_dtype", "fp32"), ("", "quant_storage", "uint8"),
+    (', "bnb_4bit_quant_type": "nf4"', "quant", "nf4"),
+    (', "bnb_4bit_use_double_quant": true', "double_quant", True),
+    (', "bnb_4bit_compute_dtype": "float16"', "compute_dtype", "fp16"),
+    (', "bnb_4bit_quant_storage": "bfloat16"', "quant_storage", "bf16"),
+    ("", "method", "qlora"),
+])
+def test_bnb_mapped_field(read, fields, field, value):
+    r = read(BNB % fields, "bnb.json")
+    assert r.format == "bnb" and r.plan_options[field] == value
+
+
+@pytest.mark.parametrize("fields, field", [
+    (', "load_in_8bit": true', "load_in_8bit"), (', "llm_int8_skip_modules": ["lm_head"]', "llm_int8_skip_modules"),
+])
+def test_bnb_unmodelled(read, fields, field):
+    with pytest.raises(ConfigReadError, match=field):
+        read(BNB % fields, "bnb.json")
+
+
+@pytest.mark.slow
+def test_bnb_defaults_match_transformers(read):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    real = BitsAndBytesConfig(load_in_4bit=True)
+    opts = read(BNB % "", "bnb.json").plan_options
+    assert (opts["quant"], opts["double_quant"]) == (real.bnb_4bit_quant_type, real.bnb_4bit_use_double_quant)
+    assert real.bnb_4bit_compute_dtype == torch.float32 and opts["compute_dtype"] == "fp32"
+    assert real.bnb_4bit_quant_storage == torch.uint8 and opts["quant_storage"] == "uint8"
