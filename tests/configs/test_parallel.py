@@ -80,3 +80,20 @@ def test_zero_offload_needs_more_than_one_field_to_be_consistent(read):
     """ZeRO-2 with offload_param is a plan error, named with its config field."""
     with pytest.raises(ConfigReadError, match="offload_param.*--offload params needs"):
         read('{"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}}', "ds.json")
+
+
+@pytest.mark.slow
+def test_accelerate_example_as_accelerate_reads_it():
+    """accelerate's own ClusterConfig.from_yaml_file on the example, and the FSDP2 plugin it would build."""
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    from vramplan.configs import read_config
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "configs" / "accelerate-fsdp2.yaml"
+    real = ClusterConfig.from_yaml_file(str(path))
+    opts = read_config(path).plan_options
+    assert opts["gpus"] == real.num_processes and real.distributed_type.value == "FSDP"
+    assert real.fsdp_config["fsdp_version"] == 2 and real.fsdp_config["fsdp_reshard_after_forward"] is True
+    assert opts["sharding"] == "fsdp" and "offload" not in opts and not real.fsdp_config["fsdp_offload_params"]
