@@ -81,6 +81,7 @@ def test_deepspeed_file_is_followed(read, tmp_path):
     ("liger_fused_linear_cross_entropy: true\n", "liger_fused_linear_cross_entropy"),
     ("gradient_checkpointing: offload\n", "gradient_checkpointing"),
     ("activation_offloading: true\n", "activation_offloading"),
+    ("val_set_size: 0.05\nmicro_batch_size: 2\neval_batch_size: 4\n", "eval_batch_size"),
     ("adapter: qlora\n", "adapter"),
     ("adapter: lora\nload_in_4bit: true\n", "load_in_4bit"),
     ("load_in_8bit: true\n", "load_in_8bit"),
@@ -89,6 +90,12 @@ def test_deepspeed_file_is_followed(read, tmp_path):
 def test_unmodelled_field_is_an_error_naming_it(read, text, field):
     with pytest.raises(ConfigReadError, match=field):
         read(BASE + text)
+
+
+def test_an_eval_batch_no_larger_than_the_training_batch_is_fine(read):
+    r = read(BASE + "val_set_size: 0.05\nmicro_batch_size: 2\neval_batch_size: 2\n")
+    assert r.plan_options["batch"] == 2 and "eval_batch_size" not in r.ignored
+    assert "eval_batch_size" in read(BASE + "eval_batch_size: 8\n").ignored  # no eval set: no evaluation
 
 
 def test_off_values_of_unmodelled_fields_are_fine(read):

@@ -81,7 +81,7 @@ def test_check_prints_plan_sources_verdict_and_ignored_fields(capsys, small):
 def test_check_exit_code_1_when_it_does_not_fit(capsys, small):
     code = main(["check", small, "--gpu", "rtx3060-12gb", "--batch", "64", "--seq", "4096", "--no-calibration"])
     out, _ = capsys.readouterr()
-    assert code == 1 and "does not fit" in out
+    assert code == 1 and "does not" in out and "headroom -" in out
 
 
 def test_check_json_and_bad_file(capsys, tmp_path, small):

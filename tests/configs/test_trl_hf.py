@@ -136,6 +136,12 @@ def test_training_args_mapped_field(read, fields, field, value):
     assert r.format == "hf" and r.plan_options[field] == value and r.plan_options["batch"] == 2
 
 
+def test_training_args_eval_batch_no_larger_than_training_is_fine(read):
+    r = read(HF % '"eval_strategy": "steps", "per_device_eval_batch_size": 2', "args.json")
+    assert "per_device_eval_batch_size" not in r.ignored
+    assert "per_device_eval_batch_size" in read(HF % '"per_device_eval_batch_size": 16', "args.json").ignored
+
+
 def test_training_args_follow_a_deepspeed_file(read, tmp_path):
     (tmp_path / "z2.json").write_text('{"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto"}')
     r = read(HF % '"deepspeed": "z2.json"', "args.json")
@@ -147,6 +153,8 @@ def test_training_args_follow_a_deepspeed_file(read, tmp_path):
     ('"auto_find_batch_size": true', "auto_find_batch_size"), ('"fsdp": "hybrid_shard"', "hybrid_shard"),
     ('"gradient_checkpointing": true, "gradient_checkpointing_kwargs": {"every_n_layers": 2}', "every_n_layers"),
     ('"optim": "galore_adamw"', "galore_adamw"),
+    ('"eval_strategy": "steps"', "per_device_eval_batch_size"),  # TrainingArguments' default eval batch 8 > 2
+    ('"do_eval": true, "per_device_eval_batch_size": 4', "per_device_eval_batch_size"),
 ])
 def test_training_args_unmodelled(read, fields, field):
     with pytest.raises(ConfigReadError, match=field):

@@ -32,7 +32,6 @@ REFUSED = {
     "torch_compile": "torch.compile changes which activations are kept",
     "activation_offloading": "activations offloaded to host memory",
     "unfrozen_parameters": "a partly frozen full fine-tune",
-    "eval_batch_size": "an evaluation step's batch",
     "context_parallel_size": "context parallelism", "tensor_parallel_size": "tensor parallelism",
     "dp_shard_size": "N-D parallelism", "fp8": "fp8 training", "qat": "quantization-aware training",
     "tiled_mlp": "tiled MLP", "chunked_cross_entropy": "chunked cross-entropy",
@@ -69,6 +68,7 @@ def read(reader: FieldReader, base: Path) -> None:
     reader.set("grad_accum", as_int(reader, "gradient_accumulation_steps", reader.take("gradient_accumulation_steps", 1)),
                "gradient_accumulation_steps")
     reader.take("sample_packing"), reader.take("pad_to_sequence_len")  # see the module docstring
+    _evaluation(reader)
     _checkpointing(reader)
     reader.set("attn", _attention(reader), "attn_implementation")
     reader.set("optimizer", names.optimizer(reader, "optimizer", reader.take("optimizer", "adamw_torch_fused")),
@@ -134,6 +134,18 @@ def _qlora(reader: FieldReader, dtype: str) -> None:
     reader.set("compute_dtype", names.dtype(kwargs, "bnb_4bit_compute_dtype", compute) if compute else dtype,
                "bf16" if reader.given("bf16") else "adapter")
     reader.absorb(kwargs)
+
+
+def _evaluation(reader: FieldReader) -> None:
+    """axolotl evaluates with `eval_batch_size` (default micro_batch_size) when `val_set_size` or `test_datasets`
+    give an eval set: a forward without saved activations or gradients, under the training step's peak while its
+    batch is no larger (see `vramplan.configs.hf._evaluation`). A larger one is refused by name."""
+    if not (reader.data.get("val_set_size") or reader.data.get("test_datasets")):
+        return
+    size = as_int(reader, "eval_batch_size", reader.take("eval_batch_size"))
+    if size is not None and size > reader.options["batch"]:
+        reader.refuse("eval_batch_size", f"{size}, above micro_batch_size {reader.options['batch']} "
+                      "(an evaluation step's batch)")
 
 
 def _checkpointing(reader: FieldReader) -> None:

@@ -44,6 +44,7 @@ def read_training_args(reader: FieldReader, base: Path, *, checkpointing: bool =
                                     reader.take("gradient_accumulation_steps", 1)), "gradient_accumulation_steps")
     reader.set("optimizer", names.optimizer(reader, "optim", reader.take("optim", "adamw_torch_fused")), "optim")
     _checkpointing(reader, checkpointing)
+    _evaluation(reader)
     _parallel(reader, base)
     bf16, fp16 = reader.take("bf16"), reader.take("fp16")
     if bf16 is not None and as_bool(reader, "bf16", bf16):
@@ -73,6 +74,19 @@ def _checkpointing(reader: FieldReader, default: bool) -> None:
     if kwargs.get("every_n_layers", 1) != 1:
         reader.refuse(f"{kw_key}.every_n_layers", "checkpointing only some layers")
     reader.set("ckpt_reentrant", bool(kwargs.get("use_reentrant", False)), kw_key)
+
+
+def _evaluation(reader: FieldReader) -> None:
+    """An evaluation step (`Trainer.evaluation_loop`: forward under no_grad, loss only unless the script passes
+    compute_metrics) holds no saved activations, gradients or optimizer temporaries, so with a batch no larger
+    than the training batch it stays under the training step's peak. A larger one is refused by name."""
+    strategy = next((reader.data.get(k) for k in ("eval_strategy", "evaluation_strategy") if k in reader.data), "no")
+    if str(strategy).lower() == "no" and not reader.data.get("do_eval"):
+        return  # no evaluation: per_device_eval_batch_size is listed as ignored
+    size = as_int(reader, "per_device_eval_batch_size", reader.take("per_device_eval_batch_size", 8))
+    if size is not None and size > reader.options.get("batch", 8):
+        reader.refuse("per_device_eval_batch_size", f"{size}, above the training batch {reader.options['batch']}, "
+                      "with evaluation on (an evaluation step's batch)")
 
 
 def _parallel(reader: FieldReader, base: Path) -> None:
