@@ -120,6 +120,10 @@ class TrainingPlan(BaseModel):
     # The training loop and its loss (vramplan/estimator/trainers.py)
     trainer: Trainer = "hf"
     loss_type: LossType | None = None  # trl-sft: default 'nll' (TRL 1.16 SFTConfig); None for other trainers
+    # Evaluation (vramplan/estimator/evaluation.py): per_device_eval_batch_size; None: no eval phase
+    eval_batch: int | None = None
+    eval_accumulation_steps: int | None = None
+    prediction_loss_only: bool = True  # Trainer.evaluate passes True when no compute_metrics is given
 
     @model_validator(mode="before")
     @classmethod
@@ -141,6 +145,13 @@ class TrainingPlan(BaseModel):
     def _trainer_options(self) -> TrainingPlan:
         if self.loss_type is not None and self.trainer != "trl-sft":
             raise ValueError(f"--loss-type applies to --trainer trl-sft, not '{self.trainer}'")
+        if self.eval_batch is None and (self.eval_accumulation_steps is not None or not self.prediction_loss_only):
+            raise ValueError("--eval-accumulation-steps and --no-prediction-loss-only need --eval-batch")
+        if self.eval_batch is not None and self.eval_batch < 1 or (self.eval_accumulation_steps or 1) < 1:
+            raise ValueError("--eval-batch and --eval-accumulation-steps: must be positive integers")
+        if not self.prediction_loss_only and self.eval_accumulation_steps is None:
+            raise ValueError("--no-prediction-loss-only keeps every eval batch's logits on the GPU until evaluation "
+                             "ends (Trainer evaluation_loop): give --eval-accumulation-steps N")
         return self
 
     @field_validator(*INT_RANGES, mode="before")

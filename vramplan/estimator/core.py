@@ -353,6 +353,10 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
     base = st.total + opt.states_bytes
     grads_bytes = sum(st.trainable_numels) * st.trainable_dtype_bytes
     phases = {"load": st.total, **_step_phases(model, plan, base, grads_bytes, opt.step_temp_bytes, cuda=True)}
+    if plan.eval_batch:  # the eval step: a phase of its own (evaluation.py)
+        from vramplan.estimator.evaluation import eval_peak
+
+        phases["eval"] = eval_peak(model, plan, base)
     traced = _traced_phases(model, plan, phases, base, grads_bytes, opt)
     peak_phase = max(phases, key=lambda p: phases[p])
     peak = phases[peak_phase]
