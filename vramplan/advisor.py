@@ -26,6 +26,7 @@ and then page over PCIe every step) stay within the usable memory less the headr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,7 @@ from vramplan.errors import InputError, PlanError
 from vramplan.estimator import MemoryEstimate
 from vramplan.hardware import GpuProfile
 from vramplan.models import ModelSpec
-from vramplan.plan import TrainingPlan, allowed_offloads, make_plan
+from vramplan.plan import INT_RANGES, TrainingPlan, allowed_offloads, make_plan
 from vramplan.speed import StepTime, step_time
 
 OBJECTIVES = ("quality", "speed", "memory")
@@ -61,6 +62,10 @@ def takes_bnb_optimizers(parallelism: str) -> bool:
 
 SEQ_LADDER_CAP = 8192
 DEFAULT_MIN_SEQ = 1024
+# Documented ranges of the request's own numbers (suggest's help quotes them). Every search below is bounded by
+# them: the micro-batch ladder has at most 240 divisors up to 2**20, the sequence ladder at most 14 rungs.
+EFFECTIVE_BATCH_RANGE = (1, 1_048_576)
+TOP_RANGE = (1, 100)
 LORA_ONLY = ("rank", "alpha", "targets", "lora_dropout")
 QLORA_ONLY = ("quant", "double_quant", "compute_dtype", "kbit_upcast")
 
@@ -88,12 +93,19 @@ class Request:
             raise InputError(f"--objective: '{self.objective}' is not one of {', '.join(OBJECTIVES)}")
         if not 0 <= self.headroom < 1:
             raise InputError(f"--headroom: {self.headroom} must be a fraction in [0, 1), e.g. 0.1")
-        for name in ("effective_batch", "top", "seq", "min_seq", "gpus", "host_ram_bytes"):
+        ranges = {"effective_batch": EFFECTIVE_BATCH_RANGE, "top": TOP_RANGE, "seq": INT_RANGES["seq"],
+                  "min_seq": INT_RANGES["seq"], "gpus": INT_RANGES["gpus"], "host_ram_bytes": (1, 1 << 60)}
+        for name, (lo, hi) in ranges.items():
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise InputError(f"--{name.replace('_', '-').replace('-bytes', '')}: must be positive")
+            if value is not None and (isinstance(value, bool) or not lo <= value <= hi):
+                flag = "--" + name.replace("_", "-").replace("-bytes", "")
+                raise InputError(f"{flag} {value}: out of range; give an integer from {lo} to {hi}")
         if self.seq and self.min_seq:
             raise InputError("give --seq (one length) or --min-seq (the shortest acceptable), not both")
+        cap = model_max_seq(self.model)
+        if self.min_seq and self.min_seq > cap:
+            raise InputError(f"--min-seq {self.min_seq}: beyond {self.model.name}'s context (max_position_embeddings "
+                             f"{cap}); give --seq {self.min_seq} to plan that length anyway")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise InputError(f"--method: '{unknown[0]}' is not one of {', '.join(METHODS)}")
@@ -152,7 +164,9 @@ def model_max_seq(model: ModelSpec) -> int:
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """Every divisor of n, ascending, in O(sqrt n) steps."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 class Probe:

@@ -53,7 +53,11 @@ def calibrated(result: MemoryEstimate, store: str | Path | None = None,
 
 
 def with_device(spec: ModelSpec, plan: TrainingPlan, result: MemoryEstimate, profile: GpuProfile) -> MemoryEstimate:
-    """Add what the process takes on `profile` beyond its tensors (vramplan.device) and say if it fits."""
+    """Add what the process takes on `profile` beyond its tensors (vramplan.device) and say if it fits; a plan
+    the GPU cannot run (bf16 or flash-attn 2 before Ampere) is a PlanError (`hardware.check_runs_on`)."""
+    from vramplan.hardware import check_runs_on
+
+    check_runs_on(plan, profile)
     from vramplan.device import (
         driver_context_bytes,
         nccl_buffer_bytes,
@@ -84,6 +88,11 @@ def plan_allocator_config(plan: TrainingPlan) -> AllocatorConfig:
 def compare(models: Sequence[str], plan_for: Callable[[str], TrainingPlan], gpu: str | None = None,
             gpu_dirs: Sequence[Path] = ()) -> list[MemoryEstimate]:
     """Full fine-tuning, LoRA and QLoRA for each model (same data shape and checkpointing)."""
+    models = [m.strip() for m in models if m.strip()]
+    if not models:
+        from vramplan.errors import UnknownModelError
+
+        raise UnknownModelError("--model: no model named; give one or a comma list (llama2-7b,llama2-13b)")
     rows = []
     for name in models:
         spec = resolve_model(name)

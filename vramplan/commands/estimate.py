@@ -36,6 +36,11 @@ def run_estimate(args: argparse.Namespace) -> int:
     from vramplan.api import estimate
 
     result = estimate(args.model, plan_from_args(args), gpu=args.gpu, gpu_dirs=gpu_dirs(args))
+    from vramplan.models import context_warning
+
+    beyond = context_warning(args.model, result.plan["seq"])
+    if beyond:  # a warning, not an error: the step runs, the memory is right (stderr keeps --json parseable)
+        print(f"vramplan estimate: warning: {beyond}", file=sys.stderr)
     words = None
     if args.gpu and not args.no_calibration:  # vramplan.calibration_learning: context and reserve of stored runs
         from vramplan.api import calibrated
