@@ -79,3 +79,17 @@ def test_fail_if_not_fits_stops_before_the_first_step(tmp_path):
     callback = VramplanCallback(gpu="rtx4090", seq=10**6, fail_if_not_fits=True, save=False, printer=lambda s: None)
     with pytest.raises(DoesNotFitError, match="does not fit rtx4090"):
         _trainer(tmp_path, plan, callback).train()
+
+
+@pytest.mark.slow
+def test_callback_reads_a_qlora_model(tmp_path):
+    """bitsandbytes 4-bit on CPU through peft's kbit preparation: the plan read back from the live model."""
+    from vramplan.integrations import VramplanCallback
+    from vramplan.plan import make_plan
+
+    plan = make_plan(method="qlora", seq=SEQ, batch=BATCH, optimizer="adamw", param_dtype="bf16", grad_ckpt=True)
+    callback = VramplanCallback(save=False, printer=lambda s: None)
+    _trainer(tmp_path, plan, callback).train()
+    expected = plan.model_dump(mode="json") | {"targets": "q_proj,v_proj", "quant_storage": "uint8"}  # explicit
+    assert callback.record.plan == expected
+    assert callback.record.by_phase["peak"].error_pct is not None

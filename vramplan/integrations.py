@@ -55,15 +55,22 @@ def plan_options_from_trainer(args: Any, model: Any, seq: int | None) -> tuple[d
     options = dict(reader.options)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config.to_dict()
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
     frozen = [p for p in base.parameters() if not p.requires_grad and p.is_floating_point()]
-    dtype = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(
-        (frozen or list(base.parameters()))[0].dtype, "fp32")
+    dtype = names.get((frozen or list(base.parameters()))[0].dtype, "fp32")
+    options.update(_adapter_options(model, base))
+    if options["method"] == "qlora":  # weights load in the config's dtype; peft's kbit preparation may upcast
+        loaded = getattr(base.config, "dtype", None) or getattr(base.config, "torch_dtype", None)
+        if isinstance(loaded, str):
+            loaded = getattr(torch, loaded.removeprefix("torch."), None)
+        loaded = names.get(loaded, dtype)
+        options["kbit_upcast"] = loaded != "fp32" and dtype == "fp32"
+        dtype = loaded
     options["param_dtype"] = dtype
     if autocast and dtype == "fp32":
         options["mixed_precision"] = autocast
     options["attn"] = getattr(base.config, "_attn_implementation", None) or "sdpa"
     options["grad_ckpt"] = bool(getattr(base, "is_gradient_checkpointing", False) or options.get("grad_ckpt"))
-    options.update(_adapter_options(model, base))
     if type(args).__name__ == "SFTConfig":  # TRL's SFTTrainer (vramplan.estimator.trainers: trl-sft)
         options["trainer"] = "trl-sft"
         options["loss_type"] = {"chunked_nll": "nll"}.get(args.loss_type, args.loss_type)
