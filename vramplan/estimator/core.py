@@ -14,20 +14,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from vramplan.estimator.layers import decoder_layer
+from vramplan.estimator.losses import loss_head
 from vramplan.estimator.optimizer import (
     MIN_8BIT_SIZE,
     QMAP_BYTES,
     OptimizerMemory,
     optimizer_memory,
 )
-from vramplan.estimator.layers import decoder_layer
-from vramplan.estimator.losses import loss_head
 from vramplan.estimator.programs import Ctx
 from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.tape import Tape
-from vramplan.estimator.trainers import adapter_bytes, batch_tensors, kept_outputs_bytes, kv_cache_in_forward, peft_input_grads
+from vramplan.estimator.trainers import (
+    adapter_bytes,
+    batch_tensors,
+    kept_outputs_bytes,
+    kv_cache_in_forward,
+    peft_input_grads,
+)
 from vramplan.estimator.weights import (
     StaticMemory,
+    expert_lora_targets,
     non_quantized_dtype_bytes,
     resolve_targets,
     rotary_embeddings,
@@ -37,7 +44,6 @@ from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
 from vramplan.traits import Traits, traits_of
 from vramplan.units import DTYPE_BYTES
-
 
 
 @dataclass(frozen=True)
@@ -108,21 +114,23 @@ def _ctx(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
         loss_type=plan.loss_type,
         attn_softcap=attn_implementation(model, plan) == "eager" and bool(model.config.get("attn_logit_softcapping")),
         sdpa_mask=sdpa_sliding_mask(model, plan),
-        **_moe_fields(model, nq),
+        **_moe_fields(model, plan, nq),
     )
 
 
-def _moe_fields(model: ModelSpec, nq: int) -> dict:
+def _moe_fields(model: ModelSpec, plan: TrainingPlan, nq: int) -> dict:
     """Routing sizes of the sparse MoE blocks (every decoder layer sparse, as in the released configs)."""
     cfg = model.config
+    experts, router = expert_lora_targets(model, plan)
+    lora = {"expert_lora": experts, "router_lora": router}
     if model.model_type == "mixtral":
         return {"experts": int(cfg["num_local_experts"]), "top_k": int(cfg["num_experts_per_tok"]),
-                "moe_inter": model.intermediate_size, "weights_fp32_scores": True, "expert_w": nq}
+                "moe_inter": model.intermediate_size, "weights_fp32_scores": True, "expert_w": nq, **lora}
     if model.model_type in ("qwen2_moe", "qwen3_moe"):
         return {"experts": int(cfg["num_experts"]), "top_k": int(cfg["num_experts_per_tok"]),
                 "moe_inter": int(cfg["moe_intermediate_size"]),
                 "shared_inter": int(cfg.get("shared_expert_intermediate_size") or 0),
-                "weights_fp32_scores": False, "expert_w": nq}
+                "weights_fp32_scores": False, "expert_w": nq, **lora}
     return {}
 
 

@@ -60,6 +60,8 @@ class Ctx:
     shared_inter: int = 0  # qwen2_moe's shared expert
     weights_fp32_scores: bool = True  # Mixtral keeps the routing weights fp32; Qwen casts them to the logits'
     expert_w: int = 2  # bytes of the fused 3-D expert weights (never quantized: fp32 after the kbit upcast)
+    expert_lora: tuple[str, ...] = ()  # fused expert parameters peft wraps (ParamWrapper): gate_up_proj, down_proj
+    router_lora: bool = False  # the router weight too (peft maps the v4 `gate` linear to `gate.weight`)
     trainer: str = "hf"  # plan.trainer: which head and loss (losses.py)
     lora_w: int = 4  # bytes of LoRA A/B (fp32: peft autocast_adapter_dtype; bf16 under TRL's SFT for QLoRA)
     loss_type: str | None = None  # plan.loss_type (trl-sft)
@@ -260,7 +262,12 @@ def moe(tp: Tape, c: Ctx, x: int, a: int) -> int:
     t, h, e, k = c.tokens, c.hidden, c.experts, c.top_k
     s_rows, wd = t * k, c.expert_w
     # router: F.linear(x, weight) -> softmax(fp32) (saves its output) -> topk (saves its indices)
-    logits = tp.op(t * e * a, (x,), saves=(x,) if c.full else (), param_grad=e * h * c.norm_w if c.full else 0)
+    if c.router_lora:  # W + delta (peft `_LoraParameterProxy`): a fresh weight that needs grad, so x is saved
+        rw = _lora_weight(tp, c, 1, e, h, 1)
+        logits = tp.op(t * e * a, (x, rw), saves=(x, rw))
+        tp.drop(rw)
+    else:
+        logits = tp.op(t * e * a, (x,), saves=(x,) if c.full else (), param_grad=e * h * c.norm_w if c.full else 0)
     l32 = tp.op(t * e * 4, (logits,)) if a != 4 else tp.op(0, (logits,), alias=logits)
     probs = tp.op(t * e * 4, (l32,), saves_out=True)
     tp.drop(l32)
@@ -283,14 +290,26 @@ def moe(tp: Tape, c: Ctx, x: int, a: int) -> int:
     hist = tp.op(s_rows * 4 + 2 * e * 4, (perm,), grad=False)  # histc input (float on CPU, int32 on CUDA), bins
     sel_w = tp.op(s_rows * h * wd, (sel,)) if a != wd else tp.op(0, (sel,), alias=sel)
     tp.drop(sel)
-    gu = tp.op(s_rows * 2 * c.moe_inter * wd, (sel_w,), saves=(sel_w,) if c.full else (),
-               param_grad=e * 2 * c.moe_inter * h * wd if c.full else 0)
+    inter = c.moe_inter
+    cached_w: list[int] = []  # parametrize.cached(): the LoRA-folded weights, until the experts call returns
+    if "gate_up_proj" in c.expert_lora:
+        wgu = _lora_weight(tp, c, e, 2 * inter, h, 2)  # cached until the experts call returns
+        gu = tp.op(s_rows * 2 * inter * wd, (sel_w, wgu), saves=(sel_w, wgu))
+        cached_w.append(wgu)
+    else:
+        gu = tp.op(s_rows * 2 * inter * wd, (sel_w,), saves=(sel_w,) if c.full else (),
+                   param_grad=e * 2 * inter * h * wd if c.full else 0)
     tp.drop(sel_w)
     act = tp.op(s_rows * c.moe_inter * wd, (gu,), saves=(gu,))
     mid = tp.op(s_rows * c.moe_inter * wd, (act, gu), saves=(act, gu))
     tp.drop(act, gu)
-    down = tp.op(s_rows * h * wd, (mid,), saves=(mid,) if c.full else (),
-                 param_grad=e * h * c.moe_inter * wd if c.full else 0)
+    if "down_proj" in c.expert_lora:
+        wdn = _lora_weight(tp, c, e, h, inter, 1)
+        down = tp.op(s_rows * h * wd, (mid, wdn), saves=(mid, wdn))
+        cached_w.append(wdn)
+    else:
+        down = tp.op(s_rows * h * wd, (mid,), saves=(mid,) if c.full else (),
+                     param_grad=e * h * inter * wd if c.full else 0)
     tp.drop(mid)
     wa = max(wd, sw_a)
     weighted = tp.op(s_rows * h * wa, (down, sw), saves=(down, sw))
@@ -305,6 +324,7 @@ def moe(tp: Tape, c: Ctx, x: int, a: int) -> int:
         oc = tp.op(t * h * a, (out,))
         tp.drop(out)
         out = oc
+    tp.drop(*cached_w)
     if c.shared_inter:  # qwen2_moe: sigmoid(shared_expert_gate(x)) * shared_expert(x), added
         sh = _dense_mlp(tp, c, x, a, c.shared_inter)
         g = linear(tp, c, x, a, "shared_expert_gate", h, 1)[0]
@@ -316,6 +336,30 @@ def moe(tp: Tape, c: Ctx, x: int, a: int) -> int:
         tp.drop(out, shw)
         out = tot
     return out
+
+
+def _lora_weight(tp: Tape, c: Ctx, e: int, n_out: int, n_in: int, fused: int) -> int:
+    """A parameter wrapped by peft's `ParamWrapper` (LoRA on a 3-D expert stack [E, out, in], or a 2-D weight):
+    lora_A is (r x E, in), lora_B (out, r x E), fp32; the rank is r times the v4 linears fused into the
+    parameter (`rank_pattern`: gate_up_proj 2r). Inside `_activate_lora`, `get_delta_factors` casts both factors
+    to the parameter's dtype (`.to(param.dtype)`: copies when it is not fp32) and `_LoraFactorsProxy` folds them
+    in with `torch.baddbmm(W, lhs, rhs)`: a whole new weight in the parameter's dtype, cached by
+    `parametrize.cached()` for the module call and saved by the matmul that uses it (its input's gradient).
+    In backward that matmul makes a full-size weight gradient, which baddbmm turns into the factors' gradients.
+    A 2-D weight (E = 1: the router) takes `_LoraParameterProxy`: W + (B @ A * scaling).to(W.dtype)."""
+    r, wd = c.rank * fused * e, c.expert_w
+    grads = (r * n_in + n_out * r) * 4
+    if e == 1:  # delta = B @ A (fp32), * scaling, .to(W dtype); W + delta
+        delta = tp.op(n_out * n_in * wd, grad=True, param_grad=grads, temp=2 * n_out * n_in * 4)
+        w = tp.op(n_out * n_in * wd, (delta,))
+        tp.drop(delta)
+        return w
+    cast = wd != 4
+    lhs = tp.op(n_out * r * wd if cast else 0, grad=True, param_grad=n_out * r * 4)  # from lora_B
+    rhs = tp.op(r * n_in * wd if cast else 0, grad=True, param_grad=r * n_in * 4)  # from lora_A
+    w = tp.op(e * n_out * n_in * wd, (lhs, rhs), saves=(lhs, rhs))
+    tp.drop(lhs, rhs)
+    return w
 
 
 def _dense_mlp(tp: Tape, c: Ctx, x: int, a: int, inter: int) -> int:

@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vramplan.errors import PlanError
+from vramplan.estimator.trainers import adapter_bytes
 from vramplan.inventory import Inventory, LinearGroup
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
-from vramplan.estimator.trainers import adapter_bytes
 from vramplan.traits import traits_of
 from vramplan.units import DTYPE_BYTES
 
@@ -50,6 +50,30 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
+# peft 0.21 `utils/transformers_weight_conversion.py` (`_convert_peft_config_moe`): transformers 5 fused the v4
+# expert linears (Mixtral w1/w3/w2, Qwen-MoE gate_proj/up_proj/down_proj) into 3-D parameters and made the router
+# `gate` a custom module. A target naming them, or "all-linear" (which matched them on v4), is moved to
+# `target_parameters`: LoRA on `experts.gate_up_proj` (rank and alpha x2), `experts.down_proj`, `gate.weight`;
+# the names leave `target_modules` (so qwen2_moe's shared-expert linears of those names are not wrapped).
+MOE_V4_EXPERT_NAMES: dict[str, tuple[str, str, str]] = {
+    "mixtral": ("w1", "w3", "w2"),
+    "qwen2_moe": ("gate_proj", "up_proj", "down_proj"),
+    "qwen3_moe": ("gate_proj", "up_proj", "down_proj"),
+}
+
+
+def expert_lora_targets(model: ModelSpec, plan: TrainingPlan) -> tuple[tuple[str, ...], bool]:
+    """(fused expert parameters LoRA reaches, whether the router weight gets LoRA) under peft 0.21."""
+    names = MOE_V4_EXPERT_NAMES.get(model.model_type)
+    spec = plan.targets or "default"
+    if not names or not plan.uses_lora or spec in ("default", "attention"):
+        return (), False
+    listed = {*names, "gate"} if spec == "all-linear" else set(spec.split(","))
+    gate, up, down = names
+    params = (("gate_up_proj",) if gate in listed and up in listed else ()) + (("down_proj",) if down in listed else ())
+    return params, "gate" in listed
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -58,8 +82,9 @@ def resolve_targets(model: ModelSpec, plan: TrainingPlan) -> tuple[str, ...]:
     """The leaf module names LoRA wraps: 'default', 'attention', 'all-linear' or an explicit list."""
     groups = model.inventory.linear_groups
     spec = plan.targets or "default"
-    if spec == "all-linear":  # peft: every nn.Linear but the output layer
-        return tuple(groups)
+    moved = {*MOE_V4_EXPERT_NAMES[model.model_type], "gate"} if model.model_type in MOE_V4_EXPERT_NAMES else set()
+    if spec == "all-linear":  # peft: every nn.Linear but the output layer (MoE: less the names it moves)
+        return tuple(n for n in groups if n not in moved)
     tr = traits_of(model)
     if spec == "attention":
         return tuple(n for n in groups if n in ATTENTION_NAMES or n in tr.attention_names)
@@ -67,7 +92,7 @@ def resolve_targets(model: ModelSpec, plan: TrainingPlan) -> tuple[str, ...]:
         # where peft has no default, the query/value projections (a fused qkv where there is one)
         names = PEFT_DEFAULT_TARGETS.get(model.model_type) or ((tr.qkv,) if tr.fused_qkv else (tr.q, tr.v))
         return tuple(n for n in names if n in groups)
-    names = tuple(spec.split(","))
+    names = tuple(n for n in spec.split(",") if n not in moved)
     unknown = [n for n in names if n not in groups]
     if unknown:
         raise PlanError(
@@ -185,6 +210,14 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
         for _ in range(g.count):
             lora_numels += [r * per_in, per_out * r]
             lora_shapes += [(r, per_in), (per_out, r)]
+    experts, router = expert_lora_targets(model, plan) if plan.uses_lora else ((), False)
+    for t in inv.tensors:  # ParamWrapper: lora_A (r' x E, in), lora_B (out, r' x E); r' = r x fused linears
+        wrapped = (t.role == "experts" and t.name.rsplit(".", 1)[-1] in experts) or (t.role == "router" and router)
+        if wrapped:
+            e, n_out, n_in = (1, *t.shape) if len(t.shape) == 2 else t.shape
+            rr = r * e * (2 if t.name.endswith("gate_up_proj") else 1)
+            lora_numels += [rr * n_in, n_out * rr]
+            lora_shapes += [(rr, n_in), (n_out, rr)]
     if plan.method == "full":
         trainable = tuple(t.numel for t in inv.tensors)
         shapes = tuple(t.shape for t in inv.tensors)

@@ -107,6 +107,13 @@ GRID: tuple[Case, ...] = (
     _c("stablelm2-1.6b-lora-alllinear-nockpt", "stablelm2-1.6b", method="lora", targets="all-linear",
        grad_ckpt=False),
     _c("stablelm2-1.6b-qlora-nockpt-b2", "stablelm2-1.6b", method="qlora", grad_ckpt=False, batch=2),
+    # peft 0.21 moves MoE expert targets to the fused 3-D parameters (ParamWrapper: a new weight per forward)
+    _c("qwen3-30b-a3b-lora-alllinear-s512", "qwen3-30b-a3b", method="lora", targets="all-linear", seq=512),
+    _c("qwen3-30b-a3b-lora-v4names-nockpt-s256", "qwen3-30b-a3b", method="lora",
+       targets="q_proj,v_proj,gate_proj,up_proj,down_proj", grad_ckpt=False, seq=256),
+    _c("qwen3-30b-a3b-qlora-noupcast-alllinear-s512", "qwen3-30b-a3b", method="qlora", kbit_upcast=False,
+       targets="all-linear", seq=512),
+    _c("mixtral-8x7b-lora-alllinear-s512", "mixtral-8x7b", method="lora", targets="all-linear", seq=512),
 )
 
 
