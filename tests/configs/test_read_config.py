@@ -68,3 +68,23 @@ def test_the_package_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code, str(EXAMPLES / "axolotl-llama31-8b-qlora.yml")],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("base_model: x\nadapter: lora\nlora_alpha: abc\n", "lora_alpha: expected a number, got 'abc'"),
+    ("base_model: x\nmicro_batch_size: two\n", "micro_batch_size: expected an integer, got 'two'"),
+    ("base_model: x\ngradient_checkpointing: maybe\n", "gradient_checkpointing: expected true or false"),
+    ("base_model: x\nbnb_config_kwargs: [1]\nadapter: qlora\nload_in_4bit: true\n", "bnb_config_kwargs: expected a mapping"),
+    ("base_model: x\ndeepspeed: missing.json\n", "deepspeed: file missing.json not found"),
+])
+def test_bad_values_are_one_line_errors_naming_the_field(tmp_path, text, needle):
+    (tmp_path / "a.yml").write_text(text)
+    with pytest.raises(ConfigReadError, match=needle):
+        read_config(tmp_path / "a.yml")
+
+
+def test_bad_checkpointing_kwargs(tmp_path):
+    (tmp_path / "a.json").write_text('{"output_dir": "o", "per_device_train_batch_size": 1, '
+                                     '"gradient_checkpointing": true, "gradient_checkpointing_kwargs": "{nope"}')
+    with pytest.raises(ConfigReadError, match="gradient_checkpointing_kwargs: expected a mapping"):
+        read_config(tmp_path / "a.json")

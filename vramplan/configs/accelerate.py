@@ -69,7 +69,8 @@ def _read_deepspeed_section(reader: FieldReader, base: Path) -> None:
                 offload = what
         section.set("offload", offload, "offload_param_device" if offload == "params" else "offload_optimizer_device")
         section.set("grad_accum", as_int(section, "gradient_accumulation_steps",
-                                         section.take("gradient_accumulation_steps")), "gradient_accumulation_steps")
+                                         section.take("gradient_accumulation_steps"), auto=True),
+                    "gradient_accumulation_steps")
     reader.absorb(section)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vramplan.configs import accelerate, deepspeed, names
-from vramplan.configs.fields import FieldReader, as_bool, as_int, follow
+from vramplan.configs.fields import FieldReader, as_bool, as_float, as_int, follow
 
 # Memory-relevant fields the estimator does not model yet: an error naming them when they are on.
 REFUSED = {
@@ -111,8 +111,8 @@ def _method(reader: FieldReader) -> str:
 def _lora(reader: FieldReader) -> None:
     reader.set("rank", as_int(reader, "lora_r", reader.take("lora_r")), "lora_r")
     alpha = reader.take("lora_alpha")
-    reader.set("alpha", float(alpha) if alpha is not None else None, "lora_alpha")
-    reader.set("lora_dropout", float(reader.take("lora_dropout", 0.0)), "lora_dropout")
+    reader.set("alpha", as_float(reader, "lora_alpha", alpha), "lora_alpha")
+    reader.set("lora_dropout", as_float(reader, "lora_dropout", reader.take("lora_dropout", 0.0)), "lora_dropout")
     linear, modules = reader.take("lora_target_linear"), reader.take("lora_target_modules")
     if linear and as_bool(reader, "lora_target_linear", linear):
         reader.set("targets", "all-linear", "lora_target_linear")

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vramplan.configs.fields import ConfigReadError, FieldReader, as_int, load_mapping
+from vramplan.configs.fields import (
+    ConfigReadError,
+    FieldReader,
+    as_float,
+    as_int,
+    load_mapping,
+)
 
 # zero_optimization fields whose size the estimator takes from HF's "auto" fill or DeepSpeed's default.
 _AUTO_SIZES = ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
@@ -46,12 +52,13 @@ def read(reader: FieldReader) -> None:
             zero.refuse(key, f"{value} (the estimator sizes it as HF's 'auto' fill does)")
     for key, default in _DEFAULT_SIZES.items():
         value = zero.take(key)
-        if value not in (None, "auto") and float(value) != default:
+        if value not in (None, "auto") and as_float(zero, key, value) != default:
             zero.refuse(key, f"{value} (the estimator assumes DeepSpeed's default {default:.0e})")
     reader.absorb(zero)
-    reader.set("batch", as_int(reader, "train_micro_batch_size_per_gpu", reader.take("train_micro_batch_size_per_gpu")),
+    reader.set("batch", as_int(reader, "train_micro_batch_size_per_gpu", reader.take("train_micro_batch_size_per_gpu"),
+                                  auto=True),
                "train_micro_batch_size_per_gpu")
-    reader.set("grad_accum", as_int(reader, "gradient_accumulation_steps", reader.take("gradient_accumulation_steps")),
+    reader.set("grad_accum", as_int(reader, "gradient_accumulation_steps", reader.take("gradient_accumulation_steps"), auto=True),
                "gradient_accumulation_steps")
 
 

@@ -133,13 +133,22 @@ def as_bool(reader: FieldReader, key: str, value: Any) -> bool:
     raise ConfigReadError(f"{reader.source}: {reader.prefix}{key}: expected true or false, got {value!r}")
 
 
-def as_int(reader: FieldReader, key: str, value: Any) -> int | None:
-    """An integer field; DeepSpeed's "auto" (filled from the trainer) gives None."""
-    if value is None or value == "auto":
+def as_int(reader: FieldReader, key: str, value: Any, auto: bool = False) -> int | None:
+    """An integer field (None: absent); with `auto`, DeepSpeed's "auto" (filled from the trainer) gives None."""
+    if value is None or (auto and value == "auto"):
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigReadError(f"{reader.source}: {reader.prefix}{key}: expected an integer, got {value!r}")
     return value
+
+
+def as_float(reader: FieldReader, key: str, value: Any) -> float | None:
+    """A number field (None: absent)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigReadError(f"{reader.source}: {reader.prefix}{key}: expected a number, got {value!r}")
+    return float(value)
 
 
 def follow(reader: FieldReader, key: str, base: Path) -> Path | dict | None:

@@ -19,6 +19,7 @@ from vramplan.configs.fields import (
     ConfigReadError,
     FieldReader,
     as_bool,
+    as_float,
     as_int,
     follow,
     load_mapping,
@@ -63,10 +64,15 @@ def _checkpointing(reader: FieldReader, default: bool) -> None:
                   "gradient_checkpointing_kwargs")
     reader.used.update(("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"))
     kwargs = reader.take(kw_key) or {}
-    if isinstance(kwargs, str):
+    if isinstance(kwargs, str):  # HfArgumentParser takes the dict as JSON text
         import json
 
-        kwargs = json.loads(kwargs)
+        try:
+            kwargs = json.loads(kwargs)
+        except json.JSONDecodeError:
+            kwargs = None
+    if not isinstance(kwargs, dict):
+        raise ConfigReadError(f"{reader.source}: {reader.prefix}{kw_key}: expected a mapping, got {kwargs!r}")
     if not on:
         return
     if kwargs.get("offload"):
@@ -147,8 +153,8 @@ def _read_peft(reader: FieldReader, base: Path) -> None:
         reader.refuse_if_on(key, why)
     reader.set("method", "lora", "peft_type")
     reader.set("rank", as_int(reader, "r", reader.take("r", 8)), "r")
-    reader.set("alpha", float(reader.take("lora_alpha", 8)), "lora_alpha")
-    reader.set("lora_dropout", float(reader.take("lora_dropout", 0.0)), "lora_dropout")
+    reader.set("alpha", as_float(reader, "lora_alpha", reader.take("lora_alpha", 8)), "lora_alpha")
+    reader.set("lora_dropout", as_float(reader, "lora_dropout", reader.take("lora_dropout", 0.0)), "lora_dropout")
     reader.set("targets", names.targets(reader, "target_modules", reader.take("target_modules")), "target_modules")
 
 

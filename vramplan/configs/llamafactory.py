@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vramplan.configs import names
-from vramplan.configs.fields import FieldReader, as_bool, as_int
+from vramplan.configs.fields import FieldReader, as_bool, as_float, as_int
 from vramplan.configs.hf import read_training_args
 
 REFUSED = {
@@ -101,8 +101,8 @@ def _dtypes(reader: FieldReader, method: str, compute: str, pure: bool, autocast
 def _lora(reader: FieldReader, method: str, compute: str) -> None:
     rank = as_int(reader, "lora_rank", reader.take("lora_rank", 8))
     reader.set("rank", rank, "lora_rank")
-    reader.set("alpha", float(reader.take("lora_alpha", 2 * rank)), "lora_alpha")
-    reader.set("lora_dropout", float(reader.take("lora_dropout", 0.0)), "lora_dropout")
+    reader.set("alpha", as_float(reader, "lora_alpha", reader.take("lora_alpha", 2 * rank)), "lora_alpha")
+    reader.set("lora_dropout", as_float(reader, "lora_dropout", reader.take("lora_dropout", 0.0)), "lora_dropout")
     target = str(reader.take("lora_target", "all"))
     reader.set("targets", "all-linear" if target == "all" else names.targets(reader, "lora_target", target), "lora_target")
     if method == "qlora":

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vramplan.configs import names
-from vramplan.configs.fields import FieldReader, as_bool, as_int
+from vramplan.configs.fields import FieldReader, as_bool, as_float, as_int
 from vramplan.configs.hf import read_training_args
 
 REFUSED = {
@@ -59,8 +59,8 @@ def read(reader: FieldReader, base: Path) -> None:
         reader.note(f"{autocast} autocast over fp32 weights and compute dtype: estimated in fp32 (over)")
     if method != "full":
         reader.set("rank", as_int(reader, "lora_r", reader.take("lora_r", 16)), "lora_r")
-        reader.set("alpha", float(reader.take("lora_alpha", 32)), "lora_alpha")
-        reader.set("lora_dropout", float(reader.take("lora_dropout", 0.05)), "lora_dropout")
+        reader.set("alpha", as_float(reader, "lora_alpha", reader.take("lora_alpha", 32)), "lora_alpha")
+        reader.set("lora_dropout", as_float(reader, "lora_dropout", reader.take("lora_dropout", 0.05)), "lora_dropout")
         reader.set("targets", names.targets(reader, "lora_target_modules", reader.take("lora_target_modules")),
                    "lora_target_modules")
     if method == "qlora":
