@@ -1,0 +1,49 @@
+"""Adapter byte rules pinned to the real peft at small size (the oracle is peft's own model, never the
+estimator)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vramplan.models import preset_config, spec_from_config
+from vramplan.plan import make_plan
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+
+def _tiny_moe(model_type: str) -> dict:
+    base = preset_config("qwen3-30b-a3b" if model_type == "qwen3_moe" else "mixtral-8x7b")
+    small = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "vocab_size": 128, "head_dim": 16}
+    if model_type == "qwen3_moe":
+        small.update(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2)
+    else:
+        small.update(num_local_experts=4, num_experts_per_tok=2)
+    return {**base, **small}
+
+
+def _peft_trainable(cfg: dict, targets) -> list[int]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.bfloat16)
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=targets, task_type="CAUSAL_LM"))
+    return sorted(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(("model_type", "targets"), [
+    ("qwen3_moe", "all-linear"),
+    ("qwen3_moe", "q_proj,v_proj,gate_proj,up_proj,down_proj"),
+    ("mixtral", "all-linear"),
+])
+def test_lora_on_fused_experts_matches_peft(model_type, targets):
+    """peft 0.21 moves MoE expert targets to the fused 3-D parameters (gate_up_proj with rank 2r) and the router."""
+    from vramplan.estimator.weights import static_memory
+
+    cfg = _tiny_moe(model_type)
+    spec = spec_from_config(cfg, "tiny", "test")
+    plan = make_plan(method="lora", rank=8, targets=targets)
+    expected = _peft_trainable(cfg, targets.split(",") if "," in targets else targets)
+    assert sorted(static_memory(spec, plan).trainable_numels) == expected
