@@ -49,6 +49,24 @@ def test_render_replaces_only_the_blocks_and_check_reports_them():
     assert any(line == "-old" for line in readme_examples.check(text, fresh))
 
 
+def test_every_quoted_figure_has_a_definition_that_prints_json():
+    defs = readme_examples.value_definitions(README)
+    used = {m["key"] for m in readme_examples.VALUE.finditer(README)}
+    assert used and used <= set(defs)
+    assert all("--json" in d["command"] for d in defs.values())
+
+
+def test_values_are_read_from_the_json_and_formatted_as_quoted():
+    text = ("a <!--v:peak-->0 GiB<!--/v--> b <!--v:n-->0<!--/v--> c <!--v:m-->x<!--/v-->\n<!-- values\n"
+            "peak = vramplan estimate --json :: phases.1 GiB 2\nn = vramplan estimate --json :: count n\n"
+            "m = vramplan estimate --json :: model\n-->\n")
+    data = '{"phases": [1, 3221225472], "count": 12345, "model": "llama-7b"}'
+    fresh = readme_examples.render(text, {"vramplan estimate --json": data})
+    assert fresh.startswith("a <!--v:peak-->3.00 GiB<!--/v--> b <!--v:n-->12,345<!--/v--> c <!--v:m-->llama-7b<!--/v-->")
+    with pytest.raises(readme_examples.ExampleError, match="no field"):
+        readme_examples.render(text.replace("phases.1", "phases.9"), {"vramplan estimate --json": data})
+
+
 def test_the_search_time_is_not_written():
     pattern, replacement = readme_examples.VARYING[0]
     assert pattern.sub(replacement, "the forward. Searched 1,069 plans in 12.04 s.") == "the forward. Searched 1,069 plans."
