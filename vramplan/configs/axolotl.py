@@ -51,7 +51,7 @@ def looks_like(data: dict) -> bool:
 
 
 def read(reader: FieldReader, base: Path) -> None:
-    reader.model = reader.take("base_model")
+    reader.model = reader.take_model("base_model")
     reader.fixed("trainer", "hf", "axolotl (AxolotlTrainer, an HF Trainer)")
     for key, why in REFUSED.items():
         reader.refuse_if_on(key, why)

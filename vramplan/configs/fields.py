@@ -64,6 +64,13 @@ class FieldReader:
         value = self.data.get(key)
         return default if value is None else value
 
+    def take_model(self, key: str) -> str | None:
+        """The model field (a hub id, preset or path): a string, or None when absent."""
+        value = self.take(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigReadError(f"{self.source}: {self.prefix}{key}: expected a model name or path, got {value!r}")
+        return value
+
     def given(self, key: str) -> bool:
         return self.data.get(key) is not None
 

@@ -148,7 +148,7 @@ def _read_peft(reader: FieldReader, base: Path) -> None:
     kind = reader.take("peft_type", "LORA")
     if str(kind).upper() != "LORA":
         reader.refuse("peft_type", f"{kind} (vramplan models LoRA)")
-    reader.model = reader.take("base_model_name_or_path")
+    reader.model = reader.take_model("base_model_name_or_path")
     for key, why in PEFT_REFUSED.items():
         reader.refuse_if_on(key, why)
     reader.set("method", "lora", "peft_type")

@@ -44,7 +44,7 @@ def looks_like(data: dict) -> bool:
 
 
 def read(reader: FieldReader, base: Path) -> None:
-    reader.model = reader.take("model_name_or_path")
+    reader.model = reader.take_model("model_name_or_path")
     reader.fixed("trainer", "hf", "LLaMA-Factory (CustomSeq2SeqTrainer, an HF Trainer)")
     for key, why in REFUSED.items():
         reader.refuse_if_on(key, why)

@@ -38,7 +38,7 @@ def looks_like(data: dict) -> bool:
 
 
 def read(reader: FieldReader, base: Path) -> None:
-    reader.model = reader.take("model_name_or_path")
+    reader.model = reader.take_model("model_name_or_path")
     for key, why in REFUSED.items():
         reader.refuse_if_on(key, why)
     peft = as_bool(reader, "use_peft", reader.take("use_peft", False))
