@@ -42,6 +42,8 @@ def targets(reader: FieldReader, key: str, value: Any) -> str:
     """peft `target_modules`: a list, a comma string or a shorthand (None is peft's per-architecture default)."""
     if value is None:
         return "default"
+    if not isinstance(value, (str, list, tuple)) or any(not isinstance(v, str) for v in value):
+        raise ConfigReadError(f"{reader.source}: {reader.prefix}{key}: expected module names, got {value!r}")
     return _convert(reader, key, hf_names.targets_from_hf, value)
 
 
