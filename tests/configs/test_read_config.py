@@ -43,6 +43,12 @@ def test_not_a_mapping_and_missing_file(tmp_path):
         read_config(tmp_path / "list.yml")
     with pytest.raises(ConfigReadError, match="cannot read"):
         read_config(tmp_path / "absent.yml")
+    (tmp_path / "bin.yml").write_bytes(b"\xff\xfe\x00model")
+    with pytest.raises(ConfigReadError, match="not a text file"):
+        read_config(tmp_path / "bin.yml")
+    (tmp_path / "tag.yml").write_text("base_model: !!python/object:os.system x\n")
+    with pytest.raises(ConfigReadError, match=r"tag\.yml:1: invalid YAML"):
+        read_config(tmp_path / "tag.yml")
 
 
 def test_unknown_format_and_undetectable_file(tmp_path):

@@ -25,6 +25,8 @@ def load_mapping(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigReadError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigReadError(f"{path}: not a text file (UTF-8 YAML or JSON)") from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
