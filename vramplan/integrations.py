@@ -16,6 +16,10 @@
   where `estimate --gpu`/`check` learn the reserve and context from it.
 - At the end of training: measured vs estimated, per phase.
 
+A run vramplan cannot model is said in one line and trains on unrecorded. Off CUDA the tracker is a torch
+dispatch mode active from the start of training to the end of the last recorded step; if training raises
+before then, `callback.stop()` leaves it (a notebook keeps its process).
+
 transformers and torch are imported when a callback is created, not with vramplan.
 """
 
@@ -179,11 +183,24 @@ class _Callback:
             self.print(f"vramplan: cannot estimate this run: {exc}")
             return
         self.gpu = self.gpu or _gpu_name(args.device)
-        if self.options["seq"]:
-            self._estimate()
+        if self.options["seq"] and not self._try_estimate():
+            return
         self.meter = _Meter(args.device, model)
         self._hooks = [model.register_forward_pre_hook(self._forward_begins, with_kwargs=True),
                        model.register_forward_hook(self._forward_ends)]
+
+    def _try_estimate(self) -> bool:
+        """Estimate; a plan vramplan cannot model is said and the run goes on unrecorded (False). A plan that does
+        not fit, with fail_if_not_fits, raises DoesNotFitError."""
+        try:
+            self._estimate()
+        except DoesNotFitError:
+            raise
+        except VramplanError as exc:
+            self.print(f"vramplan: cannot estimate this run: {exc}")
+            self.stop()
+            return False
+        return True
 
     def _estimate(self) -> None:
         from vramplan import api
@@ -205,8 +222,13 @@ class _Callback:
     def _forward_begins(self, module: Any, args: tuple, kwargs: dict) -> None:
         if self.estimate is None and self.meter is not None:
             ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is None:
+                self.print("vramplan: no input_ids in the first batch: give VramplanCallback(seq=...)")
+                self.stop()
+                return
             self.options["seq"] = int(ids.shape[-1])  # the first batch's length
-            self._estimate()
+            if not self._try_estimate():
+                return
         if self.phase == "backward":  # the next micro-batch of an accumulation step
             self.meter.close("backward")
         if self.phase is not None:
