@@ -69,6 +69,7 @@ def test_optimizer_bytes_per_parameter_match_torch(name, make):
     assert traffic.bytes == OPTIMIZER_BYTES[name](2) * numel, traffic.ops
 
 
+@pytest.mark.slow  # imports peft and bitsandbytes (seconds on a loaded machine)
 def test_peft_keeps_adapters_fp32_and_bitsandbytes_casts_back():
     """The dtypes the speed model assumes: peft's adapters are fp32 on a bf16 base (autocast_adapter_dtype), and
     bitsandbytes' Linear4bit returns its input's dtype (fp32 after the kbit upcast)."""
@@ -152,3 +153,16 @@ def test_published_table_summary_holds_with_every_row():
     """All comparable rows (santacoder's config is read through transformers on the meta device: slow)."""
     summary = published_speed.summary([published_speed.compare_row(r) for r in published_speed.load_rows()])
     assert summary["rows"] == 12 and summary["median_abs_error_pct"] <= 15
+
+
+def test_every_gpu_profile_and_optimizer_gets_an_ordered_interval():
+    from vramplan.hardware import load_profiles
+
+    m = resolve_model("qwen2.5-0.5b")
+    plans = [make_plan(method=meth, optimizer=opt, attn=attn, batch=2, seq=512)
+             for meth in ("full", "lora", "qlora") for opt in ("adamw", "adamw_fused", "paged_adamw_8bit", "sgd")
+             for attn in ("sdpa", "eager")]
+    for gpu in load_profiles().values():
+        for plan in plans[:: 3 if gpu.slug != "t4" else 1]:
+            est = step_time(m, plan, gpu)
+            assert 0 < est.tokens_per_s_low <= est.tokens_per_s <= est.tokens_per_s_high, (gpu.slug, plan)

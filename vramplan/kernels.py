@@ -86,7 +86,7 @@ def rates(gpu: GpuProfile, bound: Bound) -> Rates:
     shape = MATMUL_SHAPE_FRACTION[bound]
     flash_table = FLASH_MAX_FRACTION.get(gpu.architecture, FLASH_DEFAULT)
     major = int(gpu.compute_capability.split(".")[0]) if gpu.compute_capability else 0
-    flash_backend = gpu.vendor == "nvidia" and major >= 8  # FA2 needs sm80+; ROCm's sdpa: CK / aotriton kernels
+    flash_backend = major >= 8 if gpu.vendor == "nvidia" else True  # FA2 needs sm80+; ROCm: aotriton/CK flash
     flash = peak16 * flash_table[bound] * (1.0 if flash_backend else MEM_EFFICIENT_FRACTION)
     bandwidth = gpu.bandwidth_bytes_per_s
     return Rates(peak16 * mamf_fraction(gpu) * shape, gpu.fp32_tflops * 1e12 * shape, flash, flash_backend,
