@@ -22,10 +22,10 @@ sum of theirs. Counted from the libraries' code:
   memory-efficient backend where FLASH cannot run (pre-sm80, fp32), or eager (full square, score matrix streamed
   through HBM by every elementwise op; `kernels.eager_attention_s`).
 * Elementwise, bandwidth-bound, from transformers' modeling code: `LlamaRMSNorm` (to fp32, pow, mean, rsqrt-mul,
-  cast back, weight mul), the residual adds, rotary embeddings on q and k (`apply_rotary_pos_emb`), the gated
-  MLP's act(gate) x up; backward moves about twice the forward's bytes (each op's backward reads its saved
-  input(s) and the incoming gradient and writes one). Other architectures (LayerNorm, GELU MLPs, learned
-  positions) are counted as Llama's.
+  cast back, weight mul) or nn.LayerNorm (one kernel), per-head q/k norms, the residual adds, rotary embeddings
+  on q and k (`apply_rotary_pos_emb`), the MLP's act(gate) x up or act(fc); which of them a model has is read
+  from its parameter inventory (`layer_traits`). Backward moves about twice the forward's bytes (each op's
+  backward reads its saved input(s) and the incoming gradient and writes one).
 * Loss (transformers `ForCausalLMLoss`): logits.float(), log_softmax, nll and their backwards over T x vocab.
 * CPU dispatch: eager PyTorch launches ~`OPS_PER_LAYER` ops per decoder layer and pass (more per LoRA adapter and
   4-bit linear); the micro-batch takes the longer of the GPU's kernels and the CPU's launches (they overlap).
@@ -185,19 +185,53 @@ def _lora_s(model: ModelSpec, plan: TrainingPlan, d: Dtypes, r: Rates, tokens: i
     return gf, gb, ef, eb
 
 
+@dataclass(frozen=True)
+class LayerTraits:
+    """What a decoder layer's elementwise kernels are, read from the model's parameter inventory (layer 0)."""
+
+    hidden_norms: int  # norms over the hidden size (2; Gemma-2/3: 4, sandwich norms)
+    head_norms: bool  # per-head RMSNorm on q and k (Qwen3, Gemma-3)
+    fused_norm: bool  # nn.LayerNorm (weight and bias): one aten kernel; else transformers' Python RMSNorm
+    gated_mlp: bool  # act(gate) * up (SwiGLU/GeGLU); else act(fc) (GELU MLP)
+    rotary: bool  # rotary embeddings on q and k; else learned positions (a second embedding table)
+
+
+def layer_traits(model: ModelSpec) -> LayerTraits:
+    tensors = [t for t in model.inventory.tensors if t.layer == 0]
+    norms = [t for t in tensors if t.role == "norm"]
+    biased = {t.module for t in tensors if t.role == "bias"}
+    groups = model.inventory.linear_groups
+    embeddings = [t for t in model.inventory.tensors if t.role == "embedding"]
+    return LayerTraits(
+        hidden_norms=sum(t.numel == model.hidden_size for t in norms),
+        head_norms=any(t.numel == model.head_dim for t in norms),
+        fused_norm=any(t.module in biased for t in norms),
+        gated_mlp=bool(model.num_experts) or any(n in groups for n in ("gate_proj", "gate_up_proj")),
+        rotary=len(embeddings) == 1,
+    )
+
+
+def _norm_bytes(d: Dtypes, fused: bool) -> int:
+    """Bytes per normalised element, forward: `LlamaRMSNorm` runs to(fp32), pow, mean, mul by rsqrt, to(input
+    dtype), weight * x (promoting to the weight's dtype); nn.LayerNorm is one kernel reading x, writing y."""
+    a, res = d.layer, d.stream
+    if fused:
+        return res + a
+    return (res + 4) + 8 + 4 + 8 + (4 + a) + (a + max(a, d.norm_weight))
+
+
 def _layer_stream_bytes(model: ModelSpec, plan: TrainingPlan, d: Dtypes) -> int:
     """Bytes one decoder layer's elementwise kernels move per token, forward (see the module docstring)."""
-    a, res = d.layer, d.stream
-    out = max(a, d.norm_weight)  # weight * hidden.to(input_dtype) promotes to the norm weight's dtype
-    norm = (res + 4) + 8 + 4 + 8 + (4 + a) + (a + out)  # LlamaRMSNorm: to fp32, pow, mean, mul rsqrt, cast, weight
-    residual = res + a + res  # hidden = residual + sublayer output
+    a, res, traits = d.layer, d.stream, layer_traits(model)
     q_width, kv_width = model.num_heads * model.head_dim, model.num_kv_heads * model.head_dim
-    rotary = 12 * a * (q_width + kv_width)  # q*cos, rotate_half (slice, neg, cat), *sin, add: for q and k
+    norms = traits.hidden_norms * _norm_bytes(d, traits.fused_norm) * model.hidden_size
+    norms += _norm_bytes(d, False) * (q_width + kv_width) if traits.head_norms else 0
+    residual = 2 * (res + a + res) * model.hidden_size  # hidden = residual + sublayer output, twice
+    rotary = 12 * a * (q_width + kv_width) if traits.rotary else 0  # q*cos, rotate_half (slice, neg, cat), *sin, add
     reshape = 2 * d.attention * q_width  # the attention output made contiguous for o_proj
     sdpa_casts = (a + d.attention) * (q_width + 2 * kv_width) if d.attention != a else 0  # autocast on q, k, v
-    mlp = 5 * a * model.intermediate_size  # act(gate): read, write; * up: read two, write one
-    return (2 * norm + 2 * residual) * model.hidden_size + rotary + reshape + sdpa_casts + mlp \
-        + _casts_4bit_bytes(model, plan, d)
+    mlp = (5 if traits.gated_mlp else 2) * a * model.intermediate_size  # act(gate) * up: 2 + 3; act(fc): 2
+    return norms + residual + rotary + reshape + sdpa_casts + mlp + _casts_4bit_bytes(model, plan, d)
 
 
 def _attention_s(model: ModelSpec, plan: TrainingPlan, d: Dtypes, r: Rates) -> tuple[float, float]:
