@@ -50,7 +50,7 @@ def test_small_config_and_equivalent_flags_give_identical_estimates(capsys, smal
      ["--model", "Qwen/Qwen2.5-7B-Instruct", "--method", "qlora", "--param-dtype", "bf16", "--rank", "16",
       "--alpha", "32", "--targets", "all-linear", "--quant", "nf4", "--compute-dtype", "bf16", "--quant-storage",
       "bf16", "--seq", "2048", "--batch", "2", "--grad-accum", "8", "--ckpt-reentrant", "--attn", "sdpa",
-      "--optimizer", "adamw_fused"]),
+      "--optimizer", "adamw_fused", "--no-kbit-upcast"]),
     (["hf-training-args.json", "adapter_config.json", "bnb_config.json", "accelerate-fsdp2.yaml"],
      ["--model", "meta-llama/Llama-3.1-8B", "--method", "qlora", "--rank", "16", "--alpha", "32", "--lora-dropout",
       "0.05", "--targets", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "--quant", "nf4",
