@@ -80,8 +80,8 @@ def with_device(spec: ModelSpec, plan: TrainingPlan, result: MemoryEstimate, pro
 
 def plan_allocator_config(plan: TrainingPlan) -> AllocatorConfig:
     """The plan's `PYTORCH_CUDA_ALLOC_CONF` knobs (defaults where the plan has none)."""
-    split = getattr(plan, "max_split_size_mb", None)
-    return AllocatorConfig(expandable_segments=bool(getattr(plan, "expandable_segments", False)),
+    split = plan.max_split_size_mb
+    return AllocatorConfig(expandable_segments=plan.expandable_segments,
                            max_split_size_bytes=None if split is None else split * 2**20)
 
 

@@ -21,9 +21,10 @@ Sharded engines run their collectives on their own streams (FSDP2: `all_gather_s
 DeepSpeed: its communication streams): their buffers come from pools of their own, which blocks freed on the
 default stream never serve (per-stream pools). Their cached blocks are added to the reserve's high end.
 
-The reserve is an interval. Low: the sequence replayed in order. High: the same with every free one allocation
+The reserve is an interval over two replays: the sequence in order, and the same with every free one allocation
 late (a tensor whose last reference dies after the op that used it last: Python frames, autograd releasing saved
-tensors), plus the communication pools. `fits` uses the high end.
+tensors). Fragmentation is not monotone in that delay (either replay can reserve more), so the interval is their
+minimum and maximum; the high end adds the communication pools. `fits` uses the high end.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def reserve_interval(model: ModelSpec, plan: TrainingPlan, peak_bytes: int, prof
         capped = _simulate(model, plan, config, workspace, room - (peak_bytes - sim_peak))
         if capped is not None:
             low, high = min(low, capped[0]), min(high, capped[1])
-    return ReserveInterval(low_bytes=low, high_bytes=max(low, high) + comm, simulated_peak_bytes=sim_peak)
+    return ReserveInterval(low_bytes=min(low, high), high_bytes=max(low, high) + comm, simulated_peak_bytes=sim_peak)
 
 
 _CACHE: dict[tuple, tuple[ModelSpec, tuple[int, int, int]]] = {}
@@ -112,12 +113,29 @@ def _simulate(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, wor
     return result
 
 
+_EVENTS: dict[tuple, tuple[ModelSpec, list]] = {}
+
+
+def _events(model: ModelSpec, plan: TrainingPlan, workspace: int) -> list:
+    """The step's allocation sequence (the last few kept: a full device replays it a second time, capped)."""
+    from vramplan.estimator.step_events import step_events
+
+    key = (id(model), plan, workspace)
+    hit = _EVENTS.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    if len(_EVENTS) > 4:
+        _EVENTS.clear()
+    events = [("blas_workspace", workspace), *step_events(model, _single_gpu_plan(plan))]
+    _EVENTS[key] = (model, events)
+    return events
+
+
 def _run(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, workspace: int,
          capacity: int | None) -> tuple[int, int, int]:
-    from vramplan.estimator.step_events import replay, step_events
+    from vramplan.estimator.step_events import replay
 
-    local = _single_gpu_plan(plan)
-    events = [("blas_workspace", workspace), *step_events(model, local)]
+    events = _events(model, plan, workspace)
     exact = replay(events, config, capacity)
     late = replay(events, config, capacity, lag=1)
     # the reserve beyond the requested peak: rounding, unsplit blocks, cached free blocks, fragmentation

@@ -73,6 +73,8 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "grad_accum": (1, 1_048_576),  # HF Trainer holds every micro-batch's input ids: 16 B/token each
     "rank": (1, 65_536),  # peft takes any r; a rank above the layer's width only adds zeros
     "gpus": (1, 131_072),
+    # PYTORCH_CUDA_ALLOC_CONF max_split_size_mb: CUDAAllocatorConfig refuses values <= kLargeBuffer (20 MiB)
+    "max_split_size_mb": (21, 1_048_576),
 }
 # bitsandbytes `_ops.py` (quantize_4bit / dequantize_4bit): `blocksize in (32, 64, ..., 4096)`.
 QUANT_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -103,6 +105,7 @@ class TrainingPlan(BaseModel):
     alpha: float | None = None
     targets: str | None = None
     lora_dropout: float = 0.0
+    use_dora: bool = False  # LoraConfig(use_dora=True): a magnitude vector per wrapped linear
     # Data
     batch: int = 1
     seq: int = 1024
@@ -124,6 +127,9 @@ class TrainingPlan(BaseModel):
     eval_batch: int | None = None
     eval_accumulation_steps: int | None = None
     prediction_loss_only: bool = True  # Trainer.evaluate passes True when no compute_metrics is given
+    # PYTORCH_CUDA_ALLOC_CONF knobs of the caching allocator (reserved memory: vramplan/estimator/allocator.py)
+    expandable_segments: bool = False
+    max_split_size_mb: int | None = None  # None: unlimited (torch's default)
 
     @model_validator(mode="before")
     @classmethod
@@ -209,6 +215,8 @@ class TrainingPlan(BaseModel):
                     raise ValueError(f"--{field} applies to lora/qlora, not to method '{self.method}'")
             if self.lora_dropout:
                 raise ValueError("--lora-dropout applies to lora/qlora, not to full fine-tuning")
+            if self.use_dora:
+                raise ValueError("--dora applies to lora/qlora, not to full fine-tuning")
         if self.method != "qlora":
             for field in ("quant", "double_quant", "compute_dtype", "kbit_upcast"):
                 if getattr(self, field) is not None:

@@ -151,6 +151,11 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
                    help="the training loop: hf (transformers Trainer, default), loop (a custom or accelerate loop "
                    "that keeps `outputs`), trl-sft (TRL SFTTrainer: fused LM head, no full logits)")
     g.add_argument("--loss-type", choices=LOSS_TYPES, help="trl-sft loss (SFTConfig.loss_type): nll (default) | dft")
+    a = p.add_argument_group("caching allocator (PYTORCH_CUDA_ALLOC_CONF)")
+    a.add_argument("--expandable-segments", action="store_const", const=True, default=None,
+                   help="expandable_segments:True (reserved grows by pages of one segment)")
+    a.add_argument("--max-split-size-mb", type=int, metavar="MB",
+                   help="max_split_size_mb: blocks this large are never split (default unlimited)")
     c = p.add_argument_group("training config files")
     c.add_argument("--config", action="append", metavar="FILE", help="read the plan (and the model) from a "
                    "training config: axolotl, LLaMA-Factory, TRL, TrainingArguments JSON, adapter_config.json, "

@@ -140,6 +140,7 @@ def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2) -> list[Ev
     total = sum(st.trainable_numels) or 1
     x_bytes = c.tokens * c.hidden * stream_bytes(plan)
     for step in range(steps):
+        start = len(ev)
         tp = Tape(events=ev)
         tp._next = 10**9 * (step + 1)  # fresh ids per step
         data = [tp.new(8 * plan.batch * plan.seq) for _ in range(2 * plan.grad_accum)]
@@ -158,15 +159,15 @@ def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2) -> list[Ev
                    if opt.states_bytes]
         temps = [(("tmp", step, i), opt.step_temp_bytes * n // total) for i, n in enumerate(st.trainable_numels)]
         ev += [e for e in temps if e[1] > 0] + [(k, -1) for k, n in temps if n > 0]
-        ev += _zero_grad(ev, step)
+        ev += _zero_grad(ev, start)
         tp.drop(*data)
     return ev
 
 
-def _zero_grad(ev: list[Event], step: int) -> list[Event]:
-    """`zero_grad(set_to_none=True)`: every weight gradient of the step is released."""
+def _zero_grad(ev: list[Event], start: int) -> list[Event]:
+    """`zero_grad(set_to_none=True)`: every weight gradient of the step (events from `start` on) is released."""
     live: dict[object, None] = {}
-    for key, n in ev:
+    for key, n in ev[start:]:
         if isinstance(key, tuple) and key and key[0] == "p":
             if n >= 0:
                 live[key] = None
