@@ -212,9 +212,130 @@ def triton_tiles() -> Iterator[None]:
                 setattr(ck, k, v)
 
 
+def measure_eval_step(config: dict, plan: TrainingPlan, *, trace: bool = True, seed: int = 0) -> int:
+    """Peak live bytes of `Trainer.evaluation_loop` after one training step (optimizer states resident, gradients
+    None): `eval_accumulation_steps` (or 1) prediction steps, `all_preds` / `all_labels` in transformers' own
+    `EvalLoopContainer`, then `to_cpu_and_numpy` (here: dropped). hf/loop: `Trainer.prediction_step`'s
+    `model(**inputs)` under no_grad; trl-sft: `SFTTrainer.prediction_step` on the stand-in."""
+    from transformers.trainer_pt_utils import EvalLoopContainer
+
+    hf_config(config)
+    tiles = triton_tiles() if plan.trainer == "trl-sft" else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), _session(trace, config.get("model_type")), \
+            tiles:
+        torch.manual_seed(seed)
+        warnings.simplefilter("ignore")
+        with MemoryTracker(record=True) as tracker:
+            model = build_model(config, plan, device="cpu", trace=trace)
+            model = prepare_sft_model(model, plan) if plan.trainer == "trl-sft" else prepare_model(model, plan)
+            optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], plan)
+            loss_fn = _sft_loss(plan) if plan.trainer == "trl-sft" else _loop_loss
+            _step(model, optimizer, plan, tracker, config, loss_fn, {})
+            gc.collect(GC_GENERATION)
+            model.eval()
+            vocab = int(config.get("vocab_size") or model.config.vocab_size)
+            preds, labels_c = EvalLoopContainer(True, -100), EvalLoopContainer(True, -100)
+            logits = None
+            with tracker.phase("eval"):
+                for _ in range(plan.eval_accumulation_steps or 1):
+                    ids = torch.randint(0, vocab, (plan.eval_batch, plan.seq), dtype=torch.int64)
+                    batch = {"input_ids": ids, "labels": ids.clone()}
+                    if plan.trainer == "trl-sft":
+                        batch["attention_mask"] = torch.ones_like(ids)
+                    loss, logits, labels = _predict(model, plan, batch)
+                    if logits is not None:
+                        preds.add(logits)
+                        labels_c.add(labels)
+                    del batch, ids, loss, labels
+            peak = tracker.peak_bytes
+    return peak
+
+
+def _predict(model, plan: TrainingPlan, batch: dict):
+    """(loss, logits, labels) of one prediction step, as the trainer's own `prediction_step` returns them."""
+    if plan.trainer == "trl-sft":
+        from trl import SFTTrainer
+
+        stub = _sft_stub(plan, model)
+        stub._prepare_inputs = lambda inputs: inputs
+        stub.compute_loss_context_manager = contextlib.nullcontext
+        stub.compute_loss = types.MethodType(SFTTrainer.compute_loss, stub)
+
+        def call(**kw):
+            kw.pop("attention_mask", None)
+            return model(**kw)
+
+        return SFTTrainer.prediction_step(stub, call, batch, plan.prediction_loss_only)
+    with torch.no_grad():  # Trainer.prediction_step: outputs = model(**inputs); loss = outputs["loss"]
+        outputs = model(input_ids=batch["input_ids"], labels=batch["labels"])
+        loss = outputs.loss.detach()
+        logits = None if plan.prediction_loss_only else outputs.logits
+        del outputs
+    return loss, logits, None if plan.prediction_loss_only else batch["labels"]
+
+
 # The accuracy cases of the trainers (tests/accuracy/test_trainer_grid.py): each traced by
 # `measure_trainer_step` at full size and held to the estimator like the main grid (vramplan/measure/grid.py).
-TRAINER_GRID: tuple = ()
+def _c(id: str, model: str, **opts):
+    from vramplan.measure.grid import Case
+
+    return Case(id, model, opts)
+
+
+TRAINER_GRID: tuple = (
+    # TRL SFT (loss_type nll, the default; dft), QLoRA as TRL runs it (no kbit upcast, bf16 adapters)
+    _c("llama3.1-8b-sft-qlora-s2048", "llama3.1-8b", method="qlora", trainer="trl-sft", seq=2048),
+    _c("llama3.1-8b-sft-lora-dft-b2", "llama3.1-8b", method="lora", trainer="trl-sft", loss_type="dft", batch=2),
+    _c("mistral-7b-sft-qlora-nockpt-b2-s512", "mistral-7b", method="qlora", trainer="trl-sft", grad_ckpt=False,
+       batch=2, seq=512),
+    _c("qwen3-8b-sft-qlora-drop-accum2", "qwen3-8b", method="qlora", trainer="trl-sft", lora_dropout=0.05,
+       grad_accum=2),
+    # tokens beyond one 4096-row tile
+    _c("llama3.2-3b-sft-lora-alllinear-s8192", "llama3.2-3b", method="lora", trainer="trl-sft",
+       targets="all-linear", seq=8192),
+    # full fine-tuning: the fused head's fp32 grad_weight; Qwen2.5-1.5B ties lm_head to the embedding
+    _c("qwen2.5-1.5b-sft-full-b2", "qwen2.5-1.5b", method="full", trainer="trl-sft", batch=2),
+    # fp32 weights under bf16 autocast: per-tile casts of the hidden states and the head weight
+    _c("llama3.2-1b-sft-full-fp32-mixed", "llama3.2-1b", method="full", trainer="trl-sft", param_dtype="fp32",
+       mixed_precision="bf16"),
+    # Gemma 2: final_logit_softcapping inside the kernel; eager attention
+    _c("gemma2-2b-sft-lora-eager", "gemma2-2b", method="lora", trainer="trl-sft", attn="eager"),
+    # a custom loop: the previous outputs (logits; the KV cache without checkpointing) alive through the step
+    _c("llama3.1-8b-loop-lora-s2048", "llama3.1-8b", method="lora", trainer="loop", seq=2048),
+    _c("qwen2.5-7b-loop-qlora-nockpt-s512", "qwen2.5-7b", method="qlora", trainer="loop", grad_ckpt=False,
+       seq=512),
+    _c("phi3-mini-loop-full-b2-s512", "phi3-mini", method="full", trainer="loop", batch=2, seq=512),
+    _c("qwen2.5-0.5b-loop-lora-accum2-b2", "qwen2.5-0.5b", method="lora", trainer="loop", grad_accum=2, batch=2),
+)
+
+
+# Eval steps (measure_eval_step) against the estimate's eval phase
+EVAL_GRID: tuple = (
+    _c("llama3.1-8b-eval-qlora-b4-s2048", "llama3.1-8b", method="qlora", seq=2048, eval_batch=4),
+    _c("llama3.1-8b-eval-sft-qlora-b8-s2048", "llama3.1-8b", method="qlora", trainer="trl-sft", seq=2048,
+       eval_batch=8),
+    _c("qwen2.5-1.5b-eval-lora-preds-accum2", "qwen2.5-1.5b", method="lora", seq=512, eval_batch=2,
+       prediction_loss_only=False, eval_accumulation_steps=2),
+)
+
+
+def run_eval_case(case) -> dict:
+    from vramplan.api import estimate
+    from vramplan.measure.grid import error_pct
+    from vramplan.models import preset_config, resolve_model
+    from vramplan.plan import make_plan
+
+    plan = make_plan(**case.opts)
+    traced = measure_eval_step(preset_config(case.model), plan)
+    est = estimate(resolve_model(case.model), plan).phases["eval"]
+    return {"id": case.id, "traced": traced, "estimate": est, "error_pct": error_pct(est, traced)}
+
+
+def trainer_case(case_id: str):
+    for c in TRAINER_GRID + EVAL_GRID:
+        if c.id == case_id:
+            return c
+    raise KeyError(case_id)
 
 
 def run_trainer_case(case) -> dict:

@@ -1,0 +1,149 @@
+"""The training loops' byte rules (vramplan/estimator/trainers.py, losses.py, evaluation.py), pinned against the
+libraries at small size on CPU: TRL 1.16's fused LM head, a custom loop's outputs, the eval step.
+
+The oracle is the real code traced by `MemoryTracker` (TRL's own `SFTTrainer.compute_loss`, transformers'
+`EvalLoopContainer`), never the estimator. Full-size cases live in tests/accuracy/test_trainer_grid.py (slow).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vramplan.errors import PlanError
+from vramplan.estimator.losses import TRL_RUNNING_STATS, TRL_TOKEN_TILE, TRL_VOCAB_TILE
+from vramplan.models import spec_from_config
+from vramplan.plan import make_plan
+
+TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 512}
+
+
+# Plans --------------------------------------------------------------------------------------------------------
+def test_trl_sft_defaults_follow_trl():
+    plan = make_plan(method="qlora", trainer="trl-sft")
+    assert plan.loss_type == "nll"  # SFTConfig.loss_type default
+    assert plan.kbit_upcast is False  # SFTTrainer never calls prepare_model_for_kbit_training
+    assert make_plan(method="qlora").kbit_upcast is True
+    assert make_plan(method="lora").loss_type is None
+
+
+@pytest.mark.parametrize("opts, word", [
+    ({"loss_type": "dft"}, "--loss-type"),
+    ({"eval_accumulation_steps": 2}, "--eval-batch"),
+    ({"eval_batch": 2, "prediction_loss_only": False}, "--eval-accumulation-steps"),
+    ({"trainer": "trl-dpo"}, "trainer"),
+])
+def test_bad_trainer_options_are_one_line_errors(opts, word):
+    with pytest.raises(PlanError, match=word.lstrip("-").replace("-", "[-_]") if word == "trainer" else word):
+        make_plan(method="lora", **opts)
+
+
+# TRL's constants and the fused head's buffers --------------------------------------------------------------------
+@pytest.mark.slow  # imports TRL and traces (seconds each on 2 shared cores)
+def test_tile_sizes_are_trls():
+    trl_kernels = pytest.importorskip("trl.kernels.chunked_logprob")
+    from trl.trainer import utils
+
+    assert TRL_TOKEN_TILE == trl_kernels.TOKEN_CHUNK_SIZE
+    assert TRL_VOCAB_TILE == utils._CHUNKED_LOGPROB_CHUNK_SIZE
+
+
+@pytest.mark.slow  # imports TRL and traces (seconds each on 2 shared cores)
+@pytest.mark.parametrize("dtype, weight_grad", [("bf16", False), ("bf16", True), ("fp32", False)])
+def test_chunked_logprob_buffers(dtype, weight_grad):
+    """ChunkedLogProbFunction on its CUDA path (Triton folds as no-ops): forward allocates the 7 running stats and
+    one tile; backward an fp32 grad_hidden (cast at the end), an fp32 grad_weight when the head trains, a tile."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    from trl.kernels import ChunkedLogProbFunction
+
+    from vramplan.measure.tracker import MemoryTracker
+    from vramplan.measure.trl_trace import triton_tiles
+
+    dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    n, h, v = 300, 32, 70_000  # three vocabulary tiles
+    e = 2 if dtype == "bf16" else 4
+    tile = min(n, TRL_TOKEN_TILE) * TRL_VOCAB_TILE * e
+    with triton_tiles():
+        hidden = torch.randn(n, h, dtype=dt, requires_grad=True)
+        weight = torch.randn(v, h, dtype=dt, requires_grad=weight_grad)
+        targets = torch.randint(0, v, (n,))
+        with MemoryTracker() as tr:
+            start = tr.current_bytes
+            out = ChunkedLogProbFunction.apply(hidden, weight, None, targets, 1.0, TRL_VOCAB_TILE, None, 1.0,
+                                               ("log_probs", "entropy", "is_top1"))
+            fwd = tr.peak_bytes - start
+            tr.reset_peak()
+            before = tr.current_bytes
+            out[0].sum().backward()
+            bwd = tr.peak_bytes - before
+    stats = TRL_RUNNING_STATS * n * 4
+    # the forward peak: buffers + tile, plus a few [N] outputs (log_z, log-probs, entropy, top-1 flags)
+    assert stats + tile <= fwd <= stats + tile + 6 * n * 4
+    grad_h = n * h * 4 + (n * h * e if e != 4 else 0)
+    grad_w = (v * h * 4 + v * h * e) if weight_grad and e != 4 else (v * h * 4 if weight_grad else 0)
+    assert tile + grad_h + grad_w <= bwd <= tile + grad_h + grad_w + 4 * n * 4
+
+
+# Whole steps at small size: the estimate against the traced library code -------------------------------------
+def _phases(plan):
+    from vramplan.api import estimate
+
+    return estimate(spec_from_config(TINY, "tiny", "test"), plan)
+
+
+@pytest.mark.slow  # imports TRL and traces (seconds each on 2 shared cores)
+@pytest.mark.parametrize("opts", [
+    {"method": "lora", "trainer": "trl-sft", "batch": 2, "seq": 128},
+    {"method": "full", "trainer": "trl-sft", "seq": 128, "loss_type": "dft"},
+    {"method": "qlora", "trainer": "trl-sft", "seq": 128, "grad_ckpt": False},
+    {"method": "lora", "trainer": "loop", "batch": 2, "seq": 128},
+    {"method": "lora", "trainer": "loop", "seq": 128, "grad_ckpt": False},
+    {"method": "full", "trainer": "loop", "seq": 128},
+])
+def test_step_matches_traced_trainer(opts):
+    pytest.importorskip("trl")
+    from vramplan.measure.trl_trace import measure_trainer_step
+
+    plan = make_plan(**opts)
+    step = measure_trainer_step(TINY, plan, trace=True)
+    est = _phases(plan)
+    phases = est.traced_phases or est.phases
+    for phase, traced in (("forward", step.forward_peak_bytes), ("backward", step.backward_peak_bytes),
+                          ("optimizer", step.optimizer_peak_bytes)):
+        # tiny model: the fused head's N x hidden selection copy (CUDA only) is the largest allowed difference
+        assert abs(phases[phase] - traced) <= 128 * 64 * 4 + 8192, (phase, phases[phase], traced)
+
+
+def test_loop_keeps_the_logits_through_the_step():
+    """The custom loop's extra bytes over HF Trainer are the previous outputs' logits (bf16 [batch, seq, vocab])."""
+    hf = _phases(make_plan(method="lora", batch=2, seq=128)).phases
+    loop = _phases(make_plan(method="lora", trainer="loop", batch=2, seq=128)).phases
+    logits = 2 * 128 * 1000 * 2
+    assert loop["backward"] - hf["backward"] == logits
+    assert loop["optimizer"] - hf["optimizer"] == logits + 2 * 2 * 128 * 64 * 2  # + the embedding leaf and .grad
+
+
+@pytest.mark.slow  # imports TRL and traces (seconds each on 2 shared cores)
+@pytest.mark.parametrize("opts", [
+    {"method": "lora", "seq": 128, "eval_batch": 4},
+    {"method": "lora", "seq": 128, "eval_batch": 2, "prediction_loss_only": False, "eval_accumulation_steps": 3},
+])
+def test_eval_step_matches_traced_evaluation_loop(opts):
+    pytest.importorskip("trl")
+    from vramplan.measure.trl_trace import measure_eval_step
+
+    plan = make_plan(**opts)
+    traced = measure_eval_step(TINY, plan)
+    assert abs(_phases(plan).phases["eval"] - traced) <= 0.01 * traced
+
+
+def test_eval_that_does_not_fit_fails_the_verdict():
+    from vramplan.api import estimate
+    from vramplan.models import resolve_model
+
+    model = resolve_model("llama3.1-8b")
+    train = estimate(model, make_plan(method="qlora", seq=2048), gpu="rtx4090")
+    both = estimate(model, make_plan(method="qlora", seq=2048, eval_batch=8), gpu="rtx4090")
+    assert train.fits and not both.fits
+    assert both.peak_bytes == both.phases["eval"]
