@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import subprocess
 import sys
 import time
@@ -43,6 +44,9 @@ TINY_LLAMA = {  # a 4-layer Llama small enough for a CPU test (GQA, SwiGLU, RoPE
     "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
 }
 QV, ALL = "q_proj,v_proj", "all-linear"
+# torch.cuda.memory_stats() counters kept per phase for the caching-allocator model (vramplan/device.py)
+_ALLOCATOR_COUNTERS = ("segment.all.current", "segment.large_pool.current", "segment.small_pool.current",
+                       "num_alloc_retries", "num_ooms", "inactive_split_bytes.all.peak")
 # (id, model: a preset name or "tiny", plan options for vramplan.plan.make_plan)
 PLANS: list[tuple[str, str, dict]] = [
     ("tiny-full-fp32", "tiny", {"method": "full", "param_dtype": "fp32", "batch": 2, "seq": 64}),
@@ -120,6 +124,7 @@ def _device_memory_class():
             super().__init__(device)
             self.active: dict[str, int] = {}
             self.device_used: dict[str, int | None] = {}
+            self.allocator: dict[str, dict[str, int]] = {}  # segment and retry counters at each phase's end
             DeviceMemory.last = self
 
         def mark_load(self) -> None:
@@ -137,8 +142,9 @@ def _device_memory_class():
         def phase(self, name: str):
             with super().phase(name):
                 yield
-            peak = torch.cuda.memory_stats(self.index).get("active_bytes.all.peak", 0)
-            self.active[name] = max(self.active.get(name, 0), peak)
+            stats = torch.cuda.memory_stats(self.index)
+            self.active[name] = max(self.active.get(name, 0), stats.get("active_bytes.all.peak", 0))
+            self.allocator[name] = {k: stats.get(k, 0) for k in _ALLOCATOR_COUNTERS}
             used = device_used_bytes(self.index)
             self.device_used[name] = max(self.device_used.get(name) or 0, used) if used is not None else None
 
@@ -164,6 +170,7 @@ def measure_memory(config: dict, plan, device: str) -> dict:
         mem = memory_class.last
         out.update(allocated_phases=step.allocated_phases, reserved_phases=step.reserved_phases,
                    active_phases=getattr(mem, "active", None), device_used_phases=getattr(mem, "device_used", None),
+                   allocator_counters=getattr(mem, "allocator", None),
                    cuda_context_bytes=step.cuda_context_bytes, paged_bytes=step.paged_bytes)
     return out
 
@@ -240,7 +247,8 @@ def header(device: str) -> dict:
     """Versions, the GPU and driver, and the CUDA context, measured before any other CUDA call."""
     from vramplan.calibration import library_versions
 
-    info: dict = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    info: dict = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
     if device.startswith("cuda"):
         from vramplan.measure.cuda_memory import context_bytes
 
