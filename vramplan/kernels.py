@@ -13,10 +13,10 @@ measurements, each with an interval (`Bound`: `low`, `mid`, `high`), never fitte
   shape; a model's shapes get `MATMUL_SHAPE_FRACTION` of it (low..high), less the tile padding of dimensions
   that are not multiples of the GEMM tile (`gemm_s`). A GEMM whose operands are large next to its FLOPs (LoRA's
   rank-r products, small micro-batches) is memory-bound: reading and writing its operands takes longer.
-* Flash attention (PyTorch sdpa's FLASH backend and flash-attn 2 are the same FA2 algorithm): FA2 paper (Dao 2023,
-  arXiv:2307.08691, fig. "attention forward + backward speed", A100, causal, head dim 128) reaches about 50% of
-  the A100 peak at seq 512 and 60-70% at seq 4k-16k; on H100 FA2 reaches 35-40% of the peak (FA3 paper, Shah et
-  al. 2024, arXiv:2407.08608, FA2 baseline). Modelled as `e_max x seq / (seq + FLASH_HALF_SEQ)`.
+* Flash attention (PyTorch sdpa's FLASH backend and flash-attn 2 are the same FA2 algorithm): "50-73% of the
+  theoretical maximum FLOPs/s on A100" (FA2 paper, Dao 2023, arXiv:2307.08691, abstract; its forward+backward
+  benchmarks rise with sequence length), and "only 35% utilization on the H100" (FA3 paper, Shah et al. 2024,
+  arXiv:2407.08608, abstract). Modelled as `e_max x seq / (seq + FLASH_HALF_SEQ)` per architecture.
   Its backward recomputes the scores: 2.5x the forward's FLOPs (both papers count it so).
 * Memory-bound kernels (norms, residual adds, activations, casts, the loss, optimizer steps, eager attention's
   score matrix): `STREAM_FRACTION` of the datasheet bandwidth, as PyTorch's vectorised elementwise kernels reach
