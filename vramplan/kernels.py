@@ -20,13 +20,13 @@ measurements, each with an interval (`Bound`: `low`, `mid`, `high`), never fitte
   Its backward recomputes the scores: 2.5x the forward's FLOPs (both papers count it so).
 * Memory-bound kernels (norms, residual adds, activations, casts, the loss, optimizer steps, eager attention's
   score matrix): `STREAM_FRACTION` of the datasheet bandwidth, as PyTorch's vectorised elementwise kernels reach
-  on large tensors (assumption: 0.7-0.9, BabelStream-style copy/triad figures on HBM GPUs).
+  on large tensors (an assumption, not measured here: 0.7-0.9, the range copy kernels reach on HBM and GDDR).
 * bitsandbytes 4-bit dequantization (`kDequantizeBlockwise`, csrc/kernels.cu): reads 0.5 byte per weight plus its
   absmax, writes the 16-bit weight; `DEQUANT_FRACTION` of the bandwidth (assumption: a gather through the 16-entry
   NF4 code table per nibble and one absmax per 64 weights; unmeasured, hence the wide interval).
 * CPU dispatch: eager PyTorch launches every op from Python; while a micro-batch's kernels are shorter than their
   launches the GPU waits (`DISPATCH_SECONDS_PER_OP`: ~10 us per aten op through nn.Module, autograd and the CUDA
-  launch; assumption, the usual figure quoted for eager overhead in PyTorch's CUDA-graphs documentation).
+  launch; an assumption, not measured here: the eager overhead that CUDA graphs and torch.compile exist to remove).
 """
 
 from __future__ import annotations
