@@ -47,3 +47,33 @@ def test_lora_on_fused_experts_matches_peft(model_type, targets):
     plan = make_plan(method="lora", rank=8, targets=targets)
     expected = _peft_trainable(cfg, targets.split(",") if "," in targets else targets)
     assert sorted(static_memory(spec, plan).trainable_numels) == expected
+
+
+@pytest.mark.parametrize("targets", ["default", "all-linear"])
+def test_dora_magnitude_vectors_match_peft(targets):
+    """DoRA adds one fp32 magnitude vector per wrapped linear, as long as its output (peft
+    `DoraLinearLayer.update_layer`); qwen2 has biased q/k/v projections."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from vramplan.estimator.weights import static_memory
+
+    cfg = {**preset_config("qwen2.5-0.5b"), "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 96,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128}
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.bfloat16)
+    resolved = ["q_proj", "v_proj"] if targets == "default" else "all-linear"
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=resolved, use_dora=True))
+    magnitudes = [p for n, p in peft_model.named_parameters() if "lora_magnitude_vector" in n]
+    assert {p.dtype for p in magnitudes} == {torch.float32}
+    expected = sorted(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    spec = spec_from_config(cfg, "tiny", "test")
+    st = static_memory(spec, make_plan(method="lora", rank=8, targets=targets, use_dora=True))
+    assert sorted(st.trainable_numels) == expected
+    assert st.trainable_dtype_bytes == 4
+
+
+def test_dora_is_refused_for_full_fine_tuning():
+    from vramplan.errors import PlanError
+
+    with pytest.raises(PlanError, match="dora"):
+        make_plan(method="full", use_dora=True)

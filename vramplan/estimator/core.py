@@ -114,6 +114,8 @@ def _ctx(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
         loss_type=plan.loss_type,
         attn_softcap=attn_implementation(model, plan) == "eager" and bool(model.config.get("attn_logit_softcapping")),
         sdpa_mask=sdpa_sliding_mask(model, plan),
+        dora=plan.use_dora,
+        dora_bias=frozenset(n for n, g in model.inventory.linear_groups.items() if g.bias_numel and plan.use_dora),
         **_moe_fields(model, plan, nq),
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vramplan.estimator.dora import dora_delta
 from vramplan.estimator.tape import Tape
 
 
@@ -62,6 +63,8 @@ class Ctx:
     expert_w: int = 2  # bytes of the fused 3-D expert weights (never quantized: fp32 after the kbit upcast)
     expert_lora: tuple[str, ...] = ()  # fused expert parameters peft wraps (ParamWrapper): gate_up_proj, down_proj
     router_lora: bool = False  # the router weight too (peft maps the v4 `gate` linear to `gate.weight`)
+    dora: bool = False  # LoraConfig(use_dora=True): dora.py
+    dora_bias: frozenset[str] = frozenset()  # DoRA-wrapped linears with a bias
     trainer: str = "hf"  # plan.trainer: which head and loss (losses.py)
     lora_w: int = 4  # bytes of LoRA A/B (fp32: peft autocast_adapter_dtype; bf16 under TRL's SFT for QLoRA)
     loss_type: str | None = None  # plan.loss_type (trl-sft)
@@ -153,6 +156,13 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
         xd = tp.op(t * n_in * lw, (xa, mask), saves=(mask,))
         tp.drop(xa, mask)
         xa = xd
+    if c.dora:  # DoraLinearVariant.forward: result + lora_magnitude_vector(x, ...) (dora.py)
+        delta = dora_delta(tp, c, res, res_a, xa, n_in, n_out, dropped=c.dropout, bias=name in c.dora_bias)
+        total = tp.op(t * n_out * max(4, res_a), (res, delta))
+        tp.drop(res, delta)
+        out = tp.op(t * n_out * res_a, (total,)) if res_a != 4 else tp.op(0, (total,), alias=total)
+        tp.drop(total)
+        return out, res_a
     if c.autocast:  # lora_A / lora_B are nn.Linear: autocast casts their input and (cached) weights
         la = c.compute
         ha = autocast_mm(tp, c, xa, 4, n_in, c.rank, True, weight_bytes=4)

@@ -170,7 +170,7 @@ def rotary_buffer_bytes(model: ModelSpec) -> int:
 
 _STATIC_CACHE: dict[tuple, tuple[ModelSpec, StaticMemory]] = {}
 _STATIC_FIELDS = ("method", "param_dtype", "quant_blocksize", "double_quant", "kbit_upcast", "rank", "targets",
-                  "trainer")
+                  "trainer", "use_dora")
 
 
 def static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
@@ -210,6 +210,10 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
         for _ in range(g.count):
             lora_numels += [r * per_in, per_out * r]
             lora_shapes += [(r, per_in), (per_out, r)]
+    if plan.use_dora:  # peft DoraLinearLayer.update_layer: a magnitude vector, the fp32 norm of each output row
+        for g in lora_groups:
+            lora_numels += [g.out_features // g.count] * g.count
+            lora_shapes += [(g.out_features // g.count,)] * g.count
     experts, router = expert_lora_targets(model, plan) if plan.uses_lora else ((), False)
     for t in inv.tensors:  # ParamWrapper: lora_A (r' x E, in), lora_B (out, r' x E); r' = r x fused linears
         wrapped = (t.role == "experts" and t.name.rsplit(".", 1)[-1] in experts) or (t.role == "router" and router)

@@ -193,3 +193,46 @@ def _attention_linears(model: torch.nn.Module) -> list[str]:
                 return names
     raise MeasurementError("targets: no attention projections found; give a comma list of module names")
 
+
+
+@contextlib.contextmanager
+def traced_peft_init():
+    """peft's `DoraLinearLayer.update_layer` deep-copies a `Linear4bit` before dequantizing it for the initial
+    weight norm ("otherwise, FSDP will throw an error"); a deep copy of a FakeTensor lands in another fake mode,
+    so under tracing the layer is used in place (the copy only lived during initialisation, before the load is
+    measured). Outside FakeTensorMode nothing changes."""
+    from torch._guards import detect_fake_mode
+
+    if detect_fake_mode() is None:
+        yield
+        return
+    from peft.tuners.lora import dora
+
+    if not getattr(dora.dequantize_module_weight, "_vramplan", False):
+        dora.dequantize_module_weight = _traced_dequantize(dora.dequantize_module_weight)
+    original = dora.deepcopy
+    dora.deepcopy = lambda module: module
+    try:
+        yield
+    finally:
+        dora.deepcopy = original
+
+
+def _traced_dequantize(dequantize):
+    """peft's `dequantize_module_weight` recognises a 4-bit weight by its class (`Params4bit`); a traced 4-bit
+    layer's weight is a fake tensor carrying the same `quant_state` (see `_install_traced_4bit`), so
+    it is dequantized here the way `dequantize_bnb_weight` does it: `bnb.functional.dequantize_4bit(weight,
+    quant_state)`. Every other weight goes to peft's function unchanged."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    def wrapper(module):
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is not None and is_fake(weight) and type(weight).__name__ != "Params4bit":
+            import bitsandbytes as bnb
+
+            return bnb.functional.dequantize_4bit(weight.data, state)
+        return dequantize(module)
+
+    wrapper._vramplan = True
+    return wrapper

@@ -114,6 +114,13 @@ GRID: tuple[Case, ...] = (
     _c("qwen3-30b-a3b-qlora-noupcast-alllinear-s512", "qwen3-30b-a3b", method="qlora", kbit_upcast=False,
        targets="all-linear", seq=512),
     _c("mixtral-8x7b-lora-alllinear-s512", "mixtral-8x7b", method="lora", targets="all-linear", seq=512),
+    # DoRA: a magnitude vector per wrapped linear, the weight norm (fp32 copies of each weight) every forward
+    _c("llama3.2-1b-lora-dora-nockpt-s512", "llama3.2-1b", method="lora", use_dora=True, grad_ckpt=False,
+       seq=512),
+    _c("llama3.2-3b-qlora-dora-alllinear", "llama3.2-3b", method="qlora", use_dora=True, targets="all-linear"),
+    _c("qwen2.5-1.5b-lora-dora-bias-drop-nockpt", "qwen2.5-1.5b", method="lora", use_dora=True,
+       lora_dropout=0.05, grad_ckpt=False, seq=512),
+    _c("qwen2.5-1.5b-lora-dora-bias", "qwen2.5-1.5b", method="lora", use_dora=True, targets="all-linear"),
 )
 
 

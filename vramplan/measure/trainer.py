@@ -32,7 +32,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, computed_field
 
 from vramplan.errors import MeasurementError
-from vramplan.measure.build import build_model, hf_config, resolve_targets, torch_dtype
+from vramplan.measure.build import (
+    build_model,
+    hf_config,
+    resolve_targets,
+    torch_dtype,
+    traced_peft_init,
+)
 from vramplan.measure.cuda_memory import CudaMemory, paged_bytes
 from vramplan.measure.optimizers import build_optimizer
 from vramplan.measure.tracker import Allocation, MemoryTracker
@@ -176,9 +182,10 @@ def prepare_model(model: torch.nn.Module, plan: TrainingPlan) -> torch.nn.Module
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=plan.rank, lora_alpha=plan.alpha, lora_dropout=plan.lora_dropout,
-                          target_modules=resolve_targets(model, plan.targets), task_type="CAUSAL_LM")
+                          use_dora=plan.use_dora, target_modules=resolve_targets(model, plan.targets), task_type="CAUSAL_LM")
         try:
-            model = get_peft_model(model, lora)
+            with traced_peft_init():
+                model = get_peft_model(model, lora)
         except ValueError as exc:  # e.g. target modules not found in the base model
             raise MeasurementError(f"targets: {exc}") from None
     return model
