@@ -106,7 +106,6 @@ class TrainingPlan(BaseModel):
     targets: str | None = None
     lora_dropout: float = 0.0
     use_dora: bool = False  # LoraConfig(use_dora=True): a magnitude vector per wrapped linear
-    use_dora: bool = False  # LoraConfig(use_dora=True): a magnitude vector per wrapped linear
     # Data
     batch: int = 1
     seq: int = 1024
@@ -216,8 +215,6 @@ class TrainingPlan(BaseModel):
                     raise ValueError(f"--{field} applies to lora/qlora, not to method '{self.method}'")
             if self.lora_dropout:
                 raise ValueError("--lora-dropout applies to lora/qlora, not to full fine-tuning")
-            if self.use_dora:
-                raise ValueError("--dora applies to lora/qlora, not to full fine-tuning")
             if self.use_dora:
                 raise ValueError("--dora applies to lora/qlora, not to full fine-tuning")
         if self.method != "qlora":
