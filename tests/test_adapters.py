@@ -77,3 +77,15 @@ def test_dora_is_refused_for_full_fine_tuning():
 
     with pytest.raises(PlanError, match="dora"):
         make_plan(method="full", use_dora=True)
+
+
+def test_moe_qlora_says_the_experts_stay_unquantized():
+    from vramplan.api import estimate
+    from vramplan.models import resolve_model
+
+    mixtral = resolve_model("mixtral-8x7b")
+    notes = estimate(mixtral, make_plan(method="qlora")).notes
+    assert len(notes) == 1 and "fp32" in notes[0] and "transformers 4" in notes[0]
+    assert "bf16" in estimate(mixtral, make_plan(method="qlora", kbit_upcast=False)).notes[0]
+    assert estimate(mixtral, make_plan(method="lora")).notes == ()
+    assert estimate(resolve_model("llama3.2-1b"), make_plan(method="qlora")).notes == ()

@@ -126,6 +126,8 @@ def render_estimate(console: Console, e: Any) -> None:
     console.print(phases)
     if e.paged_bytes:
         console.print(f"paged optimizer states (CUDA managed memory, may spill to host): {format_bytes(e.paged_bytes)}")
+    for note in getattr(e, "notes", ()):
+        console.print(f"[yellow]note:[/yellow] {note}")
     if getattr(e, "host_offload_bytes", 0):
         console.print(f"host RAM for offloaded state: {format_bytes(e.host_offload_bytes)} per GPU, "
                       f"{format_bytes(e.host_offload_bytes * e.gpus)} for {e.gpus} GPUs on one node")

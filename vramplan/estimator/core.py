@@ -39,6 +39,7 @@ from vramplan.estimator.weights import (
     resolve_targets,
     rotary_embeddings,
     static_memory,
+    unquantized_experts_note,
 )
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
@@ -392,4 +393,5 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
         peak_phase=peak_phase,
         paged_bytes=opt.paged_bytes,
         traced_phases=traced,
+        notes=tuple(n for n in (unquantized_experts_note(model, plan),) if n),
     )

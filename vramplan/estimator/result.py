@@ -22,6 +22,7 @@ class MemoryEstimate(BaseModel):
     phases: dict[str, int]
     peak_phase: str
     paged_bytes: int = 0  # paged optimizer states in CUDA managed memory (outside the torch allocator)
+    notes: tuple[str, ...] = ()  # what the user should hear about this plan (e.g. MoE experts left unquantized)
     # What the CPU tracer (vramplan calibrate --trace) sees where it differs from CUDA: bitsandbytes' CUDA
     # gemm_4bit allocates a dequantized weight inside its custom op, which a TorchDispatchMode cannot see.
     traced_phases: dict[str, int] | None = None

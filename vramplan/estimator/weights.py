@@ -240,3 +240,21 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
         quantized_groups=quantized,
         lora_groups=lora_groups,
     )
+
+
+def unquantized_experts_note(model: ModelSpec, plan: TrainingPlan) -> str | None:
+    """QLoRA of an MoE under transformers 5: the fused 3-D experts are not `nn.Linear`, so bitsandbytes leaves
+    them in 16-bit (`replace_with_bnb_linear`) and peft's kbit upcast makes them fp32. Under transformers 4.x
+    each expert was an `nn.Linear` and was quantized. None when it does not apply."""
+    if plan.method != "qlora":
+        return None
+    numel = model.inventory.numel_by_role.get("experts", 0)
+    if not numel:
+        return None
+    held = numel * non_quantized_dtype_bytes(plan)
+    packed, consts, dq = quantized_layer_bytes(numel, plan.quant_blocksize, plan.double_quant)
+    bits = "fp32 (peft's kbit upcast)" if non_quantized_dtype_bytes(plan) == 4 else plan.param_dtype
+    return (f"MoE experts stay {bits} under QLoRA: {held / 2**30:.1f} GiB; transformers 5 stores them as fused "
+            f"3-D parameters, which bitsandbytes does not quantize (only nn.Linear); under transformers 4.x each "
+            f"expert was an nn.Linear and took about {(packed + consts + dq) / 2**30:.1f} GiB in 4 bits"
+            + ("; --no-kbit-upcast keeps them 16-bit" if non_quantized_dtype_bytes(plan) == 4 else ""))
