@@ -218,6 +218,9 @@ def attention_core(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
         return _eager(tp, c, q, k, v, a)
     out_bytes = c.tokens * c.heads * c.head_dim * a
     lse = c.batch * c.heads * c.seq * 4
+    if c.attn == "flash_attention_2":  # FlashAttnFunc: the same saves plus a 16-byte rng_state; its own backward
+        return tp.op(out_bytes + lse + 16, (q, k, v), saves=(q, k, v), saves_out=True,
+                     bwd_temp=flash_attn_backward_bytes(c.batch, c.seq, c.heads, c.kv_heads, c.head_dim, a))
     if not c.sdpa_mask:
         return tp.op(out_bytes + lse, (q, k, v), saves=(q, k, v), saves_out=True, bwd_temp=lse)
     # With a mask, transformers cannot use sdpa's enable_gqa (`use_gqa_in_sdpa` needs mask None): k and v go
@@ -230,6 +233,23 @@ def attention_core(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
     out = tp.op(out_bytes + lse, (q, kr, vr), saves=(q, kr, vr, m), saves_out=True, bwd_temp=lse)
     tp.drop(kr, vr, m)
     return out
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def flash_attn_backward_bytes(batch: int, seq: int, heads: int, kv_heads: int, head_dim: int, a: int) -> int:
+    """What flash-attn 2's `mha_bwd` (csrc/flash_attn/flash_api.cpp) allocates beside dq/dk/dv: `softmax_d`
+    [b, h, round128(s)] fp32, `dq_accum` [b, round128(s), h, round(d, 32 if d <= 128 else 64)] fp32 (not
+    deterministic), and for GQA/MQA `dk_expanded` / `dv_expanded` [b, s, h, d] in q's dtype, summed into dk/dv.
+    Forward (`FlashAttnFunc.forward`): saves q, k, v, out (head dims padded to a multiple of 8 first), the fp32
+    softmax_lse [b, h, s] and a 2 x int64 rng_state. flash-attn cannot run on the CPU tracer: these come from
+    the source, not from a trace."""
+    s_r = _round_up(seq, 128)
+    d_r = _round_up(head_dim, 32 if head_dim <= 128 else 64)
+    expanded = 2 * batch * seq * heads * head_dim * a if kv_heads != heads else 0
+    return batch * heads * s_r * 4 + batch * s_r * heads * d_r * 4 + expanded
 
 
 def _softcap(tp: Tape, x: int, nbytes: int) -> int:
