@@ -38,6 +38,7 @@ from vramplan.measure.trainer import (
     GC_GENERATION,
     PHASES,
     MeasuredStep,
+    _autocast,
     _keep_peak,
     _session,
     measure_step,
@@ -160,7 +161,7 @@ def _step(model, optimizer, plan: TrainingPlan, tracker: MemoryTracker, config: 
         if plan.trainer == "trl-sft":
             batch["attention_mask"] = torch.ones_like(ids)
         batches.append(batch)
-        with tracker.phase("forward"):
+        with tracker.phase("forward"), _autocast(plan, "cpu"):  # Trainer: compute_loss under autocast
             result = loss_fn(model, dict(batch))
             loss, held["outputs"] = result if isinstance(result, tuple) else (result, None)
         _keep_peak(tracker, "forward", peaks, snaps)
@@ -242,7 +243,8 @@ def measure_eval_step(config: dict, plan: TrainingPlan, *, trace: bool = True, s
                     batch = {"input_ids": ids, "labels": ids.clone()}
                     if plan.trainer == "trl-sft":
                         batch["attention_mask"] = torch.ones_like(ids)
-                    loss, logits, labels = _predict(model, plan, batch)
+                    with _autocast(plan, "cpu"):
+                        loss, logits, labels = _predict(model, plan, batch)
                     if logits is not None:
                         preds.add(logits)
                         labels_c.add(labels)
