@@ -184,6 +184,9 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
                         {"optimizer": "adamw_fused" if eight_bit else "paged_adamw_8bit"}))
     if p.method == "qlora":
         changes.append((f"double quant {'off' if p.double_quant else 'on'}", {"double_quant": not p.double_quant}))
+    if p.trainer != "trl-sft":  # TRL's fused LM head never builds the fp32 logits (estimator/losses.py)
+        changes.append(("TRL SFTTrainer (fused LM-head loss)", {"trainer": "trl-sft", "loss_type": "nll", **(
+            {"kbit_upcast": False} if p.method == "qlora" else {})}))
     changes.append(("eager attention" if p.attn != "eager" else "sdpa attention",
                     {"attn": "eager" if p.attn != "eager" else "sdpa"}))
     if p.gpus > 1:
