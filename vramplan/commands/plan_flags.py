@@ -154,6 +154,13 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
                    help="the training loop: hf (transformers Trainer, default), loop (a custom or accelerate loop "
                    "that keeps `outputs`), trl-sft (TRL SFTTrainer: fused LM head, no full logits)")
     g.add_argument("--loss-type", choices=LOSS_TYPES, help="trl-sft loss (SFTConfig.loss_type): nll (default) | dft")
+    g.add_argument("--eval-batch", "--per-device-eval-batch-size", dest="eval_batch", type=int,
+                   help="add the eval step as a phase (Trainer.evaluate, per_device_eval_batch_size)")
+    g.add_argument("--eval-accumulation-steps", type=int,
+                   help="eval steps whose logits stay on the GPU before moving to the host")
+    g.add_argument("--prediction-loss-only", action=argparse.BooleanOptionalAction, default=None,
+                   help="eval returns the loss only (default: Trainer does so without compute_metrics); "
+                   "--no-prediction-loss-only keeps the logits")
     a = p.add_argument_group("caching allocator (PYTORCH_CUDA_ALLOC_CONF)")
     a.add_argument("--expandable-segments", action="store_const", const=True, default=None,
                    help="expandable_segments:True (reserved grows by pages of one segment)")
