@@ -1,0 +1,336 @@
+"""Inference memory: what `model.generate(...)` holds on the GPU, torch-free.
+
+The generation peak is the larger of two moments of transformers 5.x `GenerationMixin.generate`:
+- the prefill: one forward over the whole prompt (`logits_to_keep=1`, generation/utils.py), peaking in the last
+  decoder layer's MLP (or its attention, for eager or a static cache) with every layer's KV of the prompt held;
+- the last decode step: the KV cache at the full context, plus `DynamicLayer.update`'s `torch.cat` that holds
+  the old and the new keys of one layer at once, plus the last token's logits and their fp32 copy
+  (`outputs.logits[:, -1].to(copy=True, dtype=torch.float32)`).
+
+The KV cache (cache_utils.py): `DynamicLayer` grows by `torch.cat` per step; `DynamicSlidingWindowLayer` keeps a
+view of the last `sliding_window - 1` tokens of the concatenated states, so its storage is `min(tokens, window)`
+after a decode step (the whole prompt right after the prefill: the view pins the prefill's storage);
+`StaticLayer` allocates `max_cache_len` (prompt + new tokens) at the first update, and its prefill attends
+over all of it with an explicit mask, so sdpa cannot use `enable_gqa` (`use_gqa_in_sdpa` wants no mask) and
+`repeat_kv` expands K and V to every query head. Which layers slide: `get_layer_types_and_kwargs` (the
+config's `layer_types`, else every layer when `sliding_window` is set).
+
+Weights: nf4 (bitsandbytes `Linear4bit`, sizes from `estimator.weights.quantized_layer_bytes`), int8
+(`Linear8bitLt`: int8 `CB` plus an fp32 `SCB` per output row), 16-bit, or merged (16-bit, no adapter). An
+unmerged adapter is fp32 (peft `autocast_adapter_dtype=True`), and its forward adds fp32 temporaries: peft
+`lora.Linear.forward` casts the input to the adapter's dtype and computes `result + lora_B(lora_A(x)) * scaling`
+in fp32 before `.to(result dtype)`; peft's `Linear4bit.forward` clones the base output first.
+
+Ignored: bitsandbytes' `gemm_4bit` dequantizes a weight into a [out, in] compute-dtype buffer inside the op on
+CUDA; it is reported apart (`dequant_scratch_bytes`, in the peak) because the CPU tracker cannot see it.
+The caching allocator's reserve is the device module's business; here the verdict keeps 5% + 128 MiB of
+headroom (`api.allocator_reserve_bytes`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from vramplan.errors import PlanError
+from vramplan.models import ModelSpec
+from vramplan.units import DTYPE_BYTES
+
+Quant = Literal["nf4", "int8", "none", "merged"]
+Cache = Literal["dynamic", "static"]
+QUANTS: tuple[str, ...] = Quant.__args__  # type: ignore[attr-defined]
+CACHES: tuple[str, ...] = Cache.__args__  # type: ignore[attr-defined]
+_GEMMA = ("gemma2", "gemma3_text")
+
+
+class InferencePlan(BaseModel):
+    """One `generate` call: weights format, adapter, shapes, cache."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    quant: Quant = "nf4"
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"  # the load / compute dtype
+    rank: int | None = Field(default=None, gt=0)  # an unmerged LoRA adapter of this rank (None: no adapter)
+    targets: str | None = None
+    batch: int = Field(default=1, gt=0)
+    context: int = Field(default=4096, gt=1)  # prompt + new tokens
+    new_tokens: int = Field(default=256, gt=0)
+    cache: Cache = "dynamic"
+    attn: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    quant_blocksize: int = 64
+    double_quant: bool = True
+
+    @property
+    def prompt(self) -> int:
+        return self.context - self.new_tokens
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.rank is not None and self.quant != "merged"
+
+
+class InferenceEstimate(BaseModel):
+    """Bytes of one generate call; `peak_bytes` is the larger of the prefill and the last decode step."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    plan: dict
+    weights_bytes: int
+    adapter_bytes: int
+    kv_cache_bytes: int  # after the last step: context - 1 tokens (the last one is sampled, not fed back)
+    kv_per_token_bytes: int  # every layer, K and V, one sequence (full-attention layers only grow)
+    prefill_kv_bytes: int
+    prefill_activation_bytes: int
+    decode_transient_bytes: int  # one layer's keys during torch.cat, the last logits and their fp32 copy
+    dequant_scratch_bytes: int
+    ids_bytes: int
+    prefill_peak_bytes: int
+    decode_peak_bytes: int
+    gpu: str | None = None
+    gpu_usable_bytes: int | None = None
+    cuda_context_bytes: int = 0
+    reserve_bytes: int = 0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.prefill_peak_bytes, self.decode_peak_bytes)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def device_bytes(self) -> int:
+        return self.peak_bytes + self.cuda_context_bytes + self.reserve_bytes
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def fits(self) -> bool | None:
+        return None if self.gpu_usable_bytes is None else self.device_bytes <= self.gpu_usable_bytes
+
+
+def make_inference_plan(**options: object) -> InferencePlan:
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        plan = InferencePlan(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise PlanError(f"{'.'.join(str(p) for p in err['loc']) or 'plan'}: {err['msg']}") from None
+    if plan.new_tokens >= plan.context:
+        raise PlanError(f"--new-tokens {plan.new_tokens} must be below --context {plan.context} (the prompt is "
+                        "context - new tokens)")
+    if plan.rank is None and plan.targets is not None:
+        raise PlanError("--targets needs --adapter-rank")
+    return plan
+
+
+def _lora_plan(plan: InferencePlan):
+    from vramplan.plan import make_plan
+
+    return make_plan(method="lora", rank=plan.rank, targets=plan.targets, param_dtype=plan.dtype)
+
+
+def weights_bytes(model: ModelSpec, plan: InferencePlan) -> tuple[int, int]:
+    """(base weights, unmerged adapter) as loaded for inference."""
+    from vramplan.estimator.weights import quantized_layer_bytes, rotary_buffer_bytes, static_memory
+
+    d = DTYPE_BYTES[plan.dtype]
+    total = 0
+    for t in model.inventory.tensors:
+        if t.role == "linear" and plan.quant == "nf4":
+            total += sum(quantized_layer_bytes(t.numel, plan.quant_blocksize, plan.double_quant))
+        elif t.role == "linear" and plan.quant == "int8":
+            total += t.numel + t.shape[0] * 4  # Int8Params CB (int8) + SCB (fp32 per output row)
+        else:
+            total += t.numel * d
+    total += rotary_buffer_bytes(model)
+    adapter = static_memory(model, _lora_plan(plan)).lora_adapters if plan.has_adapter else 0
+    return total, adapter
+
+
+def layer_types(model: ModelSpec) -> list[str]:
+    """'sliding_attention' or 'full_attention' per layer, as transformers' config classes fill `layer_types`
+    (Gemma 2: every other layer from the first; Gemma 3: five sliding then one full; Qwen: only with
+    `use_sliding_window`; others: all sliding when `sliding_window` is set)."""
+    cfg, n = model.config, model.num_layers
+    if cfg.get("layer_types"):
+        return list(cfg["layer_types"])[:n]
+    window = cfg.get("sliding_window")
+    if model.model_type == "gemma2":
+        return ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n)]
+    if model.model_type == "gemma3_text":
+        pattern = int(cfg.get("sliding_window_pattern") or 6)
+        return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
+    if model.model_type.startswith("qwen"):
+        if not cfg.get("use_sliding_window") or not window:
+            return ["full_attention"] * n
+        first = int(cfg.get("max_window_layers") or n)
+        return ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+    return ["sliding_attention" if window else "full_attention"] * n
+
+
+def kv_bytes(model: ModelSpec, plan: InferencePlan, tokens: int, after_prefill: bool = False) -> int:
+    """K and V of every layer holding `tokens` (see the module docstring for sliding and static layers)."""
+    per_token = 2 * plan.batch * model.num_kv_heads * model.head_dim * DTYPE_BYTES[plan.dtype]
+    window = int(model.config.get("sliding_window") or 0)
+    total = 0
+    for kind in layer_types(model):
+        if plan.cache == "static":
+            # generate's static cache: max_cache_len = max_length - 1 (the last token is never fed back)
+            held = min(plan.context - 1, window) if kind == "sliding_attention" else plan.context - 1
+        elif kind == "sliding_attention" and not after_prefill:
+            held = min(tokens, window)
+        else:
+            held = tokens
+        total += held * per_token
+    return total
+
+
+def _live_peak(steps: list[tuple[str, int]]) -> int:
+    """Replay ('+name', bytes) / ('-name', 0) steps; the peak of the sum of live bytes."""
+    live: dict[str, int] = {}
+    peak = 0
+    for name, nbytes in steps:
+        if name.startswith("+"):
+            live[name[1:]] = nbytes
+            peak = max(peak, sum(live.values()))
+        else:
+            live.pop(name[1:], None)
+    return peak
+
+
+def _linear(p: str, tokens: int, n_in: int, n_out: int, d: int, rank: int | None, four_bit: bool) -> list:
+    """A linear's temporaries; its output stays as f'+{p}'. peft's LoRA forward as in the module docstring."""
+    out = [(f"+{p}", tokens * n_out * d)]
+    if rank is None:
+        return out
+    steps = [(f"+{p}.base", tokens * n_out * d)]
+    if four_bit:
+        steps += [(f"+{p}.clone", tokens * n_out * d), (f"-{p}.base", 0)]
+    if d != 4:
+        steps.append((f"+{p}.x32", tokens * n_in * 4))
+    steps += [(f"+{p}.a", tokens * rank * 4), (f"+{p}.b", tokens * n_out * 4), (f"-{p}.a", 0),
+              (f"+{p}.s", tokens * n_out * 4), (f"-{p}.b", 0)]
+    if four_bit:  # output.to(result dtype), then result + output
+        steps += [(f"+{p}.sd", tokens * n_out * d), (f"-{p}.s", 0), (f"+{p}", tokens * n_out * d)]
+    else:  # result + s (promoted to fp32), then .to(result dtype)
+        steps += [(f"+{p}.y32", tokens * n_out * 4), (f"-{p}.s", 0), (f"-{p}.base", 0),
+                  (f"+{p}", tokens * n_out * d), (f"-{p}.y32", 0)]
+    return steps + [(f"-{n}", 0) for n in (f"{p}.base", f"{p}.clone", f"{p}.x32", f"{p}.sd")]
+
+
+def _mlp_steps(model: ModelSpec, plan: InferencePlan, tokens: int, wrapped: set[str]) -> list:
+    """The MLP of one layer under no_grad: LlamaMLP `down(act(gate(x)) * up(x))` (the gate output dies once the
+    activation returns), Phi-3's fused `gate_up_proj` (its storage lives while both chunks do), or a plain
+    fc1 -> act -> fc2."""
+    from vramplan.traits import traits_of
+
+    tr, d, h, inter = traits_of(model), DTYPE_BYTES[plan.dtype], model.hidden_size, model.intermediate_size
+    r, q4 = plan.rank if plan.has_adapter else None, plan.quant == "nf4"
+
+    def lin(name: str, n_in: int, n_out: int) -> list:
+        return _linear(name, tokens, n_in, n_out, d, r if name in wrapped else None, q4)
+
+    act = tokens * inter * d
+    if tr.gated_mlp and tr.fused_gate_up:
+        return [*lin(tr.gate_up, h, 2 * inter), ("+act", act), ("+mul", act), ("-act", 0), *lin(tr.down, inter, h)]
+    if tr.gated_mlp:
+        return [*lin(tr.gate, h, inter), ("+act", act), (f"-{tr.gate}", 0), *lin(tr.up, h, inter), ("+mul", act),
+                ("-act", 0), (f"-{tr.up}", 0), *lin(tr.down, inter, h)]
+    return [*lin(tr.up, h, inter), ("+act", act), (f"-{tr.up}", 0), *lin(tr.down, inter, h)]
+
+
+def _attention_steps(model: ModelSpec, plan: InferencePlan, wrapped: set[str]) -> list:
+    """The prefill attention of one layer: q/k/v projections, `apply_rotary_pos_emb` (q*cos + rotate_half(q)*sin:
+    four q-sized tensors at its peak), the cache's `torch.cat` copies, then sdpa (its output and fp32 logsumexp,
+    `transpose(1, 2).contiguous()` copies it) or eager (`repeat_kv`, scores + mask, fp32 softmax, cast back)."""
+    from vramplan.traits import traits_of
+
+    tr, d, h = traits_of(model), DTYPE_BYTES[plan.dtype], model.hidden_size
+    b, p, nq, nkv, hd = plan.batch, plan.prompt, model.num_heads, model.num_kv_heads, model.head_dim
+    t, r, q4 = b * p, plan.rank if plan.has_adapter else None, plan.quant == "nf4"
+    qb, kb = t * nq * hd * d, t * nkv * hd * d
+    steps: list = []
+    for name, n_out in ((tr.q, nq * hd), (tr.k, nkv * hd), (tr.v, nkv * hd)):
+        steps += _linear(name, t, h, n_out, d, r if name in wrapped else None, q4)
+    for x, size in (("q", qb), ("k", kb)):
+        steps += [(f"+{x}cos", size), (f"+{x}cat", size), (f"+{x}sin", size), (f"-{x}cos", 0), (f"-{x}cat", 0),
+                  (f"+{x}e", size), (f"-{x}sin", 0), (f"-{tr.q if x == 'q' else tr.k}", 0)]
+    kv_len = plan.context - 1 if plan.cache == "static" else p
+    steps += [("+kc", 0 if plan.cache == "static" else kb), ("-ke", 0), ("+vc", 0 if plan.cache == "static" else kb),
+              (f"-{tr.v}", 0)]
+    if plan.attn == "eager" or plan.cache == "static":  # repeat_kv to every query head
+        steps += [("+krep", b * nq * kv_len * hd * d), ("+vrep", b * nq * kv_len * hd * d)]
+    if plan.attn == "eager":
+        scores = b * nq * p * kv_len
+        # softmax(dtype=float32) casts its input first (`_to_copy`), then `_softmax`, then `.to(query.dtype)`
+        steps += [("+sc", scores * d), ("+scm", scores * d), ("-sc", 0), ("+in32", scores * 4),
+                  ("+sm32", scores * 4), ("-in32", 0), ("-scm", 0), ("+smd", scores * d), ("-sm32", 0),
+                  ("+out", qb), ("-smd", 0)]
+    else:
+        steps += [("+out", qb), ("+lse", b * nq * p * 4)]
+    steps += [("-krep", 0), ("-vrep", 0), ("-qe", 0), ("-lse", 0), ("+outc", qb), ("-out", 0)]
+    return steps + _linear(tr.o, t, nq * hd, h, d, r if tr.o in wrapped else None, q4)
+
+
+def _wrapped(model: ModelSpec, plan: InferencePlan) -> set[str]:
+    if not plan.has_adapter:
+        return set()
+    from vramplan.estimator.weights import resolve_targets
+
+    return set(resolve_targets(model, _lora_plan(plan)))
+
+
+def prefill_activation_bytes(model: ModelSpec, plan: InferencePlan) -> int:
+    """The prefill's activations at its peak, beyond weights and KV: the last layer's MLP or attention on top of
+    what the model loop holds (`inputs_embeds`, the layer's input, the residual and the norm's output; the
+    rotary `cos`/`sin` of every position)."""
+    d, t, h = DTYPE_BYTES[plan.dtype], plan.batch * plan.prompt, model.hidden_size
+    rope = 2 * t * model.head_dim * d
+    wrapped = _wrapped(model, plan)
+    held = (2 if model.num_layers > 1 else 1) * t * h * d + rope + prefill_mask_bytes(model, plan)
+    mlp = held + 2 * t * h * d + _live_peak(_mlp_steps(model, plan, t, wrapped))
+    attn = held + t * h * d + _live_peak(_attention_steps(model, plan, wrapped))
+    return max(mlp, attn)
+
+
+def prefill_mask_bytes(model: ModelSpec, plan: InferencePlan) -> int:
+    """The model-level 4-D mask of the prefill (`masking_utils.create_causal_mask`), held through the forward:
+    eager gets [batch, 1, P, kv] in the dtype (`eager_mask`); sdpa needs none over a dynamic cache without
+    padding (`_ignore_causal_mask_sdpa`) but a bool [batch, 1, P, kv] over a static cache."""
+    kv_len = plan.context - 1 if plan.cache == "static" else plan.prompt
+    if plan.attn == "eager":
+        return plan.batch * plan.prompt * kv_len * DTYPE_BYTES[plan.dtype]
+    return plan.batch * plan.prompt * kv_len if plan.cache == "static" else 0
+
+
+def dequant_scratch_bytes(model: ModelSpec, plan: InferencePlan) -> int:
+    """bitsandbytes' `gemm_4bit` on CUDA: the largest 4-bit weight dequantized to the compute dtype."""
+    if plan.quant != "nf4":
+        return 0
+    return max((t.numel for t in model.inventory.tensors if t.role == "linear"), default=0) * DTYPE_BYTES[plan.dtype]
+
+
+def estimate_inference(model: ModelSpec, plan: InferencePlan) -> InferenceEstimate:
+    """The generate call's bytes at its two candidate peaks (module docstring)."""
+    weights, adapter = weights_bytes(model, plan)
+    d = DTYPE_BYTES[plan.dtype]
+    per_token = 2 * plan.batch * model.num_kv_heads * model.head_dim * d
+    kv_prefill = kv_bytes(model, plan, plan.prompt, after_prefill=True)
+    kv_final = kv_bytes(model, plan, plan.context - 1)  # the last token is sampled, never fed back
+    act = prefill_activation_bytes(model, plan)
+    vocab = model.vocab_size
+    cat = 0 if plan.cache == "static" else per_token // 2  # one layer's old keys during torch.cat (per token)
+    decode_transient = cat * (plan.context - 2) + plan.batch * vocab * (d + 4)
+    scratch = dequant_scratch_bytes(model, plan)
+    ids = plan.batch * plan.context * 8 * 2  # input_ids and the next, longer copy (torch.cat per step)
+    static = weights + adapter + scratch + ids
+    return InferenceEstimate(
+        model=model.name, plan=plan.model_dump(), weights_bytes=weights, adapter_bytes=adapter,
+        kv_cache_bytes=kv_final, kv_per_token_bytes=per_token // plan.batch * layer_types(model).count(
+            "full_attention"), prefill_kv_bytes=kv_prefill, prefill_activation_bytes=act,
+        decode_transient_bytes=decode_transient, dequant_scratch_bytes=scratch, ids_bytes=ids,
+        prefill_peak_bytes=static + kv_prefill + act, decode_peak_bytes=static + kv_final + decode_transient,
+    )
