@@ -127,6 +127,8 @@ class TrainingPlan(BaseModel):
     eval_batch: int | None = None
     eval_accumulation_steps: int | None = None
     prediction_loss_only: bool = True  # Trainer.evaluate passes True when no compute_metrics is given
+    # trl-dpo (DPOConfig.precompute_ref_log_probs): reference log-probs computed before training, no reference pass
+    precompute_ref_log_probs: bool = False
     # PYTORCH_CUDA_ALLOC_CONF knobs of the caching allocator (reserved memory: vramplan/estimator/allocator.py)
     expandable_segments: bool = False
     max_split_size_mb: int | None = None  # None: unlimited (torch's default)
@@ -144,13 +146,19 @@ class TrainingPlan(BaseModel):
             out["double_quant"] = True
         if out.get("kbit_upcast") is None:
             # TRL 1.16 SFTTrainer never calls prepare_model_for_kbit_training (it casts the adapters to bf16)
-            out["kbit_upcast"] = out.get("sharding") not in PARAM_SHARDING and out.get("trainer") != "trl-sft"
+            # (DPOTrainer too: the same model preparation)
+            out["kbit_upcast"] = out.get("sharding") not in PARAM_SHARDING and out.get("trainer") not in (
+                "trl-sft", "trl-dpo")
         return out
 
     @model_validator(mode="after")
     def _trainer_options(self) -> TrainingPlan:
         if self.loss_type is not None and self.trainer != "trl-sft":
             raise ValueError(f"--loss-type applies to --trainer trl-sft, not '{self.trainer}'")
+        if self.precompute_ref_log_probs and self.trainer != "trl-dpo":
+            raise ValueError("--precompute-ref-log-probs applies to --trainer trl-dpo")
+        if self.trainer == "trl-dpo" and self.eval_batch is not None:
+            raise ValueError("--eval-batch is not modelled for --trainer trl-dpo yet")
         if self.eval_batch is None and (self.eval_accumulation_steps is not None or not self.prediction_loss_only):
             raise ValueError("--eval-accumulation-steps and --no-prediction-loss-only need --eval-batch")
         if self.eval_batch is not None and self.eval_batch < 1 or (self.eval_accumulation_steps or 1) < 1:
