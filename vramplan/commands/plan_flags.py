@@ -182,8 +182,6 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
 def finish_plan_args(args: argparse.Namespace) -> None:
     """After parsing: HF spellings that are more than a rename become plan fields (`--bf16`, a target list),
     then the --config file's options fill every plan field no flag gave (a flag's default is None)."""
-    if getattr(args, "targets", None) is not None and not isinstance(args.targets, str):
-        args.targets = targets_from_hf(args.targets)
     _hf_precision(args)
     _trl_method(args)
     if getattr(args, "config", None):
@@ -193,6 +191,8 @@ def finish_plan_args(args: argparse.Namespace) -> None:
 
         raise InputError("--config-format applies to a --config file: give one")
     _trl_defaults(args)
+    if getattr(args, "targets", None) is not None and not isinstance(args.targets, str):  # a list, flag or file
+        args.targets = targets_from_hf(args.targets)
     for field, default in getattr(args, "late_defaults", {}).items():
         if getattr(args, field, None) is None:
             setattr(args, field, default)

@@ -27,6 +27,9 @@ from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.tape import Tape
 from vramplan.estimator.trainers import (
     adapter_bytes,
+    reference_copy,
+    reference_pass,
+    step_plan,
     batch_tensors,
     kept_outputs_bytes,
     kv_cache_in_forward,
@@ -293,6 +296,10 @@ def _step_phases(model: ModelSpec, plan: TrainingPlan, base: int, grads_bytes: i
     act_base += held_mask
     act_base += held_grads
     fwd_peak = max(fwd_peak, act_base + below_fwd(n_layers) + head_peak)
+    if reference_pass(plan):  # DPO: the reference forward runs on top of the policy's saved activations
+        from vramplan.estimator.evaluation import reference_forward_peak
+
+        fwd_peak = max(fwd_peak, act_base + all_layers + head_keep + reference_forward_peak(model, plan, c, a))
     bwd_peak = act_base + all_layers + head_keep + head_rel
 
     # Backward through the layers, top to bottom: gradients accumulate, lower layers' activations remain.
@@ -361,14 +368,17 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
     """
     st = static_memory(model, plan)
     opt = _optimizer(st, plan)
-    base = st.total + opt.states_bytes
+    ref = st.total if reference_copy(plan) else 0  # DPO without PEFT: a frozen copy of the model (trainers.py)
+    base = st.total + opt.states_bytes + ref
+    step_p = step_plan(plan)  # DPO: chosen and rejected rows
     grads_bytes = sum(st.trainable_numels) * st.trainable_dtype_bytes
-    phases = {"load": st.total, **_step_phases(model, plan, base, grads_bytes, opt.step_temp_bytes, cuda=True)}
+    phases = {"load": st.total + ref, **_step_phases(model, step_p, base, grads_bytes, opt.step_temp_bytes,
+                                                     cuda=True)}
     if plan.eval_batch:  # the eval step: a phase of its own (evaluation.py)
         from vramplan.estimator.evaluation import eval_peak
 
         phases["eval"] = eval_peak(model, plan, base)
-    traced = _traced_phases(model, plan, phases, base, grads_bytes, opt)
+    traced = _traced_phases(model, step_p, phases, base, grads_bytes, opt)
     peak_phase = max(phases, key=lambda p: phases[p])
     peak = phases[peak_phase]
     grads_at_peak = grads_bytes if peak_phase == "optimizer" else 0
@@ -378,6 +388,7 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
         "quant_constants": st.quant_constants,
         "double_quant_constants": st.double_quant_constants,
         "base_weights": st.base_weights,
+        **({"reference_model": ref} if ref else {}),
         "lora_adapters": st.lora_adapters,
         "optimizer_states": opt.states_bytes if peak_phase != "load" else 0,
         "gradients": grads_at_peak,
