@@ -19,7 +19,7 @@
 
 Sharded engines run their collectives on their own streams (FSDP2: `all_gather_stream`, `reduce_scatter_stream`;
 DeepSpeed: its communication streams): their buffers come from pools of their own, which blocks freed on the
-default stream never serve (per-stream pools). Their cached blocks are added to the reserve's high end.
+default stream never serve (per-stream pools). What those pools hold is added to the reserve's high end.
 
 The reserve is an interval over two replays: the sequence in order, and the same with every free one allocation
 late (a tensor whose last reference dies after the op that used it last: Python frames, autograd releasing saved
@@ -155,15 +155,17 @@ def _single_gpu_plan(plan: TrainingPlan) -> TrainingPlan:
 
 
 def _comm_pool_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
-    """Cached blocks of the sharded engines' communication streams: two all-gather outputs (the unit in use and
-    the prefetched one) and one reduce-scatter input of the largest unit, each a segment of its own."""
+    """What the sharded engines' communication-stream pools hold, added to the high end (the estimator's peak
+    counts the buffers in use, so this over-counts them: the conservative side). All-gather pool: the root unit's
+    flat output, freed after copy-out and cached in that pool, or two layer units (the unit in use and the
+    prefetched one), whichever is larger: later gathers are carved from the same cached segments. Reduce-scatter
+    pool: one layer unit's padded gradients (`reduce_scatter_max_input_buffers=1`)."""
     if plan.gpus <= 1 or plan.parallelism not in ("fsdp", "fsdp_grad_op", "zero2", "zero3"):
         return 0
     from vramplan.estimator.partition import build_units
 
     units = build_units(model, plan)
-    gather = max(u.padded for u in units.all)
+    layer_gather = max((u.padded for u in units.layers), default=0)
+    gather = 0 if plan.parallelism == "zero2" else max(units.root.padded, 2 * layer_gather)
     reduce = max(u.reduce for u in units.all)
-    if plan.parallelism == "zero2":
-        gather = 0
-    return 2 * allocation_size(round_size(gather)) * (gather > 0) + allocation_size(round_size(reduce)) * (reduce > 0)
+    return sum(allocation_size(round_size(n)) for n in (gather, reduce) if n > 0)
