@@ -51,14 +51,17 @@ def test_broken_gpu_profile_is_one_line(tmp_path, capsys):
 def test_paged_states_that_do_not_fit_the_headroom_are_reported_as_spilling(capsys):
     """bitsandbytes pages states of tensors >= 1e5 elements (cudaMallocManaged): `fits` leaves them out, and the
     part that exceeds the headroom is what pages to host RAM every step."""
-    plan = make_plan(method="full", optimizer="paged_adamw_32bit", seq=2048, batch=2)
+    # the T4 has no bf16: fp32 master weights with fp16 autocast (HF Trainer fp16=True)
+    plan = make_plan(method="full", optimizer="paged_adamw_32bit", seq=2048, batch=2, param_dtype="fp32",
+                     mixed_precision="fp16")
     e = estimate("llama3.2-1b", plan, gpu="t4")
     assert e.fits and 0 < e.headroom_bytes < e.paged_bytes
     assert e.paged_spill_bytes == e.paged_bytes - e.headroom_bytes
     roomy = estimate("llama3.2-1b", plan, gpu="h100-sxm")
     assert roomy.paged_spill_bytes == 0 and estimate("llama3.2-1b", plan).paged_spill_bytes is None
     assert main(["estimate", "--model", "llama3.2-1b", "--method", "full", "--optimizer", "paged_adamw_32bit",
-                 "--seq", "2048", "--batch", "2", "--gpu", "t4"]) == 0
+                 "--seq", "2048", "--batch", "2", "--gpu", "t4", "--param-dtype", "fp32", "--mixed-precision",
+                 "fp16"]) == 0
     assert "page to host RAM every step" in " ".join(capsys.readouterr().out.split())
 
 

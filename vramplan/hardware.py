@@ -31,8 +31,18 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib  # type: ignore[no-redef]
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
-from pydantic import StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from vramplan.errors import ConfigFileError, UnknownGpuError, did_you_mean
 from vramplan.units import MiB
@@ -48,7 +58,7 @@ _PREFIXES = frozenset({"nvidia", "geforce", "tesla", "amd", "radeon", "instinct"
 class GpuProfile(BaseModel):
     """One GPU as a PyTorch process sees it. Sizes in bytes, bandwidth in bytes/s, throughput in TFLOPS."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # inf TFLOPS is not a GPU
 
     name: StrictStr = Field(min_length=1)
     slug: StrictStr = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
@@ -105,6 +115,46 @@ class GpuProfile(BaseModel):
         if supported is False and v:
             raise ValueError("bf16_supported is false, so leave this out (or 0)")
         return v
+
+
+    @property
+    def capability(self) -> tuple[int, int] | None:
+        """NVIDIA's compute capability as (major, minor); None on AMD."""
+        if self.compute_capability is None:
+            return None
+        major, minor = self.compute_capability.split(".")
+        return int(major), int(minor)
+
+    @property
+    def runs_flash_attention_2(self) -> bool:
+        """flash-attn 2 (Dao-AILab/flash-attention README): NVIDIA Ampere or newer (sm80+; Turing and older are
+        refused at run time, 'FlashAttention only supports Ampere GPUs or newer'); on ROCm the composable-kernel
+        backend runs MI200/MI300 (CDNA 2/3) and the Triton backend CDNA and RDNA, so every AMD profile here."""
+        return self.vendor == "amd" or (self.capability or (0, 0)) >= (8, 0)
+
+
+def check_runs_on(plan: object, profile: GpuProfile) -> None:
+    """Refuse a plan the GPU cannot run as asked (a `PlanError` line saying what to use instead).
+
+    bf16 (weights, autocast or QLoRA compute dtype) needs bf16 units: NVIDIA sm80+ (`bf16_supported`). torch
+    `cuda.is_bf16_supported()` says True on older cards too (`including_emulation`: a bf16 tensor can be made),
+    but their tensor cores have no bf16 and every matmul is emulated: not the run a plan describes, and not the
+    speed vramplan models. ROCm (`torch.version.hip`) reports bf16 on every AMD GPU; the profiles say which.
+    flash_attention_2: see `GpuProfile.runs_flash_attention_2`.
+    """
+    from vramplan.errors import PlanError
+
+    where = f"the {profile.slug} ({profile.architecture}" + (
+        f", compute capability {profile.compute_capability})" if profile.compute_capability else ")")
+    bf16 = [flag for flag, value in (("--param-dtype", plan.param_dtype), ("--mixed-precision",
+            plan.mixed_precision), ("--compute-dtype", getattr(plan, "compute_dtype", None))) if value == "bf16"]
+    if bf16 and not profile.bf16_supported:
+        use = ("--param-dtype fp32 --mixed-precision fp16" if plan.method == "full" else "--param-dtype fp16")
+        raise PlanError(f"{where} has no bf16 (it needs compute capability 8.0+, Ampere), and the plan computes in "
+                        f"bf16 ({bf16[0]} bf16; --param-dtype defaults to bf16): use {use}")
+    if plan.attn == "flash_attention_2" and not profile.runs_flash_attention_2:
+        raise PlanError(f"{where} cannot run flash_attention_2 (flash-attn 2 needs compute capability 8.0+, "
+                        "Ampere): use --attn sdpa")
 
 
 def derived_usable_bytes(memory_bytes: int, memory_type: str, vendor: str, ecc_carveout: bool = False) -> int:

@@ -22,10 +22,21 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from vramplan.errors import ConfigFileError, UnknownModelError, UnsupportedArchitectureError, did_you_mean
-from vramplan.inventory import NATIVE_ARCHITECTURES, Inventory, build_inventory, head_dim, is_tied
+from vramplan.config_schema import check_config, text_part
+from vramplan.errors import (
+    ConfigFileError,
+    UnknownModelError,
+    UnsupportedArchitectureError,
+    did_you_mean,
+)
+from vramplan.inventory import (
+    NATIVE_ARCHITECTURES,
+    Inventory,
+    build_inventory,
+    head_dim,
+    is_tied,
+)
 
-_REQUIRED = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 ACCEPTED_FORMS = "a preset name (see `vramplan models`), a config.json path, a model folder, or a cached HF hub id"
 
 
@@ -64,7 +75,9 @@ class ModelSpec(BaseModel):
     def inventory(self) -> Inventory:
         if self.model_type in NATIVE_ARCHITECTURES:
             return build_inventory(self.config)
-        from vramplan.measure.meta_inventory import inventory_from_meta  # torch: only for exotic architectures
+        from vramplan.measure.meta_inventory import (
+            inventory_from_meta,  # torch: only for exotic architectures
+        )
 
         return inventory_from_meta(self.config)
 
@@ -96,19 +109,38 @@ def preset_config(slug: str) -> dict[str, Any]:
     return json.loads(resources.files("vramplan.presets").joinpath(f"{slug}.json").read_text())
 
 
+@cache
+def preset_spec(slug: str) -> ModelSpec:
+    """A preset's spec, built once per process: presets are package data that never change while it runs, so
+    the slug is a sound key, and every later lookup shares one spec (and its cached inventory)."""
+    return spec_from_config(preset_config(slug), slug, "preset")
+
+
+_FILE_SPECS: dict[tuple[str, str, int, int], ModelSpec] = {}
+_FILE_SPECS_MAX = 64
+
+
+def _file_spec(path: Path, name: str, source: str) -> ModelSpec:
+    """A config file's spec, cached on (resolved path, name, mtime in ns, size): an edited file is read again."""
+    stat = path.stat()
+    key = (str(path.resolve()), name, stat.st_mtime_ns, stat.st_size)
+    spec = _FILE_SPECS.get(key)
+    if spec is None:
+        spec = spec_from_config(_read_config_file(path), name, source)
+        if len(_FILE_SPECS) >= _FILE_SPECS_MAX:
+            _FILE_SPECS.pop(next(iter(_FILE_SPECS)))
+        _FILE_SPECS[key] = spec
+    return spec
+
+
 # Resolution ---------------------------------------------------------------------------------------------------
 
 
 def spec_from_config(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpec:
-    """Validate a config dict's shape fields and build the spec (raises ConfigFileError / Unsupported...)."""
-    if "text_config" in cfg and cfg.get("model_type") not in NATIVE_ARCHITECTURES:
-        cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
-    missing = [k for k in _REQUIRED if k not in cfg]
-    if missing:
-        raise ConfigFileError(f"{source}: missing {', '.join(missing)} (is this a causal LM config.json?)")
-    for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
-        if not isinstance(cfg[k], int) or cfg[k] < 1:
-            raise ConfigFileError(f"{source}: {k} must be a positive integer, got {cfg[k]!r}")
+    """Validate a config dict's shape fields (`vramplan.config_schema`) and build the spec (raises
+    ConfigFileError / UnsupportedArchitectureError)."""
+    cfg = text_part(cfg, source, NATIVE_ARCHITECTURES)
+    check_config(cfg, source, NATIVE_ARCHITECTURES)
     mt = cfg["model_type"]
     if mt not in NATIVE_ARCHITECTURES and not _meta_fallback_available():
         raise UnsupportedArchitectureError(
@@ -132,6 +164,18 @@ def spec_from_config(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpe
         experts_per_token=cfg.get("num_experts_per_tok") or 0,
         config=dict(cfg),
     )
+
+
+def context_warning(model: str | ModelSpec, seq: int) -> str | None:
+    """A one-line warning when `seq` is beyond the model's positions (`max_position_embeddings`): the memory is
+    still what the step allocates (nothing in transformers stops a longer input), but rotary models were not
+    trained that far and learned absolute positions would index out of range. None when within."""
+    spec = resolve_model(model) if isinstance(model, str) else model
+    cap = spec.config.get("max_position_embeddings")
+    if not cap or seq <= cap:
+        return None
+    return (f"--seq {seq} is beyond {spec.name}'s context of {cap} tokens (max_position_embeddings): the memory is "
+            "estimated, but the model was not trained on positions that far")
 
 
 def _meta_fallback_available() -> bool:
@@ -182,22 +226,42 @@ def _fetch_config(hub_id: str) -> dict[str, Any] | None:
         return None
 
 
+def config_file_name(path: Path, folder_given: bool) -> str:
+    """The name a config file's model is shown by: the folder's name when a folder was given (HF's layout: the
+    folder is the model); for a file, the config's own `_name_or_path` (transformers writes the hub id or
+    folder it was saved from), else the file's stem, except the generic `config.json`, named after its folder."""
+    if folder_given:
+        return path.parent.resolve().name or path.stem
+    try:
+        named = json.loads(path.read_text()).get("_name_or_path")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        named = None
+    if isinstance(named, str) and named.strip():
+        return named.strip().rstrip("/").split("/")[-1] if named.startswith(("/", ".")) else named.strip()
+    if path.stem == "config":
+        return path.parent.resolve().name or path.stem
+    return path.stem
+
+
 def resolve_model(name: str) -> ModelSpec:
     """Turn `--model` into a ModelSpec, or raise a one-line error listing the accepted forms."""
+    if not isinstance(name, str) or not name.strip():
+        raise UnknownModelError(f"empty model name; give {ACCEPTED_FORMS}")
     slug = _alias_table().get(name.strip().lower())
     if slug:
-        return spec_from_config(preset_config(slug), slug, "preset")
+        return preset_spec(slug)
     path = Path(name).expanduser()
-    if path.is_dir():
+    folder_given = path.is_dir()
+    if folder_given:
         if not (path / "config.json").is_file():
             raise ConfigFileError(f"{path}: folder has no config.json")
         path = path / "config.json"
     if path.is_file():
-        return spec_from_config(_read_config_file(path), path.parent.name or path.stem, str(path))
+        return _file_spec(path, config_file_name(path, folder_given), str(path))
     if name.count("/") == 1 and not name.startswith((".", "/")):
         cached = _config_from_hf_cache(name)
         if cached:
-            return spec_from_config(_read_config_file(cached), name, f"hf-cache:{name}")
+            return _file_spec(cached, name, f"hf-cache:{name}")
         fetched = _fetch_config(name)
         if fetched is not None:
             return spec_from_config(fetched, name, f"hf-hub:{name}")

@@ -7,6 +7,7 @@ heavy is imported until the command runs: `vramplan --help` and `vramplan estima
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ PLAN_FIELDS = ("param_dtype", "mixed_precision", "quant", "double_quant", "compu
                "alpha", "targets", "lora_dropout", "batch", "grad_accum", "grad_ckpt", "ckpt_reentrant", "attn",
                "optimizer", "sharding", "offload", "quant_storage")
 NO_PLAN_FITS = 1  # exit code when nothing fits (the output says what would)
+HOST_RAM_GIB_MAX = 1_048_576  # 1 PiB: --host-ram's range is (0, this]
 
 
 def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,21 +32,22 @@ def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu", required=True, help="GPU profile (e.g. rtx4090, a100-80gb)")
     p.add_argument("--gpu-dir", action="append", metavar="DIR",
                    help="extra folder of GPU profile .toml files (repeatable; also $VRAMPLAN_GPU_DIR)")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs of this kind in one data-parallel job (default 1); "
-                   "the effective batch is split over them and sizes are per GPU")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs of this kind in one data-parallel job, 1-131072 "
+                   "(default 1); the effective batch is split over them and sizes are per GPU")
     p.add_argument("--host-ram", type=float, default=128, metavar="GIB",
-                   help="host RAM for state offloaded from the GPUs, all of them together (default 128 GiB)")
+                   help="host RAM for state offloaded from the GPUs, all of them together, in GiB: above 0, at most "
+                   f"{HOST_RAM_GIB_MAX} (default 128)")
     p.add_argument("--method", help="methods to consider: a comma list of full, lora, qlora (default all)")
     p.add_argument("--objective", choices=OBJECTIVE_CHOICES, default="quality",
                    help="quality: full > LoRA > QLoRA, more adapters, longer sequences; speed: tokens/s; "
                    "memory: the smallest footprint (default quality)")
     p.add_argument("--effective-batch", type=int, default=16,
-                   help="sequences per optimizer step = micro-batch x gradient accumulation (default 16)")
-    p.add_argument("--min-seq", type=int, help="shortest acceptable sequence length (default 1024); longer ones "
-                   "up to 8192 are tried too (--seq fixes one)")
+                   help="sequences per optimizer step = micro-batch x gradient accumulation, 1-1048576 (default 16)")
+    p.add_argument("--min-seq", type=int, help="shortest acceptable sequence length, 1 to the model's context "
+                   "(default 1024); longer ones up to 8192 are tried too (--seq fixes one)")
     p.add_argument("--headroom", type=float, default=0.1,
-                   help="fraction of the GPU's usable memory to leave free (default 0.1)")
-    p.add_argument("--top", type=int, default=5, help="how many plans to list (default 5)")
+                   help="fraction of the GPU's usable memory to leave free, in [0, 1) (default 0.1)")
+    p.add_argument("--top", type=int, default=5, help="how many plans to list, 1-100 (default 5)")
     p.add_argument("--json", action="store_true", help='print {"plans": [...]} (best first) and the explanation')
     add_plan_arguments(p, method_default=False)
     p.set_defaults(run=run_suggest)
@@ -56,13 +59,15 @@ def request_from_args(args: argparse.Namespace):
     from vramplan.errors import InputError
     from vramplan.hardware import resolve_gpu
     from vramplan.models import resolve_model
+    from vramplan.plan import INT_RANGES, make_plan
 
-    if args.gpus < 1:
-        raise InputError(f"--gpus {args.gpus}: give the number of GPUs, 1 or more")
-    if args.host_ram <= 0:
-        raise InputError(f"--host-ram {args.host_ram:g}: give the machine's RAM in GiB, e.g. 128")
+    if not (math.isfinite(args.host_ram) and 0 < args.host_ram <= HOST_RAM_GIB_MAX):
+        raise InputError(f"--host-ram {args.host_ram:g}: out of range; give the machine's RAM in GiB, above 0 and at "
+                         f"most {HOST_RAM_GIB_MAX}, e.g. 128")
     methods = tuple(m.strip() for m in (args.method or "").split(",") if m.strip())
     pinned = {f: getattr(args, f) for f in PLAN_FIELDS if getattr(args, f, None) is not None}
+    # the plan owns the ranges of its numbers: check the pinned ones before any search starts
+    make_plan(method="lora", **{k: v for k, v in pinned.items() if k in INT_RANGES or k in ("alpha", "lora_dropout")})
     gpu = resolve_gpu(args.gpu, _gpu_dirs(args))
     return Request(model=resolve_model(args.model), gpu=gpu, gpus=args.gpus, host_ram_bytes=int(args.host_ram * 2**30),
                    objective=args.objective,
