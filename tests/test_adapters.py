@@ -89,3 +89,28 @@ def test_moe_qlora_says_the_experts_stay_unquantized():
     assert "bf16" in estimate(mixtral, make_plan(method="qlora", kbit_upcast=False)).notes[0]
     assert estimate(mixtral, make_plan(method="lora")).notes == ()
     assert estimate(resolve_model("llama3.2-1b"), make_plan(method="qlora")).notes == ()
+
+
+def test_trainable_tokens_match_peft():
+    """`trainable_token_indices`: an fp32 delta of the chosen rows (trainable) and a copy of the original rows
+    (a buffer, fp32 like the adapters), as peft's TrainableTokensLayer.update_layer makes them."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from vramplan.estimator.weights import static_memory
+
+    cfg = {**preset_config("llama3.1-8b"), "num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 96,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 128}
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.bfloat16)
+    before = sum(b.numel() * b.element_size() for b in model.buffers())
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"],
+                                                  trainable_token_indices=list(range(5))))
+    deltas = [p for n, p in peft_model.named_parameters() if "trainable_tokens_delta" in n]
+    assert [(tuple(p.shape), p.dtype) for p in deltas] == [((5, 64), torch.float32)]
+    added = sum(b.numel() * b.element_size() for b in peft_model.buffers()) - before
+    spec = spec_from_config(cfg, "tiny", "test")
+    plan = make_plan(method="lora", rank=8, trainable_tokens=5)
+    no_tokens = static_memory(spec, make_plan(method="lora", rank=8))
+    st = static_memory(spec, plan)
+    assert sorted(st.trainable_numels) == sorted(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert st.base_weights - no_tokens.base_weights == added == 5 * 64 * 4  # fp32, like the adapters

@@ -66,7 +66,7 @@ DEFAULT_MIN_SEQ = 1024
 # them: the micro-batch ladder has at most 240 divisors up to 2**20, the sequence ladder at most 14 rungs.
 EFFECTIVE_BATCH_RANGE = (1, 1_048_576)
 TOP_RANGE = (1, 100)
-LORA_ONLY = ("rank", "alpha", "targets", "lora_dropout", "use_dora")
+LORA_ONLY = ("rank", "alpha", "targets", "lora_dropout", "use_dora", "trainable_tokens")
 QLORA_ONLY = ("quant", "double_quant", "compute_dtype", "kbit_upcast")
 
 

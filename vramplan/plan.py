@@ -73,6 +73,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "grad_accum": (1, 1_048_576),  # HF Trainer holds every micro-batch's input ids: 16 B/token each
     "rank": (1, 65_536),  # peft takes any r; a rank above the layer's width only adds zeros
     "gpus": (1, 131_072),
+    "trainable_tokens": (1, 16_777_216),  # embedding rows peft trains (trainable_token_indices)
     # PYTORCH_CUDA_ALLOC_CONF max_split_size_mb: CUDAAllocatorConfig refuses values <= kLargeBuffer (20 MiB)
     "max_split_size_mb": (21, 1_048_576),
 }
@@ -106,6 +107,7 @@ class TrainingPlan(BaseModel):
     targets: str | None = None
     lora_dropout: float = 0.0
     use_dora: bool = False  # LoraConfig(use_dora=True): a magnitude vector per wrapped linear
+    trainable_tokens: int | None = None  # LoraConfig(trainable_token_indices=...): that many embedding rows
     # Data
     batch: int = 1
     seq: int = 1024
@@ -225,6 +227,8 @@ class TrainingPlan(BaseModel):
                 raise ValueError("--lora-dropout applies to lora/qlora, not to full fine-tuning")
             if self.use_dora:
                 raise ValueError("--dora applies to lora/qlora, not to full fine-tuning")
+            if self.trainable_tokens:
+                raise ValueError("--trainable-tokens applies to lora/qlora (full fine-tuning trains every row)")
         if self.method != "qlora":
             for field in ("quant", "double_quant", "compute_dtype", "kbit_upcast"):
                 if getattr(self, field) is not None:

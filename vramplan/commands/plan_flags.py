@@ -126,6 +126,8 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     _bool_flag(g, "--use-dora", "use_dora", "DoRA (LoraConfig use_dora): a magnitude vector per adapted linear and "
                "an fp32 weight norm of each adapted weight every forward (--dora is the same)")
     _bool_flag(g, "--dora", "use_dora", "= --use-dora")
+    g.add_argument("--trainable-tokens", dest="trainable_tokens", type=int, metavar="N",
+                   help="peft trainable_token_indices: train N embedding rows (e.g. added tokens) besides LoRA")
     g.add_argument("--batch", "--per-device-train-batch-size", dest="batch", type=int,
                    help="micro-batch size per GPU (default 1)")
     g.add_argument("--seq", "--max-seq-length", "--max-length", dest="seq", type=int,

@@ -76,7 +76,7 @@ def embedding_output_requires_grad(plan: TrainingPlan) -> bool:
     """The embedding output requires grad when the embedding is trainable, or when the
     `enable_input_require_grads` hook is on: peft's prepare_model_for_kbit_training installs it when
     checkpointing, and reentrant checkpointing needs it; TRL's SFTTrainer installs it on a PEFT model."""
-    return plan.method == "full" or peft_input_grads(plan) or (
+    return plan.method == "full" or bool(plan.trainable_tokens) or peft_input_grads(plan) or (
         plan.grad_ckpt and ((plan.method == "qlora" and plan.kbit_upcast) or plan.ckpt_reentrant)
     )
 
@@ -315,12 +315,31 @@ def _step_phases(model: ModelSpec, plan: TrainingPlan, base: int, grads_bytes: i
         # Embedding backward: `embedding_dense_backward` makes a dense [vocab, hidden] gradient while the
         # input's gradient is alive; tied, it is summed with the held lm_head gradient: three at once.
         bwd_peak = max(bwd_peak, base + all_grads + x_bytes + (2 * vh if tied else vh))
+    if plan.trainable_tokens:
+        fwd_peak, bwd_peak = _trainable_tokens_peaks(model, plan, base, all_grads, x_bytes, fwd_peak, bwd_peak)
     # a custom loop's outputs, alive across the step (trainers.py)
     # the leaf: `gradient_checkpointing_enable` calls `enable_input_require_grads` (modeling_utils.py)
     logits, outside = kept_outputs_bytes(plan, c, a, n_layers, plan.method != "full" and (
         plan.grad_ckpt or embedding_output_requires_grad(plan)))
     return {"forward": fwd_peak + logits + outside, "backward": bwd_peak + logits,
             "optimizer": base + grads_bytes + step_temp + logits + outside}
+
+
+def _trainable_tokens_peaks(model: ModelSpec, plan: TrainingPlan, base: int, all_grads: int, x_bytes: int,
+                            fwd_peak: int, bwd_peak: int) -> tuple[int, int]:
+    """peft `TrainableTokensLayer.forward_adapters`: `W.index_copy(0, idx, deltas.to(W))`, a whole new embedding
+    matrix every forward, looked up by F.embedding (which saves only the ids, so it dies with the call); in
+    backward `embedding_dense_backward` makes a dense [vocab, hidden] gradient of it while the input's gradient
+    is alive, and index_copy's backward selects the rows (then cast to the fp32 delta)."""
+    pd = non_quantized_dtype_bytes(plan)
+    vh = model.vocab_size * model.hidden_size * pd
+    rows = plan.trainable_tokens * model.hidden_size
+    cast = rows * pd if pd != 4 else 0  # `deltas.to(W)`: a copy unless the embedding is fp32 too
+    index = plan.trainable_tokens * 8  # torch.tensor(token_indices): int64, saved by index_copy for backward
+    fwd_peak = max(fwd_peak, base + index + cast + vh + x_bytes)
+    # the input's gradient is freed once the embedding's backward ran; the rows' gradient is selected after
+    rows_grad = rows * pd + (rows * 4 if cast else 0)
+    return fwd_peak, max(bwd_peak, base + index + all_grads + vh + max(x_bytes, rows_grad))
 
 
 def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int], base: int, grads_bytes: int,

@@ -170,7 +170,7 @@ def rotary_buffer_bytes(model: ModelSpec) -> int:
 
 _STATIC_CACHE: dict[tuple, tuple[ModelSpec, StaticMemory]] = {}
 _STATIC_FIELDS = ("method", "param_dtype", "quant_blocksize", "double_quant", "kbit_upcast", "rank", "targets",
-                  "trainer", "use_dora")
+                  "trainer", "use_dora", "trainable_tokens")
 
 
 def static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
@@ -201,6 +201,8 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
                 q_w, q_c, q_dq = q_w + w, q_c + c, q_dq + dq
                 quantized_numel += t.numel
     base = (inv.total_numel - quantized_numel) * non_quantized_dtype_bytes(plan) + rotary_buffer_bytes(model)
+    if plan.trainable_tokens:  # TrainableTokensLayer.trainable_tokens_original: the original rows, a buffer that
+        base += plan.trainable_tokens * model.hidden_size * adapter_bytes(plan)  # peft casts with the adapters
     lora_groups = tuple(groups[n] for n in targets)
     lora_numels: list[int] = []
     lora_shapes: list[tuple[int, ...]] = []
@@ -214,6 +216,12 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
         for g in lora_groups:
             lora_numels += [g.out_features // g.count] * g.count
             lora_shapes += [(g.out_features // g.count,)] * g.count
+    if plan.trainable_tokens:  # peft TrainableTokensLayer: an fp32 delta of the chosen embedding rows
+        if model.tied_embeddings:
+            raise PlanError("--trainable-tokens with tied embeddings (peft also wraps the tied lm_head) is not "
+                            "modelled yet; untie them or leave it out")
+        lora_numels.append(plan.trainable_tokens * model.hidden_size)
+        lora_shapes.append((plan.trainable_tokens, model.hidden_size))
     experts, router = expert_lora_targets(model, plan) if plan.uses_lora else ((), False)
     for t in inv.tensors:  # ParamWrapper: lora_A (r' x E, in), lora_B (out, r' x E); r' = r x fused linears
         wrapped = (t.role == "experts" and t.name.rsplit(".", 1)[-1] in experts) or (t.role == "router" and router)

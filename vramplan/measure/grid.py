@@ -121,6 +121,10 @@ GRID: tuple[Case, ...] = (
     _c("qwen2.5-1.5b-lora-dora-bias-drop-nockpt", "qwen2.5-1.5b", method="lora", use_dora=True,
        lora_dropout=0.05, grad_ckpt=False, seq=512),
     _c("qwen2.5-1.5b-lora-dora-bias", "qwen2.5-1.5b", method="lora", use_dora=True, targets="all-linear"),
+    # peft trainable_token_indices: new embedding rows trained, a merged embedding matrix every forward
+    _c("llama3.1-8b-lora-tokens16-nockpt-s512", "llama3.1-8b", method="lora", trainable_tokens=16,
+       grad_ckpt=False, seq=512),
+    _c("llama3.1-8b-qlora-tokens1024", "llama3.1-8b", method="qlora", trainable_tokens=1024),
 )
 
 

@@ -182,13 +182,19 @@ def prepare_model(model: torch.nn.Module, plan: TrainingPlan) -> torch.nn.Module
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=plan.rank, lora_alpha=plan.alpha, lora_dropout=plan.lora_dropout,
-                          use_dora=plan.use_dora, target_modules=resolve_targets(model, plan.targets), task_type="CAUSAL_LM")
+                          use_dora=plan.use_dora, trainable_token_indices=_token_rows(plan),
+                          target_modules=resolve_targets(model, plan.targets), task_type="CAUSAL_LM")
         try:
             with traced_peft_init():
                 model = get_peft_model(model, lora)
         except ValueError as exc:  # e.g. target modules not found in the base model
             raise MeasurementError(f"targets: {exc}") from None
     return model
+
+
+def _token_rows(plan: TrainingPlan) -> list[int] | None:
+    """`trainable_token_indices`: `trainable_tokens` rows (which ones does not change the memory)."""
+    return None if not plan.trainable_tokens else list(range(plan.trainable_tokens))
 
 
 def _train_step(model, optimizer, plan: TrainingPlan, tracker: MemoryTracker, config: dict, device: str,
