@@ -34,7 +34,14 @@ def eval_plan(plan: TrainingPlan) -> TrainingPlan:
 
 def eval_peak(model: ModelSpec, plan: TrainingPlan, base: int) -> int:
     """Peak live bytes of an eval step above nothing; `base`: weights and optimizer states."""
-    from vramplan.estimator.core import _ctx, attention_mask_bytes, batch_bytes, layer_cost, rope_bytes, stream_bytes
+    from vramplan.estimator.core import (
+        _ctx,
+        attention_mask_bytes,
+        batch_bytes,
+        layer_cost,
+        rope_bytes,
+        stream_bytes,
+    )
     from vramplan.estimator.losses import loss_head
     from vramplan.estimator.trainers import logits_bytes
 
@@ -57,3 +64,19 @@ def eval_peak(model: ModelSpec, plan: TrainingPlan, base: int) -> int:
     head_peak = live + held + n * cache + tp.peak
     concat = 0 if loss_only else live + 2 * plan.eval_accumulation_steps * logits
     return max(layers_peak, head_peak, concat)
+
+
+def reference_forward_peak(model: ModelSpec, plan: TrainingPlan, c, a: int) -> int:
+    """Transient of DPO's reference forward above what is live when it starts (the policy's saved activations):
+    its own rotary tables, one layer at a time under no_grad (nothing kept), then the fused head's buffers."""
+    from vramplan.estimator.core import layer_cost, rope_bytes
+    from vramplan.estimator.losses import trl_fused_head
+    from vramplan.estimator.trainers import reference_ctx
+
+    rc = reference_ctx(c)
+    rp = plan.model_copy(update={"grad_ckpt": True, "ckpt_reentrant": False, "grad_accum": 1, "lora_dropout": 0.0})
+    x = rc.tokens * rc.hidden * a
+    layer = layer_cost(model, rp, rc, False)
+    tp = Tape(checkpointing=True)
+    trl_fused_head(tp, rc, tp.new(x, False), a)
+    return rope_bytes(model, plan) + max(x + layer.fwd_peak, tp.peak)

@@ -32,7 +32,7 @@ TRL_RUNNING_STATS = 7
 def loss_head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool, trainer: str = "hf", loss_type: str | None = None
               ) -> int:
     """The head of `trainer`: consumes x (the last decoder layer's output), returns the loss."""
-    if trainer == "trl-sft":
+    if trainer in ("trl-sft", "trl-dpo"):  # DPO's sequence losses on top are [pairs]-sized
         return trl_fused_head(tp, c, x, a, dft=loss_type == "dft")
     return head(tp, c, x, a, softcap=softcap)
 

@@ -11,22 +11,47 @@
   PEFT model with gradient checkpointing (the embedding output requires grad); a quantized model's trainable
   parameters cast to bf16 and no `prepare_model_for_kbit_training` (plan.py: kbit_upcast defaults off);
   `DataCollatorForLanguageModeling` adds an int64 attention_mask to the batch.
+- `trl-dpo`: TRL 1.16 `DPOTrainer` (trl/trainer/dpo_trainer.py): the same model preparation and fused LM head;
+  `DataCollatorForPreference` concatenates each pair's chosen and rejected rows (a micro-batch of `batch` pairs
+  runs 2 x batch rows: input_ids, attention_mask, completion_mask); after the policy forward, a reference forward
+  under `torch.no_grad()` with checkpointing disabled: with PEFT the same model inside `use_adapter(model, None)`
+  (adapters disabled, no second copy), otherwise a frozen copy loaded like the model (`create_model_from_path`,
+  same dtype and quantization). `precompute_ref_log_probs` computes them before training: no reference pass and,
+  off FSDP, no reference model.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan.estimator.programs import Ctx
 from vramplan.plan import TrainingPlan
 
-# Ints in each micro-batch the collator returns: input_ids and labels, plus TRL's attention_mask
-_BATCH_TENSORS = {"hf": 2, "loop": 2, "trl-sft": 3}
+# int64 tensors in each micro-batch the collator returns: input_ids and labels, plus TRL's attention_mask; DPO:
+# input_ids, attention_mask, completion_mask
+_BATCH_TENSORS = {"hf": 2, "loop": 2, "trl-sft": 3, "trl-dpo": 3}
+FUSED_HEAD = ("trl-sft", "trl-dpo")  # trainers that call `add_fused_lm_head` and prepare the model as TRL does
+
+
+def step_plan(plan: TrainingPlan) -> TrainingPlan:
+    """The plan of the rows one micro-batch runs: DPO concatenates chosen and rejected (2 x batch rows)."""
+    return plan.model_copy(update={"batch": 2 * plan.batch}) if plan.trainer == "trl-dpo" else plan
+
+
+def reference_pass(plan: TrainingPlan) -> bool:
+    return plan.trainer == "trl-dpo" and not plan.precompute_ref_log_probs
+
+
+def reference_copy(plan: TrainingPlan) -> bool:
+    """DPOTrainer loads a second, frozen model unless PEFT (adapters disabled) or precomputed log-probs."""
+    return reference_pass(plan) and not plan.uses_lora
 
 
 def adapter_bytes(plan: TrainingPlan) -> int:
     """Bytes per LoRA A/B element: fp32 (peft `autocast_adapter_dtype=True`), except under TRL's SFTTrainer for a
     quantized model, which casts every trainable parameter to bf16 after `get_peft_model` ("to follow the
     recommendations from the original paper", sft_trainer.py)."""
-    return 2 if plan.trainer == "trl-sft" and plan.method == "qlora" else 4
+    return 2 if plan.trainer in FUSED_HEAD and plan.method == "qlora" else 4
 
 
 def batch_tensors(plan: TrainingPlan) -> int:
@@ -35,12 +60,17 @@ def batch_tensors(plan: TrainingPlan) -> int:
 
 def kv_cache_in_forward(plan: TrainingPlan) -> bool:
     """transformers keeps `use_cache` on without checkpointing (a DynamicCache fills up); TRL's SFT turns it off."""
-    return not plan.grad_ckpt and plan.trainer != "trl-sft"
+    return not plan.grad_ckpt and plan.trainer not in FUSED_HEAD
 
 
 def peft_input_grads(plan: TrainingPlan) -> bool:
     """SFTTrainer calls `enable_input_require_grads()` on a PEFT model trained with checkpointing."""
-    return plan.trainer == "trl-sft" and plan.uses_lora and plan.grad_ckpt
+    return plan.trainer in FUSED_HEAD and plan.uses_lora and plan.grad_ckpt
+
+
+def reference_ctx(c: Ctx) -> Ctx:
+    """The reference forward's context: no adapters (disabled, or a plain model), no dropout, no cache."""
+    return replace(c, lora=frozenset(), dropout=False, use_cache=False, full=False)
 
 
 def logits_bytes(c: Ctx, a: int) -> int:

@@ -56,7 +56,7 @@ def measure_trainer_step(config: dict, plan: TrainingPlan, *, trace: bool = True
     if plan.attn == "flash_attention_2":
         raise MeasurementError("attn: flash_attention_2 needs CUDA and the flash-attn package; measure eager or sdpa")
     hf_config(config)
-    tiles = triton_tiles() if plan.trainer == "trl-sft" else contextlib.nullcontext()
+    tiles = triton_tiles() if plan.trainer in ("trl-sft", "trl-dpo") else contextlib.nullcontext()
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), _session(trace, config.get("model_type")), \
             tiles:
         torch.manual_seed(seed)
@@ -64,12 +64,13 @@ def measure_trainer_step(config: dict, plan: TrainingPlan, *, trace: bool = True
         with MemoryTracker(record=True) as tracker:
             model = build_model(config, plan, device="cpu", trace=trace)
             model = prepare_model(model, plan) if plan.trainer == "loop" else prepare_sft_model(model, plan)
+            ref = _reference_model(config, plan)
             optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], plan)
             tracker.name_modules(model)
             tracker.name_tensors(named_state(model, optimizer))
             gc.collect(GC_GENERATION)
             load = tracker.current_bytes
-            loss_fn = _loop_loss if plan.trainer == "loop" else _sft_loss(plan)
+            loss_fn = {"loop": _loop_loss, "trl-sft": _sft_loss(plan), "trl-dpo": _dpo_loss(plan, ref)}[plan.trainer]
             held: dict = {}  # what the loop keeps between steps (a custom loop's `outputs`)
             for _ in range(steps):
                 peaks, snaps = _step(model, optimizer, plan, tracker, config, loss_fn, held)
@@ -101,8 +102,10 @@ def prepare_sft_model(model: torch.nn.Module, plan: TrainingPlan) -> torch.nn.Mo
         for name, param in model.named_parameters():
             if param.requires_grad and "lora_magnitude_vector" not in name:
                 param.data = param.data.to(torch.bfloat16)
-    add_fused_lm_head(model.get_base_model() if plan.uses_lora else model,
-                      outputs=("log_probs", "entropy", "is_top1"))
+    # DPOTrainer asks for mean_logits too (same buffers: the kernel allocates all 7 statistics)
+    outputs = ("log_probs", "entropy", "mean_logits", "is_top1") if plan.trainer == "trl-dpo" else \
+        ("log_probs", "entropy", "is_top1")
+    add_fused_lm_head(model.get_base_model() if plan.uses_lora else model, outputs=outputs)
     if plan.grad_ckpt:  # Trainer.train -> model.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": plan.ckpt_reentrant})
     return model
@@ -143,6 +146,58 @@ def _sft_loss(plan: TrainingPlan):
     return loss
 
 
+def _reference_model(config: dict, plan: TrainingPlan):
+    """DPOTrainer's frozen reference (no PEFT, no precomputed log-probs): the model loaded again, dropout off,
+    eval mode, its own fused head (`add_fused_lm_head(self.ref_model)`)."""
+    from vramplan.estimator.trainers import reference_copy
+
+    if not reference_copy(plan):
+        return None
+    from trl.trainer.utils import add_fused_lm_head
+
+    ref = build_model(config, plan, device="cpu", trace=True)
+    ref.requires_grad_(False)
+    ref.eval()
+    add_fused_lm_head(ref)
+    return ref
+
+
+def _dpo_loss(plan: TrainingPlan, ref_model, beta: float = 0.1):
+    """The allocating part of `DPOTrainer._compute_loss` (TRL 1.16, loss_type "sigmoid"), with TRL's own pieces:
+    the policy forward through the fused head, the reference forward under no_grad with checkpointing disabled
+    (`disable_gradient_checkpointing`) and, with PEFT, the adapters disabled (`use_adapter(model, None)`), the
+    sequence log-prob sums and `-logsigmoid(beta * delta)`. Not run: the metrics after the loss, which index
+    with boolean masks (`mean_logits[mask.bool()]`: data-dependent, no FakeTensor can run it); they are
+    [pairs]-sized reductions."""
+    import torch.nn.functional as F  # noqa: N812
+    from trl.models.utils import disable_gradient_checkpointing
+    from trl.trainer.utils import use_adapter
+
+    def loss(model, batch: dict) -> torch.Tensor:
+        completion_mask = batch["completion_mask"]
+        seq_len = completion_mask[..., 1:].size(1)
+        labels = batch["input_ids"].masked_fill(completion_mask == 0, -100)
+        kwargs = {"input_ids": batch["input_ids"], "use_cache": False}  # the all-ones mask: see the docstring
+        outputs = model(**kwargs, labels=labels, fused_lm_head=True)
+        chosen, rejected = outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
+        if plan.precompute_ref_log_probs:
+            ref_chosen, ref_rejected = torch.zeros_like(chosen), torch.zeros_like(rejected)
+        else:
+            ckpt = {"use_reentrant": plan.ckpt_reentrant}
+            with torch.no_grad(), disable_gradient_checkpointing(model, ckpt):
+                if ref_model is None:
+                    with use_adapter(model, adapter_name=None):
+                        ref_out = model(**kwargs, labels=labels, fused_lm_head=True)
+                else:
+                    ref_out = ref_model(**kwargs, labels=labels, fused_lm_head=True)
+            ref_chosen, ref_rejected = ref_out.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
+            del ref_out
+        delta = (chosen - ref_chosen) - (rejected - ref_rejected)
+        return (-F.logsigmoid(beta * delta)).mean()
+
+    return loss
+
+
 def _loop_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, object]:
     out = model(input_ids=batch["input_ids"], labels=batch["labels"])
     return out.loss, out  # the caller keeps `out` through backward
@@ -155,9 +210,13 @@ def _step(model, optimizer, plan: TrainingPlan, tracker: MemoryTracker, config: 
     snaps: dict[str, list[Allocation]] = {}
     vocab = int(config.get("vocab_size") or model.config.vocab_size)
     batches = []
+    rows = 2 * plan.batch if plan.trainer == "trl-dpo" else plan.batch  # chosen + rejected
     for _ in range(plan.grad_accum):
-        ids = torch.randint(0, vocab, (plan.batch, plan.seq), dtype=torch.int64)
-        batch = {"input_ids": ids, "labels": ids.clone()}
+        ids = torch.randint(0, vocab, (rows, plan.seq), dtype=torch.int64)
+        if plan.trainer == "trl-dpo":  # DataCollatorForPreference; every token a completion token
+            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": torch.ones_like(ids)}
+        else:
+            batch = {"input_ids": ids, "labels": ids.clone()}
         if plan.trainer == "trl-sft":
             batch["attention_mask"] = torch.ones_like(ids)
         batches.append(batch)
@@ -221,7 +280,7 @@ def measure_eval_step(config: dict, plan: TrainingPlan, *, trace: bool = True, s
     from transformers.trainer_pt_utils import EvalLoopContainer
 
     hf_config(config)
-    tiles = triton_tiles() if plan.trainer == "trl-sft" else contextlib.nullcontext()
+    tiles = triton_tiles() if plan.trainer in ("trl-sft", "trl-dpo") else contextlib.nullcontext()
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), _session(trace, config.get("model_type")), \
             tiles:
         torch.manual_seed(seed)
