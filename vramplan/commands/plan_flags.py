@@ -156,6 +156,8 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
                    help="the training loop: hf (transformers Trainer, default), loop (a custom or accelerate loop "
                    "that keeps `outputs`), trl-sft (TRL SFTTrainer: fused LM head, no full logits)")
     g.add_argument("--loss-type", choices=LOSS_TYPES, help="trl-sft loss (SFTConfig.loss_type): nll (default) | dft")
+    g.add_argument("--precompute-ref-log-probs", action="store_const", const=True, default=None,
+                   help="trl-dpo: reference log-probs computed before training (no reference pass or model)")
     g.add_argument("--eval-batch", "--per-device-eval-batch-size", dest="eval_batch", type=int,
                    help="add the eval step as a phase (Trainer.evaluate, per_device_eval_batch_size)")
     g.add_argument("--eval-accumulation-steps", type=int,
