@@ -126,7 +126,8 @@ def _events(model: ModelSpec, plan: TrainingPlan, workspace: int) -> list:
         return hit[1]
     if len(_EVENTS) > 4:
         _EVENTS.clear()
-    events = [("blas_workspace", workspace), *step_events(model, _single_gpu_plan(plan))]
+    shards = plan.gpus if plan.parallelism in ("fsdp", "fsdp_grad_op", "zero3") else 1
+    events = [("blas_workspace", workspace), *step_events(model, _single_gpu_plan(plan), shards=shards)]
     _EVENTS[key] = (model, events)
     return events
 

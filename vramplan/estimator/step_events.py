@@ -72,22 +72,27 @@ def _head_program(model: ModelSpec, plan: TrainingPlan):
     return lambda tp, c, x, a: loss_head(tp, c, x, a, softcap, trainer, loss_type)
 
 
-def load_events(model: ModelSpec, plan: TrainingPlan) -> list[Event]:
-    """Weights in inventory order, then the LoRA adapters."""
+def load_events(model: ModelSpec, plan: TrainingPlan, shards: int = 1) -> list[Event]:
+    """Weights in inventory order, then the LoRA adapters. `shards` > 1: a parameter-sharding engine (FSDP,
+    ZeRO-3) keeps 1/shards of each tensor on the device, quantized off the device (FSDP-QLoRA loads on the CPU and
+    shards there: no 16-bit copy on the GPU)."""
     ev: list[Event] = []
     nq = non_quantized_dtype_bytes(plan)
     w16 = DTYPE_BYTES[plan.param_dtype]
     for i, t in enumerate(model.inventory.tensors):
         if plan.method == "qlora" and t.role == "linear":
             packed, consts, dq = quantized_layer_bytes(t.numel, plan.quant_blocksize, plan.double_quant)
-            ev.append((("w16", i), t.numel * w16))
-            ev += [(("w", i), packed), (("c", i), consts)] + ([(("dq", i), dq)] if dq else [])
-            ev.append((("w16", i), -1))
+            if shards == 1:
+                ev.append((("w16", i), t.numel * w16))
+            ev += [(("w", i), -(-packed // shards)), (("c", i), -(-consts // shards))]
+            ev += [(("dq", i), -(-dq // shards))] if dq else []
+            if shards == 1:
+                ev.append((("w16", i), -1))
         else:
-            ev.append((("w", i), t.numel * (nq if plan.method == "qlora" else w16)))
+            ev.append((("w", i), -(-t.numel * (nq if plan.method == "qlora" else w16) // shards)))
     st = static_memory(model, plan)
     if plan.method != "full":
-        ev += [(("lora", i), n * st.trainable_dtype_bytes) for i, n in enumerate(st.trainable_numels)]
+        ev += [(("lora", i), -(-n * st.trainable_dtype_bytes // shards)) for i, n in enumerate(st.trainable_numels)]
     return ev
 
 
@@ -131,9 +136,10 @@ def _backward(tp: Tape, model: ModelSpec, plan: TrainingPlan, c, loss: int, inpu
         tp.drop(x)
 
 
-def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2) -> list[Event]:
-    """Load, then `steps` training steps (step 2 is the steady state `max_memory_reserved` is read on)."""
-    ev = load_events(model, plan)
+def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2, shards: int = 1) -> list[Event]:
+    """Load, then `steps` training steps (step 2 is the steady state `max_memory_reserved` is read on).
+    `shards`: parameters and optimizer states sharded that many ways (the step itself is one GPU's)."""
+    ev = load_events(model, plan, shards)
     st = static_memory(model, plan)
     opt = _optimizer(st, plan)
     c = _ctx(model, plan)
@@ -155,8 +161,8 @@ def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2) -> list[Ev
             ev += [(("g", x), -1)] if embedding_output_requires_grad(plan) else []
             tp.drop(*[t for t in (rope, mask) if t is not None])
         if step == 0:
-            ev += [(("state", i), opt.states_bytes * n // total) for i, n in enumerate(st.trainable_numels)
-                   if opt.states_bytes]
+            ev += [(("state", i), -(-opt.states_bytes * n // (total * shards))) for i, n in
+                   enumerate(st.trainable_numels) if opt.states_bytes]
         temps = [(("tmp", step, i), opt.step_temp_bytes * n // total) for i, n in enumerate(st.trainable_numels)]
         ev += [e for e in temps if e[1] > 0] + [(k, -1) for k, n in temps if n > 0]
         ev += _zero_grad(ev, start)
