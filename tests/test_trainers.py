@@ -31,7 +31,7 @@ def test_trl_sft_defaults_follow_trl():
     ({"loss_type": "dft"}, "--loss-type"),
     ({"eval_accumulation_steps": 2}, "--eval-batch"),
     ({"eval_batch": 2, "prediction_loss_only": False}, "--eval-accumulation-steps"),
-    ({"trainer": "trl-dpo"}, "trainer"),
+    ({"trainer": "trl-grpo"}, "trainer"),
 ])
 def test_bad_trainer_options_are_one_line_errors(opts, word):
     with pytest.raises(PlanError, match=word.lstrip("-").replace("-", "[-_]") if word == "trainer" else word):

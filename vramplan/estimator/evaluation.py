@@ -12,7 +12,8 @@ Otherwise each step's logits go to `all_preds` (`EvalLoopContainer.add` -> `nest
 held logits and the new ones) and stay on the GPU until `eval_accumulation_steps` steps have run, when
 `to_cpu_and_numpy` moves them to the host. At the k-th step the held (k - 1) batches, the new logits and the
 concatenation (k batches) are alive at once: 2k batches of logits. The previous step's `logits` variable is
-rebound only when `prediction_step` returns, so it lives through the next forward. TRL's `SFTTrainer` returns
+rebound only when `prediction_step` returns, so it lives through the next forward (the first `add` keeps the
+tensor itself, not a copy). TRL's `SFTTrainer` returns
 logits through an extra no-grad forward (`model(**logits_inputs)`), which builds them like `hf`.
 """
 
@@ -56,7 +57,10 @@ def eval_peak(model: ModelSpec, plan: TrainingPlan, base: int) -> int:
     cache = layer.cache  # nothing is kept: only the KV cache's copies stay until the forward returns
     live = base + batch_bytes(ep) + rope_bytes(model, ep) + attention_mask_bytes(model, ep)
     logits = logits_bytes(c, a)
-    held = 0 if loss_only else (plan.eval_accumulation_steps - 1) * logits + logits  # all_preds + last `logits`
+    # all_preds holds k - 1 batches; the previous step's `logits` is one more, except at k = 2: the first `add`
+    # stores the tensor itself (`self.tensors = tensors`), so all_preds *is* the previous logits
+    k = plan.eval_accumulation_steps or 1
+    held = 0 if loss_only else (k - 1) * logits + (logits if k > 2 else 0)
     layers_peak = live + held + (n - 1) * cache + x + layer.fwd_peak
     tp = Tape(checkpointing=True)  # no_grad: no node saves a tensor
     hx = tp.new(x, True)

@@ -169,7 +169,7 @@ def _dpo_loss(plan: TrainingPlan, ref_model, beta: float = 0.1):
     sequence log-prob sums and `-logsigmoid(beta * delta)`. Not run: the metrics after the loss, which index
     with boolean masks (`mean_logits[mask.bool()]`: data-dependent, no FakeTensor can run it); they are
     [pairs]-sized reductions."""
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
     from trl.models.utils import disable_gradient_checkpointing
     from trl.trainer.utils import use_adapter
 
@@ -367,6 +367,12 @@ TRAINER_GRID: tuple = (
        seq=512),
     _c("phi3-mini-loop-full-b2-s512", "phi3-mini", method="full", trainer="loop", batch=2, seq=512),
     _c("qwen2.5-0.5b-loop-lora-accum2-b2", "qwen2.5-0.5b", method="lora", trainer="loop", grad_accum=2, batch=2),
+    # DPO: chosen + rejected rows; the reference forward (PEFT: adapters disabled; full: a frozen copy)
+    _c("mistral-7b-dpo-lora-s1024", "mistral-7b", method="lora", trainer="trl-dpo"),
+    _c("llama3.1-8b-dpo-qlora-b2", "llama3.1-8b", method="qlora", trainer="trl-dpo", batch=2),
+    _c("qwen2.5-1.5b-dpo-full-s512", "qwen2.5-1.5b", method="full", trainer="trl-dpo", seq=512),
+    _c("qwen2.5-0.5b-dpo-lora-precomputed", "qwen2.5-0.5b", method="lora", trainer="trl-dpo",
+       precompute_ref_log_probs=True),
 )
 
 
