@@ -100,6 +100,9 @@ def _phases(plan):
     {"method": "lora", "trainer": "loop", "batch": 2, "seq": 128},
     {"method": "lora", "trainer": "loop", "seq": 128, "grad_ckpt": False},
     {"method": "full", "trainer": "loop", "seq": 128},
+    {"method": "lora", "trainer": "trl-dpo", "seq": 128},
+    {"method": "full", "trainer": "trl-dpo", "seq": 128},
+    {"method": "qlora", "trainer": "trl-dpo", "seq": 128, "precompute_ref_log_probs": True},
 ])
 def test_step_matches_traced_trainer(opts):
     pytest.importorskip("trl")
