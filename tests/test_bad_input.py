@@ -216,3 +216,24 @@ def test_seq_beyond_the_model_context_is_a_warning_not_an_error(capsys):
     assert "2048" in err and "warning" in err.lower() and len(err.strip().splitlines()) == 1
     code, _, err = run(["estimate", "--model", "llama-7b", "--seq", "2048"], capsys)
     assert code == 0 and not err
+
+
+def test_a_blocker_sentence_gives_each_plan_its_own_size():
+    """'full fine-tuning needs at least 79.7 GiB (smallest GPU that fits: rtx-a6000)' mixed the T4's fp32+fp16
+    plan with the bf16 plan that fits the 48 GB card: each size now goes with its own version and GPU."""
+    from vramplan.commands.suggest import _blocker_words
+    from vramplan.plan import make_plan
+
+    fp32 = make_plan(method="full", param_dtype="fp32", mixed_precision="fp16").model_dump()
+    bf16 = make_plan(method="full").model_dump()
+
+    class Blocker:
+        plan, gpu_bytes, host_bytes, host_fits = fp32, 80 * 2**30, 0, True
+        smallest_gpu, smallest_gpu_bytes, smallest_gpu_plan = "rtx-a6000", 40 * 2**30, bf16
+
+    class Advice:
+        gpus, gpu = 1, "t4"
+
+    words = _blocker_words(Advice, Blocker)
+    assert "80.0 GiB in fp32 weights with fp16 autocast on the t4" in words
+    assert "in bf16 it takes 40.0 GiB (smallest GPU that fits: rtx-a6000)" in words

@@ -81,6 +81,8 @@ class Option(_Frozen):
     host_fits: bool  # host_bytes within the request's host RAM
     weights_bytes: int  # the load phase: what the card holds before the first step
     smallest_gpu: str | None  # None also when the plan's host RAM does not fit
+    smallest_gpu_bytes: int | None = None  # what the plan takes on that GPU (its context, its dtype version)
+    smallest_gpu_plan: dict | None = None  # the version priced there when it differs (bf16 on a bf16 card)
     same_size_gpus: list[str]
     offloaded_gpu_bytes: int | None  # with the optimizer states off the GPU (ZeRO-Offload), if that matters
     fsdp_gpus: int | None  # the fewest GPUs of this kind that fit the plan with FSDP (None: not even 1024)
@@ -247,8 +249,9 @@ def lean(probe: Probe, method: str, seq: int) -> Candidate:
     return min(cands, key=lambda c: (c.gpu_bytes, c.host_bytes, -c.tokens_per_s))
 
 
-def smallest_gpus(probe: Probe, plan: TrainingPlan) -> list[GpuProfile]:
-    """The GPUs `plan` fits with the headroom, smallest first; bf16 cards get the bf16 version of the plan."""
+def smallest_gpus(probe: Probe, plan: TrainingPlan) -> list[tuple[GpuProfile, int, TrainingPlan]]:
+    """(GPU, bytes on it, the plan version priced) for every GPU `plan` fits with the headroom, smallest first;
+    bf16 cards get the bf16 version of the plan (so its bytes are that version's, not `plan`'s)."""
     versions = {False: plan}
     if not probe.req.gpu.bf16_supported and "param_dtype" not in probe.req.pinned:
         versions = {False: plan, True: replan(plan, param_dtype="bf16", mixed_precision=None)}
@@ -260,8 +263,9 @@ def smallest_gpus(probe: Probe, plan: TrainingPlan) -> list[GpuProfile]:
         if version is None:
             continue
         e = probe.measure(version).estimate
-        if _per_card(e.peak_bytes, g.cuda_context_bytes) + e.paged_bytes <= g.usable_bytes * (1 - probe.req.headroom):
-            out.append(g)
+        on_card = _per_card(e.peak_bytes, g.cuda_context_bytes) + e.paged_bytes
+        if on_card <= g.usable_bytes * (1 - probe.req.headroom):
+            out.append((g, on_card, version))
     return out
 
 
@@ -269,14 +273,16 @@ def option(probe: Probe, cand: Candidate) -> Option:
     e = cand.estimate
     host_fits = probe.host_fits(cand)
     fits_on = smallest_gpus(probe, cand.plan) if host_fits else []
-    smallest = fits_on[0] if fits_on else None
-    same = [g.slug for g in fits_on[1:] if smallest and g.memory_bytes == smallest.memory_bytes]
+    smallest, smallest_bytes, version = fits_on[0] if fits_on else (None, None, None)
+    same = [g.slug for g, _, _ in fits_on[1:] if smallest and g.memory_bytes == smallest.memory_bytes]
     offloaded = None
     if cand.plan.gpus == 1 and e.components["optimizer_states"] + e.paged_bytes > 0.05 * cand.gpu_bytes:
         offloaded = probe.measure(replan(cand.plan, optimizer="sgd")).gpu_bytes
     return Option(method=cand.plan.method, plan=cand.plan.model_dump(), gpu_bytes=cand.gpu_bytes,
                   host_bytes=cand.host_bytes, host_fits=host_fits, weights_bytes=e.phases["load"],
                   smallest_gpu=smallest.slug if smallest else None, same_size_gpus=same,
+                  smallest_gpu_bytes=smallest_bytes,
+                  smallest_gpu_plan=version.model_dump() if version is not None and version != cand.plan else None,
                   offloaded_gpu_bytes=offloaded, fsdp_gpus=fewest_gpus(probe, cand.plan, "none"),
                   fsdp_offload_gpus=fewest_gpus(probe, cand.plan, "params"))
 

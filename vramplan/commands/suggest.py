@@ -214,8 +214,20 @@ def _blocker_words(a: Any, b: Any) -> str:
         return (f"{describe(b.plan)} needs {gib(b.host_bytes)} of host RAM for {_dist(b.plan)} (more than "
                 f"--host-ram {gib(a.host_ram_bytes)}), at {gib(b.gpu_bytes)}{per}")
     host = f" and {gib(b.host_bytes)} of host RAM" if b.host_bytes else ""
+    if b.smallest_gpu and b.smallest_gpu_plan:  # the smallest GPU runs another version: give each its own size
+        other = b.smallest_gpu_plan
+        return (f"{describe(b.plan)} needs at least {gib(b.gpu_bytes)}{per}{host} in {_dtype_words(b.plan)} on the "
+                f"{a.gpu}; in {_dtype_words(other)} it takes {gib(b.smallest_gpu_bytes)} (smallest GPU that fits: "
+                f"{b.smallest_gpu})")
     smallest = f" (smallest GPU that fits: {b.smallest_gpu})" if b.smallest_gpu else ""
     return f"{describe(b.plan)} needs at least {gib(b.gpu_bytes)}{per}{host}{smallest}"
+
+
+def _dtype_words(plan: dict) -> str:
+    """'bf16' or 'fp32 weights with fp16 autocast'."""
+    if plan.get("mixed_precision"):
+        return f"{plan['param_dtype']} weights with {plan['mixed_precision']} autocast"
+    return plan["param_dtype"]
 
 
 def _contrast_words(a: Any, plan: dict) -> list[str]:
@@ -327,6 +339,8 @@ def render_nearest(console: Any, a: Any) -> None:
         more = ", ..." if len(o.same_size_gpus) > 2 else ""
         also = f" (also {', '.join(o.same_size_gpus[:2])}{more})" if o.same_size_gpus else ""
         smallest = (o.smallest_gpu or "none") + also if o.host_fits else "- (host RAM)"
+        if o.smallest_gpu and o.smallest_gpu_plan:  # that GPU runs another version of the plan: its own size
+            smallest += f", {gib(o.smallest_gpu_bytes)} in {_dtype_words(o.smallest_gpu_plan)}"
         dist = [f"{o.plan['sharding'] or 'ddp'}+{o.plan['offload']}", gib(o.host_bytes)] if multi else []
         table.add_row(o.method, gib(o.gpu_bytes), *dist, gib(o.weights_bytes), smallest,
                       gib(o.offloaded_gpu_bytes) if o.offloaded_gpu_bytes else "-",
