@@ -15,6 +15,7 @@ from typing import TextIO
 from vramplan.commands.calibrate import add_calibrate_parser, add_calibrations_parser
 from vramplan.commands.check import add_check_parser
 from vramplan.commands.estimate import add_compare_parser, add_estimate_parser
+from vramplan.commands.infer import add_infer_parser
 from vramplan.commands.listing import add_gpus_parser, add_models_parser
 from vramplan.commands.plan_flags import (  # noqa: F401
     add_plan_arguments,
@@ -35,6 +36,7 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_calibrations_parser,
     add_suggest_parser,
     add_check_parser,
+    add_infer_parser,
 ]
 
 

@@ -57,6 +57,7 @@ class InferencePlan(BaseModel):
     context: int = Field(default=4096, gt=1)  # prompt + new tokens
     new_tokens: int = Field(default=256, gt=0)
     cache: Cache = "dynamic"
+    greedy: bool = False  # do_sample=False; else sampling with top-k / top-p (most chat models' generation_config)
     attn: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     quant_blocksize: int = 64
     double_quant: bool = True
@@ -83,7 +84,7 @@ class InferenceEstimate(BaseModel):
     kv_per_token_bytes: int  # every layer, K and V, one sequence (full-attention layers only grow)
     prefill_kv_bytes: int
     prefill_activation_bytes: int
-    decode_transient_bytes: int  # one layer's keys during torch.cat, the last logits and their fp32 copy
+    decode_transient_bytes: int  # one layer's keys during torch.cat, or the last logits being sampled
     dequant_scratch_bytes: int
     ids_bytes: int
     prefill_peak_bytes: int
@@ -134,7 +135,11 @@ def _lora_plan(plan: InferencePlan):
 
 def weights_bytes(model: ModelSpec, plan: InferencePlan) -> tuple[int, int]:
     """(base weights, unmerged adapter) as loaded for inference."""
-    from vramplan.estimator.weights import quantized_layer_bytes, rotary_buffer_bytes, static_memory
+    from vramplan.estimator.weights import (
+        quantized_layer_bytes,
+        rotary_buffer_bytes,
+        static_memory,
+    )
 
     d = DTYPE_BYTES[plan.dtype]
     total = 0
@@ -259,11 +264,11 @@ def _attention_steps(model: ModelSpec, plan: InferencePlan, wrapped: set[str]) -
         steps += [(f"+{x}cos", size), (f"+{x}cat", size), (f"+{x}sin", size), (f"-{x}cos", 0), (f"-{x}cat", 0),
                   (f"+{x}e", size), (f"-{x}sin", 0), (f"-{tr.q if x == 'q' else tr.k}", 0)]
     kv_len = plan.context - 1 if plan.cache == "static" else p
-    steps += [("+kc", 0 if plan.cache == "static" else kb), ("-ke", 0), ("+vc", 0 if plan.cache == "static" else kb),
-              (f"-{tr.v}", 0)]
-    if plan.attn == "eager" or plan.cache == "static":  # repeat_kv to every query head
+    steps += [("-ke", 0), (f"-{tr.v}", 0)]  # the cache's copies of K and V are counted in the KV bytes
+    eager = attention_of(model, plan) == "eager"
+    if eager or plan.cache == "static":  # repeat_kv to every query head
         steps += [("+krep", b * nq * kv_len * hd * d), ("+vrep", b * nq * kv_len * hd * d)]
-    if plan.attn == "eager":
+    if eager:
         scores = b * nq * p * kv_len
         # softmax(dtype=float32) casts its input first (`_to_copy`), then `_softmax`, then `.to(query.dtype)`
         steps += [("+sc", scores * d), ("+scm", scores * d), ("-sc", 0), ("+in32", scores * 4),
@@ -291,7 +296,11 @@ def prefill_activation_bytes(model: ModelSpec, plan: InferencePlan) -> int:
     rope = 2 * t * model.head_dim * d
     wrapped = _wrapped(model, plan)
     held = (2 if model.num_layers > 1 else 1) * t * h * d + rope + prefill_mask_bytes(model, plan)
-    mlp = held + 2 * t * h * d + _live_peak(_mlp_steps(model, plan, t, wrapped))
+    eager = attention_of(model, plan) == "eager"
+    kv_len = plan.context - 1 if plan.cache == "static" else plan.prompt
+    # eager returns its softmaxed weights; the decoder layer's `hidden_states, _ = self.self_attn(...)` keeps them
+    weights = plan.batch * model.num_heads * plan.prompt * kv_len * d if eager else 0
+    mlp = held + 2 * t * h * d + weights + _live_peak(_mlp_steps(model, plan, t, wrapped))
     attn = held + t * h * d + _live_peak(_attention_steps(model, plan, wrapped))
     return max(mlp, attn)
 
@@ -301,9 +310,29 @@ def prefill_mask_bytes(model: ModelSpec, plan: InferencePlan) -> int:
     eager gets [batch, 1, P, kv] in the dtype (`eager_mask`); sdpa needs none over a dynamic cache without
     padding (`_ignore_causal_mask_sdpa`) but a bool [batch, 1, P, kv] over a static cache."""
     kv_len = plan.context - 1 if plan.cache == "static" else plan.prompt
-    if plan.attn == "eager":
-        return plan.batch * plan.prompt * kv_len * DTYPE_BYTES[plan.dtype]
-    return plan.batch * plan.prompt * kv_len if plan.cache == "static" else 0
+    masks = len(set(layer_types(model)))  # one per kind of layer (sliding and full: Gemma 2/3, `layer_types`)
+    if attention_of(model, plan) == "eager":
+        return masks * plan.batch * plan.prompt * kv_len * DTYPE_BYTES[plan.dtype]
+    return masks * plan.batch * plan.prompt * kv_len if plan.cache == "static" else 0
+
+
+def attention_of(model: ModelSpec, plan: InferencePlan) -> str:
+    """The attention transformers runs: eager where the class has no sdpa path (`estimator.core`)."""
+    from vramplan.estimator.core import attn_implementation
+    from vramplan.plan import make_plan
+
+    return attn_implementation(model, make_plan(method="lora", attn=plan.attn))
+
+
+def sampling_bytes_per_logit(plan: InferencePlan) -> int:
+    """Bytes per vocabulary entry of one sequence while generate picks the next token (`GenerationMixin._sample`):
+    the lm_head's logits in the dtype and their new fp32 copy `next_token_logits`, while the previous step's
+    copy is still bound (greedy: argmax of it). Sampling also keeps the previous step's `next_token_scores` and
+    `probs` bound, and runs the logits processors: TopKLogitsWarper's `masked_fill` (fp32; the temperature's
+    division died as the list rebound `scores`), then TopPLogitsWarper holds `torch.sort`'s fp32 values and
+    int64 indices, the cumsum of their softmax, two bool masks (`<=`, `scatter`) and its own `masked_fill`."""
+    d = DTYPE_BYTES[plan.dtype]
+    return d + 8 if plan.greedy else d + 4 + 8 + 4 + 12 + 4 + 2 + 4
 
 
 def dequant_scratch_bytes(model: ModelSpec, plan: InferencePlan) -> int:
@@ -323,9 +352,14 @@ def estimate_inference(model: ModelSpec, plan: InferencePlan) -> InferenceEstima
     act = prefill_activation_bytes(model, plan)
     vocab = model.vocab_size
     cat = 0 if plan.cache == "static" else per_token // 2  # one layer's old keys during torch.cat (per token)
-    decode_transient = cat * (plan.context - 2) + plan.batch * vocab * (d + 4)
+    # two moments of the last step: the forward's torch.cat, with the previous step's fp32 `next_token_logits`
+    # (and, sampling, `next_token_scores` and `probs`) still bound in `_sample`; then the sampling of the new
+    # logits (`outputs` is deleted at the end of each step, so the lm_head's output is not in the first)
+    held = plan.batch * vocab * (4 if plan.greedy else 12)
+    decode_transient = max(cat * (plan.context - 2) + held, plan.batch * vocab * sampling_bytes_per_logit(plan))
     scratch = dequant_scratch_bytes(model, plan)
-    ids = plan.batch * plan.context * 8 * 2  # input_ids and the next, longer copy (torch.cat per step)
+    # int64 input_ids and attention_mask, and the next, longer copy torch.cat makes of one of them per step
+    ids = plan.batch * plan.context * 8 * 3
     static = weights + adapter + scratch + ids
     return InferenceEstimate(
         model=model.name, plan=plan.model_dump(), weights_bytes=weights, adapter_bytes=adapter,
@@ -334,3 +368,38 @@ def estimate_inference(model: ModelSpec, plan: InferencePlan) -> InferenceEstima
         decode_transient_bytes=decode_transient, dequant_scratch_bytes=scratch, ids_bytes=ids,
         prefill_peak_bytes=static + kv_prefill + act, decode_peak_bytes=static + kv_final + decode_transient,
     )
+
+
+def on_gpu(result: InferenceEstimate, profile) -> InferenceEstimate:
+    """Add the CUDA context (`device.driver_context_bytes`) and the allocator's headroom (`api.allocator_reserve_bytes`:
+    generate's allocations are the same few sizes step after step, so the quick screen is used, not the
+    training step's replay) and say if it fits `profile`."""
+    from vramplan.api import allocator_reserve_bytes
+    from vramplan.device import driver_context_bytes
+
+    return result.model_copy(update={
+        "gpu": profile.slug, "gpu_usable_bytes": profile.usable_bytes,
+        "cuda_context_bytes": driver_context_bytes(profile), "reserve_bytes": allocator_reserve_bytes(result.peak_bytes),
+    })
+
+
+def largest_fitting(model: ModelSpec, plan: InferencePlan, profile, field: str, cap: int) -> int | None:
+    """The largest `batch` or `context` (up to `cap`) whose generate fits on `profile`; None when even 1 (batch) or
+    new_tokens + 1 (context) does not. Memory grows with both, so a binary search is exact."""
+    lo = 1 if field == "batch" else plan.new_tokens + 1
+
+    def fits(n: int) -> bool:
+        return bool(on_gpu(estimate_inference(model, plan.model_copy(update={field: n})), profile).fits)
+
+    if not fits(lo):
+        return None
+    hi = lo
+    while hi < cap and fits(min(cap, hi * 2)):
+        hi = min(cap, hi * 2)
+    if hi == cap:
+        return cap
+    top = min(cap, hi * 2)  # fits(hi), not fits(top)
+    while top - hi > 1:
+        mid = (hi + top) // 2
+        hi, top = (mid, top) if fits(mid) else (hi, mid)
+    return hi

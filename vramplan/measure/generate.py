@@ -59,9 +59,11 @@ def measure_generate(config: dict, plan: InferencePlan, device: str = "cpu", see
     with torch.no_grad(), MemoryTracker() as tracker:
         weights = tracker.register(tensors, "weights")
         tracker.register([ids], "input")
+        # no eos token: exactly new_tokens steps without MinNewTokensLengthLogitsProcessor's own copies
+        sampling = {} if plan.greedy else {"top_k": 50, "top_p": 0.9, "temperature": 0.7}
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=plan.new_tokens,
-                             min_new_tokens=plan.new_tokens, do_sample=False, pad_token_id=0,
-                             return_dict_in_generate=True, **kwargs)
+                             do_sample=not plan.greedy, eos_token_id=None, pad_token_id=0,
+                             return_dict_in_generate=True, **sampling, **kwargs)
         peak = tracker.peak_bytes
     cache = out.past_key_values
     seen: set[int] = set()

@@ -1,0 +1,102 @@
+"""`vramplan infer`: the GPU memory of `model.generate(...)` (vramplan.inference), and the largest batch or
+context that fits a GPU."""
+
+from __future__ import annotations
+
+import argparse
+
+from vramplan.commands.plan_flags import add_gpu_arguments, console, gpu_dirs
+
+DOES_NOT_FIT = 1
+QUANT_CHOICES = ("nf4", "int8", "none", "merged")
+
+
+def add_infer_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="memory of generating with a (quantized, adapted or merged) model",
+                       description="Estimate the GPU memory of transformers' generate: weights, KV cache, prefill, "
+                       "the last decode step; with --gpu, the largest batch and context that fit.")
+    p.add_argument("--model", required=True, help="preset name, config.json path, model folder or HF hub id")
+    p.add_argument("--quant", choices=QUANT_CHOICES, default="nf4",
+                   help="weights: nf4 (4-bit) or int8 (bitsandbytes), none (16-bit), merged (16-bit, adapter "
+                   "merged in) (default nf4)")
+    p.add_argument("--adapter-rank", "--rank", dest="rank", type=int, help="an unmerged LoRA adapter of this rank")
+    p.add_argument("--targets", help="the adapter's target modules: default, attention, all-linear or a list")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="load/compute dtype")
+    p.add_argument("--batch", type=int, default=1, help="sequences generated together (default 1)")
+    p.add_argument("--context", type=int, default=4096, help="prompt + new tokens (default 4096)")
+    p.add_argument("--new-tokens", type=int, default=256, help="tokens generated (default 256)")
+    p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic",
+                   help="transformers' DynamicCache (default) or cache_implementation='static'")
+    p.add_argument("--attn", choices=("sdpa", "eager", "flash_attention_2"), default="sdpa")
+    add_gpu_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_infer)
+
+
+def infer_plan(args: argparse.Namespace):
+    from vramplan.inference import make_inference_plan
+
+    return make_inference_plan(quant=args.quant, rank=args.rank, targets=args.targets, dtype=args.dtype,
+                               batch=args.batch, context=args.context, new_tokens=args.new_tokens, cache=args.cache,
+                               attn=args.attn)
+
+
+def infer_result(model: str, plan, gpu: str | None, dirs=()) -> tuple:
+    """(estimate, largest batch, largest context): the last two None without a GPU."""
+    from vramplan.inference import estimate_inference, largest_fitting, on_gpu
+    from vramplan.models import resolve_model
+
+    spec = resolve_model(model)
+    result = estimate_inference(spec, plan)
+    if gpu is None:
+        return result, None, None
+    from vramplan.hardware import resolve_gpu
+
+    profile = resolve_gpu(gpu, tuple(dirs))
+    cap = int(spec.config.get("max_position_embeddings") or 131072)
+    return (on_gpu(result, profile), largest_fitting(spec, plan, profile, "batch", 4096),
+            largest_fitting(spec, plan, profile, "context", max(cap, plan.context)))
+
+
+def infer_json(result, max_batch: int | None, max_context: int | None) -> dict:
+    return {**result.model_dump(), "max_batch": max_batch, "max_context": max_context}
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from vramplan import report
+
+    result, max_batch, max_context = infer_result(args.model, infer_plan(args), args.gpu, gpu_dirs(args))
+    if args.json:
+        report.print_json(infer_json(result, max_batch, max_context))
+    else:
+        render_infer(console(args), result, max_batch, max_context)
+    return DOES_NOT_FIT if result.fits is False else 0
+
+
+def render_infer(out, e, max_batch: int | None, max_context: int | None) -> None:
+    from rich.table import Table
+
+    from vramplan.units import format_bytes
+
+    p = e.plan
+    adapter = f" + LoRA r={p['rank']} (fp32, unmerged)" if e.adapter_bytes else ""
+    out.print(f"[bold]{e.model}[/] generate: {p['quant']} weights{adapter}, batch {p['batch']}, context "
+              f"{p['context']} ({p['context'] - p['new_tokens']} prompt + {p['new_tokens']} new), {p['cache']} cache")
+    t = Table(show_header=True, header_style="bold")
+    t.add_column("component")
+    t.add_column("bytes", justify="right")
+    rows = [("weights", e.weights_bytes), ("adapter", e.adapter_bytes), ("KV cache (final)", e.kv_cache_bytes),
+            ("prefill activations", e.prefill_activation_bytes), ("decode transient", e.decode_transient_bytes),
+            ("4-bit dequant scratch", e.dequant_scratch_bytes), ("prefill peak", e.prefill_peak_bytes),
+            ("last decode step peak", e.decode_peak_bytes), ("peak", e.peak_bytes)]
+    if e.gpu:
+        rows += [("CUDA context", e.cuda_context_bytes), ("allocator headroom", e.reserve_bytes),
+                 ("device total", e.device_bytes), (f"{e.gpu} usable", e.gpu_usable_bytes)]
+    for name, n in rows:
+        t.add_row(name, format_bytes(n))
+    out.print(t)
+    out.print(f"KV cache per token of context: {format_bytes(e.kv_per_token_bytes, 'auto')} per sequence")
+    if e.gpu:
+        verdict = "[green]fits[/]" if e.fits else "[red]does not fit[/]"
+        out.print(f"{verdict} on {e.gpu}; largest batch at this context: {max_batch or 'none'}; largest context "
+                  f"at this batch: {max_context or 'none'}")
