@@ -47,14 +47,8 @@ def test_estimate_matches_traced_trainer_step(case):
         assert abs(err[phase]) <= TOLERANCE_PCT, f"{phase}: {table}"
 
 
-# Known misses, with what was measured (the estimate is not tuned to them)
-KNOWN = {"llama3.1-8b-eval-sft-qlora-b8-s2048": "estimate 3.1% under the trace (7.53 vs 7.77 GB), not explained yet: "
-         "the TRL fused head under no_grad at 16k tokens, or bitsandbytes' CPU 4-bit path without autograd"}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=KNOWN[c.id], strict=False))
-                                  if c.id in KNOWN else c for c in EVAL_GRID], ids=[c.id for c in EVAL_GRID])
+@pytest.mark.parametrize("case", EVAL_GRID, ids=[c.id for c in EVAL_GRID])
 def test_estimate_matches_traced_eval_step(case):
     r = run_eval_case(case)
     print(f"\n{case.id}: eval {r['traced']:,} vs {r['estimate']:,} ({r['error_pct']:+.3f}%)")

@@ -3,7 +3,8 @@
 transformers 5 `Trainer.evaluate` -> `evaluation_loop` -> `prediction_step`, between training steps: the weights
 and the optimizer states stay on the GPU, the gradients are None (`zero_grad(set_to_none=True)`), the model is in
 eval mode (dropout off; checkpointing only acts in training, so `use_cache` is on and a DynamicCache fills up) and
-the forward runs under `torch.no_grad()`: no layer keeps anything for a backward. The loss is computed as in
+the forward runs under `torch.no_grad()`: no layer keeps anything for a backward, but the decoder's own
+`inputs_embeds` variable (LlamaModel.forward and its copies) holds the embedding output until the layers are done. The loss is computed as in
 training (the full fp32 logits for `hf`/`loop`, TRL's fused head for `trl-sft`, which also forces
 `use_cache=False`).
 
@@ -61,7 +62,9 @@ def eval_peak(model: ModelSpec, plan: TrainingPlan, base: int) -> int:
     # stores the tensor itself (`self.tensors = tensors`), so all_preds *is* the previous logits
     k = plan.eval_accumulation_steps or 1
     held = 0 if loss_only else (k - 1) * logits + (logits if k > 2 else 0)
-    layers_peak = live + held + (n - 1) * cache + x + layer.fwd_peak
+    # the decoder's `inputs_embeds` local keeps the embedding output alive until the base model returns
+    embeds = x if n > 1 else 0
+    layers_peak = live + held + (n - 1) * cache + embeds + x + layer.fwd_peak
     tp = Tape(checkpointing=True)  # no_grad: no node saves a tensor
     hx = tp.new(x, True)
     loss_head(tp, c, hx, a, bool(model.config.get("final_logit_softcapping")), c.trainer, c.loss_type)
@@ -83,4 +86,5 @@ def reference_forward_peak(model: ModelSpec, plan: TrainingPlan, c, a: int) -> i
     layer = layer_cost(model, rp, rc, False)
     tp = Tape(checkpointing=True)
     trl_fused_head(tp, rc, tp.new(x, False), a)
-    return rope_bytes(model, plan) + max(x + layer.fwd_peak, tp.peak)
+    embeds = x if model.num_layers > 1 else 0  # the decoder's `inputs_embeds` local (see eval_peak)
+    return rope_bytes(model, plan) + max(embeds + x + layer.fwd_peak, tp.peak)
