@@ -211,7 +211,7 @@ def test_bf16_and_flash_attention_2_run_on_ampere_and_newer_and_on_rocm(gpu):
 
 
 def test_seq_beyond_the_model_context_is_a_warning_not_an_error(capsys):
-    code, out, err = run(["estimate", "--model", "llama-7b", "--seq", "8192"], capsys)
+    code, _, err = run(["estimate", "--model", "llama-7b", "--seq", "8192"], capsys)
     assert code == 0
     assert "2048" in err and "warning" in err.lower() and len(err.strip().splitlines()) == 1
     code, _, err = run(["estimate", "--model", "llama-7b", "--seq", "2048"], capsys)

@@ -39,10 +39,10 @@ def plans(draw):
     method = draw(st.sampled_from(("full", "lora", "qlora")))
     sharding = draw(st.sampled_from(SHARDINGS))
     gpus = 1 if sharding == "none" else draw(st.sampled_from((1, 2, 4, 8)))
-    opts = dict(method=method, sharding=sharding, gpus=gpus, optimizer=draw(st.sampled_from(OPTIMIZERS)),
-                seq=draw(st.sampled_from((128, 512, 1024, 4096))), batch=draw(st.integers(1, 4)),
-                grad_accum=draw(st.sampled_from((1, 2, 4))), grad_ckpt=draw(st.booleans()),
-                offload=draw(st.sampled_from(("none", "optimizer", "params"))))
+    opts = {"method": method, "sharding": sharding, "gpus": gpus, "optimizer": draw(st.sampled_from(OPTIMIZERS)),
+            "seq": draw(st.sampled_from((128, 512, 1024, 4096))), "batch": draw(st.integers(1, 4)),
+            "grad_accum": draw(st.sampled_from((1, 2, 4))), "grad_ckpt": draw(st.booleans()),
+            "offload": draw(st.sampled_from(("none", "optimizer", "params")))}
     if method != "full":
         opts.update(rank=draw(st.sampled_from((4, 8, 16, 64))), targets=draw(st.sampled_from(TARGETS)))
     return draw(st.sampled_from(MODELS)), opts
