@@ -23,22 +23,32 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from vramplan.errors import PlanError
 from vramplan.vocab import (  # noqa: F401  (SHARDINGS, OPTIMIZERS, TRAINERS, TARGET_SHORTHANDS: re-exported)
     ATTENTIONS,
     DTYPES,
+    INT_RANGES,
     LOSS_TYPES,
     METHODS,
     MIXED_PRECISIONS,
     OFFLOADS,
     OPTIMIZERS,
+    QUANT_BLOCKSIZES,
     QUANT_STORAGES,
     QUANTS,
     SHARDINGS,
     TARGET_SHORTHANDS,
     TRAINERS,
+    range_words,
 )
 
 # The names each field takes are owned by vramplan.vocab (plain tuples, so the CLI parser needs no pydantic).
@@ -64,28 +74,6 @@ def allowed_offloads(sharding: str) -> tuple[str, ...]:
     return ("none", *(("optimizer",) if sharding in ZERO else ()), *(("params",) if sharding in PARAM_SHARDING else ()))
 
 Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
-
-# The documented range of every integer in a plan (the CLI's help quotes it via `range_words`): wider than any
-# real run, narrow enough that a typo cannot make an estimate or a search do unbounded work.
-INT_RANGES: dict[str, tuple[int, int]] = {
-    "batch": (1, 65_536),  # sequences per GPU per micro-batch
-    "seq": (1, 16_777_216),  # 2**24 tokens: above every released context length
-    "grad_accum": (1, 1_048_576),  # HF Trainer holds every micro-batch's input ids: 16 B/token each
-    "rank": (1, 65_536),  # peft takes any r; a rank above the layer's width only adds zeros
-    "gpus": (1, 131_072),
-    "trainable_tokens": (1, 16_777_216),  # embedding rows peft trains (trainable_token_indices)
-    # PYTORCH_CUDA_ALLOC_CONF max_split_size_mb: CUDAAllocatorConfig refuses values <= kLargeBuffer (20 MiB)
-    "max_split_size_mb": (21, 1_048_576),
-}
-# bitsandbytes `_ops.py` (quantize_4bit / dequantize_4bit): `blocksize in (32, 64, ..., 4096)`.
-QUANT_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-
-
-def range_words(field: str) -> str:
-    """'1-65536' for an integer plan field, as the CLI's help text says it."""
-    lo, hi = INT_RANGES[field]
-    return f"{lo}-{hi}"
-
 
 class TrainingPlan(BaseModel):
     """One fine-tuning configuration. Sizes are counts; dtypes are 'bf16' | 'fp16' | 'fp32'."""

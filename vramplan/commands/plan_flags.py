@@ -32,6 +32,7 @@ from vramplan.vocab import (
     QUANTS,
     SHARDINGS,
     TRAINERS,
+    range_words,
 )
 
 
@@ -117,23 +118,24 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
                    "(bnb_4bit_quant_storage; FSDP/ZeRO-3 need a float one, the default there)")
     g.add_argument("--no-kbit-upcast", dest="kbit_upcast", action="store_const", const=False, default=None,
                    help="skip peft prepare_model_for_kbit_training's fp32 upcast of non-4-bit weights")
-    g.add_argument("--rank", "--lora-r", "--r", dest="rank", type=int, help="LoRA rank (default 8, as peft)")
-    g.add_argument("--alpha", "--lora-alpha", dest="alpha", type=float, help="LoRA alpha (default 8, as peft)")
+    g.add_argument("--rank", "--lora-r", "--r", dest="rank", type=int, help=f"LoRA rank, {range_words('rank')} (default 8, as peft)")
+    g.add_argument("--alpha", "--lora-alpha", dest="alpha", type=float, help="LoRA alpha, a finite number above 0 (default 8, as peft)")
     g.add_argument("--targets", "--target-modules", "--lora-target-modules", dest="targets", nargs="+", metavar="TARGETS",
                    help="LoRA targets: default | attention | all-linear (all_linear) | module names, comma or "
                    "space separated (q_proj,v_proj)")
-    g.add_argument("--lora-dropout", type=float, help="LoRA dropout probability (default 0)")
+    g.add_argument("--lora-dropout", type=float, help="LoRA dropout probability, in [0, 1) (default 0)")
     _bool_flag(g, "--use-dora", "use_dora", "DoRA (LoraConfig use_dora): a magnitude vector per adapted linear and "
                "an fp32 weight norm of each adapted weight every forward (--dora is the same)")
     _bool_flag(g, "--dora", "use_dora", "= --use-dora")
     g.add_argument("--trainable-tokens", dest="trainable_tokens", type=int, metavar="N",
                    help="peft trainable_token_indices: train N embedding rows (e.g. added tokens) besides LoRA")
     g.add_argument("--batch", "--per-device-train-batch-size", dest="batch", type=int,
-                   help="micro-batch size per GPU (default 1)")
+                   help=f"micro-batch size per GPU, {range_words('batch')} (default 1)")
     g.add_argument("--seq", "--max-seq-length", "--max-length", dest="seq", type=int,
-                   help="sequence length in tokens (default 1024)")
+                   help=f"sequence length in tokens, {range_words('seq')} (default 1024; beyond the "
+                   "model's context: a warning)")
     g.add_argument("--grad-accum", "--gradient-accumulation-steps", dest="grad_accum", type=int,
-                   help="gradient accumulation steps (default 1)")
+                   help=f"gradient accumulation steps, {range_words('grad_accum')} (default 1)")
     g.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
                    help="gradient checkpointing (default on)")
     _bool_flag(g, "--gradient-checkpointing", "grad_ckpt", "= --grad-ckpt")
@@ -145,7 +147,7 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
                    help=f"{', '.join(OPTIMIZERS)}, or a transformers `optim` name (adamw_torch, adamw_bnb_8bit, "
                    "...) (default paged_adamw_8bit for qlora, adamw otherwise)")
     if "--gpus" not in p._option_string_actions:  # a command may define --gpus itself (suggest)
-        g.add_argument("--gpus", type=int, help="GPUs of a data-parallel job (default 1); sizes are then per GPU "
+        g.add_argument("--gpus", type=int, help=f"GPUs of a data-parallel job, {range_words('gpus')} (default 1); sizes are then per GPU "
                        "and --batch is each GPU's micro-batch")
     g.add_argument("--sharding", choices=SHARDINGS, help="ddp | fsdp (FSDP2, ZeRO-3-like) | fsdp_grad_op "
                    "(ZeRO-2-like) | zero1/zero2/zero3 (DeepSpeed) (default: none on one GPU, ddp on several)")
