@@ -17,6 +17,7 @@ from vramplan.commands.check import add_check_parser
 from vramplan.commands.estimate import add_compare_parser, add_estimate_parser
 from vramplan.commands.infer import add_infer_parser
 from vramplan.commands.listing import add_gpus_parser, add_models_parser
+from vramplan.commands.merge import add_merge_parser
 from vramplan.commands.plan_flags import (  # noqa: F401
     add_plan_arguments,
     finish_plan_args,
@@ -37,6 +38,7 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_suggest_parser,
     add_check_parser,
     add_infer_parser,
+    add_merge_parser,
 ]
 
 
