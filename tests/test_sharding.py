@@ -35,7 +35,7 @@ def llama7b():
 
 @pytest.mark.parametrize(("options", "message"), [
     (dict(gpus=2, sharding="none"), "--sharding none trains on one GPU; with --gpus 2 choose ddp"),
-    (dict(gpus=0), "gpus: must be a positive integer"),
+    (dict(gpus=0), "gpus: 0 is out of range: give an integer from 1"),
     (dict(sharding="fsdp", offload="optimizer"), "use --offload params (FSDP offloads parameters"),
     (dict(sharding="ddp", offload="optimizer"), "--offload optimizer needs DeepSpeed ZeRO"),
     (dict(sharding="zero2", offload="params"), "--offload params needs --sharding fsdp, fsdp_grad_op or zero3"),

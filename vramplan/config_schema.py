@@ -76,12 +76,6 @@ def check_config(cfg: Mapping[str, Any], source: str, native: tuple[str, ...]) -
         raise ConfigFileError(f"{source}: missing {', '.join(missing)} (is this a causal LM config.json?)")
     if not isinstance(cfg["model_type"], str) or not cfg["model_type"]:
         raise ConfigFileError(f"{source}: model_type must be a string, got {_shown(cfg['model_type'])}")
-    mt = cfg["model_type"]
-    if mt in native:
-        need = FAMILY_REQUIRED.get(mt, DENSE_REQUIRED)
-        missing = [k for k in need if cfg.get(k) is None]
-        if missing:
-            raise ConfigFileError(f"{source}: missing {', '.join(missing)} (a {mt} config needs them)")
     for key, (lo, hi) in COUNTS.items():
         if cfg.get(key) is not None:
             _count(cfg[key], key, lo, hi, source)
@@ -94,6 +88,11 @@ def check_config(cfg: Mapping[str, Any], source: str, native: tuple[str, ...]) -
                               or not lo < v <= hi):
             bound = f"in ({lo:g}, {hi:g}]" if math.isfinite(hi) else f"above {lo:g}"
             raise ConfigFileError(f"{source}: {key} must be a finite number {bound}, got {_shown(v)}")
+    mt = cfg["model_type"]
+    if mt in native:
+        missing = [k for k in FAMILY_REQUIRED.get(mt, DENSE_REQUIRED) if cfg.get(k) is None]
+        if missing:
+            raise ConfigFileError(f"{source}: missing {', '.join(missing)} (a {mt} config needs them)")
     _check_layer_lists(cfg, source)
     _check_shapes(cfg, source)
 
