@@ -111,3 +111,15 @@ def test_cli_json_and_verdict(capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["fits"] is False and out["max_batch"] >= 1 and out["peak_bytes"] > out["kv_cache_bytes"]
     assert main(["infer", "--model", "llama2-7b", "--context", "5", "--new-tokens", "9"]) == 2
+
+
+def test_cli_compare_lists_every_weight_format(capsys: pytest.CaptureFixture[str]) -> None:
+    from vramplan.cli import main
+
+    assert main(["infer", "--model", "llama2-7b", "--adapter-rank", "16", "--compare", "--gpu", "rtx4090",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["plan"]["quant"] for r in rows] == ["nf4", "int8", "none", "merged"]
+    assert rows[3]["adapter_bytes"] == 0 and rows[0]["peak_bytes"] < rows[3]["peak_bytes"]
+    assert main(["infer", "--model", "llama2-7b", "--gpu", "rtx4090"]) == 0
+    assert "fits on rtx4090" in capsys.readouterr().out

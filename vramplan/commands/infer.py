@@ -28,8 +28,12 @@ def add_infer_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", choices=("dynamic", "static"), default="dynamic",
                    help="transformers' DynamicCache (default) or cache_implementation='static'")
     p.add_argument("--attn", choices=("sdpa", "eager", "flash_attention_2"), default="sdpa")
+    p.add_argument("--greedy", action="store_true", help="do_sample=False (default: sampling with top-k/top-p, "
+                   "whose logits processors copy the logits)")
+    p.add_argument("--compare", action="store_true", help="serve or merge: every weight format side by side "
+                   "(nf4/int8/16-bit with the unmerged adapter, merged 16-bit)")
     add_gpu_arguments(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (a list with --compare)")
     p.set_defaults(run=run_infer)
 
 
@@ -38,7 +42,7 @@ def infer_plan(args: argparse.Namespace):
 
     return make_inference_plan(quant=args.quant, rank=args.rank, targets=args.targets, dtype=args.dtype,
                                batch=args.batch, context=args.context, new_tokens=args.new_tokens, cache=args.cache,
-                               attn=args.attn)
+                               attn=args.attn, greedy=args.greedy)
 
 
 def infer_result(model: str, plan, gpu: str | None, dirs=()) -> tuple:
@@ -65,6 +69,8 @@ def infer_json(result, max_batch: int | None, max_context: int | None) -> dict:
 def run_infer(args: argparse.Namespace) -> int:
     from vramplan import report
 
+    if args.compare:
+        return _run_compare(args)
     result, max_batch, max_context = infer_result(args.model, infer_plan(args), args.gpu, gpu_dirs(args))
     if args.json:
         report.print_json(infer_json(result, max_batch, max_context))
@@ -100,3 +106,46 @@ def render_infer(out, e, max_batch: int | None, max_context: int | None) -> None
         verdict = "[green]fits[/]" if e.fits else "[red]does not fit[/]"
         out.print(f"{verdict} on {e.gpu}; largest batch at this context: {max_batch or 'none'}; largest context "
                   f"at this batch: {max_context or 'none'}")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from vramplan import report
+
+    rows = []
+    for quant in QUANT_CHOICES:
+        args.quant = quant
+        rows.append(infer_result(args.model, infer_plan(args), args.gpu, gpu_dirs(args)))
+    if args.json:
+        report.print_json([infer_json(*row) for row in rows])
+    else:
+        render_infer_compare(console(args), rows)
+    return DOES_NOT_FIT if args.gpu and not any(r[0].fits for r in rows) else 0
+
+
+def render_infer_compare(out, rows: list) -> None:
+    from rich.table import Table
+
+    from vramplan.units import GiB
+
+    first = rows[0][0]
+    p = first.plan
+    adapter = f" + LoRA r={p['rank']} unmerged" if first.adapter_bytes else ""
+    out.print(f"Serve or merge: {first.model}{adapter}, batch {p['batch']}, context {p['context']} (GiB)")
+    t = Table(show_header=True, header_style="bold")
+    for name in ("weights", "adapter", "KV cache", "peak"):
+        t.add_column(name, justify="left" if name == "weights" else "right")
+    gpu = first.gpu
+    if gpu:
+        for name in (f"on {gpu}", "fits", "max batch", "max context"):
+            t.add_column(name, justify="right")
+    words = {"nf4": "4-bit nf4", "int8": "8-bit int8", "none": "16-bit", "merged": "16-bit merged"}
+    for e, max_batch, max_context in rows:
+        cells = [words[e.plan["quant"]], f"{e.adapter_bytes / GiB:.2f}",
+                 f"{e.kv_cache_bytes / GiB:.2f}", f"{e.peak_bytes / GiB:.2f}"]
+        if gpu:
+            cells += [f"{e.device_bytes / GiB:.2f}", "yes" if e.fits else "no", str(max_batch or "-"),
+                      str(max_context or "-")]
+        t.add_row(*cells)
+    out.print(t)
+    if gpu:
+        out.print("max context stops at the model's max_position_embeddings; max batch at this context")
