@@ -32,6 +32,8 @@ def test_trl_sft_defaults_follow_trl():
     ({"eval_accumulation_steps": 2}, "--eval-batch"),
     ({"eval_batch": 2, "prediction_loss_only": False}, "--eval-accumulation-steps"),
     ({"trainer": "trl-grpo"}, "trainer"),
+    ({"trainer": "trl-dpo", "gpus": 2}, "one GPU only"),
+    ({"eval_batch": 2, "gpus": 2, "sharding": "fsdp"}, "one GPU only"),
 ])
 def test_bad_trainer_options_are_one_line_errors(opts, word):
     with pytest.raises(PlanError, match=word.lstrip("-").replace("-", "[-_]") if word == "trainer" else word):

@@ -145,6 +145,10 @@ class TrainingPlan(BaseModel):
     def _trainer_options(self) -> TrainingPlan:
         if self.loss_type is not None and self.trainer != "trl-sft":
             raise ValueError(f"--loss-type applies to --trainer trl-sft, not '{self.trainer}'")
+        if self.multi_gpu and (self.trainer in ("loop", "trl-dpo") or self.eval_batch is not None):
+            what = "--eval-batch" if self.eval_batch is not None else f"--trainer {self.trainer}"
+            raise ValueError(f"{what} is modelled on one GPU only for now (the multi-GPU step composition does not "
+                             "know it yet): drop --gpus/--sharding, or use --trainer hf or trl-sft")
         if self.precompute_ref_log_probs and self.trainer != "trl-dpo":
             raise ValueError("--precompute-ref-log-probs applies to --trainer trl-dpo")
         if self.trainer == "trl-dpo" and self.eval_batch is not None:
