@@ -123,3 +123,27 @@ def test_cli_compare_lists_every_weight_format(capsys: pytest.CaptureFixture[str
     assert rows[3]["adapter_bytes"] == 0 and rows[0]["peak_bytes"] < rows[3]["peak_bytes"]
     assert main(["infer", "--model", "llama2-7b", "--gpu", "rtx4090"]) == 0
     assert "fits on rtx4090" in capsys.readouterr().out
+
+
+TRACED = {
+    "llama2-7b-merged-b2-4k": ("llama2-7b", {"quant": "merged", "batch": 2, "context": 4096, "new_tokens": 96}),
+    "llama3.1-8b-lora-8k": ("llama3.1-8b", {"quant": "none", "rank": 16, "targets": "all-linear", "context": 8192,
+                                            "new_tokens": 192}),
+    "mistral-7b-past-window": ("mistral-7b", {"quant": "merged", "context": 8192, "new_tokens": 192}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(TRACED))
+def test_prefill_traced_at_full_size(case: str) -> None:
+    """generate's prefill forward at full size under FakeTensorMode (`measure.generate.trace_prefill`): the
+    estimate less generate's own int64 bookkeeping, plus the registered prompt ids."""
+    from vramplan.measure.generate import trace_prefill
+
+    name, options = TRACED[case]
+    spec, plan = resolve_model(name), make_inference_plan(**options)
+    est = estimate_inference(spec, plan)
+    peak, kv = trace_prefill(spec.config, plan)
+    expected = est.prefill_peak_bytes - est.ids_bytes - est.dequant_scratch_bytes + plan.batch * plan.prompt * 8
+    assert kv == est.prefill_kv_bytes
+    assert expected == pytest.approx(peak, rel=1e-3)

@@ -266,7 +266,7 @@ def _attention_steps(model: ModelSpec, plan: InferencePlan, wrapped: set[str]) -
     kv_len = plan.context - 1 if plan.cache == "static" else p
     steps += [("-ke", 0), (f"-{tr.v}", 0)]  # the cache's copies of K and V are counted in the KV bytes
     eager = attention_of(model, plan) == "eager"
-    if eager or plan.cache == "static":  # repeat_kv to every query head
+    if eager or plan.cache == "static" or _sliding_mask(model, plan):  # a mask: repeat_kv to every query head
         steps += [("+krep", b * nq * kv_len * hd * d), ("+vrep", b * nq * kv_len * hd * d)]
     if eager:
         scores = b * nq * p * kv_len
@@ -308,12 +308,23 @@ def prefill_activation_bytes(model: ModelSpec, plan: InferencePlan) -> int:
 def prefill_mask_bytes(model: ModelSpec, plan: InferencePlan) -> int:
     """The model-level 4-D mask of the prefill (`masking_utils.create_causal_mask`), held through the forward:
     eager gets [batch, 1, P, kv] in the dtype (`eager_mask`); sdpa needs none over a dynamic cache without
-    padding (`_ignore_causal_mask_sdpa`) but a bool [batch, 1, P, kv] over a static cache."""
+    padding (`_ignore_causal_mask_sdpa`) but a bool [batch, 1, P, kv] over a static cache, and a [1, 1, P, P]
+    one over a sliding window the prompt reaches."""
     kv_len = plan.context - 1 if plan.cache == "static" else plan.prompt
     masks = len(set(layer_types(model)))  # one per kind of layer (sliding and full: Gemma 2/3, `layer_types`)
     if attention_of(model, plan) == "eager":
         return masks * plan.batch * plan.prompt * kv_len * DTYPE_BYTES[plan.dtype]
-    return masks * plan.batch * plan.prompt * kv_len if plan.cache == "static" else 0
+    if plan.cache == "static":
+        return masks * plan.batch * plan.prompt * kv_len
+    return plan.prompt * plan.prompt if _sliding_mask(model, plan) else 0
+
+
+def _sliding_mask(model: ModelSpec, plan: InferencePlan) -> bool:
+    """sdpa over a dynamic cache gets an explicit bool [1, 1, P, P] mask once the prompt reaches the sliding
+    window (`_ignore_causal_mask_sdpa` refuses `kv_length >= local_attention_size`; `estimator.core`)."""
+    window = int(model.config.get("sliding_window") or 0)
+    return (attention_of(model, plan) == "sdpa" and "sliding_attention" in layer_types(model)
+            and window > 0 and plan.prompt >= window)
 
 
 def attention_of(model: ModelSpec, plan: InferencePlan) -> str:

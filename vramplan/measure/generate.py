@@ -24,7 +24,7 @@ class GenerateMeasurement:
     kv_cache_bytes: int  # the returned cache's tensors' storage after the call
 
 
-def build_for_inference(config: dict, plan: InferencePlan, device: str = "cpu") -> torch.nn.Module:
+def build_for_inference(config: dict, plan: InferencePlan, device: str = "cpu", trace: bool = False) -> torch.nn.Module:
     """The model as an inference script loads it: base (4-bit for nf4), plus a LoRA adapter or merged into it."""
     from vramplan.measure.build import build_model
     from vramplan.plan import make_plan
@@ -36,7 +36,7 @@ def build_for_inference(config: dict, plan: InferencePlan, device: str = "cpu") 
                            else None)
     if plan.quant == "int8":
         raise NotImplementedError("int8 measurement needs CUDA (bitsandbytes Linear8bitLt)")
-    model = build_model(config, train_plan, device=device, trace=False)
+    model = build_model(config, train_plan, device=device, trace=trace)
     if plan.rank is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -75,3 +75,30 @@ def measure_generate(config: dict, plan: InferencePlan, device: str = "cpu", see
                 seen.add(s.data_ptr())
                 kv += s.nbytes()
     return GenerateMeasurement(weights_bytes=weights, peak_bytes=peak, kv_cache_bytes=kv)
+
+
+def trace_prefill(config: dict, plan: InferencePlan) -> tuple[int, int]:
+    """(peak bytes, KV bytes) of generate's prefill forward at full size under FakeTensorMode: the model with its
+    16-bit weights (and fp32 adapter), `model(ids, past_key_values=DynamicCache(config), use_cache=True,
+    logits_to_keep=1)` as `GenerationMixin._prefill` calls it; the input ids are registered, no attention mask
+    is passed (generate's own int64 bookkeeping, `InferenceEstimate.ids_bytes`, is not in the peak)."""
+    from transformers import DynamicCache, StaticCache
+
+    from vramplan.measure.tracing import fake_session
+
+    if plan.quant in ("nf4", "int8"):
+        raise NotImplementedError("traced prefill: 16-bit or merged weights only")
+    with fake_session(config.get("model_type")):
+        model = build_for_inference(config, plan.model_copy(update={"quant": "none"}), "cpu", trace=True)
+        ids = torch.zeros((plan.batch, plan.prompt), dtype=torch.long)
+        tensors = [*model.parameters(), *model.buffers()]
+        with torch.no_grad(), MemoryTracker() as tracker:
+            tracker.register(tensors, "weights")
+            tracker.register([ids], "input")
+            cfg = model.config
+            cache = (StaticCache(config=cfg, max_cache_len=plan.context - 1) if plan.cache == "static"
+                     else DynamicCache(config=cfg))
+            model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            peak = tracker.peak_bytes
+        kv = sum(t.untyped_storage().nbytes() for layer in cache.layers for t in (layer.keys, layer.values))
+    return peak, kv
