@@ -25,6 +25,7 @@ from vramplan.commands.plan_flags import (  # noqa: F401
 )
 from vramplan.commands.plan_flags import console as _console  # noqa: F401  (suggest/calibrate import these)
 from vramplan.commands.plan_flags import gpu_dirs as _gpu_dirs  # noqa: F401
+from vramplan.commands.plot import add_plot_parser
 from vramplan.commands.suggest import add_suggest_parser
 from vramplan.errors import VramplanError, did_you_mean
 
@@ -39,6 +40,7 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_check_parser,
     add_infer_parser,
     add_merge_parser,
+    add_plot_parser,
 ]
 
 
