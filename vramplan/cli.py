@@ -26,6 +26,7 @@ from vramplan.commands.plan_flags import (  # noqa: F401
 from vramplan.commands.plan_flags import console as _console  # noqa: F401  (suggest/calibrate import these)
 from vramplan.commands.plan_flags import gpu_dirs as _gpu_dirs  # noqa: F401
 from vramplan.commands.plot import add_plot_parser
+from vramplan.commands.serve import add_serve_parser
 from vramplan.commands.suggest import add_suggest_parser
 from vramplan.errors import VramplanError, did_you_mean
 
@@ -41,6 +42,7 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_infer_parser,
     add_merge_parser,
     add_plot_parser,
+    add_serve_parser,
 ]
 
 

@@ -1,0 +1,102 @@
+"""The starlette app behind `vramplan serve`: the page (package data under `static/`, no CDN) and a JSON API.
+
+`GET /api/estimate?model=...&method=...&seq=...` answers exactly what `vramplan estimate ... --json` prints:
+the query's keys are the CLI's flags (without `--`), parsed by the CLI's own parser, and the result goes through
+the same `report.estimate_json`. A bad value is HTTP 400 with `{"error": "<the CLI's one-line message>"}`.
+Work per request is bounded: estimates run in worker threads behind a limiter of a few at a time, so 100
+concurrent requests queue instead of piling up, and the event loop stays free to answer the page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from importlib import resources
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+ESTIMATE_WORKERS = 4
+_BOOL_FLAGS = {"grad-ckpt", "no-grad-ckpt", "no-calibration"}
+_STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
+
+
+def _argv(command: str, query: dict[str, str]) -> list[str]:
+    argv = [command]
+    for key, value in query.items():
+        if key in _BOOL_FLAGS:
+            if value.lower() in ("1", "true", "on", "yes"):
+                argv.append(f"--{key}")
+        elif value != "":
+            argv += [f"--{key}", value]
+    return [*argv, "--json"]
+
+
+def estimate_json_for(query: dict[str, str]) -> dict:
+    """The `estimate --json` object for these flags; raises ValueError with the CLI's one-line message."""
+    from vramplan.cli import build_parser
+    from vramplan.commands.plan_flags import finish_plan_args, gpu_dirs, plan_from_args
+    from vramplan.errors import VramplanError
+
+    parser = build_parser()
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args, extras = parser.parse_known_args(_argv("estimate", query))
+    except SystemExit:
+        raise ValueError(err.getvalue().strip().splitlines()[-1] if err.getvalue() else "bad request") from None
+    if extras:
+        raise ValueError(f"unknown field(s): {' '.join(e for e in extras if e.startswith('--'))}")
+    try:
+        from vramplan import report
+        from vramplan.api import calibrated, estimate
+
+        finish_plan_args(args)
+        result = estimate(args.model, plan_from_args(args), gpu=args.gpu, gpu_dirs=gpu_dirs(args))
+        if args.gpu and not args.no_calibration:
+            result, _ = calibrated(result, None, gpu_dirs(args))
+        return report.estimate_json(result)
+    except VramplanError as exc:
+        raise ValueError(str(exc)) from None
+
+
+async def api_estimate(request: Request) -> Response:
+    query = dict(request.query_params)
+    try:
+        body = await anyio.to_thread.run_sync(estimate_json_for, query, limiter=request.app.state.limiter)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return JSONResponse(body)
+
+
+async def api_options(request: Request) -> Response:
+    from vramplan.hardware import load_profiles
+    from vramplan.models import presets
+
+    return JSONResponse({"models": sorted(presets()), "gpus": sorted(load_profiles())})
+
+
+async def page(request: Request) -> Response:
+    return HTMLResponse(resources.files("vramplan.web").joinpath("static", "index.html").read_text())
+
+
+async def static(request: Request) -> Response:
+    name = request.path_params["name"]
+    if name not in _STATIC:
+        return Response("not found", status_code=404)
+    text = resources.files("vramplan.web").joinpath("static", name).read_text()
+    return Response(text, media_type=_STATIC[name])
+
+
+def create_app() -> Starlette:
+    app = Starlette(routes=[
+        Route("/", page),
+        Route("/static/{name}", static),
+        Route("/api/estimate", api_estimate),
+        Route("/api/options", api_options),
+    ])
+    app.state.limiter = anyio.CapacityLimiter(ESTIMATE_WORKERS)
+    return app

@@ -1,0 +1,103 @@
+// vramplan's page: the form's state lives in the URL; every change asks /api/estimate (what `--json` prints).
+"use strict";
+const form = document.getElementById("plan");
+const GIB = 2 ** 30;
+const COLORS = ["#2874a6", "#239b56", "#c0392b", "#af7ac5", "#f39c12", "#16a085", "#7f8c8d", "#d35400", "#34495e",
+                "#e84393"];
+let pending = 0;
+
+function gib(n) { return (n / GIB).toFixed(2); }
+
+function stateToForm() {
+  const params = new URLSearchParams(location.search);
+  for (const [key, value] of params) {
+    const el = form.elements.namedItem(key);
+    if (el) el.value = value;
+  }
+}
+
+function formToQuery() {
+  const params = new URLSearchParams();
+  for (const el of form.elements) {
+    if (el.name && el.value !== "") params.set(el.name, el.value);
+  }
+  return params;
+}
+
+function rows(tbody, entries) {
+  tbody.replaceChildren(...entries.map(([name, n]) => {
+    const tr = document.createElement("tr");
+    const a = document.createElement("td"); a.textContent = name.replaceAll("_", " ");
+    const b = document.createElement("td"); b.textContent = gib(n);
+    tr.append(a, b);
+    return tr;
+  }));
+}
+
+function show(result) {
+  const verdict = document.getElementById("verdict");
+  const total = result.total_gpu_bytes ?? result.peak_bytes;
+  let words = `peak ${gib(result.peak_bytes)} GiB in ${result.peak_phase}`;
+  verdict.className = "";
+  if (result.gpu) {
+    words += `; ${gib(total)} GiB on ${result.gpu} of ${gib(result.gpu_usable_bytes)} usable: `;
+    words += result.fits ? "fits" : "does not fit";
+    verdict.className = result.fits ? "fits" : "nofit";
+  }
+  verdict.textContent = words;
+  const comps = Object.entries(result.components).filter(([, n]) => n > 0).sort((a, b) => b[1] - a[1]);
+  rows(document.querySelector("#components tbody"), comps);
+  rows(document.querySelector("#phases tbody"), Object.entries(result.phases));
+  const bar = document.getElementById("bar");
+  const scale = Math.max(total, result.gpu_usable_bytes || 0);
+  bar.replaceChildren(...comps.map(([name, n], i) => {
+    const s = document.createElement("span");
+    s.style.width = `${(100 * n) / scale}%`;
+    s.style.background = COLORS[i % COLORS.length];
+    s.title = `${name.replaceAll("_", " ")}: ${gib(n)} GiB`;
+    return s;
+  }));
+  const extra = total - comps.reduce((sum, [, n]) => sum + n, 0);
+  if (extra > 0) {
+    const s = document.createElement("span");
+    s.style.width = `${(100 * extra) / scale}%`;
+    s.style.background = "#bbbbbb";
+    s.title = `allocator reserve + CUDA context: ${gib(extra)} GiB`;
+    bar.append(s);
+  }
+  if (result.gpu_usable_bytes) {
+    const line = document.createElement("i");
+    line.className = "gpu";
+    line.style.left = `${(100 * result.gpu_usable_bytes) / scale}%`;
+    line.title = `${result.gpu} usable`;
+    bar.append(line);
+  }
+}
+
+async function update() {
+  const query = formToQuery();
+  history.replaceState(null, "", `?${query}`);
+  const mine = ++pending;
+  const response = await fetch(`/api/estimate?${query}`);
+  const body = await response.json();
+  if (mine !== pending) return;  // a newer request is on its way
+  const error = document.getElementById("error");
+  error.hidden = response.ok;
+  error.textContent = response.ok ? "" : body.error;
+  document.getElementById("result").hidden = !response.ok;
+  if (response.ok) show(body);
+  document.body.dataset.state = response.ok ? "ready" : "error";
+}
+
+async function init() {
+  const options = await (await fetch("/api/options")).json();
+  document.getElementById("models").replaceChildren(...options.models.map((m) => new Option(m)));
+  const gpu = form.elements.namedItem("gpu");
+  gpu.append(...options.gpus.map((g) => new Option(g)));
+  if (!location.search) gpu.value = "rtx4090";
+  stateToForm();
+  form.addEventListener("change", update);
+  await update();
+}
+
+init();
