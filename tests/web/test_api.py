@@ -50,3 +50,17 @@ def test_100_concurrent_estimates(server_url: str) -> None:
         answers = list(pool.map(_get, urls))
     assert all(status == 200 for status, _ in answers)
     assert answers[0][1]["plan"]["seq"] == 256
+
+
+@pytest.mark.slow
+def test_estimates_answer_while_a_suggest_search_runs(server_url: str) -> None:
+    import time
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        search = pool.submit(_get, f"{server_url}/api/suggest?model=llama2-7b&gpu=rtx4090")
+        time.sleep(0.5)  # let the search start (ordering only; nothing asserts a duration)
+        answers = list(pool.map(_get, [f"{server_url}/api/estimate?model=llama2-7b&seq={s}" for s in (512, 1024)]))
+        assert all(status == 200 for status, _ in answers)
+        assert not search.done(), "the search ended before the estimates were answered: no overlap was tested"
+        status, body = search.result()
+    assert status == 200 and body["plans"]

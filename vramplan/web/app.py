@@ -1,6 +1,7 @@
 """The starlette app behind `vramplan serve`: the page (package data under `static/`, no CDN) and a JSON API.
 
-`GET /api/estimate?model=...&method=...&seq=...` answers exactly what `vramplan estimate ... --json` prints:
+`GET /api/estimate?model=...&method=...&seq=...` answers exactly what `vramplan estimate ... --json` prints
+(`/api/suggest?model=...&gpu=...` what `suggest --json` prints):
 the query's keys are the CLI's flags (without `--`), parsed by the CLI's own parser, and the result goes through
 the same `report.estimate_json`. A bad value is HTTP 400 with `{"error": "<the CLI's one-line message>"}`.
 Work per request is bounded: estimates run in worker threads behind a limiter of a few at a time, so 100
@@ -19,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from vramplan.errors import VramplanError
+
 ESTIMATE_WORKERS = 4
 _BOOL_FLAGS = {"grad-ckpt", "no-grad-ckpt", "no-calibration"}
 _STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -35,26 +38,36 @@ def _argv(command: str, query: dict[str, str]) -> list[str]:
     return [*argv, "--json"]
 
 
-def estimate_json_for(query: dict[str, str]) -> dict:
-    """The `estimate --json` object for these flags; raises ValueError with the CLI's one-line message."""
+def _parse(command: str, query: dict[str, str]):
+    """The CLI's own parser over the query (flags finished as `cli.main` does); ValueError on bad input."""
     from vramplan.cli import build_parser
-    from vramplan.commands.plan_flags import finish_plan_args, gpu_dirs, plan_from_args
-    from vramplan.errors import VramplanError
+    from vramplan.commands.plan_flags import finish_plan_args
 
-    parser = build_parser()
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            args, extras = parser.parse_known_args(_argv("estimate", query))
+            args, extras = build_parser().parse_known_args(_argv(command, query))
     except SystemExit:
         raise ValueError(err.getvalue().strip().splitlines()[-1] if err.getvalue() else "bad request") from None
     if extras:
         raise ValueError(f"unknown field(s): {' '.join(e for e in extras if e.startswith('--'))}")
     try:
+        if getattr(args, "plan_flags", False):
+            finish_plan_args(args)
+    except VramplanError as exc:
+        raise ValueError(str(exc)) from None
+    return args
+
+
+def estimate_json_for(query: dict[str, str]) -> dict:
+    """The `estimate --json` object for these flags; raises ValueError with the CLI's one-line message."""
+    from vramplan.commands.plan_flags import gpu_dirs, plan_from_args
+
+    args = _parse("estimate", query)
+    try:
         from vramplan import report
         from vramplan.api import calibrated, estimate
 
-        finish_plan_args(args)
         result = estimate(args.model, plan_from_args(args), gpu=args.gpu, gpu_dirs=gpu_dirs(args))
         if args.gpu and not args.no_calibration:
             result, _ = calibrated(result, None, gpu_dirs(args))
@@ -67,6 +80,28 @@ async def api_estimate(request: Request) -> Response:
     query = dict(request.query_params)
     try:
         body = await anyio.to_thread.run_sync(estimate_json_for, query, limiter=request.app.state.limiter)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return JSONResponse(body)
+
+
+def suggest_json_for(query: dict[str, str]) -> dict:
+    """The `suggest --json` object for these flags (ValueError with the one-line message on bad input)."""
+    from vramplan.advice import recommend
+    from vramplan.commands.suggest import advice_json, request_from_args
+
+    args = _parse("suggest", query)
+    try:
+        return advice_json(recommend(request_from_args(args), lambda done, total: None))
+    except VramplanError as exc:
+        raise ValueError(str(exc)) from None
+
+
+async def api_suggest(request: Request) -> Response:
+    """One search at a time (its own limiter): estimates keep their workers while a search runs."""
+    try:
+        body = await anyio.to_thread.run_sync(suggest_json_for, dict(request.query_params),
+                                              limiter=request.app.state.search_limiter)
     except ValueError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
     return JSONResponse(body)
@@ -96,7 +131,9 @@ def create_app() -> Starlette:
         Route("/", page),
         Route("/static/{name}", static),
         Route("/api/estimate", api_estimate),
+        Route("/api/suggest", api_suggest),
         Route("/api/options", api_options),
     ])
     app.state.limiter = anyio.CapacityLimiter(ESTIMATE_WORKERS)
+    app.state.search_limiter = anyio.CapacityLimiter(1)
     return app
