@@ -147,6 +147,10 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
         return res, res_a
     lw = c.lora_w  # peft `_cast_input_dtype(x, lora_A.weight.dtype)`
     xa = tp.op(t * n_in * lw, (x,)) if a != lw else tp.op(0, (x,), alias=x)
+    # `x = self._cast_input_dtype(x, ...)` rebinds lora.Linear.forward's local: the cast lives until it returns
+    cast = xa if a != lw else None
+    if cast is not None:
+        tp.refs[cast] += 1
     if c.dropout:
         # nn.Dropout on CUDA: native_dropout saves a bool mask. On CPU (`_dropout_impl`) the mask is
         # `empty_like(input).bernoulli_()`, as wide as the input, saved by `input * noise`. The output feeds
@@ -161,7 +165,7 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
         total = tp.op(t * n_out * max(4, res_a), (res, delta))
         tp.drop(res, delta)
         out = tp.op(t * n_out * res_a, (total,)) if res_a != 4 else tp.op(0, (total,), alias=total)
-        tp.drop(total)
+        tp.drop(total, *([cast] if cast is not None else []))
         return out, res_a
     if c.autocast:  # lora_A / lora_B are nn.Linear: autocast casts their input and (cached) weights
         la = c.compute
@@ -181,7 +185,7 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
     total = tp.op(t * n_out * ta, (res, scaled))
     tp.drop(res, scaled)
     out = tp.op(t * n_out * res_a, (total,)) if res_a != ta else tp.op(0, (total,), alias=total)
-    tp.drop(total)
+    tp.drop(total, *([cast] if cast is not None else []))
     return out, res_a
 
 
