@@ -89,7 +89,31 @@ async function update() {
   document.body.dataset.state = response.ok ? "ready" : "error";
 }
 
+async function suggest() {
+  const state = document.getElementById("search-state");
+  const query = new URLSearchParams();
+  for (const key of ["model", "gpu"]) query.set(key, form.elements.namedItem(key).value);
+  if (!query.get("gpu")) { state.textContent = "pick a GPU first"; return; }
+  state.textContent = "searching…";
+  const response = await fetch(`/api/suggest?${query}`);
+  const body = await response.json();
+  if (!response.ok) { state.textContent = body.error; return; }
+  state.textContent = `${body.plans.length} plans that fit, best first`;
+  const table = document.getElementById("plans");
+  table.hidden = false;
+  table.querySelector("tbody").replaceChildren(...body.plans.map((r) => {
+    const p = r.plan;
+    const tr = document.createElement("tr");
+    const cells = [p.method, p.param_dtype, p.method === "full" ? "-" : `r${p.rank} ${p.targets}`, p.seq,
+                   `${p.batch}x${p.grad_accum}`, p.grad_ckpt ? "on" : "off", p.optimizer, gib(r.gpu_bytes),
+                   r.tokens_per_s];
+    tr.append(...cells.map((c) => { const td = document.createElement("td"); td.textContent = c; return td; }));
+    return tr;
+  }));
+}
+
 async function init() {
+  document.getElementById("suggest").addEventListener("click", suggest);
   const options = await (await fetch("/api/options")).json();
   document.getElementById("models").replaceChildren(...options.models.map((m) => new Option(m)));
   const gpu = form.elements.namedItem("gpu");
