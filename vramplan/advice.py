@@ -15,14 +15,27 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.advisor import (ADAPTERS, DIST_CHOICES, LORA_ONLY, QLORA_ONLY, Candidate, Probe, Request, check_pins,
-                              model_max_seq, search, seq_ladder, takes_bnb_optimizers, variants)
-from vramplan.api import allocator_reserve_bytes, estimate
+from vramplan.advisor import (
+    ADAPTERS,
+    DIST_CHOICES,
+    LORA_ONLY,
+    QLORA_ONLY,
+    Candidate,
+    Probe,
+    Request,
+    check_pins,
+    least_on_card,
+    model_max_seq,
+    search,
+    seq_ladder,
+    takes_bnb_optimizers,
+    variants,
+)
 from vramplan.errors import PlanError
 from vramplan.estimator import MemoryEstimate
 from vramplan.hardware import GpuProfile, load_profiles
 from vramplan.plan import TrainingPlan, make_plan
-from vramplan.speed import DEQUANT_BANDWIDTH_FRACTION, MFU
+from vramplan.speed import DEQUANT_BANDWIDTH_FRACTION
 
 BATCH_CAP = 1024
 GPU_COUNT_CAP = 1024  # the largest data-parallel job the nothing-fits advice searches
@@ -246,26 +259,29 @@ def lean(probe: Probe, method: str, seq: int) -> Candidate:
     adapter = None if method == "full" else ADAPTERS[0]
     cands = [probe.measure(probe.plan(method, adapter, seq, ck, opt, mb, dist))
              for ck, opt, dist in variants(probe, method)]
-    return min(cands, key=lambda c: (c.gpu_bytes, c.host_bytes, -c.tokens_per_s))
+    return least_on_card(cands, lambda c: (c.host_bytes, -c.tokens_per_s))
 
 
 def smallest_gpus(probe: Probe, plan: TrainingPlan) -> list[tuple[GpuProfile, int, TrainingPlan]]:
-    """(GPU, bytes on it, the plan version priced) for every GPU `plan` fits with the headroom, smallest first;
+    """(GPU, bytes on it, the plan version priced) for the smallest GPUs `plan` fits with the headroom (the
+    smallest fitting one and those of the same memory), by `estimate(gpu=...)`'s device model on each card;
     bf16 cards get the bf16 version of the plan (so its bytes are that version's, not `plan`'s)."""
     versions = {False: plan}
     if not probe.req.gpu.bf16_supported and "param_dtype" not in probe.req.pinned:
         versions = {False: plan, True: replan(plan, param_dtype="bf16", mixed_precision=None)}
     elif plan.activation_dtype == "bf16":
         versions = {True: plan}
-    out = []
+    out: list[tuple[GpuProfile, int, TrainingPlan]] = []
     for g in sorted(load_profiles(probe.req.gpu_dirs).values(), key=lambda g: (g.usable_bytes, g.slug)):
         version = versions.get(g.bf16_supported, versions.get(False))
-        if version is None:
+        if version is None or (out and g.memory_bytes != out[0][0].memory_bytes):
             continue
-        e = probe.measure(version).estimate
-        on_card = _per_card(e.peak_bytes, g.cuda_context_bytes) + e.paged_bytes
-        if on_card <= g.usable_bytes * (1 - probe.req.headroom):
-            out.append((g, on_card, version))
+        try:
+            cand = probe.measure(version, g)
+        except PlanError:  # a plan this card cannot run (hardware.check_runs_on)
+            continue
+        if probe.on_card(cand, int(g.usable_bytes * (1 - probe.req.headroom))):
+            out.append((g, cand.gpu_bytes, version))
     return out
 
 
@@ -295,7 +311,7 @@ def fewest_gpus(probe: Probe, plan: TrainingPlan, offload: str) -> int | None:
     def fits(n: int) -> bool:
         sharded = replan(plan, gpus=n, sharding="fsdp", offload=offload, optimizer="adamw_fused",
                          grad_accum=max(1, -(-probe.req.effective_batch // (n * plan.batch))))
-        return probe.measure(sharded).gpu_bytes <= probe.limit_bytes
+        return probe.on_card(probe.measure(sharded), probe.limit_bytes)
 
     good, bad, n = None, 1, 2
     while n <= GPU_COUNT_CAP:
@@ -311,10 +327,6 @@ def fewest_gpus(probe: Probe, plan: TrainingPlan, offload: str) -> int | None:
     return good
 
 
-def _per_card(live_bytes: int, context_bytes: int) -> int:
-    return live_bytes + allocator_reserve_bytes(live_bytes) + context_bytes
-
-
 def nearest(probe: Probe) -> Nearest:
     seq = seq_ladder(probe.req)[0]
     leans = [lean(probe, m, seq) for m in probe.methods]
@@ -327,8 +339,8 @@ def nearest(probe: Probe) -> Nearest:
 
 
 def _recommendation(probe: Probe, c: Candidate) -> Recommendation:
-    e = estimate(probe.req.model, c.plan, gpu=probe.req.gpu.slug, gpu_dirs=probe.req.gpu_dirs)
-    return Recommendation(estimate=e, gpu_bytes=e.total_gpu_bytes + e.paged_bytes, host_bytes=c.host_bytes,
+    e = c.device  # what `estimate(model, plan, gpu=...)` returns: the numbers shown are its numbers
+    return Recommendation(estimate=e, gpu_bytes=c.gpu_bytes, host_bytes=c.host_bytes,
                           tokens_per_s=c.tokens_per_s,
                           step_time_s=c.speed.step_s, dequant_share=c.speed.dequant_s / c.speed.micro_batch_s)
 
@@ -356,7 +368,9 @@ def recommend(req: Request, progress: Callable[[int, int], None] | None = None) 
         contrast=contrast(probe, best) if best else None,
         blockers=blockers,
         nearest=None if best else nearest(probe),
-        assumptions={"mfu": MFU, "peak_tflops": best.speed.tflops if best else None,
+        assumptions={"mfu": best.speed.mfu if best else None, "peak_tflops": best.speed.tflops if best else None,
+                     "tokens_per_s_low": best.speed.tokens_per_s_low if best else None,
+                     "tokens_per_s_high": best.speed.tokens_per_s_high if best else None,
                      "bandwidth_bytes_per_s": gpu.bandwidth_bytes_per_s,
                      "dequant_bandwidth_fraction": DEQUANT_BANDWIDTH_FRACTION,
                      "dtype_note": None if gpu.bf16_supported or "param_dtype" in req.pinned else

@@ -29,12 +29,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from vramplan.api import allocator_reserve_bytes, estimate
+from vramplan.api import estimate, with_device
 from vramplan.errors import InputError, PlanError
 from vramplan.estimator import MemoryEstimate
-from vramplan.hardware import GpuProfile
+from vramplan.hardware import GpuProfile, check_runs_on
 from vramplan.models import ModelSpec
 from vramplan.plan import INT_RANGES, TrainingPlan, allowed_offloads, make_plan
 from vramplan.speed import StepTime, step_time
@@ -113,12 +114,32 @@ class Request:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One evaluated plan: its memory estimate (GPU-less), what it takes on the card, and its speed."""
+    """One evaluated plan: its memory estimate, its speed, and what it takes on `gpu` by the same device model as
+    `vramplan.api.estimate(model, plan, gpu=...)` (`device`). The device figures are simulated on first use only
+    (`device_floor_bytes` lets a search prune a plan without them)."""
 
     plan: TrainingPlan
-    estimate: MemoryEstimate
-    gpu_bytes: int  # per GPU: reserved + CUDA context + paged optimizer states
+    estimate: MemoryEstimate  # GPU-less (the analytic peak and its components)
     speed: StepTime
+    model: ModelSpec
+    gpu: GpuProfile
+
+    @cached_property
+    def floor_bytes(self) -> int:
+        """A lower bound of `gpu_bytes` (vramplan.device.device_floor_bytes), plus the paged states."""
+        from vramplan.device import device_floor_bytes
+
+        return device_floor_bytes(self.model, self.plan, self.estimate.peak_bytes, self.gpu) + self.estimate.paged_bytes
+
+    @cached_property
+    def device(self) -> MemoryEstimate:
+        """`estimate(model, plan, gpu=...)`: the allocator simulation, the CUDA context and NCCL added."""
+        return with_device(self.model, self.plan, self.estimate, self.gpu)
+
+    @property
+    def gpu_bytes(self) -> int:
+        """Per GPU: reserved (high end) + CUDA context + NCCL + paged optimizer states."""
+        return self.device.total_gpu_bytes + self.device.paged_bytes
 
     @property
     def host_bytes(self) -> int:
@@ -176,7 +197,8 @@ class Probe:
         self.req = req
         self.limit_bytes = int(req.gpu.usable_bytes * (1 - req.headroom))
         self.evaluated = 0
-        self._memo: dict[TrainingPlan, Candidate] = {}
+        self._memo: dict[tuple[TrainingPlan, str], Candidate] = {}
+        self._estimates: dict[TrainingPlan, MemoryEstimate] = {}
         self.methods = self._allowed_methods()
 
     def _allowed_methods(self) -> tuple[str, ...]:
@@ -212,21 +234,32 @@ class Probe:
         opts.update({k: v for k, v in pinned.items() if k not in ("batch", "grad_accum", "seq")})
         return make_plan(**opts)
 
-    def measure(self, plan: TrainingPlan) -> Candidate:
-        cand = self._memo.get(plan)
+    def measure(self, plan: TrainingPlan, gpu: GpuProfile | None = None) -> Candidate:
+        """The plan's candidate on `gpu` (the request's by default), memoised; a plan the GPU cannot run (bf16 or
+        flash-attn 2 before Ampere) raises PlanError here, as `estimate(gpu=...)` does."""
+        gpu = gpu or self.req.gpu
+        cand = self._memo.get((plan, gpu.slug))
         if cand is None:
-            self.evaluated += 1
-            e = estimate(self.req.model, plan)
-            gpu_bytes = e.peak_bytes + allocator_reserve_bytes(e.peak_bytes) + self.req.gpu.cuda_context_bytes
-            cand = Candidate(plan, e, gpu_bytes + e.paged_bytes, step_time(self.req.model, plan, self.req.gpu))
-            self._memo[plan] = cand
+            check_runs_on(plan, gpu)
+            e = self._estimates.get(plan)
+            if e is None:
+                self.evaluated += 1
+                e = self._estimates[plan] = estimate(self.req.model, plan)
+            cand = Candidate(plan, e, step_time(self.req.model, plan, gpu), self.req.model, gpu)
+            self._memo[(plan, gpu.slug)] = cand
         return cand
 
     def fits(self, plan: TrainingPlan) -> bool:
         return self.fits_candidate(self.measure(plan))
 
     def fits_candidate(self, cand: Candidate) -> bool:
-        return cand.gpu_bytes <= self.limit_bytes and self.host_fits(cand)
+        return self.host_fits(cand) and self.on_card(cand, self.limit_bytes)
+
+    @staticmethod
+    def on_card(cand: Candidate, limit_bytes: int) -> bool:
+        """Does the plan stay within `limit_bytes` on its GPU? The floor prunes without simulating; a plan that
+        passes it is verified by the simulation (never a screen's optimism)."""
+        return cand.floor_bytes <= limit_bytes and cand.gpu_bytes <= limit_bytes
 
     def host_fits(self, cand: Candidate) -> bool:
         return self.req.host_ram_bytes is None or cand.host_bytes <= self.req.host_ram_bytes
@@ -335,8 +368,26 @@ def leanest_variant(probe: Probe, cell: Cell) -> Candidate | None:
     mb = probe.batch_choices()[0]
     cands = [probe.measure(probe.plan(method, adapter, seq, ckpt, opt, mb, dist))
              for ckpt, opt, dist in variants(probe, method)]
-    fitting = [c for c in cands if probe.fits_candidate(c)]
-    return min(fitting, key=lambda c: (c.gpu_bytes, c.peak_bytes, -c.tokens_per_s)) if fitting else None
+    return least_on_card([c for c in cands if probe.host_fits(c)], lambda c: (c.peak_bytes, -c.tokens_per_s),
+                         probe.limit_bytes)
+
+
+def least_on_card(cands: list[Candidate], tie: Callable[[Candidate], tuple], limit_bytes: int | None = None
+                  ) -> Candidate | None:
+    """The candidate with the least `gpu_bytes` (then `tie`), among those within `limit_bytes` if given. Exact
+    branch and bound: visited by their floor (`Candidate.floor_bytes` <= `gpu_bytes`), a candidate whose floor is
+    above the best simulated total cannot win, nor can any after it, so they are never simulated."""
+    best: Candidate | None = None
+    for c in sorted(cands, key=lambda c: c.floor_bytes):
+        if limit_bytes is not None and c.floor_bytes > limit_bytes:
+            break
+        if best is not None and c.floor_bytes > best.gpu_bytes:
+            break
+        if limit_bytes is not None and c.gpu_bytes > limit_bytes:
+            continue
+        if best is None or (c.gpu_bytes, *tie(c)) < (best.gpu_bytes, *tie(best)):
+            best = c
+    return best
 
 
 # Ranking ----------------------------------------------------------------------------------------------------

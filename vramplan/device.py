@@ -92,6 +92,17 @@ def reserve_interval(model: ModelSpec, plan: TrainingPlan, peak_bytes: int, prof
     return ReserveInterval(low_bytes=min(low, high), high_bytes=max(low, high) + comm, simulated_peak_bytes=sim_peak)
 
 
+def device_floor_bytes(model: ModelSpec, plan: TrainingPlan, peak_bytes: int, profile: GpuProfile) -> int:
+    """A lower bound of `MemoryEstimate.total_gpu_bytes` on `profile` without the simulation, for searches that
+    prune plans before simulating them (`vramplan.advisor`): every figure `reserve_interval` returns is at least
+    the rounded cuBLAS workspace plus the communication pools (both replays add `round_size(workspace)` to a
+    non-negative excess, and the capped replay only ever lowers that excess), and the context and NCCL buffers
+    are fixed. A plan above this bound cannot fit; one below it must still be simulated."""
+    workspace = blas_workspace_bytes(profile.vendor, profile.compute_capability, profile.architecture)
+    return (peak_bytes + round_size(workspace) + _comm_pool_bytes(model, plan) + driver_context_bytes(profile)
+            + nccl_buffer_bytes(plan.gpus, profile))
+
+
 _CACHE: dict[tuple, tuple[ModelSpec, tuple[int, int, int]]] = {}
 
 

@@ -265,12 +265,17 @@ def _contrast_words(a: Any, plan: dict) -> list[str]:
 
 
 def assumptions_words(a: Any) -> str:
+    """What the speed model is (vramplan.speed: each kernel timed by what bounds it on this GPU), in the winner's
+    own terms: the MFU it comes to and its tokens/s interval (every rate at its low / high end)."""
     s = a.assumptions
-    tflops = f"{s['peak_tflops']:g} TFLOPs" if s.get("peak_tflops") else "the GPU's TFLOPs"
-    return (f"tokens/s: a roofline estimate for ranking, not a benchmark: {s['mfu']:.0%} MFU of {tflops}, "
-            f"{s['bandwidth_bytes_per_s'] / 1e9:,.0f} GB/s, 4-bit dequantization at "
-            f"{s['dequant_bandwidth_fraction']:.0%} of it; LoRA/QLoRA skip the frozen weights' gradients (4N FLOPs "
-            "per token instead of 6N), checkpointing recomputes the forward.")
+    if s.get("mfu") is None:
+        return ("tokens/s: a kernel-by-kernel estimate for ranking, not a benchmark (GEMMs, attention, "
+                "dequantization and bandwidth-bound ops, each timed by what bounds it on the GPU).")
+    return (f"tokens/s: a kernel-by-kernel estimate for ranking, not a benchmark: plan 1 comes to {s['mfu']:.0%} MFU "
+            f"of {s['peak_tflops']:g} TFLOPs ({s['tokens_per_s_low']:,.0f}-{s['tokens_per_s_high']:,.0f} tokens/s "
+            f"with every rate at its low / high end; {s['bandwidth_bytes_per_s'] / 1e9:,.0f} GB/s); LoRA/QLoRA skip "
+            "the frozen weights' gradients, checkpointing recomputes the forward, QLoRA dequantizes every 4-bit "
+            "weight in the forward, the backward and the recompute.")
 
 
 # Rendering --------------------------------------------------------------------------------------------------
