@@ -51,6 +51,10 @@ from vramplan.vocab import (  # noqa: F401  (SHARDINGS, OPTIMIZERS, TRAINERS, TA
     range_words,
 )
 
+# peft LoraConfig(modules_to_save=...) names vramplan models: the input embedding and the output head, spelled as
+# in Llama (the plan means the model's own module of that role: GPT-NeoX's embed_in/embed_out, ...)
+MODULES_TO_SAVE: tuple[str, ...] = ("embed_tokens", "lm_head")
+
 # The names each field takes are owned by vramplan.vocab (plain tuples, so the CLI parser needs no pydantic).
 Method = Literal[METHODS]  # type: ignore[valid-type]
 Dtype = Literal[DTYPES]  # type: ignore[valid-type]
@@ -96,6 +100,9 @@ class TrainingPlan(BaseModel):
     lora_dropout: float = 0.0
     use_dora: bool = False  # LoraConfig(use_dora=True): a magnitude vector per wrapped linear
     trainable_tokens: int | None = None  # LoraConfig(trainable_token_indices=...): that many embedding rows
+    # LoraConfig(modules_to_save=...): a trainable full copy of the input embedding and/or the output head
+    # ("embed_tokens", "lm_head": whatever the architecture names them), estimator/weights.py: saved_tensors
+    modules_to_save: str | None = None
     # Data
     batch: int = 1
     seq: int = 1024
@@ -208,6 +215,17 @@ class TrainingPlan(BaseModel):
             raise ValueError("give 'default', 'attention', 'all-linear' or a comma list of module names")
         return ",".join(names)
 
+    @field_validator("modules_to_save")
+    @classmethod
+    def _modules_to_save(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        names = sorted({t.strip() for t in v.split(",") if t.strip()})
+        bad = [n for n in names if n not in MODULES_TO_SAVE]
+        if not names or bad:
+            raise ValueError(f"{', '.join(bad) or 'nothing'}: give a comma list of {', '.join(MODULES_TO_SAVE)}")
+        return ",".join(names)
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainingPlan:
         adapters = self.method in ("lora", "qlora")
@@ -221,6 +239,11 @@ class TrainingPlan(BaseModel):
                 raise ValueError("--dora applies to lora/qlora, not to full fine-tuning")
             if self.trainable_tokens:
                 raise ValueError("--trainable-tokens applies to lora/qlora (full fine-tuning trains every row)")
+            if self.modules_to_save:
+                raise ValueError("--modules-to-save applies to lora/qlora (full fine-tuning trains every module)")
+        if self.modules_to_save and (self.parallelism != "none" or self.offload != "none"):
+            raise ValueError("--modules-to-save on several GPUs or with offload is not modelled yet (that "
+                             "composition keeps one dtype for every trainable tensor)")
         if self.method != "qlora":
             for field in ("quant", "double_quant", "compute_dtype", "kbit_upcast"):
                 if getattr(self, field) is not None:

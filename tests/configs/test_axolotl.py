@@ -73,7 +73,7 @@ def test_deepspeed_file_is_followed(read, tmp_path):
 
 
 @pytest.mark.parametrize("text, field", [
-    ("adapter: lora\nlora_modules_to_save: [embed_tokens]\n", "lora_modules_to_save"),
+    ("adapter: lora\nlora_modules_to_save: [score]\n", "lora_modules_to_save"),
     ("adapter: lora\npeft_use_dora: true\n", "peft_use_dora"),
     ("adapter: lora\nload_in_8bit: true\n", "load_in_8bit"),
     ("rl: dpo\n", "rl"),

@@ -177,7 +177,7 @@ def test_peft_mapped_field(read, fields, field, value):
 
 
 @pytest.mark.parametrize("fields, field", [
-    ('"use_dora": true', "use_dora"), ('"modules_to_save": ["lm_head"]', "modules_to_save"),
+    ('"use_dora": true', "use_dora"), ('"modules_to_save": ["score"]', "modules_to_save"),
     ('"layers_to_transform": [0, 1]', "layers_to_transform"), ('"rank_pattern": {"q_proj": 4}', "rank_pattern"),
 ])
 def test_peft_unmodelled(read, fields, field):

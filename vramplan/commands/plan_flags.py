@@ -129,6 +129,9 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     _bool_flag(g, "--dora", "use_dora", "= --use-dora")
     g.add_argument("--trainable-tokens", dest="trainable_tokens", type=int, metavar="N",
                    help="peft trainable_token_indices: train N embedding rows (e.g. added tokens) besides LoRA")
+    g.add_argument("--modules-to-save", dest="modules_to_save", metavar="NAMES",
+                   help="peft modules_to_save: a trainable full copy of embed_tokens and/or lm_head "
+                   "(comma list; the model's own input embedding / output head)")
     g.add_argument("--batch", "--per-device-train-batch-size", dest="batch", type=int,
                    help=f"micro-batch size per GPU, {range_words('batch')} (default 1)")
     g.add_argument("--seq", "--max-seq-length", "--max-length", dest="seq", type=int,

@@ -26,7 +26,6 @@ from vramplan.configs.fields import FieldReader, as_bool, as_float, as_int, foll
 
 # Memory-relevant fields the estimator does not model yet: an error naming them when they are on.
 REFUSED = {
-    "lora_modules_to_save": "fully trained copies of whole modules (peft modules_to_save)",
     "peft_use_dora": "DoRA's magnitude vectors and weight-norm temporaries",
     "rl": "preference/RL trainers (reference model, chosen+rejected batches)",
     "torch_compile": "torch.compile changes which activations are kept",
@@ -118,6 +117,8 @@ def _lora(reader: FieldReader) -> None:
         reader.set("targets", "all-linear", "lora_target_linear")
     elif modules:
         reader.set("targets", names.targets(reader, "lora_target_modules", modules), "lora_target_modules")
+    saved = names.modules_to_save(reader, "lora_modules_to_save", reader.take("lora_modules_to_save"))
+    reader.set("modules_to_save", saved, "lora_modules_to_save")
 
 
 def _qlora(reader: FieldReader, dtype: str) -> None:

@@ -139,7 +139,6 @@ TRAINING_ARGS = SimpleNamespace(looks_like=_looks_like_training_args, read=_read
 # peft adapter_config.json -------------------------------------------------------------------------------------
 
 PEFT_REFUSED = {"use_dora": "DoRA's magnitude vectors and weight-norm temporaries",
-                "modules_to_save": "fully trained copies of whole modules (peft modules_to_save)",
                 "layers_to_transform": "adapters on some layers only", "rank_pattern": "per-module ranks",
                 "trainable_token_indices": "trainable token rows", "target_parameters": "LoRA on parameters"}
 
@@ -156,6 +155,8 @@ def _read_peft(reader: FieldReader, base: Path) -> None:
     reader.set("alpha", as_float(reader, "lora_alpha", reader.take("lora_alpha", 8)), "lora_alpha")
     reader.set("lora_dropout", as_float(reader, "lora_dropout", reader.take("lora_dropout", 0.0)), "lora_dropout")
     reader.set("targets", names.targets(reader, "target_modules", reader.take("target_modules")), "target_modules")
+    saved = names.modules_to_save(reader, "modules_to_save", reader.take("modules_to_save"))
+    reader.set("modules_to_save", saved, "modules_to_save")
 
 
 PEFT = SimpleNamespace(looks_like=lambda data: "peft_type" in data, read=_read_peft)

@@ -29,7 +29,6 @@ REFUSED = {
     "use_unsloth": "unsloth kernels", "use_unsloth_gc": "unsloth's offloaded checkpointing",
     "enable_liger_kernel": "Liger kernels (fused linear cross-entropy: no full logits)",
     "use_dora": "DoRA's magnitude vectors and weight-norm temporaries",
-    "additional_target": "fully trained copies of whole modules (peft modules_to_save)",
     "upcast_layernorm": "fp32 layer norms", "upcast_lmhead_output": "fp32 logits", "shift_attn": "S2-Attn",
     "mixture_of_depths": "mixture of depths", "use_galore": "GaLore", "use_apollo": "APOLLO", "use_badam": "BAdam",
     "use_kt": "KTransformers offload", "train_from_scratch": "training from random weights",
@@ -105,6 +104,9 @@ def _lora(reader: FieldReader, method: str, compute: str) -> None:
     reader.set("lora_dropout", as_float(reader, "lora_dropout", reader.take("lora_dropout", 0.0)), "lora_dropout")
     target = str(reader.take("lora_target", "all"))
     reader.set("targets", "all-linear" if target == "all" else names.targets(reader, "lora_target", target), "lora_target")
+    # LLaMA-Factory `additional_target` -> LoraConfig(modules_to_save=...) (model/adapter.py)
+    saved = names.modules_to_save(reader, "additional_target", reader.take("additional_target"))
+    reader.set("modules_to_save", saved, "additional_target")
     if method == "qlora":
         quant = str(reader.take("quantization_type", "nf4"))
         reader.set("quant", quant, "quantization_type")

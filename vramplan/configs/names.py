@@ -47,4 +47,26 @@ def targets(reader: FieldReader, key: str, value: Any) -> str:
     return _convert(reader, key, hf_names.targets_from_hf, value)
 
 
-__all__ = ["ConfigReadError", "attention", "dtype", "optimizer", "storage", "targets"]
+# peft `modules_to_save` names of an input embedding or an output head, by architecture (Llama, GPT-NeoX,
+# GPT-2/BigCode, Falcon/BLOOM); the plan says which role (vramplan.plan.MODULES_TO_SAVE)
+_SAVED_ROLE = {"embed_tokens": "embed_tokens", "embed_in": "embed_tokens", "wte": "embed_tokens",
+               "word_embeddings": "embed_tokens", "lm_head": "lm_head", "embed_out": "lm_head"}
+
+
+def modules_to_save(reader: FieldReader, key: str, value: Any) -> str | None:
+    """peft `modules_to_save` (a list or a comma string): the input embedding and the output head are modelled;
+    another module (a classifier `score`, a norm) is refused by name."""
+    if value in (None, [], ""):
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or any(not isinstance(v, str) for v in items):
+        raise ConfigReadError(f"{reader.source}: {reader.prefix}{key}: expected module names, got {value!r}")
+    names = [v.strip().rsplit(".", 1)[-1] for v in items if v.strip()]
+    other = [n for n in names if n not in _SAVED_ROLE]
+    if other:
+        reader.refuse(key, f"trained copies of {', '.join(other)} (vramplan models the input embedding and the "
+                      "output head: embed_tokens, lm_head)")
+    return ",".join(sorted({_SAVED_ROLE[n] for n in names})) or None
+
+
+__all__ = ["ConfigReadError", "attention", "dtype", "modules_to_save", "optimizer", "storage", "targets"]

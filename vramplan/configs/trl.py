@@ -23,7 +23,6 @@ from vramplan.configs.hf import read_training_args
 
 REFUSED = {
     "use_dora": "DoRA's magnitude vectors and weight-norm temporaries",
-    "lora_modules_to_save": "fully trained copies of whole modules (peft modules_to_save)",
     "lora_target_parameters": "LoRA on parameters", "load_in_8bit": "LoRA on 8-bit (LLM.int8) weights",
     "activation_offloading": "activations offloaded to host memory",
     "beta": "a preference trainer (DPO/KTO: a reference model, chosen and rejected batches)",
@@ -63,6 +62,8 @@ def read(reader: FieldReader, base: Path) -> None:
         reader.set("lora_dropout", as_float(reader, "lora_dropout", reader.take("lora_dropout", 0.05)), "lora_dropout")
         reader.set("targets", names.targets(reader, "lora_target_modules", reader.take("lora_target_modules")),
                    "lora_target_modules")
+        saved = names.modules_to_save(reader, "lora_modules_to_save", reader.take("lora_modules_to_save"))
+        reader.set("modules_to_save", saved, "lora_modules_to_save")
     if method == "qlora":
         reader.set("quant", str(reader.take("bnb_4bit_quant_type", "nf4")), "bnb_4bit_quant_type")
         reader.set("double_quant", as_bool(reader, "use_bnb_nested_quant", reader.take("use_bnb_nested_quant", False)),

@@ -41,6 +41,7 @@ from vramplan.estimator.weights import (
     non_quantized_dtype_bytes,
     resolve_targets,
     rotary_embeddings,
+    saves_module,
     static_memory,
     unquantized_experts_note,
 )
@@ -76,7 +77,8 @@ def embedding_output_requires_grad(plan: TrainingPlan) -> bool:
     """The embedding output requires grad when the embedding is trainable, or when the
     `enable_input_require_grads` hook is on: peft's prepare_model_for_kbit_training installs it when
     checkpointing, and reentrant checkpointing needs it; TRL's SFTTrainer installs it on a PEFT model."""
-    return plan.method == "full" or bool(plan.trainable_tokens) or peft_input_grads(plan) or (
+    return plan.method == "full" or bool(plan.trainable_tokens) or saves_module(plan, "embed_tokens") or (
+        peft_input_grads(plan)) or (
         plan.grad_ckpt and ((plan.method == "qlora" and plan.kbit_upcast) or plan.ckpt_reentrant)
     )
 
@@ -119,6 +121,7 @@ def _ctx(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
         attn_softcap=attn_implementation(model, plan) == "eager" and bool(model.config.get("attn_logit_softcapping")),
         sdpa_mask=sdpa_sliding_mask(model, plan),
         dora=plan.use_dora,
+        head_trainable=saves_module(plan, "lm_head"),
         dora_bias=frozenset(n for n, g in model.inventory.linear_groups.items() if g.bias_numel and plan.use_dora),
         **_moe_fields(model, plan, nq),
     )
@@ -315,6 +318,8 @@ def _step_phases(model: ModelSpec, plan: TrainingPlan, base: int, grads_bytes: i
         # Embedding backward: `embedding_dense_backward` makes a dense [vocab, hidden] gradient while the
         # input's gradient is alive; tied, it is summed with the held lm_head gradient: three at once.
         bwd_peak = max(bwd_peak, base + all_grads + x_bytes + (2 * vh if tied else vh))
+    elif saves_module(plan, "embed_tokens"):  # the same dense gradient of the trainable copy (its dtype)
+        bwd_peak = max(bwd_peak, base + all_grads + x_bytes + c.vocab * c.hidden * non_quantized_dtype_bytes(plan))
     if plan.trainable_tokens:
         fwd_peak, bwd_peak = _trainable_tokens_peaks(model, plan, base, all_grads, x_bytes, fwd_peak, bwd_peak)
     # a custom loop's outputs, alive across the step (trainers.py)
@@ -370,7 +375,7 @@ def _optimizer_entry(st: StaticMemory, plan: TrainingPlan) -> tuple[StaticMemory
     if hit is None or hit[0] is not st:
         if len(_OPT_CACHE) > 4096:
             _OPT_CACHE.clear()
-        opt = optimizer_memory(plan, st.trainable_numels, st.trainable_dtype_bytes, st.trainable_shapes)
+        opt = optimizer_memory(plan, st.trainable_numels, st.dtypes, st.trainable_shapes)
         hit = _OPT_CACHE[key] = (st, opt, any(n >= MIN_8BIT_SIZE for n in st.trainable_numels))
     return hit
 
@@ -390,7 +395,7 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
     ref = st.total if reference_copy(plan) else 0  # DPO without PEFT: a frozen copy of the model (trainers.py)
     base = st.total + opt.states_bytes + ref
     step_p = step_plan(plan)  # DPO: chosen and rejected rows
-    grads_bytes = sum(st.trainable_numels) * st.trainable_dtype_bytes
+    grads_bytes = st.trainable_bytes
     phases = {"load": st.total + ref, **_step_phases(model, step_p, base, grads_bytes, opt.step_temp_bytes,
                                                      cuda=True)}
     if plan.eval_batch:  # the eval step: a phase of its own (evaluation.py)

@@ -63,8 +63,9 @@ def trl_fused_head(tp: Tape, c: Ctx, x: int, a: int, dft: bool = False) -> int:
     entropy = tp.op(n * 4, grad=False)
     # backward: fp32 grad_hidden (the gradient itself when the hidden states are fp32), fp32 grad_weight when the
     # head trains (cast to the weight's dtype at the end: `.grad` is that cast), a new tile buffer, the casts
-    grad_w = c.vocab * c.hidden * c.lm_head_w if c.full else 0
-    bwd = tile + casts + (n * c.hidden * 4 if ha != 4 else 0) + (c.vocab * c.hidden * 4 if c.full and
+    trains = c.full or c.head_trainable
+    grad_w = c.vocab * c.hidden * c.lm_head_w if trains else 0
+    bwd = tile + casts + (n * c.hidden * 4 if ha != 4 else 0) + (c.vocab * c.hidden * 4 if trains and
                                                                   c.lm_head_w != 4 else 0)
     lp = tp.op(n * 4, (hc,), saves=(hc, targets, log_z, entropy), temp=TRL_RUNNING_STATS * n * 4 + tile + casts,
                bwd_temp=bwd, param_grad=grad_w)

@@ -58,15 +58,18 @@ def _adafactor_state(numel: int, shape: tuple[int, ...] | None) -> int:
     return (lead * shape[-2] + lead * shape[-1]) * 4
 
 
-def optimizer_memory(plan: TrainingPlan, numels: tuple[int, ...], dtype_bytes: int,
+def optimizer_memory(plan: TrainingPlan, numels: tuple[int, ...], dtype_bytes: int | tuple[int, ...],
                      shapes: tuple[tuple[int, ...], ...] | None = None) -> OptimizerMemory:
-    """States and step temporaries for trainable tensors of `numels` elements stored in `dtype_bytes`."""
+    """States and step temporaries for trainable tensors of `numels` elements stored in `dtype_bytes` (one for
+    all, or one per tensor: peft's fp32 adapters beside `modules_to_save` copies in the base dtype; torch's
+    `zeros_like(param)` states and foreach temporaries follow each parameter's dtype)."""
     opt = plan.optimizer
-    total = sum(numels)
+    dtypes = dtype_bytes if isinstance(dtype_bytes, tuple) else (dtype_bytes,) * len(numels)
+    total_bytes = sum(n * d for n, d in zip(numels, dtypes))
     if opt in ("adamw", "adamw_fused"):
-        states = 2 * total * dtype_bytes
+        states = 2 * total_bytes
         steps = 4 * len(numels) if opt == "adamw_fused" else 0
-        temp = total * dtype_bytes if opt == "adamw" else 0
+        temp = total_bytes if opt == "adamw" else 0
         return OptimizerMemory(states + steps, 0, temp)
     if opt in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_8bit"):
         n_states = 1 if opt == "lion_8bit" else 2
@@ -83,16 +86,15 @@ def optimizer_memory(plan: TrainingPlan, numels: tuple[int, ...], dtype_bytes: i
     if opt == "sgd":
         return OptimizerMemory(0, 0, 0)
     if opt == "sgd_momentum":
-        return OptimizerMemory(total * dtype_bytes, 0, 0)
+        return OptimizerMemory(total_bytes, 0, 0)
     if opt == "adafactor":
         shapes = shapes or tuple(None for _ in numels)
         states = sum(_adafactor_state(n, s) for n, s in zip(numels, shapes))
         # Per tensor: fp32 grad copy and fp32 param copy (if 16-bit); `update = grad**2 + eps` is still alive
         # while `_approx_sq_grad` builds the new update from its row factor and column factor.
-        copies = 2 + (2 if dtype_bytes < 4 else 0)
         temp = 0
-        for n, s in zip(numels, shapes):
+        for n, s, d in zip(numels, shapes, dtypes):
             factors = _adafactor_state(n, s) if s is not None and len(s) >= 2 else 0
-            temp = max(temp, copies * n * 4 + factors)
+            temp = max(temp, (2 + (2 if d < 4 else 0)) * n * 4 + factors)
         return OptimizerMemory(states, 0, temp)
     raise AssertionError(opt)

@@ -68,6 +68,7 @@ class Ctx:
     trainer: str = "hf"  # plan.trainer: which head and loss (losses.py)
     lora_w: int = 4  # bytes of LoRA A/B (fp32: peft autocast_adapter_dtype; bf16 under TRL's SFT for QLoRA)
     loss_type: str | None = None  # plan.loss_type (trl-sft)
+    head_trainable: bool = False  # the output head trains without the rest (peft modules_to_save: lm_head)
 
 
 def rmsnorm(tp: Tape, c: Ctx, x: int, a: int, width: int, groups: int = 1) -> tuple[int, int]:
@@ -415,13 +416,14 @@ def head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool) -> int:
     tv = c.tokens * c.vocab
     h, ha = rmsnorm(tp, c, x, a, c.hidden)
     tp.drop(x)
+    trains = c.full or c.head_trainable  # the matmul saves its input for the weight's gradient
     if c.autocast:
         la = c.compute
-        logits = autocast_mm(tp, c, h, ha, c.hidden, c.vocab, c.full, weight_bytes=c.lm_head_w)
+        logits = autocast_mm(tp, c, h, ha, c.hidden, c.vocab, trains, weight_bytes=c.lm_head_w)
     else:
         la = max(ha, c.lm_head_w)
-        grad_w = c.vocab * c.hidden * c.lm_head_w if c.full else 0
-        logits = tp.op(tv * la, (h,), saves=(h,) if c.full else (), param_grad=grad_w)
+        grad_w = c.vocab * c.hidden * c.lm_head_w if trains else 0
+        logits = tp.op(tv * la, (h,), saves=(h,) if trains else (), param_grad=grad_w)
     if softcap:  # gemma2 final_logit_softcapping
         logits = _softcap(tp, logits, tv * la)
     l32 = tp.op(tv * 4, (logits,)) if la != 4 else tp.op(0, (logits,), alias=logits)

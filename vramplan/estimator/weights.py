@@ -10,6 +10,10 @@ Every rule names the library code it follows:
   "dynamic" code (`QuantState(code=code.to(A.device, copy=True))`): 1 KiB for every quantized layer.
 - peft `prepare_model_for_kbit_training` casts every fp16/bf16 parameter that is not `Params4bit` to fp32.
 - peft `get_peft_model(autocast_adapter_dtype=True)` keeps LoRA A/B in fp32 when the base is fp16/bf16.
+- peft `utils/other.py: ModulesToSaveWrapper.update`: `modules_to_save` gets a `copy.deepcopy` of the original
+  module (trainable), the original stays (`requires_grad_(False)`). The wrapper is no `BaseTunerLayer`, so
+  `cast_adapter_dtype` leaves the copy in the original's dtype: the loading dtype, or fp32 after
+  `prepare_model_for_kbit_training`.
 """
 
 from __future__ import annotations
@@ -127,6 +131,19 @@ class StaticMemory:
     trainable_shapes: tuple[tuple[int, ...], ...]  # the same tensors' shapes (Adafactor factors >= 2-D ones)
     quantized_groups: tuple[LinearGroup, ...]  # the 4-bit linears, by leaf name
     lora_groups: tuple[LinearGroup, ...]  # the LoRA-wrapped linears, by leaf name
+    # bytes per element of each trainable tensor where they differ (modules_to_save copies keep the base dtype);
+    # empty: all `trainable_dtype_bytes`
+    trainable_dtypes: tuple[int, ...] = ()
+
+    @property
+    def dtypes(self) -> tuple[int, ...]:
+        """Bytes per element of every trainable tensor, in `trainable_numels` order."""
+        return self.trainable_dtypes or (self.trainable_dtype_bytes,) * len(self.trainable_numels)
+
+    @property
+    def trainable_bytes(self) -> int:
+        """The trainable tensors' bytes: also what their gradients take."""
+        return sum(n * d for n, d in zip(self.trainable_numels, self.dtypes))
 
     @property
     def weights_total(self) -> int:
@@ -170,7 +187,7 @@ def rotary_buffer_bytes(model: ModelSpec) -> int:
 
 _STATIC_CACHE: dict[tuple, tuple[ModelSpec, StaticMemory]] = {}
 _STATIC_FIELDS = ("method", "param_dtype", "quant_blocksize", "double_quant", "kbit_upcast", "rank", "targets",
-                  "trainer", "use_dora", "trainable_tokens")
+                  "trainer", "use_dora", "trainable_tokens", "modules_to_save")
 
 
 def static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
@@ -230,24 +247,55 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
             rr = r * e * (2 if t.name.endswith("gate_up_proj") else 1)
             lora_numels += [rr * n_in, n_out * rr]
             lora_shapes += [(rr, n_in), (n_out, rr)]
+    dtypes: tuple[int, ...] = ()
+    saved = saved_tensors(model, plan)
     if plan.method == "full":
         trainable = tuple(t.numel for t in inv.tensors)
         shapes = tuple(t.shape for t in inv.tensors)
         trainable_bytes = DTYPE_BYTES[plan.param_dtype]
     else:
         trainable, shapes, trainable_bytes = tuple(lora_numels), tuple(lora_shapes), adapter_bytes(plan)
+        if saved:  # the copies keep the original's dtype (ModulesToSaveWrapper: deepcopy, no adapter cast)
+            nq = non_quantized_dtype_bytes(plan)
+            dtypes = (trainable_bytes,) * len(trainable) + (nq,) * len(saved)
+            trainable += tuple(t.numel for t in saved)
+            shapes += tuple(t.shape for t in saved)
     return StaticMemory(
         quantized_weights=q_w,
         quant_constants=q_c,
         double_quant_constants=q_dq,
         base_weights=base,
-        lora_adapters=sum(lora_numels) * adapter_bytes(plan),
+        # the adapters and the modules_to_save copies: the trainable weights peft adds
+        lora_adapters=sum(lora_numels) * adapter_bytes(plan) + sum(t.numel for t in saved) * (
+            non_quantized_dtype_bytes(plan)),
         trainable_numels=trainable,
         trainable_dtype_bytes=trainable_bytes,
         trainable_shapes=shapes,
         quantized_groups=quantized,
         lora_groups=lora_groups,
+        trainable_dtypes=dtypes,
     )
+
+
+_SAVED_ROLES = {"embed_tokens": "embedding", "lm_head": "lm_head"}
+
+
+def saved_tensors(model: ModelSpec, plan: TrainingPlan) -> tuple:
+    """The parameters `modules_to_save` copies: the model's input embedding (`embed_tokens`) and/or output head
+    (`lm_head`), by role (GPT-NeoX calls them embed_in/embed_out). Tied embeddings are refused: peft then wraps
+    both modules around one shared copy (`_add_modules_to_save_to_tie`), which is not modelled yet."""
+    if not plan.modules_to_save or plan.method == "full":
+        return ()
+    if model.tied_embeddings:
+        raise PlanError("--modules-to-save with tied embeddings (peft shares one copy between the embedding and "
+                        "lm_head) is not modelled yet; untie them or leave it out")
+    roles = {_SAVED_ROLES[n] for n in plan.modules_to_save.split(",")}
+    return tuple(t for t in model.inventory.tensors if t.role in roles)
+
+
+def saves_module(plan: TrainingPlan, name: str) -> bool:
+    """Whether the plan's `modules_to_save` holds `name` ('embed_tokens' or 'lm_head')."""
+    return plan.method != "full" and name in (plan.modules_to_save or "").split(",")
 
 
 def unquantized_experts_note(model: ModelSpec, plan: TrainingPlan) -> str | None:

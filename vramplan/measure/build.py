@@ -16,6 +16,8 @@ has a Python object), so a traced 4-bit layer gets a plain fake `Parameter` carr
 from __future__ import annotations
 
 import contextlib
+import copy
+from types import SimpleNamespace
 
 import torch
 
@@ -207,15 +209,32 @@ def traced_peft_init():
         yield
         return
     from peft.tuners.lora import dora
+    from peft.utils import other
 
     if not getattr(dora.dequantize_module_weight, "_vramplan", False):
         dora.dequantize_module_weight = _traced_dequantize(dora.dequantize_module_weight)
-    original = dora.deepcopy
+    original, original_copy = dora.deepcopy, other.copy
     dora.deepcopy = lambda module: module
+    # ModulesToSaveWrapper.update: `copy.deepcopy(self.original_module)`, a real copy that stays (the trainable
+    # module): its parameters are cloned in the active fake mode instead
+    other.copy = SimpleNamespace(deepcopy=_fake_deepcopy, copy=copy.copy)
     try:
         yield
     finally:
-        dora.deepcopy = original
+        dora.deepcopy, other.copy = original, original_copy
+
+
+def _fake_deepcopy(obj, memo=None):
+    """`copy.deepcopy` of a module whose tensors are fake: every parameter and buffer cloned in the active fake
+    mode (the same bytes a real deep copy allocates); anything else goes to `copy.deepcopy`."""
+    if not isinstance(obj, torch.nn.Module):
+        return copy.deepcopy(obj, memo)
+    memo = dict(memo or {})
+    for p in obj.parameters():
+        memo[id(p)] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+    for b in obj.buffers():
+        memo[id(b)] = b.clone()
+    return copy.deepcopy(obj, memo)
 
 
 def _traced_dequantize(dequantize):

@@ -125,6 +125,12 @@ GRID: tuple[Case, ...] = (
     _c("llama3.1-8b-lora-tokens16-nockpt-s512", "llama3.1-8b", method="lora", trainable_tokens=16,
        grad_ckpt=False, seq=512),
     _c("llama3.1-8b-qlora-tokens1024", "llama3.1-8b", method="qlora", trainable_tokens=1024),
+    # peft modules_to_save: trainable deep copies of the embedding / lm_head in the base dtype (fp32 after the
+    # kbit upcast), their gradients and optimizer states beside the fp32 adapters
+    _c("llama3.1-8b-lora-save-embed-lmhead-s512", "llama3.1-8b", method="lora",
+       modules_to_save="embed_tokens,lm_head", seq=512, optimizer="adamw"),
+    _c("mistral-7b-qlora-save-lmhead-nockpt-s512", "mistral-7b", method="qlora", modules_to_save="lm_head",
+       grad_ckpt=False, seq=512),
 )
 
 

@@ -183,6 +183,7 @@ def prepare_model(model: torch.nn.Module, plan: TrainingPlan) -> torch.nn.Module
 
         lora = LoraConfig(r=plan.rank, lora_alpha=plan.alpha, lora_dropout=plan.lora_dropout,
                           use_dora=plan.use_dora, trainable_token_indices=_token_rows(plan),
+                          modules_to_save=_saved_modules(model, plan),
                           target_modules=resolve_targets(model, plan.targets), task_type="CAUSAL_LM")
         try:
             with traced_peft_init():
@@ -190,6 +191,22 @@ def prepare_model(model: torch.nn.Module, plan: TrainingPlan) -> torch.nn.Module
         except ValueError as exc:  # e.g. target modules not found in the base model
             raise MeasurementError(f"targets: {exc}") from None
     return model
+
+
+def _saved_modules(model: torch.nn.Module, plan: TrainingPlan) -> list[str] | None:
+    """`modules_to_save`: the model's own names of its input embedding and output head (`embed_tokens` and
+    `lm_head` in the plan; GPT-NeoX's `embed_in`/`embed_out`)."""
+    if not plan.modules_to_save:
+        return None
+    names = plan.modules_to_save.split(",")
+    out = []
+    if "embed_tokens" in names:
+        emb = model.get_input_embeddings()
+        out += [n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is emb]
+    if "lm_head" in names:
+        head = model.get_output_embeddings()
+        out += [n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is head]
+    return out
 
 
 def _token_rows(plan: TrainingPlan) -> list[int] | None:
