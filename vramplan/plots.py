@@ -32,17 +32,48 @@ def _total(e) -> int:
     return e.total_gpu_bytes if e.total_gpu_bytes is not None else e.peak_bytes
 
 
-def _sweep(ax, model: str, plan_for: Callable, gpu: str | None, field: str, values: Sequence[int]) -> None:
-    from vramplan.api import estimate
+def plan_factory(args) -> Callable:
+    """`plan_for(method, **update)`: the command line's plan for one method (`plan_flags.method_plan`: options
+    that do not apply to it left out), with `update` (e.g. seq=4096) on top."""
+    from vramplan.commands.plan_flags import method_plan
 
-    usable = None
+    def plan_for(method: str, **update: int):
+        plan = method_plan(args, method)
+        return plan.model_copy(update=update) if update else plan
+    return plan_for
+
+
+def sweep_series(model: str, plan_for: Callable, gpu: str | None, field: str,
+                 values: Sequence[int] | None = None) -> dict:
+    """Memory vs `field` ("seq" or "batch") per method: {"field", "values", "series": {method: [bytes or None]},
+    "gpu", "gpu_usable_bytes"}. Bytes are `estimate(gpu=)`'s total on the GPU (the peak without a GPU); a point
+    the plan refuses (a PlanError, e.g. a batch the sharding cannot split) is None. The one sweep behind both
+    `vramplan plot` and the page's charts."""
+    from vramplan.api import estimate
+    from vramplan.errors import PlanError
+
+    values = tuple(values or (SEQS if field == "seq" else BATCHES))
+    series, usable = {}, None
     for method in METHODS:
-        ys = []
+        ys: list[int | None] = []
         for v in values:
-            e = estimate(model, plan_for(method, **{field: v}), gpu=gpu)
+            try:
+                e = estimate(model, plan_for(method, **{field: v}), gpu=gpu)
+            except PlanError:
+                ys.append(None)
+                continue
             usable = e.gpu_usable_bytes
-            ys.append(_total(e) / GiB)
-        ax.plot(values, ys, marker="o", color=COLORS[method], label=method)
+            ys.append(_total(e))
+        series[method] = ys
+    return {"field": field, "values": list(values), "series": series, "gpu": gpu, "gpu_usable_bytes": usable}
+
+
+def _sweep(ax, model: str, plan_for: Callable, gpu: str | None, field: str, values: Sequence[int]) -> None:
+    data = sweep_series(model, plan_for, gpu, field, values)
+    usable = data["gpu_usable_bytes"]
+    for method, ys in data["series"].items():
+        ax.plot(values, [float("nan") if y is None else y / GiB for y in ys], marker="o", color=COLORS[method],
+                label=method)
     if usable:
         ax.axhline(usable / GiB, color="black", linestyle="--", linewidth=1, label=f"{gpu} usable")
     ax.set_xscale("log", base=2)

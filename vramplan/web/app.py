@@ -23,30 +23,19 @@ from starlette.routing import Route
 from vramplan.errors import VramplanError
 
 ESTIMATE_WORKERS = 4
-_BOOL_FLAGS = {"grad-ckpt", "no-grad-ckpt", "no-calibration"}
-_STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
-
-
-def _argv(command: str, query: dict[str, str]) -> list[str]:
-    argv = [command]
-    for key, value in query.items():
-        if key in _BOOL_FLAGS:
-            if value.lower() in ("1", "true", "on", "yes"):
-                argv.append(f"--{key}")
-        elif value != "":
-            argv += [f"--{key}", value]
-    return [*argv, "--json"]
+_STATIC = {"app.js": "text/javascript", "style.css": "text/css", "charts.js": "text/javascript"}
 
 
 def _parse(command: str, query: dict[str, str]):
     """The CLI's own parser over the query (flags finished as `cli.main` does); ValueError on bad input."""
     from vramplan.cli import build_parser
     from vramplan.commands.plan_flags import finish_plan_args
+    from vramplan.web.knobs import argv_for
 
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            args, extras = build_parser().parse_known_args(_argv(command, query))
+            args, extras = build_parser().parse_known_args(argv_for(command, query))
     except SystemExit:
         raise ValueError(err.getvalue().strip().splitlines()[-1] if err.getvalue() else "bad request") from None
     if extras:
@@ -108,10 +97,61 @@ async def api_suggest(request: Request) -> Response:
 
 
 async def api_options(request: Request) -> Response:
+    """Presets, GPU profiles, hub ids in the local HF cache (what `--model` resolves offline) and the plan knobs."""
     from vramplan.hardware import load_profiles
     from vramplan.models import presets
+    from vramplan.web.knobs import knobs
+    from vramplan.web.uploads import cached_hub_ids
 
-    return JSONResponse({"models": sorted(presets()), "gpus": sorted(load_profiles())})
+    return JSONResponse({"models": sorted(presets()), "hub_ids": cached_hub_ids(), "gpus": sorted(load_profiles()),
+                         "knobs": list(knobs("estimate"))})
+
+
+def sweep_json_for(query: dict[str, str]) -> dict:
+    """`plots.sweep_series` for the page's plan: memory vs `field` (seq or batch) for full/LoRA/QLoRA."""
+    from vramplan.commands.plan_flags import gpu_dirs
+    from vramplan.plots import plan_factory, sweep_series
+
+    query = dict(query)
+    field = query.pop("field", "seq")
+    if field not in ("seq", "batch"):
+        raise ValueError(f"field: '{field}' is not one of seq, batch")
+    args = _parse("estimate", query)
+    if gpu_dirs(args):
+        raise ValueError("--gpu-dir is not supported by the sweep")
+    try:
+        return sweep_series(args.model, plan_factory(args), args.gpu, field)
+    except VramplanError as exc:
+        raise ValueError(str(exc)) from None
+
+
+async def api_sweep(request: Request) -> Response:
+    try:
+        body = await anyio.to_thread.run_sync(sweep_json_for, dict(request.query_params),
+                                              limiter=request.app.state.limiter)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return JSONResponse(body)
+
+
+async def api_config(request: Request) -> Response:
+    """POST a config.json (at most `uploads.MAX_CONFIG_BYTES`): read by the strict reader `--model` uses; the
+    answer names the model value to plan with."""
+    from vramplan.web.uploads import MAX_CONFIG_BYTES, store_config
+
+    if int(request.headers.get("content-length") or 0) > MAX_CONFIG_BYTES:
+        return JSONResponse({"error": f"config.json larger than {MAX_CONFIG_BYTES // 1024} KiB"}, status_code=413)
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_CONFIG_BYTES:
+            return JSONResponse({"error": f"config.json larger than {MAX_CONFIG_BYTES // 1024} KiB"}, status_code=413)
+    try:
+        model = await anyio.to_thread.run_sync(store_config, body, request.query_params.get("name", "config"),
+                                               request.app.state.upload_dir)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return JSONResponse(model)
 
 
 async def page(request: Request) -> Response:
@@ -126,14 +166,20 @@ async def static(request: Request) -> Response:
     return Response(text, media_type=_STATIC[name])
 
 
-def create_app() -> Starlette:
+def create_app(upload_dir: str | None = None) -> Starlette:
+    """The app; uploaded configs go under `upload_dir` (default: a fresh temporary folder)."""
+    import tempfile
+
     app = Starlette(routes=[
         Route("/", page),
         Route("/static/{name}", static),
         Route("/api/estimate", api_estimate),
         Route("/api/suggest", api_suggest),
         Route("/api/options", api_options),
+        Route("/api/sweep", api_sweep),
+        Route("/api/config", api_config, methods=["POST"]),
     ])
     app.state.limiter = anyio.CapacityLimiter(ESTIMATE_WORKERS)
     app.state.search_limiter = anyio.CapacityLimiter(1)
+    app.state.upload_dir = upload_dir or tempfile.mkdtemp(prefix="vramplan-uploads-")
     return app

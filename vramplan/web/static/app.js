@@ -5,6 +5,43 @@ const GIB = 2 ** 30;
 const COLORS = ["#2874a6", "#239b56", "#c0392b", "#af7ac5", "#f39c12", "#16a085", "#7f8c8d", "#d35400", "#34495e",
                 "#e84393"];
 let pending = 0;
+let sweeping = 0;
+let lastSweep = "";
+
+// One control per plan flag of the CLI (GET /api/options' `knobs`, read from the CLI's own parser).
+function buildKnobs(knobs) {
+  const box = document.getElementById("knobs");
+  box.replaceChildren(...knobs.map((k) => {
+    const label = document.createElement("label");
+    label.dataset.kind = k.kind;
+    label.title = k.help;
+    let input;
+    if (k.kind === "choice" || k.kind === "bool") {
+      input = document.createElement("select");
+      input.append(new Option("(default)", ""), ...k.choices.map((c) => new Option(String(c))));
+    } else if (k.kind === "switch") {
+      input = document.createElement("input");
+      input.type = "checkbox";
+      input.value = "1";
+    } else {
+      input = document.createElement("input");
+      if (k.kind === "int" || k.kind === "number") { input.type = "number"; if (k.kind === "number") input.step = "any"; }
+      const list = k.suggestions;
+      if (list) {
+        const dl = document.createElement("datalist");
+        dl.id = `list-${k.name}`;
+        dl.append(...list.map((o) => new Option(o)));
+        label.append(dl);
+        input.setAttribute("list", dl.id);
+      }
+      input.placeholder = "default";
+    }
+    input.name = k.name;
+    label.prepend(document.createTextNode(k.name.replaceAll("-", " ") + " "));
+    label.append(input);
+    return label;
+  }));
+}
 
 function gib(n) { return (n / GIB).toFixed(2); }
 
@@ -12,13 +49,15 @@ function stateToForm() {
   const params = new URLSearchParams(location.search);
   for (const [key, value] of params) {
     const el = form.elements.namedItem(key);
-    if (el) el.value = value;
+    if (el && el.type === "checkbox") el.checked = value === "1";
+    else if (el) el.value = value;
   }
 }
 
 function formToQuery() {
   const params = new URLSearchParams();
   for (const el of form.elements) {
+    if (el.type === "checkbox") { if (el.checked) params.set(el.name, "1"); continue; }
     if (el.name && el.value !== "") params.set(el.name, el.value);
   }
   return params;
@@ -85,8 +124,51 @@ async function update() {
   error.hidden = response.ok;
   error.textContent = response.ok ? "" : body.error;
   document.getElementById("result").hidden = !response.ok;
-  if (response.ok) show(body);
+  if (response.ok) {
+    show(body);
+    drawTimeline(document.getElementById("chart-timeline"), body);
+  }
   document.body.dataset.state = response.ok ? "ready" : "error";
+  if (response.ok) sweep(query);
+}
+
+// The sweeps are 15-18 estimates each (with a GPU, each simulates the allocator): asked after the estimate,
+// only when the plan changed, and drawn when both have come back.
+async function sweep(query) {
+  const key = query.toString();
+  if (key === lastSweep) return;
+  lastSweep = key;
+  const mine = ++sweeping;
+  document.body.dataset.charts = "computing";
+  const answers = await Promise.all(["seq", "batch"].map(async (field) => {
+    const q = new URLSearchParams(query);
+    q.set("field", field);
+    const response = await fetch(`/api/sweep?${q}`);
+    return [field, response.ok, await response.json()];
+  }));
+  if (mine !== sweeping) return;
+  for (const [field, ok, body] of answers) {
+    const svg = document.getElementById(`chart-${field}`);
+    if (ok) drawSweep(svg, body);
+    else svg.replaceChildren();
+  }
+  document.body.dataset.charts = "ready";
+}
+
+async function upload(event) {
+  const file = event.target.files[0];
+  if (!file) return;
+  const response = await fetch(`/api/config?name=${encodeURIComponent(file.name)}`, { method: "POST", body: file });
+  const body = await response.json();
+  const error = document.getElementById("error");
+  if (!response.ok) {
+    error.hidden = false;
+    error.textContent = body.error;
+    document.body.dataset.state = "error";
+    return;
+  }
+  form.elements.namedItem("model").value = body.model;
+  await update();
 }
 
 async function suggest() {
@@ -115,7 +197,9 @@ async function suggest() {
 async function init() {
   document.getElementById("suggest").addEventListener("click", suggest);
   const options = await (await fetch("/api/options")).json();
-  document.getElementById("models").replaceChildren(...options.models.map((m) => new Option(m)));
+  buildKnobs(options.knobs);
+  document.getElementById("upload").addEventListener("change", upload);
+  document.getElementById("models").replaceChildren(...[...options.models, ...options.hub_ids].map((m) => new Option(m)));
   const gpu = form.elements.namedItem("gpu");
   gpu.append(...options.gpus.map((g) => new Option(g)));
   if (!location.search) gpu.value = "rtx4090";
