@@ -46,10 +46,11 @@ def plan_factory(args) -> Callable:
 def sweep_series(model: str, plan_for: Callable, gpu: str | None, field: str,
                  values: Sequence[int] | None = None) -> dict:
     """Memory vs `field` ("seq" or "batch") per method: {"field", "values", "series": {method: [bytes or None]},
-    "gpu", "gpu_usable_bytes"}. Bytes are `estimate(gpu=)`'s total on the GPU (the peak without a GPU); a point
+    "gpu", "gpu_usable_bytes"}. Bytes are `estimate(gpu=)`'s total on the GPU with the stored CUDA runs' reserve
+    and context (`api.calibrated`, as `estimate --gpu` prints it), the peak without a GPU; a point
     the plan refuses (a PlanError, e.g. a batch the sharding cannot split) is None. The one sweep behind both
     `vramplan plot` and the page's charts."""
-    from vramplan.api import estimate
+    from vramplan.api import calibrated, estimate
     from vramplan.errors import PlanError
 
     values = tuple(values or (SEQS if field == "seq" else BATCHES))
@@ -62,6 +63,8 @@ def sweep_series(model: str, plan_for: Callable, gpu: str | None, field: str,
             except PlanError:
                 ys.append(None)
                 continue
+            if gpu:
+                e, _ = calibrated(e)
             usable = e.gpu_usable_bytes
             ys.append(_total(e))
         series[method] = ys

@@ -109,7 +109,7 @@ def test_sweep_points_are_what_estimate_prints(server_url: str, capsys: pytest.C
     assert status == 200, body
     assert set(body["series"]) == {"full", "lora", "qlora"} and body["values"] == [1, 2, 4, 8, 16]
     for method, i in (("lora", 2), ("qlora", 0)):
-        main(["estimate", "--model", "qwen2.5-0.5b", "--gpu", "rtx4090", "--no-calibration", "--rank", "16",
+        main(["estimate", "--model", "qwen2.5-0.5b", "--gpu", "rtx4090", "--rank", "16",
               "--method", method, "--batch", str(body["values"][i]), "--json"])
         cli = json.loads(capsys.readouterr().out)
         assert body["series"][method][i] == cli["total_gpu_bytes"]

@@ -156,6 +156,7 @@ async function sweep(query) {
 }
 
 async function upload(event) {
+  event.stopPropagation();  // not a plan change by itself: the form's listener would clear an upload's error
   const file = event.target.files[0];
   if (!file) return;
   const response = await fetch(`/api/config?name=${encodeURIComponent(file.name)}`, { method: "POST", body: file });
