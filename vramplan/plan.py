@@ -20,6 +20,7 @@ to off.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -54,6 +55,19 @@ from vramplan.vocab import (  # noqa: F401  (SHARDINGS, OPTIMIZERS, TRAINERS, TA
 # peft LoraConfig(modules_to_save=...) names vramplan models: the input embedding and the output head, spelled as
 # in Llama (the plan means the model's own module of that role: GPT-NeoX's embed_in/embed_out, ...)
 MODULES_TO_SAVE: tuple[str, ...] = ("embed_tokens", "lm_head")
+
+@functools.lru_cache(maxsize=1)
+def installed_transformers() -> int:
+    """The installed transformers' major version (4 or 5), from its metadata; 5 when it is not installed or is
+    another major version."""
+    from importlib import metadata
+
+    try:
+        major = int(metadata.version("transformers").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        return 5
+    return major if major in (4, 5) else 5
+
 
 # The names each field takes are owned by vramplan.vocab (plain tuples, so the CLI parser needs no pydantic).
 Method = Literal[METHODS]  # type: ignore[valid-type]
@@ -126,9 +140,31 @@ class TrainingPlan(BaseModel):
     prediction_loss_only: bool = True  # Trainer.evaluate passes True when no compute_metrics is given
     # trl-dpo (DPOConfig.precompute_ref_log_probs): reference log-probs computed before training, no reference pass
     precompute_ref_log_probs: bool = False
+    # trl-sft (SFTConfig packing=True, packing_strategy 'bfd', which turns padding_free on): each micro-batch is one
+    # row of batch x seq tokens with position_ids and no attention_mask (vramplan/estimator/trainers.py)
+    packing: bool = False
     # PYTORCH_CUDA_ALLOC_CONF knobs of the caching allocator (reserved memory: vramplan/estimator/allocator.py)
     expandable_segments: bool = False
     max_split_size_mb: int | None = None  # None: unlimited (torch's default)
+    # The transformers major version the run uses (default: the installed one, else 5): `_transformers_defaults`
+    transformers: Literal[4, 5] = 5
+
+    @model_validator(mode="before")
+    @classmethod
+    def _transformers_defaults(cls, data: object) -> object:
+        """`transformers` defaults to the installed major version (read from the package metadata, never by
+        importing it), else 5. Its checkpointing default: transformers 4.57 `gradient_checkpointing_enable` takes
+        `{"use_reentrant": True}` when given no kwargs (peft's `prepare_model_for_kbit_training` passes `{}`:
+        torch's own default, reentrant too); 5.x `_activation_checkpointing_enable` takes
+        `{"use_reentrant": False}`, what HF Trainer's call leaves in effect."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        if out.get("transformers") is None:
+            out["transformers"] = installed_transformers()
+        if out.get("ckpt_reentrant") is None:
+            out["ckpt_reentrant"] = out["transformers"] == 4 and out.get("grad_ckpt") is not False
+        return out
 
     @model_validator(mode="before")
     @classmethod
@@ -156,6 +192,8 @@ class TrainingPlan(BaseModel):
             what = "--eval-batch" if self.eval_batch is not None else f"--trainer {self.trainer}"
             raise ValueError(f"{what} is modelled on one GPU only for now (the multi-GPU step composition does not "
                              "know it yet): drop --gpus/--sharding, or use --trainer hf or trl-sft")
+        if self.packing and (self.trainer != "trl-sft" or self.multi_gpu or self.eval_batch is not None):
+            raise ValueError("--packing is modelled for --trainer trl-sft on one GPU without --eval-batch")
         if self.precompute_ref_log_probs and self.trainer != "trl-dpo":
             raise ValueError("--precompute-ref-log-probs applies to --trainer trl-dpo")
         if self.trainer == "trl-dpo" and self.eval_batch is not None:

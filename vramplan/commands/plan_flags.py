@@ -129,6 +129,9 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     _bool_flag(g, "--dora", "use_dora", "= --use-dora")
     g.add_argument("--trainable-tokens", dest="trainable_tokens", type=int, metavar="N",
                    help="peft trainable_token_indices: train N embedding rows (e.g. added tokens) besides LoRA")
+    g.add_argument("--transformers", dest="transformers", type=int, choices=(4, 5),
+                   help="the transformers major version the run uses (default: the installed one, else 5): 4.x "
+                   "checkpoints reentrant by default and keeps MoE experts as nn.Linear")
     g.add_argument("--modules-to-save", dest="modules_to_save", metavar="NAMES",
                    help="peft modules_to_save: a trainable full copy of embed_tokens and/or lm_head "
                    "(comma list; the model's own input embedding / output head)")
@@ -143,7 +146,9 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
                    help="gradient checkpointing (default on)")
     _bool_flag(g, "--gradient-checkpointing", "grad_ckpt", "= --grad-ckpt")
     g.add_argument("--ckpt-reentrant", action="store_const", const=True, default=None,
-                   help="use the older reentrant checkpointing")
+                   help="use the older reentrant checkpointing (the default under --transformers 4)")
+    g.add_argument("--no-ckpt-reentrant", dest="ckpt_reentrant", action="store_const", const=False,
+                   help="non-reentrant checkpointing (the default under --transformers 5)")
     g.add_argument("--attn", "--attn-implementation", dest="attn", type=_hf(attention_from_hf),
                    metavar="{" + ",".join(ATTENTIONS) + "}", help="attention (default sdpa)")
     g.add_argument("--optimizer", "--optim", dest="optimizer", type=_hf(optimizer_from_hf), metavar="OPTIMIZER",
@@ -160,6 +165,8 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     g.add_argument("--trainer", choices=TRAINERS,
                    help="the training loop: hf (transformers Trainer, default), loop (a custom or accelerate loop "
                    "that keeps `outputs`), trl-sft (TRL SFTTrainer: fused LM head, no full logits)")
+    g.add_argument("--packing", action="store_const", const=True, default=None,
+                   help="trl-sft: SFTConfig packing=True ('bfd', padding-free): one row of batch x seq tokens")
     g.add_argument("--loss-type", choices=LOSS_TYPES, help="trl-sft loss (SFTConfig.loss_type): nll (default) | dft")
     g.add_argument("--precompute-ref-log-probs", action="store_const", const=True, default=None,
                    help="trl-dpo: reference log-probs computed before training (no reference pass or model)")
@@ -306,5 +313,6 @@ def method_plan(args: argparse.Namespace, method: str):
     from vramplan.advisor import LORA_ONLY, QLORA_ONLY
 
     qlora_only = (*QLORA_ONLY, "quant_storage")
-    drop = (LORA_ONLY + qlora_only) if method == "full" else qlora_only if method == "lora" else ()
+    drop = (*LORA_ONLY, "modules_to_save", *qlora_only) if method == "full" else qlora_only if method == "lora" \
+        else ()
     return plan_from_args(args, method=method, **dict.fromkeys(drop))

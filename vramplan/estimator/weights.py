@@ -187,7 +187,7 @@ def rotary_buffer_bytes(model: ModelSpec) -> int:
 
 _STATIC_CACHE: dict[tuple, tuple[ModelSpec, StaticMemory]] = {}
 _STATIC_FIELDS = ("method", "param_dtype", "quant_blocksize", "double_quant", "kbit_upcast", "rank", "targets",
-                  "trainer", "use_dora", "trainable_tokens", "modules_to_save")
+                  "trainer", "use_dora", "trainable_tokens", "modules_to_save", "transformers")
 
 
 def static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
@@ -205,6 +205,10 @@ def static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
 
 def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
     inv: Inventory = model.inventory
+    if plan.transformers == 4 and inv.numel_by_role.get("experts"):
+        raise PlanError(f"--transformers 4: {model.name}'s experts are one nn.Linear each there (quantized under "
+                        "QLoRA, LoRA per expert), which is not modelled yet; vramplan models transformers 5's "
+                        "fused 3-D experts (--transformers 5)")
     groups = inv.linear_groups
     targets = resolve_targets(model, plan) if plan.uses_lora else ()
     q_w = q_c = q_dq = 0

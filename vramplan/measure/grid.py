@@ -131,6 +131,10 @@ GRID: tuple[Case, ...] = (
        modules_to_save="embed_tokens,lm_head", seq=512, optimizer="adamw"),
     _c("mistral-7b-qlora-save-lmhead-nockpt-s512", "mistral-7b", method="qlora", modules_to_save="lm_head",
        grad_ckpt=False, seq=512),
+    # --transformers 4: gradient_checkpointing_enable's default is reentrant there (traced with transformers 5's
+    # modelling code and use_reentrant=True: the 4.x library itself is not installed)
+    _c("llama3.2-3b-lora-tf4-alllinear-s2048", "llama3.2-3b", method="lora", transformers=4, targets="all-linear",
+       seq=2048),
 )
 
 
