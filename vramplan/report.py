@@ -150,7 +150,9 @@ def render_estimate(console: Console, e: Any) -> None:
                              if spill else ""))
 
 
-def render_compare(console: Console, rows: Sequence[Any]) -> None:
+def render_compare(console: Console, rows: Sequence[Any], served: Sequence[Any] | None = None) -> None:
+    """The compare table; `served` (one (inference estimate, max batch, max context) per row, from `compare
+    --infer-context`) adds what each method's fine-tuned model takes to generate."""
     from rich.table import Table
 
     gpu = next((r.gpu for r in rows if r.gpu), None)
@@ -162,6 +164,9 @@ def render_compare(console: Console, rows: Sequence[Any]) -> None:
         cols.insert(5, "gathered + buffers")
     if gpu:
         cols += [f"on {gpu}", "fits"]
+    if served:  # the inference column: what the method's model takes to generate (vramplan.inference)
+        p = served[0][0].plan
+        cols += ["served as", f"b{p['batch']}@{p['context']}"] + (["fits", "max b"] if gpu else [])
     for col in cols:
         table.add_column(col, justify="left" if col in ("model", "method", "fits") else "right")
     for r in rows:
@@ -175,5 +180,22 @@ def render_compare(console: Console, rows: Sequence[Any]) -> None:
             cells.insert(5, f"{(c.get('unsharded_params', 0) + c.get('comm_buffers', 0)) / 2**30:.2f}")
         if gpu:
             cells += [f"{r.total_gpu_bytes / 2**30:.2f}", "yes" if r.fits else "no"]
+        if served:
+            cells += _served_cells(*served[len(table.rows)], gpu)
         table.add_row(*cells)
     console.print(table)
+
+
+_SERVED_WORDS = {"nf4": "nf4+LoRA", "int8": "int8+LoRA", "none": "16-bit", "merged": "merged"}
+
+
+def _served_cells(e: Any, max_batch: int | None, max_context: int | None, gpu: str | None) -> list[str]:
+    """One compare row's inference cells: the format, GiB generating (on the GPU with context and reserve when
+    a GPU is given, else the peak), and with a GPU whether it fits and the largest batch at this context."""
+    words = _SERVED_WORDS[e.plan["quant"]]
+    if e.plan["quant"] in ("nf4", "int8") and not e.adapter_bytes:
+        words = words.replace("+LoRA", "")
+    cells = [words, f"{(e.device_bytes if gpu else e.peak_bytes) / 2**30:.2f}"]
+    if gpu:
+        cells += ["yes" if e.fits else "no", str(max_batch or "-")]
+    return cells

@@ -61,8 +61,52 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="one model or a comma list (llama2-7b,llama2-13b) (or from --config)")
     add_plan_arguments(p, method_default=False)
     add_gpu_arguments(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    i = p.add_argument_group("inference column (vramplan.inference: serve 4-bit + adapter, or merge into 16-bit?)")
+    i.add_argument("--infer-context", type=int, metavar="N", help="add each method's served model generating at "
+                   "this context (prompt + new tokens): full in 16-bit, LoRA merged into 16-bit, QLoRA as the 4-bit "
+                   "base with the unmerged adapter")
+    i.add_argument("--infer-batch", type=int, default=1, metavar="B", help="sequences generated together (default 1)")
+    i.add_argument("--infer-new-tokens", type=int, default=256, metavar="N", help="tokens generated (default 256)")
+    p.add_argument("--json", action="store_true", help="print JSON (with --infer-context each row has `inference`: "
+                   "what `infer --json` prints)")
     p.set_defaults(run=run_compare)
+
+
+# What each method's fine-tuned model is served as in the inference column: its own weights in 16-bit (full),
+# the adapter merged into the 16-bit base (LoRA: peft merge_and_unload), the 4-bit base with the adapter left
+# unmerged (QLoRA: the serve-or-merge question's other side; nf4 and fp4 store the same bytes).
+SERVED_AS = {"full": "none", "lora": "merged", "qlora": "nf4"}
+
+
+def served_plan(args: argparse.Namespace, row):
+    """The `vramplan.inference` plan of one compare row's served model (SERVED_AS), at --infer-context/-batch."""
+    from vramplan.inference import make_inference_plan
+
+    plan = row.plan
+    sixteen = [d for d in (plan.get("compute_dtype"), plan.get("mixed_precision"), plan["param_dtype"])
+               if d in ("bf16", "fp16")]
+    adapter = plan["method"] != "full"
+    return make_inference_plan(quant=SERVED_AS[plan["method"]], dtype=(sixteen or ["bf16"])[0],
+                               rank=plan.get("rank") if adapter else None,
+                               targets=plan.get("targets") if adapter else None, batch=args.infer_batch,
+                               context=args.infer_context, new_tokens=args.infer_new_tokens, attn=plan["attn"],
+                               double_quant=plan.get("double_quant", True) if adapter else None)
+
+
+def _inference_rows(args: argparse.Namespace, rows: list) -> list | None:
+    """(estimate, max batch, max context) per row from `commands.infer.infer_result`, or None without the flag."""
+    if args.infer_context is None:
+        return None
+    from vramplan.commands.infer import infer_result
+    from vramplan.errors import InputError
+
+    if args.infer_batch < 1 or args.infer_new_tokens < 1:
+        raise InputError("--infer-batch and --infer-new-tokens: give whole numbers from 1")
+    if args.infer_context <= args.infer_new_tokens:
+        raise InputError(f"--infer-context {args.infer_context} must be above --infer-new-tokens "
+                         f"{args.infer_new_tokens} (the prompt is context - new tokens)")
+
+    return [infer_result(r.model, served_plan(args, r), args.gpu, gpu_dirs(args)) for r in rows]
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -71,10 +115,14 @@ def run_compare(args: argparse.Namespace) -> int:
 
     rows = compare([m for m in args.model.split(",") if m.strip()], lambda method: method_plan(args, method),
                    gpu=args.gpu, gpu_dirs=gpu_dirs(args))
+    served = _inference_rows(args, rows)
     if args.json:
-        report.print_json([report.estimate_json(r) for r in rows])
+        from vramplan.commands.infer import infer_json
+
+        report.print_json([report.estimate_json(r) | ({"inference": infer_json(*served[i])} if served else {})
+                           for i, r in enumerate(rows)])
     else:
-        report.render_compare(console(args), rows)
+        report.render_compare(console(args), rows, served)
     return DOES_NOT_FIT if _some_model_fits_nowhere(rows) else 0
 
 
