@@ -47,7 +47,8 @@ def test_table_shows_the_column(capsys: pytest.CaptureFixture[str], monkeypatch:
     monkeypatch.setenv("COLUMNS", "200")
     assert main(["compare", "--model", "qwen2.5-0.5b", "--gpu", "rtx4090", "--infer-context", "2048"]) == 0
     out = capsys.readouterr().out
-    assert "b1@2048" in out and "nf4+LoRA" in out and "merged" in out and "max b" in out
+    assert "generate: its model, 1 x 2048 tokens" in out and "nf4+LoRA" in out and "merged" in out
+    assert "max b" in out
 
 
 @pytest.mark.parametrize("flags,words", [

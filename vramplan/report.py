@@ -158,15 +158,18 @@ def render_compare(console: Console, rows: Sequence[Any], served: Sequence[Any] 
     gpu = next((r.gpu for r in rows if r.gpu), None)
     sharded = next((r for r in rows if getattr(r, "sharding", "none") != "none"), None)
     where = per_gpu_words(sharded) if sharded else ""
-    table = Table(title=f"Full fine-tuning vs LoRA vs QLoRA (GiB at the peak{where})", title_justify="left")
+    title = f"Full fine-tuning vs LoRA vs QLoRA (GiB at the peak{where})"
+    if served:
+        p = served[0][0].plan
+        title += f"; generate: its model, {p['batch']} x {p['context']} tokens"
+    table = Table(title=title, title_justify="left")
     cols = ["model", "method", "weights", "grads + optimizer", "activations", "peak"]
     if sharded:
         cols.insert(5, "gathered + buffers")
     if gpu:
         cols += [f"on {gpu}", "fits"]
     if served:  # the inference column: what the method's model takes to generate (vramplan.inference)
-        p = served[0][0].plan
-        cols += ["served as", f"b{p['batch']}@{p['context']}"] + (["fits", "max b"] if gpu else [])
+        cols += ["serve", "generate"] + (["fits", "max b"] if gpu else [])
     for col in cols:
         table.add_column(col, justify="left" if col in ("model", "method", "fits") else "right")
     for r in rows:

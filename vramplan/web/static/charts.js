@@ -11,14 +11,22 @@ function el(name, attrs, text) {
   return e;
 }
 
+// A round GiB step (1, 2 or 5 times a power of ten) giving at most 6 gridlines up to `max` bytes.
+function gibStep(max) {
+  const raw = max / 2 ** 30 / 5;
+  const p = 10 ** Math.floor(Math.log10(raw || 1));
+  return ([1, 2, 5, 10].find((m) => m * p >= raw) || 10) * p;
+}
+
 function frame(svg, W, H, M, yMax, yLabel) {
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const y = (v) => H - M.b - ((H - M.t - M.b) * v) / yMax;
-  for (let i = 0; i <= 4; i++) {
-    const v = (yMax * i) / 4;
+  const step = gibStep(yMax);
+  for (let g = 0; g * 2 ** 30 <= yMax; g += step) {
+    const v = g * 2 ** 30;
     svg.append(el("line", { x1: M.l, x2: W - M.r, y1: y(v), y2: y(v), class: "grid" }));
-    svg.append(el("text", { x: M.l - 4, y: y(v) + 4, class: "tick", "text-anchor": "end" }, (v / 2 ** 30).toFixed(0)));
+    svg.append(el("text", { x: M.l - 4, y: y(v) + 4, class: "tick", "text-anchor": "end" }, String(+g.toFixed(2))));
   }
   svg.append(el("text", { x: 12, y: M.t + (H - M.t - M.b) / 2, class: "axis",
                           transform: `rotate(-90 12 ${M.t + (H - M.t - M.b) / 2})`, "text-anchor": "middle" }, yLabel));
@@ -59,7 +67,7 @@ function drawSweep(svg, data) {
 
 function drawTimeline(svg, result) {
   const phases = Object.entries(result.phases);
-  const W = 460, H = 260, M = { l: 44, r: 12, t: 12, b: 60 };
+  const W = 460, H = 260, M = { l: 44, r: 12, t: 16, b: 60 };
   const usable = result.gpu_usable_bytes || 0;
   const yMax = Math.max(...phases.map(([, v]) => v), usable) * 1.08 || 1;
   const y = frame(svg, W, H, M, yMax, "GiB allocated");
@@ -75,5 +83,7 @@ function drawTimeline(svg, result) {
   });
   if (usable) {
     svg.append(el("line", { x1: M.l, x2: W - M.r, y1: y(usable), y2: y(usable), class: "gpu-line" }));
+    svg.append(el("text", { x: W - M.r, y: y(usable) - 4, class: "label", "text-anchor": "end" },
+                  `${result.gpu} usable`));
   }
 }
