@@ -94,7 +94,7 @@ class CachingAllocator:
 
     # Public -----------------------------------------------------------------------------------------------
     def malloc(self, nbytes: int, stream: int = 0) -> int:
-        size = round_size(nbytes)
+        size = K_MIN_BLOCK if nbytes < K_MIN_BLOCK else -(-nbytes // K_MIN_BLOCK) * K_MIN_BLOCK  # round_size
         small = size <= K_SMALL_SIZE
         block = self._get_free_block(size, small, stream) or self._alloc_block(size, small, stream)
         self._unlist(block)
@@ -220,10 +220,10 @@ class CachingAllocator:
     def _maybe_split(self, block: Block, size: int) -> Block:
         """`should_split`: keep the remainder as a free block when it is big enough."""
         rest = block.size - size
+        if rest < K_MIN_BLOCK if block.small else rest <= K_SMALL_SIZE:
+            return block
         limit = self.config.max_split_size_bytes
         if limit is not None and not block.small and block.size >= limit:
-            return block
-        if rest < K_MIN_BLOCK if block.small else rest <= K_SMALL_SIZE:
             return block
         remainder = Block(block.addr + size, rest, block.seg, block.small, block.stream)
         remainder.prev, remainder.next = block, block.next
@@ -231,7 +231,7 @@ class CachingAllocator:
             block.next.prev = remainder
         block.next, block.size = remainder, size
         self._blocks[remainder.addr] = remainder
-        if self._expandable.get((block.stream, block.small)) is block:
+        if self._expandable and self._expandable.get((block.stream, block.small)) is block:
             self._expandable[(block.stream, block.small)] = remainder
         self._list(remainder)
         return block
@@ -244,9 +244,10 @@ class CachingAllocator:
         if second.next is not None:
             second.next.prev = first
         del self._blocks[second.addr]
-        key = (first.stream, first.small)
-        if self._expandable.get(key) is second:
-            self._expandable[key] = first
+        if self._expandable:
+            key = (first.stream, first.small)
+            if self._expandable.get(key) is second:
+                self._expandable[key] = first
         return first
 
     def _room(self, nbytes: int) -> bool:

@@ -187,11 +187,19 @@ def replay(events: list[Event], config: AllocatorConfig | None = None, capacity_
     """Run the events through the allocator. `lag`: each free happens `lag` allocations late (a tensor whose
     last reference dies a little after the op that last used it: a Python frame, an autograd node's release)."""
     alloc = CachingAllocator(config or AllocatorConfig(), capacity_bytes)
+    malloc, free = alloc.malloc, alloc.free  # bound once: ~30k events per step on a 7B model
     handles: dict[object, int] = {}
     pending: list[object] = []  # freed by the program, not yet returned to the allocator (oldest first)
+    if lag == 0:
+        for key, n in events:
+            if n >= 0:
+                handles[key] = malloc(n)
+            elif key in handles:
+                free(handles.pop(key))
+        return alloc
     for key, n in events:
         if n >= 0:
-            handles[key] = alloc.malloc(n)
+            handles[key] = malloc(n)
             if len(pending) >= lag > 0:  # each pending free has now waited `lag` allocations (or more)
                 for k in pending[: len(pending) - lag + 1]:
                     alloc.free(handles.pop(k))
