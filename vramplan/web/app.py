@@ -1,11 +1,15 @@
 """The starlette app behind `vramplan serve`: the page (package data under `static/`, no CDN) and a JSON API.
 
 `GET /api/estimate?model=...&method=...&seq=...` answers exactly what `vramplan estimate ... --json` prints
-(`/api/suggest?model=...&gpu=...` what `suggest --json` prints):
+(`/api/suggest?model=...&gpu=...` what `suggest --json` prints; `/api/sweep?...&field=seq|batch` the charts'
+series, `plots.sweep_series` as `vramplan plot` draws them; `POST /api/config` stores an uploaded config.json read by
+the strict reader `--model` uses; `/api/options` lists presets, cached hub ids, GPUs and the plan knobs, which
+`knobs.py` reads from the CLI's parser):
 the query's keys are the CLI's flags (without `--`), parsed by the CLI's own parser, and the result goes through
 the same `report.estimate_json`. A bad value is HTTP 400 with `{"error": "<the CLI's one-line message>"}`.
 Work per request is bounded: estimates run in worker threads behind a limiter of a few at a time, so 100
-concurrent requests queue instead of piling up, and the event loop stays free to answer the page.
+concurrent requests queue instead of piling up, and the event loop stays free to answer the page; sweeps (15-18
+estimates each) and suggest searches have limiters of their own, so they never hold the estimates' workers.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from starlette.routing import Route
 from vramplan.errors import VramplanError
 
 ESTIMATE_WORKERS = 4
+SWEEP_WORKERS = 2  # one page's two charts at once
 _STATIC = {"app.js": "text/javascript", "style.css": "text/css", "charts.js": "text/javascript"}
 
 
@@ -128,7 +133,7 @@ def sweep_json_for(query: dict[str, str]) -> dict:
 async def api_sweep(request: Request) -> Response:
     try:
         body = await anyio.to_thread.run_sync(sweep_json_for, dict(request.query_params),
-                                              limiter=request.app.state.limiter)
+                                              limiter=request.app.state.sweep_limiter)
     except ValueError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
     return JSONResponse(body)
@@ -181,5 +186,6 @@ def create_app(upload_dir: str | None = None) -> Starlette:
     ])
     app.state.limiter = anyio.CapacityLimiter(ESTIMATE_WORKERS)
     app.state.search_limiter = anyio.CapacityLimiter(1)
+    app.state.sweep_limiter = anyio.CapacityLimiter(SWEEP_WORKERS)
     app.state.upload_dir = upload_dir or tempfile.mkdtemp(prefix="vramplan-uploads-")
     return app
