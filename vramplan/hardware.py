@@ -133,6 +133,16 @@ class GpuProfile(BaseModel):
         return self.vendor == "amd" or (self.capability or (0, 0)) >= (8, 0)
 
 
+def default_dtypes(profile: GpuProfile, method: str) -> dict[str, str]:
+    """The dtypes a run on this GPU uses when the user names none: bf16 where the GPU has it (no change), else
+    what HF users run on such cards (`fp16=True`): LoRA/QLoRA on an fp16 base (peft keeps adapters fp32; the
+    QLoRA compute dtype follows the base), full fine-tuning on fp32 master weights under fp16 autocast (fp16
+    weights with `fp16=True` fail in the grad scaler: "Attempting to unscale FP16 gradients")."""
+    if profile.bf16_supported:
+        return {}
+    return {"param_dtype": "fp32", "mixed_precision": "fp16"} if method == "full" else {"param_dtype": "fp16"}
+
+
 def check_runs_on(plan: object, profile: GpuProfile) -> None:
     """Refuse a plan the GPU cannot run as asked (a `PlanError` line saying what to use instead).
 
@@ -151,7 +161,7 @@ def check_runs_on(plan: object, profile: GpuProfile) -> None:
     if bf16 and not profile.bf16_supported:
         use = ("--param-dtype fp32 --mixed-precision fp16" if plan.method == "full" else "--param-dtype fp16")
         raise PlanError(f"{where} has no bf16 (it needs compute capability 8.0+, Ampere), and the plan computes in "
-                        f"bf16 ({bf16[0]} bf16; --param-dtype defaults to bf16): use {use}")
+                        f"bf16 ({bf16[0]} bf16): use {use}, or name no dtype and get this GPU's default")
     if plan.attn == "flash_attention_2" and not profile.runs_flash_attention_2:
         raise PlanError(f"{where} cannot run flash_attention_2 (flash-attn 2 needs compute capability 8.0+, "
                         "Ampere): use --attn sdpa")

@@ -105,6 +105,9 @@ def render_estimate(console: Console, e: Any) -> None:
         desc += f" r={plan['rank']} targets={plan['targets']}"
     if plan["method"] == "qlora":
         desc += f" {plan['quant']}{'+dq' if plan['double_quant'] else ''}"
+    if plan["param_dtype"] != "bf16" or plan.get("mixed_precision"):  # the default is bf16 without autocast
+        desc += f", {plan['param_dtype']} weights" + (
+            f" + {plan['mixed_precision']} autocast" if plan.get("mixed_precision") else "")
     desc += (f", batch {plan['batch']} x seq {plan['seq']}, {'grad-ckpt' if plan['grad_ckpt'] else 'no grad-ckpt'}"
              f", {plan['attn']}, {plan['optimizer']}")
     console.print(f"[bold]{e.model}[/bold]: {desc}")

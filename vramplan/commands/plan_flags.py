@@ -305,7 +305,23 @@ def plan_from_args(args: argparse.Namespace, **override: object):
 
     options = {f: getattr(args, f, None) for f in TrainingPlan.model_fields}
     options.update(override)
+    options.update(_gpu_dtypes(args, options))
     return make_plan(**options)
+
+
+def _gpu_dtypes(args: argparse.Namespace, options: dict) -> dict:
+    """With `--gpu` and no dtype flag, the GPU's own default dtypes (`hardware.default_dtypes`: fp16 on cards
+    without bf16, e.g. a T4), so the plain command prices the run such a card runs instead of refusing bf16."""
+    if not getattr(args, "gpu", None) or any(options.get(k) is not None for k in _DTYPE_FIELDS):
+        return {}
+    from vramplan.hardware import default_dtypes, resolve_gpu
+    from vramplan.plan import TrainingPlan
+
+    method = options.get("method") or TrainingPlan.model_fields["method"].default
+    return default_dtypes(resolve_gpu(args.gpu, gpu_dirs(args)), method)
+
+
+_DTYPE_FIELDS = ("param_dtype", "mixed_precision", "compute_dtype")
 
 
 def method_plan(args: argparse.Namespace, method: str):
