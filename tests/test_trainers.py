@@ -34,6 +34,8 @@ def test_trl_sft_defaults_follow_trl():
     ({"trainer": "trl-grpo"}, "trainer"),
     ({"trainer": "trl-dpo", "gpus": 2}, "one GPU only"),
     ({"eval_batch": 2, "gpus": 2, "sharding": "fsdp"}, "one GPU only"),
+    ({"packing": True}, "--packing"),
+    ({"packing": True, "trainer": "trl-sft", "eval_batch": 2}, "--packing"),
 ])
 def test_bad_trainer_options_are_one_line_errors(opts, word):
     with pytest.raises(PlanError, match=word.lstrip("-").replace("-", "[-_]") if word == "trainer" else word):
@@ -105,6 +107,8 @@ def _phases(plan):
     {"method": "lora", "trainer": "trl-dpo", "seq": 128},
     {"method": "full", "trainer": "trl-dpo", "seq": 128},
     {"method": "qlora", "trainer": "trl-dpo", "seq": 128, "precompute_ref_log_probs": True},
+    {"method": "lora", "trainer": "trl-sft", "batch": 3, "seq": 128, "packing": True},
+    {"method": "full", "trainer": "trl-sft", "batch": 2, "seq": 128, "packing": True, "attn": "eager"},
 ])
 def test_step_matches_traced_trainer(opts):
     pytest.importorskip("trl")
@@ -117,7 +121,44 @@ def test_step_matches_traced_trainer(opts):
     for phase, traced in (("forward", step.forward_peak_bytes), ("backward", step.backward_peak_bytes),
                           ("optimizer", step.optimizer_peak_bytes)):
         # tiny model: the fused head's N x hidden selection copy (CUDA only) is the largest allowed difference
-        assert abs(phases[phase] - traced) <= 128 * 64 * 4 + 8192, (phase, phases[phase], traced)
+        # (N: the packed row's tokens)
+        tokens = plan.batch * plan.seq if plan.packing else 128
+        assert abs(phases[phase] - traced) <= tokens * 64 * 4 + 8192, (phase, phases[phase], traced)
+
+
+@pytest.mark.slow  # imports TRL
+def test_packing_is_one_padding_free_row_with_a_block_diagonal_sdpa_mask():
+    """TRL 1.16: packing 'bfd' turns padding_free on; its collator returns one row with position_ids and no
+    attention_mask. transformers 5: those position ids give sdpa an explicit [1, 1, T, T] bool mask (block
+    diagonal), where unpacked rows of the same length run with is_causal (no mask)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    from transformers import LlamaConfig
+    from transformers.masking_utils import create_causal_mask
+    from trl import SFTConfig
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    fields = SFTConfig.__dataclass_fields__
+    # the default strategy; SFTTrainer.__init__ turns padding_free on for it
+    assert fields["packing_strategy"].default == "bfd" and fields["padding_free"].default is False
+    rows = [{"input_ids": list(range(1, 6)), "seq_lengths": [2, 3]}, {"input_ids": list(range(1, 5)),
+                                                                        "seq_lengths": [4]}]
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
+    assert "attention_mask" not in batch and batch["input_ids"].shape == batch["position_ids"].shape == (1, 9)
+    assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2, 0, 1, 2, 3]]
+    config = LlamaConfig(**{k: v for k, v in TINY.items() if k != "model_type"})
+    config._attn_implementation = "sdpa"
+    embeds = torch.zeros(1, 9, 64)
+    mask = create_causal_mask(config=config, inputs_embeds=embeds, attention_mask=None, cache=None,
+                              position_ids=batch["position_ids"])
+    assert mask.shape == (1, 1, 9, 9) and mask.dtype == torch.bool
+    assert not mask[0, 0, 2, 1] and mask[0, 0, 4, 2]  # the second sequence does not see the first
+    unpacked = create_causal_mask(config=config, inputs_embeds=torch.zeros(2, 9, 64), attention_mask=None,
+                                  cache=None, position_ids=torch.arange(9).unsqueeze(0))
+    assert unpacked is None
+    packed = _phases(make_plan(method="lora", trainer="trl-sft", batch=2, seq=128, packing=True)).phases
+    padded = _phases(make_plan(method="lora", trainer="trl-sft", batch=2, seq=128)).phases
+    assert packed["backward"] - padded["backward"] >= (2 * 128) ** 2  # at least the bool mask the checkpoints hold
 
 
 def test_loop_keeps_the_logits_through_the_step():

@@ -227,9 +227,10 @@ def sliding_window(model: ModelSpec) -> int | None:
 
 def sdpa_sliding_mask(model: ModelSpec, plan: TrainingPlan) -> bool:
     """`_ignore_causal_mask_sdpa` cannot drop a sliding-window mask once the sequence reaches the window
-    (`kv_length >= local_attention_size`): sdpa then runs with an explicit mask."""
+    (`kv_length >= local_attention_size`): sdpa then runs with an explicit mask. So does a packed row
+    (`plan.packing`: the block-diagonal mask, trainers.py), whose `plan.seq` here is the row (`step_plan`)."""
     w = sliding_window(model)
-    return attn_implementation(model, plan) == "sdpa" and w is not None and plan.seq >= w
+    return attn_implementation(model, plan) == "sdpa" and (plan.packing or w is not None and plan.seq >= w)
 
 
 def attention_mask_bytes(model: ModelSpec, plan: TrainingPlan) -> int:

@@ -18,6 +18,16 @@
   (adapters disabled, no second copy), otherwise a frozen copy loaded like the model (`create_model_from_path`,
   same dtype and quantization). `precompute_ref_log_probs` computes them before training: no reference pass and,
   off FSDP, no reference model.
+- `packing` (trl-sft): TRL 1.16 `SFTTrainer.__init__` turns `padding_free` on for packing_strategy 'bfd'
+  (`self.padding_free = args.padding_free or (args.packing and ...)`), and `DataCollatorForLanguageModeling`
+  then flattens the micro-batch into one row (`torch.cat(input_ids)`) with `position_ids` and no attention_mask
+  (input_ids, labels, position_ids: int64 each, plus tiny int32 cu_seq_lens). The step runs [1, batch x seq].
+  flash_attention_2 takes the varlen kernel from the position ids (no mask, the same sizes per token);
+  sdpa does not: transformers 5 `masking_utils._preprocess_mask_arguments` finds packed sequences
+  (`find_packed_sequence_indices`, only when attention_mask is None) and `create_causal_mask` then sets
+  `allow_is_causal_skip = False`, so a block-diagonal bool mask [1, 1, T, T] (T = batch x seq) is built and sdpa
+  converts it to a float one per layer: quadratic in the packed row, not in `seq`. Labels at each sequence
+  start are -100 (fewer fused-head rows): the estimate counts every position (the upper bound).
 """
 
 from __future__ import annotations
@@ -34,8 +44,13 @@ FUSED_HEAD = ("trl-sft", "trl-dpo")  # trainers that call `add_fused_lm_head` an
 
 
 def step_plan(plan: TrainingPlan) -> TrainingPlan:
-    """The plan of the rows one micro-batch runs: DPO concatenates chosen and rejected (2 x batch rows)."""
-    return plan.model_copy(update={"batch": 2 * plan.batch}) if plan.trainer == "trl-dpo" else plan
+    """The plan of the rows one micro-batch runs: DPO concatenates chosen and rejected (2 x batch rows); packing
+    flattens the batch into one row of batch x seq tokens."""
+    if plan.trainer == "trl-dpo":
+        return plan.model_copy(update={"batch": 2 * plan.batch})
+    if plan.packing:
+        return plan.model_copy(update={"batch": 1, "seq": plan.batch * plan.seq})
+    return plan
 
 
 def reference_pass(plan: TrainingPlan) -> bool:

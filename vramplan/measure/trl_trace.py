@@ -18,6 +18,12 @@ The stand-in's `gather_for_metrics` returns a constant scalar: the metric `.item
 FakeTensor has not; the scalars it would have made are a few bytes. The all-ones attention mask stays in the batch
 (its bytes are counted) but is not passed to the model: a real unpadded batch lets transformers drop it
 (`_ignore_causal_mask_sdpa`), while under FakeTensors it would build an explicit [batch, 1, seq, seq] mask.
+
+`packing` (trl-sft): the padding-free collator's one row of batch x seq tokens, `position_ids` restarting at each
+packed row, labels, no attention_mask. The tracer's patch of `find_packed_sequence_indices` (tracing.py: it
+returns None, as a real run of unpacked rows does) is lifted for this step (`packed_rows`): a real run of packed
+rows reads several sequences in the position ids and gets the index tensor, so transformers builds the
+block-diagonal mask.
 """
 
 from __future__ import annotations
@@ -57,8 +63,9 @@ def measure_trainer_step(config: dict, plan: TrainingPlan, *, trace: bool = True
         raise MeasurementError("attn: flash_attention_2 needs CUDA and the flash-attn package; measure eager or sdpa")
     hf_config(config)
     tiles = triton_tiles() if plan.trainer in ("trl-sft", "trl-dpo") else contextlib.nullcontext()
+    packed = packed_rows() if plan.packing else contextlib.nullcontext()  # before the session patches it
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), _session(trace, config.get("model_type")), \
-            tiles:
+            tiles, packed:
         torch.manual_seed(seed)
         warnings.simplefilter("ignore")
         with MemoryTracker(record=True) as tracker:
@@ -217,7 +224,10 @@ def _step(model, optimizer, plan: TrainingPlan, tracker: MemoryTracker, config: 
             batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": torch.ones_like(ids)}
         else:
             batch = {"input_ids": ids, "labels": ids.clone()}
-        if plan.trainer == "trl-sft":
+        if plan.packing:  # padding-free collator: one row, position_ids restart per packed row, no attention_mask
+            batch = {"input_ids": ids.reshape(1, -1), "labels": ids.reshape(1, -1).clone(),
+                     "position_ids": torch.arange(plan.seq).repeat(plan.batch).unsqueeze(0)}
+        elif plan.trainer == "trl-sft":
             batch["attention_mask"] = torch.ones_like(ids)
         batches.append(batch)
         with tracker.phase("forward"), _autocast(plan, "cpu"):  # Trainer: compute_loss under autocast
@@ -234,6 +244,25 @@ def _step(model, optimizer, plan: TrainingPlan, tracker: MemoryTracker, config: 
     _keep_peak(tracker, "optimizer", peaks, snaps)
     del batches
     return peaks, snaps
+
+
+def packed_rows() -> contextlib.AbstractContextManager:
+    """transformers' own `find_packed_sequence_indices` while the step runs (see the module docstring). Call it
+    before the tracing session patches it: the function captured here, at the call, is the library's."""
+    from transformers import masking_utils
+
+    library = masking_utils.find_packed_sequence_indices
+
+    @contextlib.contextmanager
+    def run() -> Iterator[None]:
+        patched = masking_utils.find_packed_sequence_indices
+        masking_utils.find_packed_sequence_indices = library
+        try:
+            yield
+        finally:
+            masking_utils.find_packed_sequence_indices = patched
+
+    return run()
 
 
 @contextlib.contextmanager
@@ -359,6 +388,9 @@ TRAINER_GRID: tuple = (
     # fp32 weights under bf16 autocast: per-tile casts of the hidden states and the head weight
     _c("llama3.2-1b-sft-full-fp32-mixed", "llama3.2-1b", method="full", trainer="trl-sft", param_dtype="fp32",
        mixed_precision="bf16"),
+    # packing (padding-free): one row of 4 x 1024 tokens, sdpa with the [1, 1, 4096, 4096] block-diagonal mask
+    _c("llama3.2-1b-sft-lora-packed-b4-s1024", "llama3.2-1b", method="lora", trainer="trl-sft", packing=True,
+       batch=4, seq=1024),
     # Gemma 2: final_logit_softcapping inside the kernel; eager attention
     _c("gemma2-2b-sft-lora-eager", "gemma2-2b", method="lora", trainer="trl-sft", attn="eager"),
     # a custom loop: the previous outputs (logits; the KV cache without checkpointing) alive through the step
