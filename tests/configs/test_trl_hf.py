@@ -45,6 +45,8 @@ def test_trl_defaults(read):
     ("optim: adamw_8bit\n", "optimizer", "adamw_8bit"),
     ("loss_type: dft\n", "loss_type", "dft"),
     ("loss_type: chunked_nll\n", "loss_type", "nll"),
+    ("packing: true\n", "packing", True),  # 'bfd' turns padding_free on
+    ("padding_free: true\n", "packing", True),
 ])
 def test_trl_mapped_field(read, text, field, value):
     assert read(TRL + text).plan_options[field] == value
@@ -57,6 +59,17 @@ def test_trl_mapped_field(read, text, field, value):
     ("beta: 0.1\n", "beta"), ("loss_type: sigmoid\n", "loss_type"),
 ])
 def test_trl_unmodelled_field_is_an_error(read, text, field):
+    with pytest.raises(ConfigReadError, match=field):
+        read(TRL + text)
+
+
+def test_trl_wrapped_packing_is_plain_rows(read):
+    assert "packing" not in read(TRL + "packing: true\npacking_strategy: wrapped\n").plan_options
+
+
+@pytest.mark.parametrize("text, field", [("packing_strategy: best\n", "packing_strategy"),
+                                         ("packing: maybe\n", "packing")])
+def test_trl_bad_packing_is_an_error(read, text, field):
     with pytest.raises(ConfigReadError, match=field):
         read(TRL + text)
 

@@ -3,7 +3,7 @@ mapping. Its TrainingArguments fields go through `hf.read_training_args`, with T
 
 - `SFTConfig` (trl 1.16 `trainer/sft_config.py`, `base_config.py`): `max_length` 1024, `gradient_checkpointing`
   on, `bf16` on unless `fp16` (`_BaseConfig.__post_init__`), `packing` bins of max_length tokens (batch x
-  max_length tokens at most), `per_device_train_batch_size` 8;
+  max_length tokens at most; 'bfd' and `padding_free` flatten them into one row: the plan's `packing`), `per_device_train_batch_size` 8;
 - `ModelConfig` (`trainer/model_config.py`): `dtype` float32 (so bf16 is autocast over fp32 weights),
   `attn_implementation` (else transformers' default, sdpa), `use_peft` with `lora_r` 16, `lora_alpha` 32,
   `lora_dropout` 0.05, `lora_target_modules` (else peft's default for the architecture);
@@ -18,7 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from vramplan.configs import names
-from vramplan.configs.fields import FieldReader, as_bool, as_float, as_int
+from vramplan.configs.fields import (
+    ConfigReadError,
+    FieldReader,
+    as_bool,
+    as_float,
+    as_int,
+)
 from vramplan.configs.hf import read_training_args
 
 REFUSED = {
@@ -78,9 +84,23 @@ def read(reader: FieldReader, base: Path) -> None:
         reader.set("ckpt_reentrant", True, "gradient_checkpointing_kwargs")
     _loss(reader)
     reader.set("seq", as_int(reader, "max_length", reader.take("max_length", 1024)), "max_length")
-    reader.take("packing"), reader.take("padding_free")
+    _packing(reader)
     attn = reader.take("attn_implementation")
     reader.set("attn", names.attention(reader, "attn_implementation", attn or "sdpa"), "attn_implementation")
+
+
+def _packing(reader: FieldReader) -> None:
+    """TRL 1.16 `SFTTrainer.__init__`: `padding_free = args.padding_free or (args.packing and packing_strategy in
+    {"bfd", "bfd_split"})`: one flattened row per micro-batch (the plan's `packing`). 'wrapped' packs rows of
+    max_length with the ordinary collator: the unpacked plan's bytes."""
+    packing = as_bool(reader, "packing", reader.take("packing", False))
+    strategy = str(reader.take("packing_strategy", "bfd"))
+    if strategy not in ("bfd", "bfd_split", "wrapped"):
+        raise ConfigReadError(f"{reader.source}: {reader.prefix}packing_strategy: {strategy!r} is not one of bfd, "
+                              "bfd_split, wrapped")
+    padding_free = as_bool(reader, "padding_free", reader.take("padding_free", False))
+    if padding_free or packing and strategy != "wrapped":
+        reader.set("packing", True, "padding_free" if padding_free else "packing")
 
 
 def _loss(reader: FieldReader) -> None:
