@@ -391,6 +391,8 @@ TRAINER_GRID: tuple = (
     # packing (padding-free): one row of 4 x 1024 tokens, sdpa with the [1, 1, 4096, 4096] block-diagonal mask
     _c("llama3.2-1b-sft-lora-packed-b4-s1024", "llama3.2-1b", method="lora", trainer="trl-sft", packing=True,
        batch=4, seq=1024),
+    _c("qwen2.5-1.5b-sft-qlora-packed-b2-s2048", "qwen2.5-1.5b", method="qlora", trainer="trl-sft", packing=True,
+       batch=2, seq=2048),
     # Gemma 2: final_logit_softcapping inside the kernel; eager attention
     _c("gemma2-2b-sft-lora-eager", "gemma2-2b", method="lora", trainer="trl-sft", attn="eager"),
     # a custom loop: the previous outputs (logits; the KV cache without checkpointing) alive through the step
