@@ -35,6 +35,7 @@ def check_shown_plans(a, model: str, gpu: str) -> None:
         assert k.fits == (on_card(model, k.plan, gpu) <= a.limit_bytes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, gpu, gpus", [("qwen2.5-0.5b", "t4", 1), ("qwen2.5-0.5b", "rtx3060-12gb", 2)])
 def test_small_model_shown_plans_and_knobs_are_estimates_numbers(model, gpu, gpus):
     a = recommend(Request(model=resolve_model(model), gpu=resolve_gpu(gpu), gpus=gpus, top=2))
@@ -55,9 +56,9 @@ def test_shown_plans_and_knobs_are_estimates_numbers(model, gpu, gpus, objective
 
 
 @pytest.mark.parametrize("kw", [
-    dict(method="qlora", seq=1024, batch=1), dict(method="lora", seq=2048, batch=4, grad_ckpt=True),
-    dict(method="full", seq=512, batch=2, optimizer="adamw_8bit"),
-    dict(method="lora", seq=1024, batch=2, gpus=2, sharding="fsdp"),
+    {"method": "qlora", "seq": 1024, "batch": 1}, {"method": "lora", "seq": 2048, "batch": 4, "grad_ckpt": True},
+    {"method": "full", "seq": 512, "batch": 2, "optimizer": "adamw_8bit"},
+    {"method": "lora", "seq": 1024, "batch": 2, "gpus": 2, "sharding": "fsdp"},
 ])
 def test_the_floor_is_below_the_simulated_total(kw):
     """The pruning bound (`device.device_floor_bytes`) never exceeds what the simulation gives."""
