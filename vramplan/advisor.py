@@ -35,7 +35,7 @@ from typing import Any
 from vramplan.api import estimate, with_device
 from vramplan.errors import InputError, PlanError
 from vramplan.estimator import MemoryEstimate
-from vramplan.hardware import GpuProfile, check_runs_on
+from vramplan.hardware import GpuProfile, check_runs_on, default_dtypes
 from vramplan.models import ModelSpec
 from vramplan.plan import INT_RANGES, TrainingPlan, allowed_offloads, make_plan
 from vramplan.speed import StepTime, step_time
@@ -213,10 +213,10 @@ class Probe:
         return tuple(allowed)
 
     def dtype_fields(self, method: str) -> dict[str, Any]:
-        """bf16 where the GPU has it; else fp16 (LoRA/QLoRA) or fp32 master weights with fp16 autocast (full)."""
-        if self.req.gpu.bf16_supported or "param_dtype" in self.req.pinned:
+        """The GPU's own dtypes (`hardware.default_dtypes`, as estimate --gpu) unless the user pinned one."""
+        if any(k in self.req.pinned for k in ("param_dtype", "mixed_precision", "compute_dtype")):
             return {}
-        return {"param_dtype": "fp32", "mixed_precision": "fp16"} if method == "full" else {"param_dtype": "fp16"}
+        return default_dtypes(self.req.gpu, method)
 
     def plan(self, method: str, adapter: tuple[str, int] | None, seq: int, grad_ckpt: bool, optimizer: str,
              batch: int, dist: tuple[str | None, str] = (None, "none")) -> TrainingPlan:
