@@ -161,3 +161,23 @@ def test_estimate_command_says_so(capsys, tmp_path, monkeypatch):
     assert "CUDA context from 1 run: 0.59 GiB" in capsys.readouterr().out
     assert main([*argv, "--no-calibration"]) == 0
     assert "calibration" not in capsys.readouterr().out
+
+
+def test_suggest_uses_the_same_stored_runs_as_estimate(capsys, tmp_path, monkeypatch):
+    """suggest's plans carry the learnt context and reserve, exactly what estimate --gpu shows for that plan."""
+    monkeypatch.setenv("VRAMPLAN_CALIBRATION_DB", _store(tmp_path, [cuda_record(context=600 * MiB)]))
+    argv = ["suggest", "--model", "qwen2.5-0.5b", "--gpu", "rtx4090", "--method", "lora", "--seq", "256",
+            "--top", "1", "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    import json
+
+    first = json.loads(captured.out)["plans"][0]
+    assert "CUDA context from 1 run: 0.59 GiB" in captured.err
+    plan = make_plan(**first["plan"])
+    learned = estimate("qwen2.5-0.5b", plan, gpu="rtx4090", calibration=True)
+    assert learned.cuda_context_bytes == 600 * MiB
+    assert first["total_gpu_bytes"] == learned.total_gpu_bytes
+    assert main([*argv, "--no-calibration"]) == 0
+    plain = json.loads(capsys.readouterr().out)["plans"][0]
+    assert plain["total_gpu_bytes"] == estimate("qwen2.5-0.5b", make_plan(**plain["plan"]), gpu="rtx4090").total_gpu_bytes

@@ -88,6 +88,9 @@ class Request:
     top: int = 5
     pinned: Mapping[str, Any] = field(default_factory=dict)
     gpu_dirs: tuple = ()  # extra GPU profile folders (--gpu-dir), for the smallest-GPU search
+    # stored CUDA runs on this GPU (vramplan.calibration_learning): they set each candidate's reserve and context
+    # as `estimate --gpu` does; empty with --no-calibration or an empty store
+    calibration: tuple = ()
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -123,6 +126,7 @@ class Candidate:
     speed: StepTime
     model: ModelSpec
     gpu: GpuProfile
+    calibration: tuple = ()  # Request.calibration
 
     @cached_property
     def floor_bytes(self) -> int:
@@ -134,7 +138,12 @@ class Candidate:
     @cached_property
     def device(self) -> MemoryEstimate:
         """`estimate(model, plan, gpu=...)`: the allocator simulation, the CUDA context and NCCL added."""
-        return with_device(self.model, self.plan, self.estimate, self.gpu)
+        device = with_device(self.model, self.plan, self.estimate, self.gpu)
+        if self.calibration:  # the same correction layer as `estimate --gpu` (api.calibrated)
+            from vramplan.calibration_learning import correct, local_versions
+
+            device, _ = correct(device, self.calibration, self.gpu, local_versions())
+        return device
 
     @property
     def gpu_bytes(self) -> int:
@@ -245,7 +254,7 @@ class Probe:
             if e is None:
                 self.evaluated += 1
                 e = self._estimates[plan] = estimate(self.req.model, plan)
-            cand = Candidate(plan, e, step_time(self.req.model, plan, gpu), self.req.model, gpu)
+            cand = Candidate(plan, e, step_time(self.req.model, plan, gpu), self.req.model, gpu, self.req.calibration)
             self._memo[(plan, gpu.slug)] = cand
         return cand
 

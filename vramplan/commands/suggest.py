@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from typing import Any
 
@@ -48,6 +49,8 @@ def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headroom", type=float, default=0.1,
                    help="fraction of the GPU's usable memory to leave free, in [0, 1) (default 0.1)")
     p.add_argument("--top", type=int, default=5, help="how many plans to list, 1-100 (default 5)")
+    p.add_argument("--no-calibration", action="store_true", help="leave out the stored CUDA runs on this GPU "
+                   "(by default they set the allocator reserve and CUDA context, as in estimate --gpu)")
     p.add_argument("--json", action="store_true", help='print {"plans": [...]} (best first) and the explanation')
     add_plan_arguments(p, method_default=False)
     p.set_defaults(run=run_suggest)
@@ -72,7 +75,16 @@ def request_from_args(args: argparse.Namespace):
     return Request(model=resolve_model(args.model), gpu=gpu, gpus=args.gpus, host_ram_bytes=int(args.host_ram * 2**30),
                    objective=args.objective,
                    effective_batch=args.effective_batch, headroom=args.headroom, seq=args.seq, min_seq=args.min_seq,
-                   methods=methods, top=args.top, pinned=pinned, gpu_dirs=_gpu_dirs(args))
+                   methods=methods, top=args.top, pinned=pinned, gpu_dirs=_gpu_dirs(args),
+                   calibration=() if args.no_calibration else _stored_runs(gpu))
+
+
+def _stored_runs(gpu) -> tuple:
+    """The calibration store's CUDA runs on this GPU (vramplan.calibration_learning.same_gpu)."""
+    from vramplan.calibration import CalibrationStore
+    from vramplan.calibration_learning import same_gpu
+
+    return tuple(r for r in CalibrationStore(None).records() if same_gpu(r, gpu))
 
 
 def run_suggest(args: argparse.Namespace) -> int:
@@ -91,6 +103,13 @@ def run_suggest(args: argparse.Namespace) -> int:
         report.print_json(advice_json(advice))
     else:
         render_advice(console, advice)
+    if req.calibration and advice.plans:  # say where plan 1's reserve and context came from, as estimate does
+        from vramplan.calibration_learning import learn, local_versions
+
+        first = advice.plans[0].estimate
+        learned = learn(first, req.calibration, req.gpu, local_versions())
+        if learned is not None:
+            print(learned.words(first), file=sys.stderr if args.json else sys.stdout)
     return 0 if advice.plans else NO_PLAN_FITS
 
 
