@@ -12,6 +12,7 @@ import contextlib
 import io
 from typing import Any
 
+from vramplan.commands.estimate import DOES_NOT_FIT
 from vramplan.commands.plan_flags import (
     add_gpu_arguments,
     add_plan_arguments,
@@ -20,8 +21,6 @@ from vramplan.commands.plan_flags import (
     gpu_dirs,
     plan_from_args,
 )
-
-DOES_NOT_FIT = 1
 
 
 def add_check_parser(sub: argparse._SubParsersAction) -> None:

@@ -70,13 +70,17 @@ def estimate_json_for(query: dict[str, str]) -> dict:
         raise ValueError(str(exc)) from None
 
 
-async def api_estimate(request: Request) -> Response:
-    query = dict(request.query_params)
+async def _answer(request: Request, compute, limiter) -> Response:
+    """`compute(query)` in a worker thread under `limiter`; a ValueError (the CLI's one-line message) is a 400."""
     try:
-        body = await anyio.to_thread.run_sync(estimate_json_for, query, limiter=request.app.state.limiter)
+        body = await anyio.to_thread.run_sync(compute, dict(request.query_params), limiter=limiter)
     except ValueError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
     return JSONResponse(body)
+
+
+async def api_estimate(request: Request) -> Response:
+    return await _answer(request, estimate_json_for, request.app.state.limiter)
 
 
 def suggest_json_for(query: dict[str, str]) -> dict:
@@ -93,12 +97,7 @@ def suggest_json_for(query: dict[str, str]) -> dict:
 
 async def api_suggest(request: Request) -> Response:
     """One search at a time (its own limiter): estimates keep their workers while a search runs."""
-    try:
-        body = await anyio.to_thread.run_sync(suggest_json_for, dict(request.query_params),
-                                              limiter=request.app.state.search_limiter)
-    except ValueError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=400)
-    return JSONResponse(body)
+    return await _answer(request, suggest_json_for, request.app.state.search_limiter)
 
 
 async def api_options(request: Request) -> Response:
@@ -131,12 +130,7 @@ def sweep_json_for(query: dict[str, str]) -> dict:
 
 
 async def api_sweep(request: Request) -> Response:
-    try:
-        body = await anyio.to_thread.run_sync(sweep_json_for, dict(request.query_params),
-                                              limiter=request.app.state.sweep_limiter)
-    except ValueError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=400)
-    return JSONResponse(body)
+    return await _answer(request, sweep_json_for, request.app.state.sweep_limiter)
 
 
 async def api_config(request: Request) -> Response:
