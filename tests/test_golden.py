@@ -19,11 +19,11 @@ EXPECTED = json.loads(golden.GOLDEN.read_text())
 @pytest.mark.parametrize("argv", golden.invocations(), ids=" ".join)
 def test_estimate_and_compare_print_the_same_numbers(argv: list[str]) -> None:
     code, nums = golden.run(argv)
-    assert {"exit": code, "numbers": nums} == EXPECTED[" ".join(argv)]
+    assert golden.same(EXPECTED[" ".join(argv)], {"exit": code, "numbers": nums}), " ".join(argv)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("argv", [list(a) for a in golden.SLOW], ids=" ".join)
 def test_suggest_and_calibrate_print_the_same_numbers(argv: list[str]) -> None:
     code, nums = golden.run(argv)
-    assert {"exit": code, "numbers": nums} == EXPECTED[" ".join(argv)]
+    assert golden.same(EXPECTED[" ".join(argv)], {"exit": code, "numbers": nums}), " ".join(argv)
