@@ -17,7 +17,8 @@ The parts follow the transformers 5 modeling files:
 
 from __future__ import annotations
 
-from vramplan.estimator.programs import Ctx, attention_core, linear, moe, rmsnorm
+from vramplan.estimator.moe import moe
+from vramplan.estimator.programs import Ctx, attention_core, linear, rmsnorm
 from vramplan.estimator.tape import Tape
 from vramplan.traits import SINGLE_OP_ACTIVATIONS, Traits
 
