@@ -107,6 +107,8 @@ class TrainingPlan(BaseModel):
     double_quant: bool | None = None  # qlora: default on; None for other methods (see `_qlora_defaults`)
     compute_dtype: Dtype | None = None
     kbit_upcast: bool | None = None  # qlora: default on, off for param-sharded QLoRA; None for other methods
+    # LLM.int8 base (BitsAndBytesConfig(load_in_8bit=True), lora only): bitsandbytes `Linear8bitLt` linears
+    load_in_8bit: bool = False
     # LoRA (peft LoraConfig)
     rank: int | None = None
     alpha: float | None = None
@@ -143,6 +145,9 @@ class TrainingPlan(BaseModel):
     # trl-sft (SFTConfig packing=True, packing_strategy 'bfd', which turns padding_free on): each micro-batch is one
     # row of batch x seq tokens with position_ids and no attention_mask (vramplan/estimator/trainers.py)
     packing: bool = False
+    # transformers/TRL `use_liger_kernel=True`: Liger's RMSNorm, SwiGLU, RoPE and (outside TRL) fused linear
+    # cross-entropy for the model types Liger patches (vramplan/estimator/liger.py)
+    liger: bool = False
     # PYTORCH_CUDA_ALLOC_CONF knobs of the caching allocator (reserved memory: vramplan/estimator/allocator.py)
     expandable_segments: bool = False
     max_split_size_mb: int | None = None  # None: unlimited (torch's default)
@@ -172,12 +177,15 @@ class TrainingPlan(BaseModel):
         """QLoRA's booleans get their defaults here, so that only a qlora plan carries them and a plan's dump
         (`estimate --json`) builds the same plan again. kbit upcast: trl's SFTTrainer skips
         `prepare_model_for_kbit_training` when the 4-bit weights are sharded (FSDP-QLoRA)."""
-        if not isinstance(data, dict) or data.get("method", "qlora") != "qlora":
+        if not isinstance(data, dict):
+            return data
+        method = data.get("method", "qlora")
+        if method != "qlora" and not (method == "lora" and data.get("load_in_8bit")):
             return data
         out = dict(data)
-        if out.get("double_quant") is None:
+        if out.get("double_quant") is None and method == "qlora":
             out["double_quant"] = True
-        if out.get("kbit_upcast") is None:
+        if out.get("kbit_upcast") is None:  # an 8-bit base goes through the same preparation (peft: loaded_in_kbit)
             # TRL 1.16 SFTTrainer never calls prepare_model_for_kbit_training (it casts the adapters to bf16)
             # (DPOTrainer too: the same model preparation)
             out["kbit_upcast"] = out.get("sharding") not in PARAM_SHARDING and out.get("trainer") not in (
@@ -282,8 +290,9 @@ class TrainingPlan(BaseModel):
         if self.modules_to_save and (self.parallelism != "none" or self.offload != "none"):
             raise ValueError("--modules-to-save on several GPUs or with offload is not modelled yet (that "
                              "composition keeps one dtype for every trainable tensor)")
+        self._check_8bit()
         if self.method != "qlora":
-            for field in ("quant", "double_quant", "compute_dtype", "kbit_upcast"):
+            for field in ("quant", "double_quant", "compute_dtype", *(() if self.load_in_8bit else ("kbit_upcast",))):
                 if getattr(self, field) is not None:
                     flag = {"double_quant": "--double-quant", "kbit_upcast": "--no-kbit-upcast"}.get(
                         field, "--" + field.replace("_", "-"))
@@ -296,6 +305,24 @@ class TrainingPlan(BaseModel):
             raise ValueError("--ckpt-reentrant needs gradient checkpointing on")
         self._check_parallel()
         return self
+
+    def _check_8bit(self) -> None:
+        """LLM.int8 trains through adapters only (transformers `Trainer` refuses a purely quantized model;
+        BitsAndBytesConfig refuses 4 and 8 bits together); what is not modelled with it is refused."""
+        if not self.load_in_8bit:
+            return
+        if self.method != "lora":
+            raise ValueError(f"--load-in-8bit is a LoRA base (method lora), not '{self.method}'"
+                             + (": QLoRA is the 4-bit base" if self.method == "qlora" else ""))
+        if self.mixed_precision:
+            raise ValueError("--load-in-8bit keeps int8 base weights; use --param-dtype bf16/fp16 instead of "
+                             "mixed precision")
+        if self.parallelism != "none":
+            raise ValueError("--load-in-8bit is modelled on one GPU only (bitsandbytes' Int8Params cannot be "
+                             "sharded by FSDP/ZeRO-3; DDP is not modelled with it yet)")
+        if self.use_dora:
+            raise ValueError("--dora over an 8-bit base (peft dequantizes Int8Params per forward) is not modelled "
+                             "yet")
 
     def _check_parallel(self) -> None:
         sharding = self.parallelism
@@ -319,6 +346,11 @@ class TrainingPlan(BaseModel):
     @property
     def uses_lora(self) -> bool:
         return self.method in ("lora", "qlora")
+
+    @property
+    def kbit(self) -> bool:
+        """A quantized base (4-bit QLoRA or an 8-bit LoRA base): peft's `prepare_model_for_kbit_training` applies."""
+        return self.method == "qlora" or self.load_in_8bit
 
     @property
     def parallelism(self) -> str:

@@ -116,8 +116,10 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     g.add_argument("--quant-storage", "--bnb-4bit-quant-storage", type=_hf(storage_dtype_from_hf),
                    metavar="{uint8,bf16,fp16,fp32}", help="qlora: dtype packed 4-bit weights are stored in "
                    "(bnb_4bit_quant_storage; FSDP/ZeRO-3 need a float one, the default there)")
+    _bool_flag(g, "--load-in-8bit", "load_in_8bit", "LoRA over an LLM.int8 base (BitsAndBytesConfig load_in_8bit: "
+               "bitsandbytes Linear8bitLt, int8 weights + fp32 row scales; --method lora)")
     g.add_argument("--no-kbit-upcast", dest="kbit_upcast", action="store_const", const=False, default=None,
-                   help="skip peft prepare_model_for_kbit_training's fp32 upcast of non-4-bit weights")
+                   help="skip peft prepare_model_for_kbit_training's fp32 upcast of the weights it did not quantize")
     g.add_argument("--rank", "--lora-r", "--r", dest="rank", type=int, help=f"LoRA rank, {range_words('rank')} (default 8, as peft)")
     g.add_argument("--alpha", "--lora-alpha", dest="alpha", type=float, help="LoRA alpha, a finite number above 0 (default 8, as peft)")
     g.add_argument("--targets", "--target-modules", "--lora-target-modules", dest="targets", nargs="+", metavar="TARGETS",
@@ -331,4 +333,8 @@ def method_plan(args: argparse.Namespace, method: str):
     qlora_only = (*QLORA_ONLY, "quant_storage")
     drop = (*LORA_ONLY, "modules_to_save", *qlora_only) if method == "full" else qlora_only if method == "lora" \
         else ()
+    if method != "lora":  # an 8-bit base belongs to LoRA; compare's qlora and full columns leave it out
+        drop = (*drop, "load_in_8bit")
+    elif getattr(args, "load_in_8bit", None):
+        drop = tuple(f for f in drop if f != "kbit_upcast")
     return plan_from_args(args, method=method, **dict.fromkeys(drop))

@@ -5,6 +5,8 @@ Each function follows the transformers 5 / peft / bitsandbytes source line by li
 - `LlamaRMSNorm.forward`: x.to(fp32) -> pow(2) -> mean -> +eps -> rsqrt -> mul -> .to(input dtype) -> weight *.
   (`GemmaRMSNorm` computes in fp32 and returns `.type_as(x)`.)
 - bitsandbytes `Linear4bit.forward`: x.to(compute_dtype) -> `MatMul4Bit` (saves no activation) -> .to(input dtype).
+- bitsandbytes `Linear8bitLt.forward` -> `bnb.matmul` -> `MatMul8bitLt` on CUDA, `MatMul8bitFp` on the CPU
+  (autograd/_functions.py): see `int8_linear`.
 - peft `lora.Linear.forward`: result = base(x); x.to(lora_A dtype) -> dropout -> A -> B -> * scaling ->
   result + ... (type promotion) -> .to(result dtype).
 - transformers `ForCausalLMLoss`: logits.float() -> cross_entropy (log_softmax saves its fp32 output); the
@@ -69,6 +71,13 @@ class Ctx:
     lora_w: int = 4  # bytes of LoRA A/B (fp32: peft autocast_adapter_dtype; bf16 under TRL's SFT for QLoRA)
     loss_type: str | None = None  # plan.loss_type (trl-sft)
     head_trainable: bool = False  # the output head trains without the rest (peft modules_to_save: lm_head)
+    liger: frozenset[str] = frozenset()  # Liger kernels in effect (`use_liger_kernel`: liger.py)
+    # LLM.int8 base (`load_in_8bit`): every decoder linear a `Linear8bitLt` (see `int8_linear`)
+    int8: bool = False
+    int8_fp16: bool = False  # the activations are fp16 already: MatMul8bitLt's `A.to(float16)` copies nothing
+    # non-reentrant checkpointing: MatMul8bitLt keeps its input as a ctx attribute (`ctx.tensors = (CAt, subA,
+    # A)`), which checkpoint's saved-tensor hooks never see, so it outlives the checkpointed forward
+    int8_ctx_keeps: bool = False
 
 
 def rmsnorm(tp: Tape, c: Ctx, x: int, a: int, width: int, groups: int = 1) -> tuple[int, int]:
@@ -76,6 +85,10 @@ def rmsnorm(tp: Tape, c: Ctx, x: int, a: int, width: int, groups: int = 1) -> tu
     (the per-head q/k norms: heads x head_dim). A model whose norms are nn.LayerNorm takes `layernorm`."""
     if c.layer_norm:
         return layernorm(tp, c, x, a, width, groups)
+    if "rms_norm" in c.liger:
+        from vramplan.estimator import liger
+
+        return liger.rmsnorm(tp, c, x, a, width, groups)
     rows = c.tokens * groups
     n = rows * width
     x32 = tp.op(n * 4, (x,)) if a != 4 else tp.op(0, (x,), alias=x)
@@ -118,7 +131,9 @@ def layernorm(tp: Tape, c: Ctx, x: int, a: int, width: int, groups: int = 1) -> 
 def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -> tuple[int, int]:
     """A decoder linear (16-bit, or 4-bit), with LoRA when targeted. Returns (output, dtype bytes)."""
     t = c.tokens
-    if c.quantized:
+    if c.int8:
+        res, res_a = int8_linear(tp, c, x, a, n_in, n_out), a
+    elif c.quantized:
         xc = tp.op(t * n_in * c.compute, (x,)) if a != c.compute else tp.op(0, (x,), alias=x)
         w = n_out * n_in
         # Nested absmax is dequantized to fp32 (`dequantize_blockwise`, then `+ offset`) for every use.
@@ -188,6 +203,36 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
     out = tp.op(t * n_out * res_a, (total,)) if res_a != ta else tp.op(0, (total,), alias=total)
     tp.drop(total, *([cast] if cast is not None else []))
     return out, res_a
+
+
+def int8_linear(tp: Tape, c: Ctx, x: int, a: int, n_in: int, n_out: int) -> int:
+    """A frozen `Linear8bitLt` (has_fp16_weights=False, threshold 6.0): its output, in the input's dtype.
+
+    CUDA, `MatMul8bitLt.forward` with B frozen (the fast path): `A.to(float16)` (a copy unless A is fp16);
+    `int8_vectorwise_quant` (backends/cuda/ops.py): int8 CA [t, in], fp32 SCA [t], and for the outlier test
+    `A.abs() >= threshold` (an fp16 abs, then the bool mask, alive until it returns); `int8_mixed_scaled_mm` ->
+    `int8_scaled_mm`: `int8_linear_matmul` makes an int32 [t, out], `int8_mm_dequant` an fp16 [t, out], then
+    `.to(A.dtype)` (a third copy unless A is fp16). It keeps `ctx.tensors = (CAt=None, subA, A)` when A requires
+    grad: the input itself, held as a ctx attribute. Backward: `state.CB.to(A.dtype, copy=True)
+    .mul_(SCB.unsqueeze(1).mul(1/127))`, the whole weight dequantized in A's dtype, then `grad_output @ CB`.
+    CPU (`bnb.matmul` picks `MatMul8bitFp` when training there): the same dequantized weight in the forward,
+    `F.linear(A, CB)`, `ctx.A = A`; the same backward.
+    Left out: subA, the input's outlier columns (`A[:, outlier_cols]`, [t, k]: k depends on the data, a few
+    columns in the released models' hidden states), and the outlier add-back (`output.addmm(subA, subB)`), whose
+    transient [t, out] stays below the int32 peak."""
+    t, w = c.tokens, n_out * n_in
+    bwd = w * a + n_out * 4  # the dequantized weight and the scaled row statistics
+    if not c.cuda:
+        out = tp.op(t * n_out * a, (x,), saves=(x,), temp=w * a + n_out * 4, bwd_temp=bwd)
+    else:
+        cast = 0 if c.int8_fp16 else t * n_in * 2
+        ca = tp.op(t * n_in + t * 4, (x,), grad=False, temp=cast + 3 * t * n_in)  # CA, SCA; abs + mask
+        mm = t * n_out * 4 + (0 if c.int8_fp16 else t * n_out * 2)  # int32 product, fp16 dequant
+        out = tp.op(t * n_out * a, (x, ca), saves=(x,), temp=mm, bwd_temp=bwd)
+        tp.drop(ca)
+    if tp.checkpointing and c.int8_ctx_keeps and tp.grad[x]:  # the ctx attribute outlives the checkpoint
+        tp.refs[x] += 1
+    return out
 
 
 def autocast_mm(tp: Tape, c: Ctx, x: int, a: int, n_in: int, n_out: int, trainable: bool,

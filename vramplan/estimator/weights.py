@@ -8,7 +8,12 @@ Every rule names the library code it follows:
   (`compress_statistics`) the absmax is re-quantized by `quantize_blockwise(absmax - offset, blocksize=256)`:
   uint8 absmax, fp32 absmax per 256 of them, a scalar fp32 offset, and a per-layer copy of the 256-entry fp32
   "dynamic" code (`QuantState(code=code.to(A.device, copy=True))`): 1 KiB for every quantized layer.
-- peft `prepare_model_for_kbit_training` casts every fp16/bf16 parameter that is not `Params4bit` to fp32.
+- LLM.int8 (`load_in_8bit`): transformers' `replace_with_bnb_linear` makes the same `nn.Linear`s
+  `bnb.nn.Linear8bitLt(has_fp16_weights=False, threshold=llm_int8_threshold)`; `Int8Params._quantize` ->
+  `int8_vectorwise_quant`: an int8 `CB` [out, in] (the weight's data) and an fp32 absmax `SCB` per output row
+  (moved to `state.CB/SCB` at the first forward, the same tensors). The bias stays a float parameter.
+- peft `prepare_model_for_kbit_training` (4-bit or 8-bit base) casts every fp16/bf16 parameter that is not
+  `Params4bit` to fp32 (int8 `CB` is no float: it stays).
 - peft `get_peft_model(autocast_adapter_dtype=True)` keeps LoRA A/B in fp32 when the base is fp16/bf16.
 - peft `utils/other.py: ModulesToSaveWrapper.update`: `modules_to_save` gets a `copy.deepcopy` of the original
   module (trainable), the original stays (`requires_grad_(False)`). The wrapper is no `BaseTunerLayer`, so
@@ -129,7 +134,7 @@ class StaticMemory:
     trainable_numels: tuple[int, ...]  # one entry per trainable tensor
     trainable_dtype_bytes: int
     trainable_shapes: tuple[tuple[int, ...], ...]  # the same tensors' shapes (Adafactor factors >= 2-D ones)
-    quantized_groups: tuple[LinearGroup, ...]  # the 4-bit linears, by leaf name
+    quantized_groups: tuple[LinearGroup, ...]  # the 4-bit (or int8) linears, by leaf name
     lora_groups: tuple[LinearGroup, ...]  # the LoRA-wrapped linears, by leaf name
     # bytes per element of each trainable tensor where they differ (modules_to_save copies keep the base dtype);
     # empty: all `trainable_dtype_bytes`
@@ -164,8 +169,13 @@ def quantized_layer_bytes(n: int, blocksize: int, double_quant: bool) -> tuple[i
     return packed, blocks + CODE_4BIT_BYTES, _ceil_div(blocks, DQ_BLOCKSIZE) * 4 + DYNAMIC_CODE_BYTES + 4
 
 
+def int8_layer_bytes(n_out: int, n_in: int) -> tuple[int, int]:
+    """(int8 weight CB, fp32 row statistics SCB) of one `Linear8bitLt` [n_out, n_in]: `int8_vectorwise_quant`."""
+    return n_out * n_in, n_out * 4
+
+
 def non_quantized_dtype_bytes(plan: TrainingPlan) -> int:
-    if plan.method == "qlora" and plan.kbit_upcast:
+    if plan.kbit and plan.kbit_upcast:
         return 4  # prepare_model_for_kbit_training upcasts fp16/bf16 params to fp32
     return DTYPE_BYTES[plan.param_dtype]
 
@@ -187,7 +197,7 @@ def rotary_buffer_bytes(model: ModelSpec) -> int:
 
 _STATIC_CACHE: dict[tuple, tuple[ModelSpec, StaticMemory]] = {}
 _STATIC_FIELDS = ("method", "param_dtype", "quant_blocksize", "double_quant", "kbit_upcast", "rank", "targets",
-                  "trainer", "use_dora", "trainable_tokens", "modules_to_save", "transformers")
+                  "trainer", "use_dora", "trainable_tokens", "modules_to_save", "transformers", "load_in_8bit")
 
 
 def static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
@@ -220,6 +230,13 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
             if t.role == "linear":
                 w, c, dq = quantized_layer_bytes(t.numel, plan.quant_blocksize, plan.double_quant)
                 q_w, q_c, q_dq = q_w + w, q_c + c, q_dq + dq
+                quantized_numel += t.numel
+    elif plan.load_in_8bit:  # Linear8bitLt: the same linears, int8 + fp32 row scales
+        quantized = tuple(groups.values())
+        for t in inv.tensors:
+            if t.role == "linear":
+                w, c = int8_layer_bytes(t.shape[0], t.numel // t.shape[0])
+                q_w, q_c = q_w + w, q_c + c
                 quantized_numel += t.numel
     base = (inv.total_numel - quantized_numel) * non_quantized_dtype_bytes(plan) + rotary_buffer_bytes(model)
     if plan.trainable_tokens:  # TrainableTokensLayer.trainable_tokens_original: the original rows, a buffer that

@@ -6,6 +6,10 @@ transformers' `Bnb4BitHfQuantizer.preprocess_model` swaps every `nn.Linear` exce
 `get_keys_to_not_convert`: tied weights, the last parameter, `get_output_embeddings()`) for `bnb.nn.Linear4bit`,
 and `Bnb4bitQuantize.convert` quantizes each weight with `bnb.nn.Params4bit(...).to(device)`.
 
+An 8-bit base (`plan.load_in_8bit`) goes the same way through `Bnb8BitHfQuantizer`: `bnb.nn.Linear8bitLt`
+(has_fp16_weights=False, threshold 6.0), each weight loaded by `Bnb8bitQuantize.convert` as
+`bnb.nn.Int8Params(weight).to(device)` (`int8_vectorwise_quant`: int8 CB, fp32 SCB per row).
+
 With `trace=True` the model is built on the meta device and materialised with `module.to_empty` inside the
 caller's `FakeTensorMode`. `Params4bit` cannot wrap a FakeTensor (`_make_subclass` refuses a tensor that already
 has a Python object), so a traced 4-bit layer gets a plain fake `Parameter` carrying the same attributes
@@ -62,7 +66,7 @@ def build_model(config: dict, plan: TrainingPlan, *, device: str, trace: bool) -
                                                      attn_implementation=attn)
     except (ValueError, AssertionError) as exc:  # not a causal LM, an unsupported attention, a bad size
         raise MeasurementError(f"config: {exc}") from None
-    if plan.method == "qlora":
+    if plan.method == "qlora" or plan.load_in_8bit:
         _quantize(model, plan, device=device, trace=trace)
     elif trace:
         _materialize(model, device)
@@ -88,6 +92,9 @@ def _materialize(model: torch.nn.Module, device: str) -> None:
 def bnb_config(plan: TrainingPlan):
     from transformers import BitsAndBytesConfig
 
+    if plan.load_in_8bit:  # llm_int8_threshold 6.0, llm_int8_has_fp16_weight False: the defaults
+        return BitsAndBytesConfig(load_in_8bit=True)
+
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=plan.quant,
@@ -106,6 +113,15 @@ def _quantize(model: torch.nn.Module, plan: TrainingPlan, *, device: str, trace:
     dense = dict(model.named_parameters())  # the weights a checkpoint would supply
     with _skeleton(trace):
         quantizer.preprocess_model(model, dtype=torch_dtype(plan.param_dtype), device_map={"": device})
+    if plan.load_in_8bit:
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear8bitLt)}
+        if trace:
+            _load_traced_8bit(model, layers, dense, device)
+        else:
+            _load_real_4bit(model, quantizer, layers, dense)  # Bnb8bitQuantize.convert: the same call shape
+        model.hf_quantizer = quantizer
+        quantizer.postprocess_model(model)
+        return
     layers = {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
     for module in layers.values():
         # BitsAndBytesConfig has no blocksize knob (bitsandbytes' default is 64); the plan may set another.
@@ -139,6 +155,27 @@ def _load_traced_4bit(model, layers: dict, dense: dict, device: str) -> None:
     _materialize(model, device)
     for name, module in layers.items():
         _install_traced_4bit(module, templates[name], dense[f"{name}.weight"].dtype, device)
+
+
+def _load_traced_8bit(model, layers: dict, dense: dict, device: str) -> None:
+    """`Int8Params` cannot wrap a FakeTensor either: each traced 8-bit layer gets a fake int8 `Parameter` with
+    the attributes `Linear8bitLt.forward` reads (`CB`, `SCB`, `has_fp16_weights`), made by bitsandbytes' own
+    `int8_vectorwise_quant` of a fake dense weight, as `Int8Params._quantize` does."""
+    import bitsandbytes as bnb
+
+    for name, module in layers.items():
+        module.weight = None
+        if module.bias is not None:
+            module.bias = dense[f"{name}.bias"]
+    _materialize(model, device)
+    for name, module in layers.items():
+        weight = torch.empty((module.out_features, module.in_features), dtype=dense[f"{name}.weight"].dtype,
+                             device=device)
+        cb, scb, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16))
+        del weight
+        param = torch.nn.Parameter(cb, requires_grad=False)
+        param.CB, param.SCB, param.has_fp16_weights = cb, scb, False
+        module.weight = param
 
 
 def _install_traced_4bit(module, template, dtype: torch.dtype, device: str) -> None:
