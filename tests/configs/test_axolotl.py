@@ -74,8 +74,7 @@ def test_deepspeed_file_is_followed(read, tmp_path):
 
 @pytest.mark.parametrize("text, field", [
     ("adapter: lora\nlora_modules_to_save: [score]\n", "lora_modules_to_save"),
-    ("adapter: lora\npeft_use_dora: true\n", "peft_use_dora"),
-    ("adapter: lora\nload_in_8bit: true\n", "load_in_8bit"),
+    ("adapter: qlora\nload_in_4bit: true\nload_in_8bit: true\n", "load_in_8bit"),
     ("rl: dpo\n", "rl"),
     ("torch_compile: true\n", "torch_compile"),
     ("liger_fused_linear_cross_entropy: true\n", "liger_fused_linear_cross_entropy"),
@@ -96,6 +95,16 @@ def test_an_eval_batch_no_larger_than_the_training_batch_is_fine(read):
     r = read(BASE + "val_set_size: 0.05\nmicro_batch_size: 2\neval_batch_size: 2\n")
     assert r.plan_options["batch"] == 2 and "eval_batch_size" not in r.ignored
     assert "eval_batch_size" in read(BASE + "eval_batch_size: 8\n").ignored  # no eval set: no evaluation
+
+
+@pytest.mark.parametrize("text, field, value", [
+    ("adapter: lora\npeft_use_dora: true\n", "use_dora", True),  # LoraConfig(use_dora=cfg.peft_use_dora)
+    # ModelLoader: adapter lora + load_in_8bit -> BitsAndBytesConfig(load_in_8bit=True); resolve_dtype: fp16
+    ("adapter: lora\nload_in_8bit: true\n", "load_in_8bit", True),
+    ("adapter: lora\nload_in_8bit: true\n", "param_dtype", "fp16"),
+])
+def test_dora_and_8bit_are_mapped(read, text, field, value):
+    assert read(BASE + text).plan_options[field] == value
 
 
 def test_off_values_of_unmodelled_fields_are_fine(read):

@@ -24,6 +24,10 @@ def test_defaults_are_llamafactorys(read):
 @pytest.mark.parametrize("text, field, value", [
     ("finetuning_type: full\n", "method", "full"),
     ("quantization_bit: 4\n", "method", "qlora"),
+    ("use_dora: true\n", "use_dora", True),  # FinetuningArguments.use_dora -> LoraConfig(use_dora=...)
+    ("quantization_bit: 8\n", "method", "lora"),  # configure_quantization: BitsAndBytesConfig(load_in_8bit=True)
+    ("quantization_bit: 8\n", "load_in_8bit", True),
+    ("quantization_bit: 8\n", "kbit_upcast", False),  # no prepare_model_for_kbit_training
     ("quantization_bit: 4\nquantization_type: fp4\n", "quant", "fp4"),
     ("quantization_bit: 4\ndouble_quantization: false\n", "double_quant", False),
     ("quantization_bit: 4\n", "quant_storage", "bf16"),  # bnb_4bit_quant_storage = compute dtype
@@ -60,7 +64,7 @@ def test_full_tuning_upcasts_trainable_weights_to_fp32(read):
 
 @pytest.mark.parametrize("text, field", [
     ("stage: dpo\n", "stage"), ("finetuning_type: freeze\n", "finetuning_type"),
-    ("quantization_bit: 8\n", "quantization_bit"), ("use_dora: true\n", "use_dora"),
+    ("quantization_bit: 2\n", "quantization_bit"),
     ("enable_liger_kernel: true\n", "enable_liger_kernel"), ("additional_target: score\n", "additional_target"),
     ("use_unsloth: true\n", "use_unsloth"), ("use_galore: true\n", "use_galore"),
     ("upcast_lmhead_output: true\n", "upcast_lmhead_output"), ("torch_compile: true\n", "torch_compile"),

@@ -27,6 +27,8 @@ def test_trl_defaults(read):
 
 @pytest.mark.parametrize("text, field, value", [
     ("use_peft: true\n", "method", "lora"),
+    ("use_peft: true\nuse_dora: true\n", "use_dora", True),  # get_peft_config: use_dora=model_args.use_dora
+    ("use_peft: true\nload_in_8bit: true\n", "load_in_8bit", True),  # get_quantization_config: load_in_8bit
     ("use_peft: true\nload_in_4bit: true\ndtype: bfloat16\n", "method", "qlora"),
     ("use_peft: true\n", "rank", 16), ("use_peft: true\nlora_r: 64\n", "rank", 64),
     ("use_peft: true\n", "alpha", 32.0), ("use_peft: true\n", "lora_dropout", 0.05),
@@ -53,8 +55,8 @@ def test_trl_mapped_field(read, text, field, value):
 
 
 @pytest.mark.parametrize("text, field", [
-    ("use_liger_kernel: true\n", "use_liger_kernel"), ("use_peft: true\nuse_dora: true\n", "use_dora"),
-    ("use_peft: true\nload_in_8bit: true\n", "load_in_8bit"),
+    ("use_liger_kernel: true\n", "use_liger_kernel"), ("load_in_8bit: true\n", "load_in_8bit"),
+    ("use_peft: true\nload_in_8bit: true\nload_in_4bit: true\n", "load_in_8bit"),
     ("activation_checkpointing_kwargs: {offload: true}\n", "offload"),
     ("beta: 0.1\n", "beta"), ("loss_type: sigmoid\n", "loss_type"),
 ])
@@ -182,7 +184,7 @@ PEFT = '{"peft_type": "LORA", "base_model_name_or_path": "Qwen/Qwen2.5-0.5B", %s
     ('"target_modules": ["q_proj", "v_proj"]', "targets", "q_proj,v_proj"),
     ('"target_modules": "all-linear"', "targets", "all-linear"),
     ('"target_modules": null', "targets", "default"),
-    ('"r": 8', "method", "lora"),
+    ('"r": 8', "method", "lora"), ('"use_dora": true', "use_dora", True),
 ])
 def test_peft_mapped_field(read, fields, field, value):
     r = read(PEFT % fields, "adapter_config.json")
@@ -190,7 +192,7 @@ def test_peft_mapped_field(read, fields, field, value):
 
 
 @pytest.mark.parametrize("fields, field", [
-    ('"use_dora": true', "use_dora"), ('"modules_to_save": ["score"]', "modules_to_save"),
+    ('"modules_to_save": ["score"]', "modules_to_save"),
     ('"layers_to_transform": [0, 1]', "layers_to_transform"), ('"rank_pattern": {"q_proj": 4}', "rank_pattern"),
 ])
 def test_peft_unmodelled(read, fields, field):
@@ -221,11 +223,26 @@ def test_bnb_mapped_field(read, fields, field, value):
 
 
 @pytest.mark.parametrize("fields, field", [
-    (', "load_in_8bit": true', "load_in_8bit"), (', "llm_int8_skip_modules": ["lm_head"]', "llm_int8_skip_modules"),
+    (', "llm_int8_skip_modules": ["lm_head"]', "llm_int8_skip_modules"),
 ])
 def test_bnb_unmodelled(read, fields, field):
     with pytest.raises(ConfigReadError, match=field):
         read(BNB % fields, "bnb.json")
+
+
+@pytest.mark.parametrize("fields, field", [
+    (', "llm_int8_skip_modules": ["lm_head"]', "llm_int8_skip_modules"),
+    (', "llm_int8_has_fp16_weight": true', "llm_int8_has_fp16_weight"), (', "load_in_4bit": true', "load_in_4bit"),
+])
+def test_bnb_8bit_unmodelled(read, fields, field):
+    with pytest.raises(ConfigReadError, match=field):
+        read('{"quant_method": "bitsandbytes", "load_in_8bit": true%s}' % fields, "bnb.json")
+
+
+def test_bnb_8bit_is_lora_on_an_int8_base(read):
+    r = read('{"quant_method": "bitsandbytes", "load_in_8bit": true, "load_in_4bit": false, '
+             '"llm_int8_threshold": 6.0}', "bnb.json")
+    assert r.plan_options == {"method": "lora", "load_in_8bit": True}
 
 
 @pytest.mark.slow

@@ -26,7 +26,6 @@ from vramplan.configs.fields import FieldReader, as_bool, as_float, as_int, foll
 
 # Memory-relevant fields the estimator does not model yet: an error naming them when they are on.
 REFUSED = {
-    "peft_use_dora": "DoRA's magnitude vectors and weight-norm temporaries",
     "rl": "preference/RL trainers (reference model, chosen+rejected batches)",
     "torch_compile": "torch.compile changes which activations are kept",
     "activation_offloading": "activations offloaded to host memory",
@@ -91,8 +90,9 @@ def _dtype(reader: FieldReader) -> str:
 def _method(reader: FieldReader) -> str:
     adapter = reader.take("adapter")
     four_bit, eight_bit = reader.take("load_in_4bit", False), reader.data.get("load_in_8bit", False)
-    if eight_bit:
-        reader.refuse("load_in_8bit", "8-bit (LLM.int8) weights")
+    if eight_bit and (adapter != "lora" or four_bit):
+        reader.refuse("load_in_8bit", "8-bit weights without adapter lora" if not four_bit else "8-bit and 4-bit "
+                      "together")
     if adapter in (None, "", "none"):
         if four_bit:
             reader.refuse("load_in_4bit", "4-bit weights without an adapter")
@@ -112,6 +112,10 @@ def _lora(reader: FieldReader) -> None:
     alpha = reader.take("lora_alpha")
     reader.set("alpha", as_float(reader, "lora_alpha", alpha), "lora_alpha")
     reader.set("lora_dropout", as_float(reader, "lora_dropout", reader.take("lora_dropout", 0.0)), "lora_dropout")
+    if as_bool(reader, "peft_use_dora", reader.take("peft_use_dora", False)):  # DoRA is modelled (estimator/dora.py)
+        reader.set("use_dora", True, "peft_use_dora")
+    if reader.data.get("load_in_8bit"):  # ModelLoader: BitsAndBytesConfig(load_in_8bit=True) for adapter lora
+        reader.set("load_in_8bit", True, "load_in_8bit")
     linear, modules = reader.take("lora_target_linear"), reader.take("lora_target_modules")
     if linear and as_bool(reader, "lora_target_linear", linear):
         reader.set("targets", "all-linear", "lora_target_linear")

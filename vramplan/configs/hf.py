@@ -138,8 +138,7 @@ TRAINING_ARGS = SimpleNamespace(looks_like=_looks_like_training_args, read=_read
 
 # peft adapter_config.json -------------------------------------------------------------------------------------
 
-PEFT_REFUSED = {"use_dora": "DoRA's magnitude vectors and weight-norm temporaries",
-                "layers_to_transform": "adapters on some layers only", "rank_pattern": "per-module ranks",
+PEFT_REFUSED = {"layers_to_transform": "adapters on some layers only", "rank_pattern": "per-module ranks",
                 "trainable_token_indices": "trainable token rows", "target_parameters": "LoRA on parameters"}
 
 
@@ -154,6 +153,8 @@ def _read_peft(reader: FieldReader, base: Path) -> None:
     reader.set("rank", as_int(reader, "r", reader.take("r", 8)), "r")
     reader.set("alpha", as_float(reader, "lora_alpha", reader.take("lora_alpha", 8)), "lora_alpha")
     reader.set("lora_dropout", as_float(reader, "lora_dropout", reader.take("lora_dropout", 0.0)), "lora_dropout")
+    if as_bool(reader, "use_dora", reader.take("use_dora", False)):  # DoRA is modelled (estimator/dora.py)
+        reader.set("use_dora", True, "use_dora")
     reader.set("targets", names.targets(reader, "target_modules", reader.take("target_modules")), "target_modules")
     saved = names.modules_to_save(reader, "modules_to_save", reader.take("modules_to_save"))
     reader.set("modules_to_save", saved, "modules_to_save")
@@ -171,10 +172,12 @@ def _looks_like_bnb(data: dict) -> bool:
 
 def read_bnb(reader: FieldReader, base: Path | None = None) -> None:
     """BitsAndBytesConfig's fields (transformers `BitsAndBytesConfig.__init__` defaults: fp4, no double quant,
-    compute dtype fp32, storage uint8)."""
-    if reader.take("load_in_8bit"):
-        reader.refuse("load_in_8bit", "LoRA on 8-bit (LLM.int8) weights")
+    compute dtype fp32, storage uint8). `load_in_8bit`: LLM.int8 under LoRA (threshold and fp16-weight knobs at
+    their defaults, 6.0 and off)."""
     reader.take("quant_method")
+    if as_bool(reader, "load_in_8bit", reader.take("load_in_8bit", False)):
+        _read_bnb_8bit(reader)
+        return
     if not reader.take("load_in_4bit"):
         raise ConfigReadError(f"{reader.source}: load_in_4bit is not true: nothing is quantized")
     reader.set("method", "qlora", "load_in_4bit")
@@ -192,6 +195,25 @@ def read_bnb(reader: FieldReader, base: Path | None = None) -> None:
     reader.set("quant_storage", names.storage(reader, "bnb_4bit_quant_storage", storage), "bnb_4bit_quant_storage")
     skip = reader.take("llm_int8_skip_modules")
     if skip:
+        reader.refuse("llm_int8_skip_modules", "modules kept unquantized")
+
+
+def _read_bnb_8bit(reader: FieldReader) -> None:
+    reader.set("method", "lora", "load_in_8bit")
+    reader.set("load_in_8bit", True, "load_in_8bit")
+    reader.note("8-bit weights: peft's prepare_model_for_kbit_training assumed (fp32 upcast of the other weights); "
+                "--no-kbit-upcast if your script does not call it")
+    if reader.take("load_in_4bit"):
+        reader.refuse("load_in_4bit", "4-bit and 8-bit together (BitsAndBytesConfig refuses both)")
+    threshold = reader.take("llm_int8_threshold", 6.0)
+    if as_float(reader, "llm_int8_threshold", threshold) != 6.0:
+        reader.note("llm_int8_threshold: the outlier columns it selects depend on the data; not modelled")
+    if reader.take("llm_int8_has_fp16_weight"):
+        reader.refuse("llm_int8_has_fp16_weight", "16-bit weights beside their int8 copy")
+    for key in ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype",
+                "bnb_4bit_quant_storage", "llm_int8_enable_fp32_cpu_offload"):
+        reader.take(key)  # 4-bit knobs a saved 8-bit config still carries: no effect
+    if reader.take("llm_int8_skip_modules"):
         reader.refuse("llm_int8_skip_modules", "modules kept unquantized")
 
 

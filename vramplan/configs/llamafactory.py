@@ -28,7 +28,6 @@ from vramplan.configs.hf import read_training_args
 REFUSED = {
     "use_unsloth": "unsloth kernels", "use_unsloth_gc": "unsloth's offloaded checkpointing",
     "enable_liger_kernel": "Liger kernels (fused linear cross-entropy: no full logits)",
-    "use_dora": "DoRA's magnitude vectors and weight-norm temporaries",
     "upcast_layernorm": "fp32 layer norms", "upcast_lmhead_output": "fp32 logits", "shift_attn": "S2-Attn",
     "mixture_of_depths": "mixture of depths", "use_galore": "GaLore", "use_apollo": "APOLLO", "use_badam": "BAdam",
     "use_kt": "KTransformers offload", "train_from_scratch": "training from random weights",
@@ -55,8 +54,11 @@ def read(reader: FieldReader, base: Path) -> None:
         reader.refuse("finetuning_type", f"{kind} (vramplan models lora and full)")
     bits = reader.take("quantization_bit")
     method = "full" if kind == "full" else "qlora" if bits == 4 else "lora"
-    if bits not in (None, 4):
-        reader.refuse("quantization_bit", f"{bits}-bit weights (vramplan models 4-bit bitsandbytes)")
+    if bits not in (None, 4, 8):
+        reader.refuse("quantization_bit", f"{bits}-bit weights (vramplan models 4-bit and 8-bit bitsandbytes)")
+    if bits == 8 and kind == "lora":  # configure_quantization: BitsAndBytesConfig(load_in_8bit=True)
+        reader.set("load_in_8bit", True, "quantization_bit")
+        reader.fixed("kbit_upcast", False, "LLaMA-Factory (no prepare_model_for_kbit_training)")
     if bits is not None and str(reader.take("quantization_method", "bnb")) not in ("bnb", "bitsandbytes"):
         reader.refuse("quantization_method", "a quantizer other than bitsandbytes")
     reader.set("method", method, "finetuning_type" if bits is None else "quantization_bit")
@@ -102,6 +104,8 @@ def _lora(reader: FieldReader, method: str, compute: str) -> None:
     reader.set("rank", rank, "lora_rank")
     reader.set("alpha", as_float(reader, "lora_alpha", reader.take("lora_alpha", 2 * rank)), "lora_alpha")
     reader.set("lora_dropout", as_float(reader, "lora_dropout", reader.take("lora_dropout", 0.0)), "lora_dropout")
+    if as_bool(reader, "use_dora", reader.take("use_dora", False)):  # DoRA is modelled (estimator/dora.py)
+        reader.set("use_dora", True, "use_dora")
     target = str(reader.take("lora_target", "all"))
     reader.set("targets", "all-linear" if target == "all" else names.targets(reader, "lora_target", target), "lora_target")
     # LLaMA-Factory `additional_target` -> LoraConfig(modules_to_save=...) (model/adapter.py)

@@ -28,8 +28,7 @@ from vramplan.configs.fields import (
 from vramplan.configs.hf import read_training_args
 
 REFUSED = {
-    "use_dora": "DoRA's magnitude vectors and weight-norm temporaries",
-    "lora_target_parameters": "LoRA on parameters", "load_in_8bit": "LoRA on 8-bit (LLM.int8) weights",
+    "lora_target_parameters": "LoRA on parameters",
     "activation_offloading": "activations offloaded to host memory",
     "beta": "a preference trainer (DPO/KTO: a reference model, chosen and rejected batches)",
     "max_prompt_length": "a preference trainer (DPO/KTO: a reference model, chosen and rejected batches)",
@@ -48,9 +47,14 @@ def read(reader: FieldReader, base: Path) -> None:
         reader.refuse_if_on(key, why)
     peft = as_bool(reader, "use_peft", reader.take("use_peft", False))
     four_bit = as_bool(reader, "load_in_4bit", reader.take("load_in_4bit", False))
+    eight_bit = as_bool(reader, "load_in_8bit", reader.take("load_in_8bit", False))
     method = "qlora" if peft and four_bit else "lora" if peft else "full"
     if four_bit and not peft:
         reader.refuse("load_in_4bit", "4-bit weights without adapters (nothing trainable)")
+    if eight_bit and (not peft or four_bit):  # ModelConfig.__post_init__ refuses 8 and 4 bits together
+        reader.refuse("load_in_8bit", "8-bit weights without adapters" if not peft else "8-bit and 4-bit together")
+    if eight_bit:  # get_quantization_config: BitsAndBytesConfig(load_in_8bit=True); SFTTrainer: no kbit upcast
+        reader.set("load_in_8bit", True, "load_in_8bit")
     reader.set("method", method, "load_in_4bit" if method == "qlora" else "use_peft")
     bf16 = reader.data.get("bf16")
     if bf16 is None and not reader.data.get("fp16"):
@@ -58,7 +62,7 @@ def read(reader: FieldReader, base: Path) -> None:
     autocast = read_training_args(reader, base, checkpointing=True)
     weights = names.dtype(reader, "dtype", reader.take("dtype", "float32"))
     reader.set("param_dtype", weights, "dtype")
-    if autocast and weights == "fp32" and method != "qlora":
+    if autocast and weights == "fp32" and method != "qlora" and not eight_bit:
         reader.set("mixed_precision", autocast, "bf16" if autocast == "bf16" else "fp16")
     elif autocast and weights == "fp32":
         reader.note(f"{autocast} autocast over fp32 weights and compute dtype: estimated in fp32 (over)")
@@ -66,6 +70,8 @@ def read(reader: FieldReader, base: Path) -> None:
         reader.set("rank", as_int(reader, "lora_r", reader.take("lora_r", 16)), "lora_r")
         reader.set("alpha", as_float(reader, "lora_alpha", reader.take("lora_alpha", 32)), "lora_alpha")
         reader.set("lora_dropout", as_float(reader, "lora_dropout", reader.take("lora_dropout", 0.05)), "lora_dropout")
+        if as_bool(reader, "use_dora", reader.take("use_dora", False)):  # DoRA is modelled (estimator/dora.py)
+            reader.set("use_dora", True, "use_dora")
         reader.set("targets", names.targets(reader, "lora_target_modules", reader.take("lora_target_modules")),
                    "lora_target_modules")
         saved = names.modules_to_save(reader, "lora_modules_to_save", reader.take("lora_modules_to_save"))
