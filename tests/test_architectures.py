@@ -27,3 +27,36 @@ def test_flash_attention_2_costs_its_backward_workspace_over_sdpa():
     assert flash.phases["forward"] > sdpa.phases["forward"]  # + 16 B rng_state per layer
     assert flash.phases["forward"] - sdpa.phases["forward"] < 32 * 64
     assert flash.phases["backward"] > sdpa.phases["backward"]
+
+
+def test_other_field_names_are_read_through_the_config_class():
+    """GPT-BigCode names its shape `n_embd`/`n_head`/`n_layer`/`n_inner` and has one key/value head with
+    `multi_query`; Falcon-7B the same with `multi_query`, Falcon-40B `num_kv_heads` under
+    `new_decoder_architecture`. The oracle: transformers' config class and the built attention."""
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from vramplan.models import spec_from_config
+
+    configs = [
+        {"model_type": "gpt_bigcode", "n_embd": 256, "n_inner": 1024, "n_layer": 2, "n_head": 4, "vocab_size": 1000,
+         "multi_query": True},
+        {"model_type": "falcon", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "vocab_size": 1000, "multi_query": True, "new_decoder_architecture": False},
+        {"model_type": "falcon", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_kv_heads": 2, "vocab_size": 1000, "new_decoder_architecture": True},
+    ]
+    for cfg in configs:
+        spec = spec_from_config(cfg, "tiny", "test")
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**cfg))
+        c = model.config
+        assert (spec.hidden_size, spec.num_layers, spec.num_heads) == (c.hidden_size, c.num_hidden_layers,
+                                                                       c.num_attention_heads)
+        k_out = {  # the key projection's width, from the fused qkv: q + 2 kv
+            "gpt_bigcode": lambda m: (m.transformer.h[0].attn.c_attn.out_features - c.hidden_size) // 2,
+            "falcon": lambda m: (m.transformer.h[0].self_attention.query_key_value.out_features - c.hidden_size) // 2,
+        }[cfg["model_type"]](model)
+        assert spec.num_kv_heads * spec.head_dim == k_out
+        assert spec.num_params == sum(p.numel() for p in model.parameters())

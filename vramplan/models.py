@@ -140,30 +140,53 @@ def spec_from_config(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpe
     """Validate a config dict's shape fields (`vramplan.config_schema`) and build the spec (raises
     ConfigFileError / UnsupportedArchitectureError)."""
     cfg = text_part(cfg, source, NATIVE_ARCHITECTURES)
-    check_config(cfg, source, NATIVE_ARCHITECTURES)
-    mt = cfg["model_type"]
-    if mt not in NATIVE_ARCHITECTURES and not _meta_fallback_available():
-        raise UnsupportedArchitectureError(
-            f"{source}: architecture '{mt}' has no native spec (native: {', '.join(NATIVE_ARCHITECTURES)}); "
-            "install vramplan[measure] to read it from transformers on the meta device"
-        )
+    mt = cfg.get("model_type")
+    shape = cfg
+    if isinstance(mt, str) and mt and mt not in NATIVE_ARCHITECTURES:
+        if not _meta_fallback_available():
+            check_config(cfg, source, NATIVE_ARCHITECTURES)
+            raise UnsupportedArchitectureError(
+                f"{source}: architecture '{mt}' has no native spec (native: {', '.join(NATIVE_ARCHITECTURES)}); "
+                "install vramplan[measure] to read it from transformers on the meta device"
+            )
+        shape = _fallback_shape(cfg, source)
+    check_config(shape, source, NATIVE_ARCHITECTURES)
     experts = cfg.get("num_local_experts") or cfg.get("num_experts") or 0
     return ModelSpec(
         name=name,
         source=source,
-        model_type=mt,
-        hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg.get("intermediate_size") or 4 * cfg["hidden_size"],
-        num_layers=cfg["num_hidden_layers"],
-        num_heads=cfg["num_attention_heads"],
-        num_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-        head_dim=head_dim(cfg),
-        vocab_size=cfg["vocab_size"],
-        tied_embeddings=is_tied(cfg),
+        model_type=shape["model_type"],
+        hidden_size=shape["hidden_size"],
+        intermediate_size=shape.get("intermediate_size") or 4 * shape["hidden_size"],
+        num_layers=shape["num_hidden_layers"],
+        num_heads=shape["num_attention_heads"],
+        num_kv_heads=shape.get("num_key_value_heads") or shape["num_attention_heads"],
+        head_dim=head_dim(shape),
+        vocab_size=shape["vocab_size"],
+        tied_embeddings=is_tied(shape),
         num_experts=experts,
         experts_per_token=cfg.get("num_experts_per_tok") or 0,
         config=dict(cfg),
     )
+
+
+_DERIVED = ("num_key_value_heads", "head_dim", "intermediate_size")
+
+
+def _fallback_shape(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """A config of another architecture under Llama's field names: its own names through the config class's
+    `attribute_map` (GPT-BigCode `n_embd`, `n_head`, `n_layer`), and the key/value heads, head size and MLP width
+    as the built layers have them (GPT-BigCode and Falcon-7B `multi_query`: one key/value head). A field the
+    config gives under no name stays missing (check_config says so). The meta build is cached on disk."""
+    from vramplan.measure.meta_inventory import config_fields  # torch: only for other architectures
+
+    try:
+        fields, aliases = config_fields(cfg)
+    except UnsupportedArchitectureError:
+        check_config(cfg, source, NATIVE_ARCHITECTURES)  # a missing or bad field says so first
+        raise
+    named = {**cfg, **{k: cfg[a] for k, a in aliases.items() if cfg.get(k) is None and cfg.get(a) is not None}}
+    return {**named, **{k: fields[k] for k in _DERIVED if fields.get(k) is not None}}
 
 
 def context_warning(model: str | ModelSpec, seq: int) -> str | None:

@@ -8,7 +8,9 @@ Importing torch and transformers and building the model takes seconds (17-29 s m
 machine), so the result is kept on disk: one JSON record per config and transformers version under
 `$VRAMPLAN_CACHE_DIR` (else `$XDG_CACHE_HOME/vramplan`, else `~/.cache/vramplan`), `specs/<key>.json`. The record
 is generic: the parameter tensors, and a `traits` slot with the layer traits `vramplan.measure.meta_traits`
-derives from the same build (`traits_record`). A second call reads the record and imports no torch. On a
+derives from the same build (`traits_record`), and a `config` slot with the shape fields under their common
+names (`config_fields`: GPT-BigCode's `n_embd`/`n_head`/`n_layer`, Falcon's `num_kv_heads`/`multi_query`, read
+through transformers' config class and the built attention). A second call reads the record and imports no torch. On a
 terminal, a transient status line on stderr says what the first call is doing.
 """
 
@@ -27,7 +29,7 @@ from typing import Any
 from vramplan.errors import UnsupportedArchitectureError
 from vramplan.inventory import Inventory, ParamTensor
 
-RECORD_VERSION = 2  # bump when the record's layout or the derivation changes
+RECORD_VERSION = 3  # bump when the record's layout or the derivation changes
 
 
 def cache_dir() -> Path:
@@ -76,6 +78,18 @@ def traits_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return dict(record["traits"])
 
 
+def config_fields(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(shape fields, aliases) of `cfg`: the fields under the names a Llama config uses (hidden_size,
+    num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim, intermediate_size, vocab_size,
+    tie_word_embeddings, max_position_embeddings) as transformers' config class and the built layers give them,
+    and the config class's `attribute_map` (common name -> the architecture's own: GPT-BigCode `hidden_size` ->
+    `n_embd`)."""
+    record = meta_record(cfg)
+    if record.get("config") is None:
+        record = _build_and_store(cfg)
+    return dict(record["config"]), dict(record.get("aliases") or {})
+
+
 @lru_cache(maxsize=64)
 def _load(path: Path) -> dict[str, Any] | None:
     try:
@@ -110,7 +124,9 @@ def build_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     model = _meta_model(cfg)
     record: dict[str, Any] = {"version": RECORD_VERSION, "transformers": _transformers_version(),
-                              "model_type": cfg.get("model_type"), "tensors": _tensors(model), "traits": None}
+                              "model_type": cfg.get("model_type"), "tensors": _tensors(model), "traits": None,
+                              "config": _config_fields(model),
+                              "aliases": dict(getattr(type(model.config), "attribute_map", {}) or {})}
     try:
         from vramplan.measure.meta_traits import derive_traits
     except ImportError:
@@ -120,6 +136,46 @@ def build_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
     except UnsupportedArchitectureError as exc:
         record["traits_error"] = str(exc)
     return record
+
+
+def _config_fields(model) -> dict[str, Any]:
+    """Shape fields from the config object (its `attribute_map` turns `n_embd` into `hidden_size`) and, for the
+    key/value heads and the MLP width, from the first decoder layer's modules: the attention's own count
+    (`num_key_value_heads`, GPT-BigCode `kv_heads`, Falcon `num_kv_heads`), else the config's; the MLP's first
+    linear (half of a fused gate_up)."""
+    c = model.config
+    fields = {k: getattr(c, k, None) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                "vocab_size", "max_position_embeddings")}
+    fields["tie_word_embeddings"] = bool(getattr(c, "tie_word_embeddings", False))
+    attn = mlp = None
+    try:
+        from vramplan.measure.meta_traits import decoder_layers
+
+        layer = decoder_layers(model)[1][0]
+        attn = next((m for _, m in layer.named_children() if "attention" in type(m).__name__.lower()), None)
+        mlp = next((m for _, m in layer.named_children() if "mlp" in type(m).__name__.lower()), None)
+    except (ImportError, UnsupportedArchitectureError, IndexError):
+        pass
+    heads = fields["num_attention_heads"]
+    kv = next((getattr(m, k) for m in (attn, c) if m is not None
+               for k in ("num_key_value_heads", "kv_heads", "num_kv_heads") if isinstance(getattr(m, k, None), int)),
+              None)
+    if getattr(c, "multi_query", False) and not getattr(c, "new_decoder_architecture", False):
+        kv = 1  # GPT-BigCode, Falcon-7B: one key/value head
+    fields["num_key_value_heads"] = kv or heads
+    hd = getattr(attn, "head_dim", None) or getattr(c, "head_dim", None)
+    fields["head_dim"] = int(hd) if hd else fields["hidden_size"] // heads
+    inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or getattr(c, "ffn_hidden_size", None)
+    first = next((m for m in (mlp.children() if mlp is not None else ()) if hasattr(m, "out_features")), None)
+    if first is not None:
+        inter = first.out_features // (2 if first.out_features == 2 * _last_in(mlp) else 1)
+    fields["intermediate_size"] = int(inter or 4 * fields["hidden_size"])
+    return fields
+
+
+def _last_in(mlp) -> int:
+    last = [m for m in mlp.children() if hasattr(m, "in_features")]
+    return last[-1].in_features if last else -1
 
 
 def _meta_model(cfg: Mapping[str, Any]):
