@@ -14,8 +14,8 @@ from vramplan.estimator.losses import TRL_RUNNING_STATS, TRL_TOKEN_TILE, TRL_VOC
 from vramplan.models import spec_from_config
 from vramplan.plan import make_plan
 
-TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 512}
+TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 512}
 
 
 # Plans --------------------------------------------------------------------------------------------------------
@@ -109,6 +109,12 @@ def _phases(plan):
     {"method": "qlora", "trainer": "trl-dpo", "seq": 128, "precompute_ref_log_probs": True},
     {"method": "lora", "trainer": "trl-sft", "batch": 3, "seq": 128, "packing": True},
     {"method": "full", "trainer": "trl-sft", "batch": 2, "seq": 128, "packing": True, "attn": "eager"},
+    # Liger (no-op Triton launches: liger_trace.py): fused linear cross-entropy under hf/loop, layer kernels
+    {"method": "lora", "batch": 2, "seq": 128, "liger": True},
+    {"method": "lora", "seq": 128, "grad_ckpt": False, "liger": True},
+    {"method": "qlora", "seq": 128, "liger": True},
+    {"method": "lora", "trainer": "trl-sft", "seq": 128, "liger": True},
+    {"method": "lora", "trainer": "loop", "seq": 128, "liger": True},
 ])
 def test_step_matches_traced_trainer(opts):
     pytest.importorskip("trl")
@@ -177,7 +183,7 @@ def test_loop_keeps_the_logits_through_the_step():
 ])
 def test_eval_step_matches_traced_evaluation_loop(opts):
     pytest.importorskip("trl")
-    from vramplan.measure.trl_trace import measure_eval_step
+    from vramplan.measure.eval_trace import measure_eval_step
 
     plan = make_plan(**opts)
     traced = measure_eval_step(TINY, plan)

@@ -1,6 +1,6 @@
 """The trainers' accuracy suite: TRL SFT and custom-loop plans traced at full size and held to the estimator.
 
-Each case of `TRAINER_GRID` (vramplan/measure/trl_trace.py) runs TRL 1.16's own `SFTTrainer.compute_loss` (or a
+Each case of `TRAINER_GRID` (vramplan/measure/trainer_grid.py) runs TRL 1.16's own `SFTTrainer.compute_loss` (or a
 custom loop that keeps `outputs`) on the full-size model under FakeTensorMode and compares every phase with the
 estimator's traced phases. Tolerance: 2% on the peak and per phase (issue 12). The eval cases trace
 transformers' `evaluation_loop` pieces (`measure_eval_step`) against the estimate's eval phase.
@@ -16,7 +16,7 @@ if any(importlib.util.find_spec(m) is None for m in ("torch", "peft", "trl")):  
     pytest.skip("needs torch, peft and trl", allow_module_level=True)
 
 from vramplan.measure.grid import PHASE_KEYS
-from vramplan.measure.trl_trace import (
+from vramplan.measure.trainer_grid import (
     EVAL_GRID,
     TRAINER_GRID,
     run_eval_case,

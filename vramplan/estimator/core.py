@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from vramplan.estimator.layers import decoder_layer
+from vramplan.estimator.liger import plan_kernels
 from vramplan.estimator.losses import loss_head
 from vramplan.estimator.optimizer import (
     MIN_8BIT_SIZE,
@@ -122,6 +123,7 @@ def _ctx(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
         sdpa_mask=sdpa_sliding_mask(model, plan),
         dora=plan.use_dora,
         head_trainable=saves_module(plan, "lm_head"),
+        liger=plan_kernels(model.model_type, plan),
         dora_bias=frozenset(n for n, g in model.inventory.linear_groups.items() if g.bias_numel and plan.use_dora),
         **_moe_fields(model, plan, nq),
     )

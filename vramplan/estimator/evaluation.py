@@ -4,9 +4,9 @@ transformers 5 `Trainer.evaluate` -> `evaluation_loop` -> `prediction_step`, bet
 and the optimizer states stay on the GPU, the gradients are None (`zero_grad(set_to_none=True)`), the model is in
 eval mode (dropout off; checkpointing only acts in training, so `use_cache` is on and a DynamicCache fills up) and
 the forward runs under `torch.no_grad()`: no layer keeps anything for a backward, but the decoder's own
-`inputs_embeds` variable (LlamaModel.forward and its copies) holds the embedding output until the layers are done. The loss is computed as in
-training (the full fp32 logits for `hf`/`loop`, TRL's fused head for `trl-sft`, which also forces
-`use_cache=False`).
+`inputs_embeds` variable (LlamaModel.forward and its copies) holds the embedding output until the layers are done.
+The loss is computed as in training (the full fp32 logits for `hf`/`loop`, TRL's fused head for `trl-sft`, which
+also forces `use_cache=False`).
 
 `prediction_loss_only` (True when no `compute_metrics` is given: `evaluate` passes it) returns the loss only.
 Otherwise each step's logits go to `all_preds` (`EvalLoopContainer.add` -> `nested_concat`: a `torch.cat` of the
@@ -49,8 +49,11 @@ def eval_peak(model: ModelSpec, plan: TrainingPlan, base: int) -> int:
 
     ep = eval_plan(plan)
     loss_only = plan.prediction_loss_only
-    c = replace(_ctx(model, ep), dropout=False, use_cache=plan.trainer != "trl-sft",
-                trainer=plan.trainer if loss_only else "hf")
+    c = _ctx(model, ep)
+    # Liger: `prediction_step` passes `skip_logits=True` only with prediction_loss_only; otherwise `lce_forward`
+    # (not training) builds the logits with the plain lm_head and loss
+    c = replace(c, dropout=False, use_cache=plan.trainer != "trl-sft", trainer=plan.trainer if loss_only else "hf",
+                liger=c.liger if loss_only else c.liger - {"flce"})
     a = stream_bytes(ep)
     n = model.num_layers
     x = c.tokens * c.hidden * a

@@ -17,6 +17,7 @@ The parts follow the transformers 5 modeling files:
 
 from __future__ import annotations
 
+from vramplan.estimator import liger
 from vramplan.estimator.moe import moe
 from vramplan.estimator.programs import Ctx, attention_core, linear, rmsnorm
 from vramplan.estimator.tape import Tape
@@ -61,6 +62,8 @@ def rotary(tp: Tape, c: Ctx, x: int, a: int, heads: int, rope_a: int, factor: fl
     """`apply_rotary_pos_emb`: (x * cos) + (rotate_half(x) * sin); cos/sin are shared and already live, in the
     hidden states' dtype, so a bf16 x under autocast comes out fp32 (type promotion). A partial rotary rotates
     the first `rotary_ndims` of each head and `torch.cat`s the rest back. Returns (out, dtype)."""
+    if "rope" in c.liger:
+        return liger.rotary(tp, x, a)
     n = c.tokens * heads * c.head_dim
     nr = c.tokens * heads * int(c.head_dim * factor)
     o = max(a, rope_a)
@@ -137,19 +140,29 @@ def dense_mlp(tp: Tape, c: Ctx, tr: Traits, x: int, a: int, inter: int) -> int:
         tp.drop(up)
     elif tr.fused_gate_up:
         gu, a2 = linear(tp, c, x, a, tr.gate_up, c.hidden, 2 * inter)
+        if "swiglu" in c.liger:
+            return _down(tp, c, tr, liger.swiglu_fused(tp, c, gu, a2, inter), a2, inter)
         act = tp.op(t * inter * a2, (gu,), saves=(gu,))  # act(gate) saves the gate view: the whole buffer
         h = tp.op(t * inter * a2, (gu, act), saves=(gu, act))
         tp.drop(gu, act)
     else:
         gate, a2 = linear(tp, c, x, a, tr.gate, c.hidden, inter)
+        if "swiglu" in c.liger:
+            up, _ = linear(tp, c, x, a, tr.up, c.hidden, inter)
+            return _down(tp, c, tr, liger.swiglu(tp, c, gate, up, a2, inter), a2, inter)
         act = activation(tp, gate, t * inter * a2, tr.activation)
         tp.drop(gate)
         up, _ = linear(tp, c, x, a, tr.up, c.hidden, inter)
         h = tp.op(t * inter * a2, (act, up), saves=(act, up))
         tp.drop(act, up)
+    return _down(tp, c, tr, h, a2, inter)
+
+
+def _down(tp: Tape, c: Ctx, tr: Traits, h: int, a2: int, inter: int) -> int:
+    """down_proj of the MLP's hidden product (consumed), then the residual dropout."""
     out, oa = linear(tp, c, h, a2, tr.down, inter, c.hidden)
     tp.drop(h)
-    return dropout(tp, c, out, oa, t * c.hidden * oa, tr.resid_dropout)
+    return dropout(tp, c, out, oa, c.tokens * c.hidden * oa, tr.resid_dropout)
 
 
 def mlp(tp: Tape, c: Ctx, tr: Traits, x: int, a: int, inter: int) -> int:

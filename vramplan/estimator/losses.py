@@ -18,6 +18,7 @@ Every label is assumed valid (no prompt masking): the upper bound, since the fus
 
 from __future__ import annotations
 
+from vramplan.estimator import liger
 from vramplan.estimator.programs import Ctx, head, rmsnorm
 from vramplan.estimator.tape import Tape
 
@@ -34,6 +35,8 @@ def loss_head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool, trainer: str = "h
     """The head of `trainer`: consumes x (the last decoder layer's output), returns the loss."""
     if trainer in ("trl-sft", "trl-dpo"):  # DPO's sequence losses on top are [pairs]-sized
         return trl_fused_head(tp, c, x, a, dft=loss_type == "dft")
+    if "flce" in c.liger:  # Liger's `lce_forward`: fused linear cross-entropy, no logits (liger.py)
+        return liger.flce_head(tp, c, x, a)
     return head(tp, c, x, a, softcap=softcap)
 
 

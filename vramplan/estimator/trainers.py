@@ -113,4 +113,5 @@ def kept_outputs_bytes(plan: TrainingPlan, c: Ctx, a: int, layers: int, input_le
         return 0, 0
     cache = 2 * layers * c.tokens * c.kv_heads * c.head_dim * a if c.use_cache else 0
     leaf = 2 * c.tokens * c.hidden * a if input_leaf else 0
-    return logits_bytes(c, a), cache + leaf
+    logits = 0 if "flce" in c.liger else logits_bytes(c, a)  # Liger's `lce_forward` returns `logits=None`
+    return logits, cache + leaf

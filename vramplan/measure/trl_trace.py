@@ -2,7 +2,8 @@
 
 `measure_trainer_step(config, plan, trace=True)` does what `measure_step` does (trainer.py) for `plan.trainer`:
 
-- `hf`: `measure_step` itself (HF Trainer: the outputs are dropped before `backward()`).
+- `hf`: `measure_step` itself (HF Trainer: the outputs are dropped before `backward()`); with `plan.liger`, the
+  same loss here, on the model `apply_liger` patched (liger_trace.py).
 - `loop`: a hand-written or accelerate loop, `outputs = model(**batch); outputs.loss.backward()`: the outputs,
   logits included, stay referenced through backward (accelerate's nlp_example, most tutorials).
 - `trl-sft`: TRL's own `SFTTrainer.compute_loss` runs the step, on the model prepared as `SFTTrainer.__init__`
@@ -38,6 +39,7 @@ import torch
 
 from vramplan.errors import MeasurementError
 from vramplan.measure.build import build_model, hf_config, resolve_targets
+from vramplan.measure.liger_trace import apply_liger, liger_session
 from vramplan.measure.optimizers import build_optimizer
 from vramplan.measure.tracker import Allocation, MemoryTracker
 from vramplan.measure.trainer import (
@@ -57,27 +59,31 @@ from vramplan.plan import TrainingPlan
 def measure_trainer_step(config: dict, plan: TrainingPlan, *, trace: bool = True, steps: int = 2,
                          seed: int = 0) -> MeasuredStep:
     """One steady-state step of `plan.trainer` on CPU (traced or real), measured as `measure_step` measures."""
-    if plan.trainer == "hf":
+    if plan.trainer == "hf" and not plan.liger:
         return measure_step(config, plan, trace=trace, steps=steps, seed=seed)
     if plan.attn == "flash_attention_2":
         raise MeasurementError("attn: flash_attention_2 needs CUDA and the flash-attn package; measure eager or sdpa")
     hf_config(config)
     tiles = triton_tiles() if plan.trainer in ("trl-sft", "trl-dpo") else contextlib.nullcontext()
     packed = packed_rows() if plan.packing else contextlib.nullcontext()  # before the session patches it
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), _session(trace, config.get("model_type")), \
-            tiles, packed:
+    liger = liger_session(config.get("model_type")) if plan.liger else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), liger, \
+            _session(trace, config.get("model_type")), tiles, packed:
         torch.manual_seed(seed)
         warnings.simplefilter("ignore")
         with MemoryTracker(record=True) as tracker:
             model = build_model(config, plan, device="cpu", trace=trace)
-            model = prepare_model(model, plan) if plan.trainer == "loop" else prepare_sft_model(model, plan)
+            model = prepare_model(model, plan) if plan.trainer in ("hf", "loop") else prepare_sft_model(model, plan)
+            if plan.liger:  # Trainer.__init__: use_liger_kernel
+                apply_liger(model, plan)
             ref = _reference_model(config, plan)
             optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], plan)
             tracker.name_modules(model)
             tracker.name_tensors(named_state(model, optimizer))
             gc.collect(GC_GENERATION)
             load = tracker.current_bytes
-            loss_fn = {"loop": _loop_loss, "trl-sft": _sft_loss(plan), "trl-dpo": _dpo_loss(plan, ref)}[plan.trainer]
+            loss_fn = {"hf": _hf_loss, "loop": _loop_loss, "trl-sft": _sft_loss(plan),
+                       "trl-dpo": _dpo_loss(plan, ref)}[plan.trainer]
             held: dict = {}  # what the loop keeps between steps (a custom loop's `outputs`)
             for _ in range(steps):
                 peaks, snaps = _step(model, optimizer, plan, tracker, config, loss_fn, held)
@@ -205,6 +211,11 @@ def _dpo_loss(plan: TrainingPlan, ref_model, beta: float = 0.1):
     return loss
 
 
+def _hf_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """HF Trainer's `compute_loss`: the outputs die before backward (as `measure_step` runs it)."""
+    return model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+
+
 def _loop_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, object]:
     out = model(input_ids=batch["input_ids"], labels=batch["labels"])
     return out.loss, out  # the caller keeps `out` through backward
@@ -299,166 +310,3 @@ def triton_tiles() -> Iterator[None]:
                 delattr(ck, k)
             else:
                 setattr(ck, k, v)
-
-
-def measure_eval_step(config: dict, plan: TrainingPlan, *, trace: bool = True, seed: int = 0) -> int:
-    """Peak live bytes of `Trainer.evaluation_loop` after one training step (optimizer states resident, gradients
-    None): `eval_accumulation_steps` (or 1) prediction steps, `all_preds` / `all_labels` in transformers' own
-    `EvalLoopContainer`, then `to_cpu_and_numpy` (here: dropped). hf/loop: `Trainer.prediction_step`'s
-    `model(**inputs)` under no_grad; trl-sft: `SFTTrainer.prediction_step` on the stand-in."""
-    from transformers.trainer_pt_utils import EvalLoopContainer
-
-    hf_config(config)
-    tiles = triton_tiles() if plan.trainer in ("trl-sft", "trl-dpo") else contextlib.nullcontext()
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), _session(trace, config.get("model_type")), \
-            tiles:
-        torch.manual_seed(seed)
-        warnings.simplefilter("ignore")
-        with MemoryTracker(record=True) as tracker:
-            model = build_model(config, plan, device="cpu", trace=trace)
-            model = prepare_sft_model(model, plan) if plan.trainer == "trl-sft" else prepare_model(model, plan)
-            optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], plan)
-            loss_fn = _sft_loss(plan) if plan.trainer == "trl-sft" else _loop_loss
-            _step(model, optimizer, plan, tracker, config, loss_fn, {})
-            gc.collect(GC_GENERATION)
-            model.eval()
-            vocab = int(config.get("vocab_size") or model.config.vocab_size)
-            preds, labels_c = EvalLoopContainer(True, -100), EvalLoopContainer(True, -100)
-            logits = None
-            with tracker.phase("eval"):
-                for _ in range(plan.eval_accumulation_steps or 1):
-                    ids = torch.randint(0, vocab, (plan.eval_batch, plan.seq), dtype=torch.int64)
-                    batch = {"input_ids": ids, "labels": ids.clone()}
-                    if plan.trainer == "trl-sft":
-                        batch["attention_mask"] = torch.ones_like(ids)
-                    with _autocast(plan, "cpu"):
-                        loss, logits, labels = _predict(model, plan, batch)
-                    if logits is not None:
-                        preds.add(logits)
-                        labels_c.add(labels)
-                    del batch, ids, loss, labels
-            peak = tracker.peak_bytes
-    return peak
-
-
-def _predict(model, plan: TrainingPlan, batch: dict):
-    """(loss, logits, labels) of one prediction step, as the trainer's own `prediction_step` returns them."""
-    if plan.trainer == "trl-sft":
-        from trl import SFTTrainer
-
-        stub = _sft_stub(plan, model)
-        stub._prepare_inputs = lambda inputs: inputs
-        stub.compute_loss_context_manager = contextlib.nullcontext
-        stub.compute_loss = types.MethodType(SFTTrainer.compute_loss, stub)
-
-        def call(**kw):
-            kw.pop("attention_mask", None)
-            return model(**kw)
-
-        return SFTTrainer.prediction_step(stub, call, batch, plan.prediction_loss_only)
-    with torch.no_grad():  # Trainer.prediction_step: outputs = model(**inputs); loss = outputs["loss"]
-        outputs = model(input_ids=batch["input_ids"], labels=batch["labels"])
-        loss = outputs.loss.detach()
-        logits = None if plan.prediction_loss_only else outputs.logits
-        del outputs
-    return loss, logits, None if plan.prediction_loss_only else batch["labels"]
-
-
-# The accuracy cases of the trainers (tests/accuracy/test_trainer_grid.py): each traced by
-# `measure_trainer_step` at full size and held to the estimator like the main grid (vramplan/measure/grid.py).
-def _c(id: str, model: str, **opts):
-    from vramplan.measure.grid import Case
-
-    return Case(id, model, opts)
-
-
-TRAINER_GRID: tuple = (
-    # TRL SFT (loss_type nll, the default; dft), QLoRA as TRL runs it (no kbit upcast, bf16 adapters)
-    _c("llama3.1-8b-sft-qlora-s2048", "llama3.1-8b", method="qlora", trainer="trl-sft", seq=2048),
-    _c("llama3.1-8b-sft-lora-dft-b2", "llama3.1-8b", method="lora", trainer="trl-sft", loss_type="dft", batch=2),
-    _c("mistral-7b-sft-qlora-nockpt-b2-s512", "mistral-7b", method="qlora", trainer="trl-sft", grad_ckpt=False,
-       batch=2, seq=512),
-    _c("qwen3-8b-sft-qlora-drop-accum2", "qwen3-8b", method="qlora", trainer="trl-sft", lora_dropout=0.05,
-       grad_accum=2),
-    # tokens beyond one 4096-row tile
-    _c("llama3.2-3b-sft-lora-alllinear-s8192", "llama3.2-3b", method="lora", trainer="trl-sft",
-       targets="all-linear", seq=8192),
-    # full fine-tuning: the fused head's fp32 grad_weight; Qwen2.5-1.5B ties lm_head to the embedding
-    _c("qwen2.5-1.5b-sft-full-b2", "qwen2.5-1.5b", method="full", trainer="trl-sft", batch=2),
-    # fp32 weights under bf16 autocast: per-tile casts of the hidden states and the head weight
-    _c("llama3.2-1b-sft-full-fp32-mixed", "llama3.2-1b", method="full", trainer="trl-sft", param_dtype="fp32",
-       mixed_precision="bf16"),
-    # packing (padding-free): one row of 4 x 1024 tokens, sdpa with the [1, 1, 4096, 4096] block-diagonal mask
-    _c("llama3.2-1b-sft-lora-packed-b4-s1024", "llama3.2-1b", method="lora", trainer="trl-sft", packing=True,
-       batch=4, seq=1024),
-    _c("qwen2.5-1.5b-sft-qlora-packed-b2-s2048", "qwen2.5-1.5b", method="qlora", trainer="trl-sft", packing=True,
-       batch=2, seq=2048),
-    # Gemma 2: final_logit_softcapping inside the kernel; eager attention
-    _c("gemma2-2b-sft-lora-eager", "gemma2-2b", method="lora", trainer="trl-sft", attn="eager"),
-    # a custom loop: the previous outputs (logits; the KV cache without checkpointing) alive through the step
-    _c("llama3.1-8b-loop-lora-s2048", "llama3.1-8b", method="lora", trainer="loop", seq=2048),
-    _c("qwen2.5-7b-loop-qlora-nockpt-s512", "qwen2.5-7b", method="qlora", trainer="loop", grad_ckpt=False,
-       seq=512),
-    _c("phi3-mini-loop-full-b2-s512", "phi3-mini", method="full", trainer="loop", batch=2, seq=512),
-    _c("qwen2.5-0.5b-loop-lora-accum2-b2", "qwen2.5-0.5b", method="lora", trainer="loop", grad_accum=2, batch=2),
-    # DPO: chosen + rejected rows; the reference forward (PEFT: adapters disabled; full: a frozen copy)
-    _c("mistral-7b-dpo-lora-s1024", "mistral-7b", method="lora", trainer="trl-dpo"),
-    _c("llama3.1-8b-dpo-qlora-b2", "llama3.1-8b", method="qlora", trainer="trl-dpo", batch=2),
-    _c("qwen2.5-1.5b-dpo-full-s512", "qwen2.5-1.5b", method="full", trainer="trl-dpo", seq=512),
-    _c("qwen2.5-0.5b-dpo-lora-precomputed", "qwen2.5-0.5b", method="lora", trainer="trl-dpo",
-       precompute_ref_log_probs=True),
-)
-
-
-# Eval steps (measure_eval_step) against the estimate's eval phase
-EVAL_GRID: tuple = (
-    _c("llama3.1-8b-eval-qlora-b4-s2048", "llama3.1-8b", method="qlora", seq=2048, eval_batch=4),
-    _c("llama3.1-8b-eval-sft-qlora-b8-s2048", "llama3.1-8b", method="qlora", trainer="trl-sft", seq=2048,
-       eval_batch=8),
-    _c("qwen2.5-1.5b-eval-lora-preds-accum2", "qwen2.5-1.5b", method="lora", seq=512, eval_batch=2,
-       prediction_loss_only=False, eval_accumulation_steps=2),
-)
-
-
-def run_eval_case(case) -> dict:
-    from vramplan.api import estimate
-    from vramplan.measure.grid import error_pct
-    from vramplan.models import preset_config, resolve_model
-    from vramplan.plan import make_plan
-
-    plan = make_plan(**case.opts)
-    traced = measure_eval_step(preset_config(case.model), plan)
-    est = estimate(resolve_model(case.model), plan).phases["eval"]
-    return {"id": case.id, "traced": traced, "estimate": est, "error_pct": error_pct(est, traced)}
-
-
-def trainer_case(case_id: str):
-    for c in TRAINER_GRID + EVAL_GRID:
-        if c.id == case_id:
-            return c
-    raise KeyError(case_id)
-
-
-def run_trainer_case(case) -> dict:
-    """Trace one trainer case and estimate it (the dict `grid.run_case` returns)."""
-    import time
-
-    from vramplan.api import estimate
-    from vramplan.measure.grid import PHASE_KEYS, error_pct
-    from vramplan.models import preset_config, resolve_model
-    from vramplan.plan import make_plan
-
-    plan = make_plan(**case.opts)
-    start = time.perf_counter()
-    step = measure_trainer_step(preset_config(case.model), plan, trace=True)
-    seconds = time.perf_counter() - start
-    est = estimate(resolve_model(case.model), plan)
-    traced = {p: getattr(step, k) for p, k in PHASE_KEYS.items()}
-    traced["peak"] = step.peak_bytes
-    phases = est.traced_phases or est.phases
-    estimated = dict(phases, peak=max(phases.values()))
-    return {
-        "id": case.id, "seconds": round(seconds, 1), "traced": traced, "estimate": estimated,
-        "error_pct": {p: error_pct(estimated[p], traced[p]) for p in traced},
-        "snapshot": [(a.name, a.nbytes) for a in step.peak_snapshot[:12]],
-    }
