@@ -245,7 +245,7 @@ def _release() -> None:
 
 def header(device: str) -> dict:
     """Versions, the GPU and driver, and the CUDA context, measured before any other CUDA call."""
-    from vramplan.calibration import library_versions
+    from vramplan.measure.run import library_versions
 
     info: dict = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}

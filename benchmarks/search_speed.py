@@ -19,8 +19,8 @@ QUESTIONS = [  # model, gpu, objective, gpus
 ]
 COLD = """
 import time
-from vramplan.advice import recommend
-from vramplan.advisor import Request
+from vramplan.recommend import recommend
+from vramplan.search_space import Request
 from vramplan.hardware import resolve_gpu
 from vramplan.models import resolve_model
 r = Request(model=resolve_model({model!r}), gpu=resolve_gpu({gpu!r}), objective={objective!r}, gpus={gpus!r})
@@ -40,8 +40,8 @@ def cold(model: str, gpu: str, objective: str, gpus: int) -> tuple[float, float]
 
 def warm(model: str, gpu: str, objective: str, gpus: int, repeat: int = 3) -> tuple[float, float]:
     """(wall s, CPU s), best of `repeat` searches in this process after a first one."""
-    from vramplan.advice import recommend
-    from vramplan.advisor import Request
+    from vramplan.recommend import recommend
+    from vramplan.search_space import Request
     from vramplan.hardware import resolve_gpu
     from vramplan.models import resolve_model
 

@@ -11,7 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vramplan.calibration import CalibrationStore, calibrate
+from vramplan.measure.run import calibrate
+from vramplan.measure.store import CalibrationStore
 from vramplan.models import spec_from_config
 from vramplan.plan import make_plan
 from vramplan.units import format_bytes

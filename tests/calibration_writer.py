@@ -3,7 +3,8 @@ spawned processes start in a fraction of a second."""
 
 from typing import Any
 
-from vramplan.calibration import CalibrationRecord, CalibrationStore
+from vramplan.measure.records import CalibrationRecord
+from vramplan.measure.store import CalibrationStore
 
 
 def insert_many(path: str, record_json: str, n: int, start: Any) -> None:  # start: a multiprocessing Barrier

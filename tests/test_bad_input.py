@@ -127,7 +127,7 @@ def test_a_minimum_sequence_beyond_the_model_is_an_input_error_not_nothing_fits(
 def test_the_micro_batch_ladder_is_bounded_at_the_largest_effective_batch():
     """The micro-batch ladder is the divisors of the per-GPU batch, found up to its square root (not by trial up
     to the batch): at most 240 of them within --effective-batch's range, so every search stays bounded."""
-    from vramplan.advisor import EFFECTIVE_BATCH_RANGE, Probe, Request, divisors
+    from vramplan.search_space import EFFECTIVE_BATCH_RANGE, Probe, Request, divisors
     from vramplan.hardware import resolve_gpu
 
     assert divisors(720720) == [d for d in range(1, 720721) if 720720 % d == 0]

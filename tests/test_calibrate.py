@@ -15,7 +15,9 @@ import sys
 import pytest
 from calibration_writer import insert_many
 
-from vramplan.calibration import CalibrationRecord, CalibrationStore, Comparison, OutOfMemory, calibrate
+from vramplan.measure.records import CalibrationRecord, Comparison, OutOfMemory
+from vramplan.measure.run import calibrate
+from vramplan.measure.store import CalibrationStore
 from vramplan.cli import main
 from vramplan.plan import make_plan
 

@@ -14,8 +14,9 @@ from functools import cache
 import pytest
 
 from vramplan.api import estimate
-from vramplan.calibration import CalibrationRecord, CalibrationStore, Measured
-from vramplan.calibration_learning import correct
+from vramplan.measure.records import CalibrationRecord, Measured
+from vramplan.measure.store import CalibrationStore
+from vramplan.measure.learning import correct
 from vramplan.cli import main
 from vramplan.hardware import resolve_gpu
 from vramplan.plan import make_plan

@@ -43,7 +43,7 @@ def _trainer(tmp_path, plan, callback, steps=2):
 
 @pytest.mark.slow
 def test_callback_records_a_real_trainer_run_like_the_tracker(tmp_path):
-    from vramplan.calibration import CalibrationStore
+    from vramplan.measure.store import CalibrationStore
     from vramplan.integrations import VramplanCallback
     from vramplan.measure.trainer import measure_step
     from vramplan.plan import make_plan

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from vramplan.advice import recommend
-from vramplan.advisor import Request
+from vramplan.recommend import recommend
+from vramplan.search_space import Request
 from vramplan.api import estimate
 from vramplan.cli import main
 from vramplan.hardware import load_profiles, resolve_gpu

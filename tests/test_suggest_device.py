@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from vramplan.advice import recommend
-from vramplan.advisor import Probe, Request, least_on_card
+from vramplan.recommend import recommend
+from vramplan.search import least_on_card
+from vramplan.search_space import Probe, Request
 from vramplan.api import estimate
 from vramplan.hardware import resolve_gpu
 from vramplan.models import resolve_model
@@ -64,7 +65,7 @@ def test_the_floor_is_below_the_simulated_total(kw):
     """The pruning bound (`device.device_floor_bytes`) never exceeds what the simulation gives."""
     spec, gpu = resolve_model("qwen2.5-0.5b"), resolve_gpu("rtx4090")
     probe = Probe(Request(model=spec, gpu=gpu, gpus=kw.get("gpus", 1)))
-    cand = probe.measure(make_plan(**kw))
+    cand = probe.evaluate(make_plan(**kw))
     assert cand.floor_bytes <= cand.gpu_bytes
     assert cand.device.total_gpu_bytes == estimate(spec, cand.plan, gpu="rtx4090").total_gpu_bytes
 
@@ -73,7 +74,7 @@ def test_least_on_card_is_the_plain_minimum():
     """The branch and bound picks what `min` over every simulated candidate picks."""
     spec, gpu = resolve_model("qwen2.5-0.5b"), resolve_gpu("rtx3060-12gb")
     probe = Probe(Request(model=spec, gpu=gpu))
-    cands = [probe.measure(make_plan(method=m, seq=s, batch=b, grad_ckpt=c))
+    cands = [probe.evaluate(make_plan(method=m, seq=s, batch=b, grad_ckpt=c))
              for m in ("lora", "full") for s in (512, 2048) for b in (1, 4) for c in (False, True)]
     key = (lambda c: (c.gpu_bytes, c.peak_bytes))
     assert least_on_card(cands, lambda c: (c.peak_bytes,)) is min(cands, key=key)

@@ -19,7 +19,7 @@ METHODS = ("full", "lora", "qlora")
 
 def allocator_reserve_bytes(peak_bytes: int) -> int:
     """A quick screen of the caching allocator's reserve for searches that price thousands of plans before
-    estimating the survivors (`vramplan.advisor`): 5% of the peak plus 128 MiB. `estimate(..., gpu=...)` replaces
+    estimating the survivors (`vramplan.search`): 5% of the peak plus 128 MiB. `estimate(..., gpu=...)` replaces
     it with the simulation of the allocator on the step's allocation sequence (`vramplan.device`)."""
     return peak_bytes // 20 + 128 * 2**20
 
@@ -46,8 +46,8 @@ def calibrated(result: MemoryEstimate, store: str | Path | None = None,
                gpu_dirs: Sequence[Path] = ()) -> tuple[MemoryEstimate, str | None]:
     """The estimate with the allocator reserve and CUDA context learnt from the calibration store's CUDA runs on
     its GPU, and one line saying so ("reserve from 7 runs on this GPU"); unchanged (None) without such runs.
-    A correction layer (vramplan.calibration_learning): it never moves the analytic peak."""
-    from vramplan.calibration_learning import apply_calibration
+    A correction layer (vramplan.measure.learning): it never moves the analytic peak."""
+    from vramplan.measure.learning import apply_calibration
 
     return apply_calibration(result, store, gpu_dirs)
 

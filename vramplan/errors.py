@@ -45,6 +45,12 @@ class MeasurementError(VramplanError):
     exit_code = 1
 
 
+class StoreError(VramplanError):
+    """The calibration database cannot be opened, read or written."""
+
+    exit_code = 1
+
+
 def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The `n` choices closest to `word` (case-insensitive), best first."""
     choices = list(choices)

@@ -12,7 +12,7 @@
   forward hook, backward at `on_pre_optimizer_step`, the optimizer at `on_optimizer_step`). On CUDA the
   allocator's statistics (`max_memory_allocated`/`max_memory_reserved`, the device memory in use beyond the
   reserve as the CUDA context, paged optimizer states); elsewhere `vramplan.measure.tracker.MemoryTracker`.
-  The record goes to the calibration store (`vramplan.calibration`) with the plan, the GPU and library versions,
+  The record goes to the calibration store (`vramplan.measure.store`) with the plan, the GPU and library versions,
   where `estimate --gpu`/`check` learn the reserve and context from it.
 - At the end of training: measured vs estimated, per phase.
 
@@ -287,12 +287,14 @@ class _Callback:
 
     def _record(self) -> Any:
         """The calibration record of the measured step (stored unless save=False)."""
-        from vramplan import calibration as cal
+        from vramplan.measure import comparison, records
+        from vramplan.measure.run import library_versions
+        from vramplan.measure.store import CalibrationStore
 
         meter, cuda = self.meter, self.meter.cuda
         phases = {"load": meter.load_bytes, **meter.peaks}
-        components = cal.measured_components(meter.snapshot, max(PHASES, key=lambda p: meter.peaks[p]))
-        measured = cal.Measured(
+        components = comparison.measured_components(meter.snapshot, max(PHASES, key=lambda p: meter.peaks[p]))
+        measured = records.Measured(
             source="cuda_allocator" if cuda else "tracker", phases=phases,
             peak_phase=max(PHASES, key=lambda p: phases[p]), tracked_phases=phases, after_step_bytes=meter.current(),
             trainable_params=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
@@ -301,15 +303,15 @@ class _Callback:
             reserved_phases={"load": 0, **meter.reserved} if cuda else None,
             cuda_context_bytes=_context_bytes(meter) if cuda else None)
         estimate = self.estimate.model_dump(mode="json")
-        by_phase, by_component = cal.compare(estimate, measured)
+        by_phase, by_component = comparison.compare(estimate, measured)
         device = str(self.args.device)
-        record = cal.CalibrationRecord(
+        record = records.CalibrationRecord(
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=self.spec.name,
             plan=self.plan.model_dump(mode="json"), device=device, traced=False, steps=self.steps, status="ok",
-            versions=cal.library_versions(device if cuda else None), estimate=estimate,
-            estimate_basis=cal.estimate_basis(estimate, measured), measured=measured, by_phase=by_phase,
+            versions=library_versions(device if cuda else None), estimate=estimate,
+            estimate_basis=comparison.estimate_basis(estimate, measured), measured=measured, by_phase=by_phase,
             by_component=by_component)
-        return cal.CalibrationStore(self.store).add(record) if self.save else record
+        return CalibrationStore(self.store).add(record) if self.save else record
 
 
 def _gpu_name(device: Any) -> str | None:

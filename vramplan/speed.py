@@ -47,7 +47,7 @@ HOST_OPTIMIZER_BYTES_PER_S = 20e9  # a CPU AdamW streaming states through host D
 DDP_BUCKET_BYTES = 25 * 2**20  # torch DistributedDataParallel(bucket_cap_mb=25)
 DEEPSPEED_BUCKET_NUMEL = 500_000_000  # DeepSpeed zero_optimization.reduce_bucket_size default
 DEFAULT_LINK_BYTES_PER_S = 31_500_000_000  # PCIe 4.0 x16 per direction, for a profile that gives no link rates
-# Kept for callers that print the old assumptions (vramplan.advice); the model no longer uses a fixed MFU: see
+# Kept for callers that print the old assumptions (vramplan.recommend); the model no longer uses a fixed MFU: see
 # StepTime.mfu for the utilisation a plan reaches.
 MFU = 0.40
 DEQUANT_BANDWIDTH_FRACTION = DEQUANT_FRACTION["mid"]

@@ -67,7 +67,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     _require_measure_packages()
     _quiet_libraries()
     from vramplan import report
-    from vramplan.calibration import CalibrationStore, calibrate
+    from vramplan.measure.run import calibrate
+    from vramplan.measure.store import CalibrationStore
     from vramplan.cli import _console, _gpu_dirs, plan_from_args
 
     plan = plan_from_args(args)
@@ -150,7 +151,7 @@ def add_calibrations_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_calibrations(args: argparse.Namespace) -> int:
     from vramplan import report
-    from vramplan.calibration import CalibrationStore
+    from vramplan.measure.store import CalibrationStore
     from vramplan.cli import _console
 
     store = CalibrationStore(args.store)
@@ -190,7 +191,7 @@ def _export(args: argparse.Namespace, records: Sequence[Any]) -> int:
 def _import(args: argparse.Namespace, store: Any) -> int:
     from pathlib import Path
 
-    from vramplan.calibration import read_jsonl
+    from vramplan.measure.store import read_jsonl
     from vramplan.cli import _console
 
     if not args.file:

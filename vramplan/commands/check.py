@@ -69,7 +69,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _calibrated(result: Any, args: argparse.Namespace) -> tuple[Any, str | None]:
-    """With --gpu: the reserve and CUDA context learnt from stored runs on this GPU (vramplan.calibration),
+    """With --gpu: the reserve and CUDA context learnt from stored runs on this GPU (vramplan.measure.store),
     unless --no-calibration."""
     if not args.gpu or args.no_calibration:
         return result, None

@@ -42,7 +42,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     if beyond:  # a warning, not an error: the step runs, the memory is right (stderr keeps --json parseable)
         print(f"vramplan estimate: warning: {beyond}", file=sys.stderr)
     words = None
-    if args.gpu and not args.no_calibration:  # vramplan.calibration_learning: context and reserve of stored runs
+    if args.gpu and not args.no_calibration:  # vramplan.measure.learning: context and reserve of stored runs
         from vramplan.api import calibrated
 
         result, words = calibrated(result, None, gpu_dirs(args))

@@ -328,7 +328,7 @@ _DTYPE_FIELDS = ("param_dtype", "mixed_precision", "compute_dtype")
 
 def method_plan(args: argparse.Namespace, method: str):
     """The shared flags applied to one method (compare); options that do not apply to it are left out."""
-    from vramplan.advisor import LORA_ONLY, QLORA_ONLY
+    from vramplan.search_space import LORA_ONLY, QLORA_ONLY
 
     qlora_only = (*QLORA_ONLY, "quant_storage")
     drop = (*LORA_ONLY, "modules_to_save", *qlora_only) if method == "full" else qlora_only if method == "lora" \

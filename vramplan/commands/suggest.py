@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-OBJECTIVE_CHOICES = ("quality", "speed", "memory")  # vramplan.advisor.OBJECTIVES, kept here so import stays light
+OBJECTIVE_CHOICES = ("quality", "speed", "memory")  # vramplan.search_space.OBJECTIVES, kept here so import stays light
 PLAN_FIELDS = ("param_dtype", "mixed_precision", "quant", "double_quant", "compute_dtype", "kbit_upcast", "rank",
                "alpha", "targets", "lora_dropout", "batch", "grad_accum", "grad_ckpt", "ckpt_reentrant", "attn",
                "optimizer", "sharding", "offload", "quant_storage")
@@ -57,7 +57,7 @@ def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def request_from_args(args: argparse.Namespace):
-    from vramplan.advisor import Request
+    from vramplan.search_space import Request
     from vramplan.cli import _gpu_dirs
     from vramplan.errors import InputError
     from vramplan.hardware import resolve_gpu
@@ -80,16 +80,16 @@ def request_from_args(args: argparse.Namespace):
 
 
 def _stored_runs(gpu) -> tuple:
-    """The calibration store's CUDA runs on this GPU (vramplan.calibration_learning.same_gpu)."""
-    from vramplan.calibration import CalibrationStore
-    from vramplan.calibration_learning import same_gpu
+    """The calibration store's CUDA runs on this GPU (vramplan.measure.learning.same_gpu)."""
+    from vramplan.measure.store import CalibrationStore
+    from vramplan.measure.learning import same_gpu
 
     return tuple(r for r in CalibrationStore(None).records() if same_gpu(r, gpu))
 
 
 def run_suggest(args: argparse.Namespace) -> int:
     from vramplan import report
-    from vramplan.advice import recommend
+    from vramplan.recommend import recommend
     from vramplan.cli import _console
 
     req = request_from_args(args)
@@ -104,7 +104,7 @@ def run_suggest(args: argparse.Namespace) -> int:
     else:
         render_advice(console, advice)
     if req.calibration and advice.plans:  # say where plan 1's reserve and context came from, as estimate does
-        from vramplan.calibration_learning import learn, local_versions
+        from vramplan.measure.learning import learn, local_versions
 
         first = advice.plans[0].estimate
         learned = learn(first, req.calibration, req.gpu, local_versions())
@@ -179,7 +179,7 @@ def _run_words(plan: dict) -> str:
 
 
 def _dist(plan: dict) -> str:
-    from vramplan.advice import dist_words
+    from vramplan.recommend import dist_words
 
     return dist_words(plan["sharding"] or "ddp", plan["offload"])
 
@@ -350,7 +350,7 @@ def render_advice(console: Any, a: Any) -> None:
 def render_nearest(console: Any, a: Any) -> None:
     from rich.table import Table
 
-    from vramplan.advice import GPU_COUNT_CAP
+    from vramplan.recommend import GPU_COUNT_CAP
 
     n, multi = a.nearest, a.gpus > 1
     table = Table(title="Nearest options (leanest plan per method" + (", per GPU" if multi else "") + ")",

@@ -85,7 +85,7 @@ async def api_estimate(request: Request) -> Response:
 
 def suggest_json_for(query: dict[str, str]) -> dict:
     """The `suggest --json` object for these flags (ValueError with the one-line message on bad input)."""
-    from vramplan.advice import recommend
+    from vramplan.recommend import recommend
     from vramplan.commands.suggest import advice_json, request_from_args
 
     args = _parse("suggest", query)

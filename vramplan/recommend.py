@@ -15,7 +15,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from vramplan.advisor import (
+from vramplan.errors import PlanError
+from vramplan.estimator import MemoryEstimate
+from vramplan.hardware import GpuProfile, load_profiles
+from vramplan.plan import TrainingPlan, make_plan
+from vramplan.search import check_pins, least_on_card, search, variants
+from vramplan.search_space import (
     ADAPTERS,
     DIST_CHOICES,
     LORA_ONLY,
@@ -23,18 +28,10 @@ from vramplan.advisor import (
     Candidate,
     Probe,
     Request,
-    check_pins,
-    least_on_card,
     model_max_seq,
-    search,
     seq_ladder,
     takes_bnb_optimizers,
-    variants,
 )
-from vramplan.errors import PlanError
-from vramplan.estimator import MemoryEstimate
-from vramplan.hardware import GpuProfile, load_profiles
-from vramplan.plan import TrainingPlan, make_plan
 from vramplan.speed import DEQUANT_BANDWIDTH_FRACTION
 
 BATCH_CAP = 1024
@@ -84,7 +81,7 @@ class Contrast(_Frozen):
     limits: Limits | None
 
 
-class Option(_Frozen):
+class MethodNeeds(_Frozen):
     """What one method would need when nothing fits."""
 
     method: str
@@ -103,7 +100,7 @@ class Option(_Frozen):
 
 
 class Nearest(_Frozen):
-    options: list[Option]
+    options: list[MethodNeeds]
     shorter_seq: int | None  # the longest sequence below the asked one at which the leanest plan fits
     shorter_seq_method: str | None
 
@@ -122,7 +119,7 @@ class Advice(_Frozen):
     limits: Limits | None
     knobs: list[KnobCost]
     contrast: Contrast | None
-    blockers: list[Option]  # better-quality methods that do not fit, with what they would need
+    blockers: list[MethodNeeds]  # better-quality methods that do not fit, with what they would need
     nearest: Nearest | None
     assumptions: dict[str, Any]
     evaluated: int
@@ -215,7 +212,7 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
     out = []
     for label, change in changes:
         try:
-            alt = probe.measure(replan(p, **change))
+            alt = probe.evaluate(replan(p, **change))
         except PlanError:
             continue
         out.append(KnobCost(knob=label, plan=alt.plan.model_dump(), gpu_bytes_delta=alt.gpu_bytes - best.gpu_bytes,
@@ -243,7 +240,7 @@ def contrast(probe: Probe, best: Candidate) -> Contrast | None:
     bnb = takes_bnb_optimizers(best.plan.parallelism)
     opt = "paged_adamw_8bit" if other == "qlora" and bnb else best.plan.optimizer
     try:
-        alt = probe.measure(replan(best.plan, method=other, optimizer=opt))
+        alt = probe.evaluate(replan(best.plan, method=other, optimizer=opt))
     except PlanError:
         return None
     fits = probe.fits_candidate(alt)
@@ -253,11 +250,11 @@ def contrast(probe: Probe, best: Candidate) -> Contrast | None:
                     limits=solve_limits(probe, alt.plan) if fits else None)
 
 
-def lean(probe: Probe, method: str, seq: int) -> Candidate:
+def leanest_candidate(probe: Probe, method: str, seq: int) -> Candidate:
     """A method's leanest plan at `seq` (smallest adapter, smallest micro-batch), fitting or not."""
     mb = probe.batch_choices()[0]
     adapter = None if method == "full" else ADAPTERS[0]
-    cands = [probe.measure(probe.plan(method, adapter, seq, ck, opt, mb, dist))
+    cands = [probe.evaluate(probe.plan(method, adapter, seq, ck, opt, mb, dist))
              for ck, opt, dist in variants(probe, method)]
     return least_on_card(cands, lambda c: (c.host_bytes, -c.tokens_per_s))
 
@@ -277,7 +274,7 @@ def smallest_gpus(probe: Probe, plan: TrainingPlan) -> list[tuple[GpuProfile, in
         if version is None or (out and g.memory_bytes != out[0][0].memory_bytes):
             continue
         try:
-            cand = probe.measure(version, g)
+            cand = probe.evaluate(version, g)
         except PlanError:  # a plan this card cannot run (hardware.check_runs_on)
             continue
         if probe.on_card(cand, int(g.usable_bytes * (1 - probe.req.headroom))):
@@ -285,7 +282,7 @@ def smallest_gpus(probe: Probe, plan: TrainingPlan) -> list[tuple[GpuProfile, in
     return out
 
 
-def option(probe: Probe, cand: Candidate) -> Option:
+def method_needs(probe: Probe, cand: Candidate) -> MethodNeeds:
     e = cand.estimate
     host_fits = probe.host_fits(cand)
     fits_on = smallest_gpus(probe, cand.plan) if host_fits else []
@@ -293,8 +290,8 @@ def option(probe: Probe, cand: Candidate) -> Option:
     same = [g.slug for g, _, _ in fits_on[1:] if smallest and g.memory_bytes == smallest.memory_bytes]
     offloaded = None
     if cand.plan.gpus == 1 and e.components["optimizer_states"] + e.paged_bytes > 0.05 * cand.gpu_bytes:
-        offloaded = probe.measure(replan(cand.plan, optimizer="sgd")).gpu_bytes
-    return Option(method=cand.plan.method, plan=cand.plan.model_dump(), gpu_bytes=cand.gpu_bytes,
+        offloaded = probe.evaluate(replan(cand.plan, optimizer="sgd")).gpu_bytes
+    return MethodNeeds(method=cand.plan.method, plan=cand.plan.model_dump(), gpu_bytes=cand.gpu_bytes,
                   host_bytes=cand.host_bytes, host_fits=host_fits, weights_bytes=e.phases["load"],
                   smallest_gpu=smallest.slug if smallest else None, same_size_gpus=same,
                   smallest_gpu_bytes=smallest_bytes,
@@ -311,7 +308,7 @@ def fewest_gpus(probe: Probe, plan: TrainingPlan, offload: str) -> int | None:
     def fits(n: int) -> bool:
         sharded = replan(plan, gpus=n, sharding="fsdp", offload=offload, optimizer="adamw_fused",
                          grad_accum=max(1, -(-probe.req.effective_batch // (n * plan.batch))))
-        return probe.on_card(probe.measure(sharded), probe.limit_bytes)
+        return probe.on_card(probe.evaluate(sharded), probe.limit_bytes)
 
     good, bad, n = None, 1, 2
     while n <= GPU_COUNT_CAP:
@@ -329,12 +326,12 @@ def fewest_gpus(probe: Probe, plan: TrainingPlan, offload: str) -> int | None:
 
 def nearest(probe: Probe) -> Nearest:
     seq = seq_ladder(probe.req)[0]
-    leans = [lean(probe, m, seq) for m in probe.methods]
-    leanest = min(leans, key=lambda c: c.gpu_bytes)
+    leanest_per_method = [leanest_candidate(probe, m, seq) for m in probe.methods]
+    leanest = min(leanest_per_method, key=lambda c: c.gpu_bytes)
     shorter = None
     if seq > 1:
         shorter = _largest(probe, lambda s: leanest.plan.model_copy(update={"seq": s}), 1, seq - 1)
-    return Nearest(options=[option(probe, c) for c in leans], shorter_seq=shorter,
+    return Nearest(options=[method_needs(probe, c) for c in leanest_per_method], shorter_seq=shorter,
                    shorter_seq_method=leanest.plan.method if shorter else None)
 
 
@@ -352,10 +349,10 @@ def recommend(req: Request, progress: Callable[[int, int], None] | None = None) 
     check_pins(probe)
     found = search(probe, progress)
     best = found[0] if found else None
-    blockers: list[Option] = []
+    blockers: list[MethodNeeds] = []
     if best is not None and req.objective == "quality":
         tier = {"full": 2, "lora": 1, "qlora": 0}
-        blockers = [option(probe, lean(probe, m, seq_ladder(req)[0])) for m in probe.methods
+        blockers = [method_needs(probe, leanest_candidate(probe, m, seq_ladder(req)[0])) for m in probe.methods
                     if tier[m] > tier[best.plan.method]]
     gpu = req.gpu
     return Advice(

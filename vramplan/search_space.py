@@ -1,4 +1,5 @@
-"""The advisor: search the plan space for the setups that fit a GPU, rank them by an objective, explain them.
+"""The plan space of `vramplan suggest`: the request, its ladders of cells and variants, and the probe that
+builds and evaluates plans (memoised) and says whether they fit a GPU.
 
 The space has two levels. A *cell* is what decides what you train: method, LoRA targets and rank (from a
 ladder of four common adapters), and sequence length (powers of two from `min_seq`, up to 8192 or the model's
@@ -16,24 +17,18 @@ ZeRO-3 and `fsdp_grad_op` are searched only when pinned with --sharding: each ta
 modes above at no less communication. Sharded engines get torch's fused AdamW: bitsandbytes' optimizers do not
 take FSDP2's DTensor parameters, and ZeRO-Offload runs its own CPU Adam. Offloaded bytes must fit the host RAM
 (`host_ram_bytes`, for all GPUs of the machine together).
-
-Search without a grid: memory grows with micro-batch and sequence length, so the largest micro-batch that fits
-is found by bisection, and cells are visited best-first by an optimistic bound (the quality tuple, or the speed
-of the fastest variant ignoring memory) so the search stops once `top` cells beat every bound left. A plan fits
-when its reserved memory, CUDA context and paged optimizer states (which live on the card unless it runs out,
-and then page over PCIe every step) stay within the usable memory less the headroom.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from vramplan.api import estimate, with_device
-from vramplan.errors import InputError, PlanError
+from vramplan.errors import InputError
 from vramplan.estimator import MemoryEstimate
 from vramplan.hardware import GpuProfile, check_runs_on, default_dtypes
 from vramplan.models import ModelSpec
@@ -88,7 +83,7 @@ class Request:
     top: int = 5
     pinned: Mapping[str, Any] = field(default_factory=dict)
     gpu_dirs: tuple = ()  # extra GPU profile folders (--gpu-dir), for the smallest-GPU search
-    # stored CUDA runs on this GPU (vramplan.calibration_learning): they set each candidate's reserve and context
+    # stored CUDA runs on this GPU (vramplan.measure.learning): they set each candidate's reserve and context
     # as `estimate --gpu` does; empty with --no-calibration or an empty store
     calibration: tuple = ()
 
@@ -140,7 +135,7 @@ class Candidate:
         """`estimate(model, plan, gpu=...)`: the allocator simulation, the CUDA context and NCCL added."""
         device = with_device(self.model, self.plan, self.estimate, self.gpu)
         if self.calibration:  # the same correction layer as `estimate --gpu` (api.calibrated)
-            from vramplan.calibration_learning import correct, local_versions
+            from vramplan.measure.learning import correct, local_versions
 
             device, _ = correct(device, self.calibration, self.gpu, local_versions())
         return device
@@ -243,7 +238,7 @@ class Probe:
         opts.update({k: v for k, v in pinned.items() if k not in ("batch", "grad_accum", "seq")})
         return make_plan(**opts)
 
-    def measure(self, plan: TrainingPlan, gpu: GpuProfile | None = None) -> Candidate:
+    def evaluate(self, plan: TrainingPlan, gpu: GpuProfile | None = None) -> Candidate:
         """The plan's candidate on `gpu` (the request's by default), memoised; a plan the GPU cannot run (bf16 or
         flash-attn 2 before Ampere) raises PlanError here, as `estimate(gpu=...)` does."""
         gpu = gpu or self.req.gpu
@@ -259,7 +254,7 @@ class Probe:
         return cand
 
     def fits(self, plan: TrainingPlan) -> bool:
-        return self.fits_candidate(self.measure(plan))
+        return self.fits_candidate(self.evaluate(plan))
 
     def fits_candidate(self, cand: Candidate) -> bool:
         return self.host_fits(cand) and self.on_card(cand, self.limit_bytes)
@@ -309,155 +304,3 @@ class Probe:
                 raise InputError(f"--grad-accum {pinned['grad_accum']} does not divide --effective-batch {b}")
             return [b // pinned["grad_accum"]]
         return divisors(b)
-
-
-# Variants of one cell ---------------------------------------------------------------------------------------
-
-Cell = tuple[str, "tuple[str, int] | None", int]  # (method, adapter, seq)
-
-
-def largest_batch(probe: Probe, build: Callable[[int], TrainingPlan], choices: list[int]) -> int | None:
-    """The largest micro-batch among `choices` (ascending) whose plan fits, by bisection; None if none does."""
-    if not probe.fits(build(choices[0])):
-        return None
-    lo, hi = 0, len(choices) - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if probe.fits(build(choices[mid])):
-            lo = mid
-        else:
-            hi = mid - 1
-    return choices[lo]
-
-
-def variants(probe: Probe, method: str) -> list[tuple[bool, str, tuple[str | None, str]]]:
-    """(checkpointing, optimizer, (sharding, offload)) for a method: every combination the request allows."""
-    return [(ckpt, opt, dist) for dist in probe.dist_choices() for ckpt in probe.ckpt_choices()
-            for opt in probe.optimizer_choices(method, dist)]
-
-
-SPEED_TIE = 0.005  # tokens/s this close are a tie: below what the roofline model can tell apart
-
-
-def _faster(cand: Candidate, best: Candidate) -> bool:
-    """Is `cand` the better variant? More tokens/s; on a tie the simpler engine (earlier in DIST_CHOICES: DDP
-    before DeepSpeed before FSDP, no offload before offload), then less memory."""
-    if abs(cand.tokens_per_s - best.tokens_per_s) > SPEED_TIE * best.tokens_per_s:
-        return cand.tokens_per_s > best.tokens_per_s
-    return (_dist_rank(cand.plan), cand.gpu_bytes) < (_dist_rank(best.plan), best.gpu_bytes)
-
-
-def _dist_rank(plan: TrainingPlan) -> int:
-    pair = (plan.parallelism, plan.offload)
-    return DIST_CHOICES.index(pair) if pair in DIST_CHOICES else len(DIST_CHOICES)
-
-
-def fastest_variant(probe: Probe, cell: Cell) -> Candidate | None:
-    """The fitting (checkpointing, optimizer, sharding, micro-batch) with the most tokens/s (see `_faster`)."""
-    method, adapter, seq = cell
-    best: Candidate | None = None
-    batches = probe.batch_choices()
-    for ckpt, opt, dist in variants(probe, method):
-        def build(b: int, ckpt: bool = ckpt, opt: str = opt, dist: tuple = dist) -> TrainingPlan:
-            return probe.plan(method, adapter, seq, ckpt, opt, b, dist)
-
-        if best and step_time(probe.req.model, build(batches[-1]), probe.req.gpu).tokens_per_s < best.tokens_per_s:
-            continue  # even its largest micro-batch would be slower than what we have
-        mb = largest_batch(probe, build, batches)
-        if mb is not None:
-            cand = probe.measure(build(mb))
-            if best is None or _faster(cand, best):
-                best = cand
-    return best
-
-
-def leanest_variant(probe: Probe, cell: Cell) -> Candidate | None:
-    """The fitting variant with the least memory on the card at the smallest micro-batch; ties go to speed."""
-    method, adapter, seq = cell
-    mb = probe.batch_choices()[0]
-    cands = [probe.measure(probe.plan(method, adapter, seq, ckpt, opt, mb, dist))
-             for ckpt, opt, dist in variants(probe, method)]
-    return least_on_card([c for c in cands if probe.host_fits(c)], lambda c: (c.peak_bytes, -c.tokens_per_s),
-                         probe.limit_bytes)
-
-
-def least_on_card(cands: list[Candidate], tie: Callable[[Candidate], tuple], limit_bytes: int | None = None
-                  ) -> Candidate | None:
-    """The candidate with the least `gpu_bytes` (then `tie`), among those within `limit_bytes` if given. Exact
-    branch and bound: visited by their floor (`Candidate.floor_bytes` <= `gpu_bytes`), a candidate whose floor is
-    above the best simulated total cannot win, nor can any after it, so they are never simulated."""
-    best: Candidate | None = None
-    for c in sorted(cands, key=lambda c: c.floor_bytes):
-        if limit_bytes is not None and c.floor_bytes > limit_bytes:
-            break
-        if best is not None and c.floor_bytes > best.gpu_bytes:
-            break
-        if limit_bytes is not None and c.gpu_bytes > limit_bytes:
-            continue
-        if best is None or (c.gpu_bytes, *tie(c)) < (best.gpu_bytes, *tie(best)):
-            best = c
-    return best
-
-
-# Ranking ----------------------------------------------------------------------------------------------------
-
-
-def adapter_index(probe: Probe, plan: TrainingPlan) -> int:
-    ladder = adapter_ladder(probe.req.pinned)
-    return ladder.index((plan.targets, plan.rank)) if (plan.targets, plan.rank) in ladder else 0
-
-
-def score(probe: Probe, c: Candidate) -> tuple:
-    """Higher is better. quality: method, adapter capacity, sequence, then speed; speed; memory (least first)."""
-    quality = (METHOD_TIER[c.plan.method], adapter_index(probe, c.plan), c.plan.seq)
-    if probe.req.objective == "quality":
-        return (*quality, c.tokens_per_s)
-    if probe.req.objective == "speed":
-        return (c.tokens_per_s, *quality)
-    return (-c.gpu_bytes, -c.peak_bytes, *quality, c.tokens_per_s)
-
-
-def cells(probe: Probe) -> list[Cell]:
-    out: list[Cell] = []
-    for method in probe.methods:
-        adapters: Iterable = adapter_ladder(probe.req.pinned) if method != "full" else [None]
-        out += [(method, a, s) for a in adapters for s in seq_ladder(probe.req)]
-    return out
-
-
-def bound(probe: Probe, cell: Cell) -> tuple:
-    """An optimistic score for a cell, before any estimate: nothing it contains can score higher."""
-    method, adapter, seq = cell
-    tier = (METHOD_TIER[method], adapter_ladder(probe.req.pinned).index(adapter) if adapter else 0, seq)
-    if probe.req.objective == "quality":
-        return (*tier, float("inf"))
-    if probe.req.objective == "speed":
-        fastest = max(step_time(probe.req.model, probe.plan(method, adapter, seq, ck, opt, probe.batch_choices()[-1],
-                                                            dist), probe.req.gpu).tokens_per_s
-                      for ck, opt, dist in variants(probe, method))
-        return (fastest, *tier)
-    return (0,)  # memory: no cheap bound; every cell is evaluated (one micro-batch each)
-
-
-def search(probe: Probe, progress: Callable[[int, int], None] | None = None) -> list[Candidate]:
-    """The best `top` cells, each run by its best variant for the objective, best first."""
-    todo = sorted(((bound(probe, c), c) for c in cells(probe)), key=lambda bc: bc[0], reverse=True)
-    pick = leanest_variant if probe.req.objective == "memory" else fastest_variant
-    found: list[Candidate] = []
-    for i, (best_possible, cell) in enumerate(todo):
-        if progress:
-            progress(i, len(todo))
-        if len(found) >= probe.req.top and best_possible <= score(probe, found[-1]):
-            break
-        cand = pick(probe, cell)
-        if cand is not None:
-            found = sorted([*found, cand], key=lambda c: score(probe, c), reverse=True)[: probe.req.top]
-    if progress:
-        progress(len(todo), len(todo))
-    return found
-
-
-def check_pins(probe: Probe) -> None:
-    """Fail early, on one line, when the pinned flags make no valid plan for any allowed method."""
-    if not probe.methods:
-        raise PlanError("the plan flags given (LoRA-only and QLoRA-only) rule out every method")

@@ -138,8 +138,8 @@ def apply_calibration(estimate: Any, store: str | Path | None = None,
     """`correct` with the records of the calibration store (`store`, else the default one)."""
     if estimate.gpu is None:
         return estimate, None
-    from vramplan.calibration import CalibrationStore
     from vramplan.hardware import resolve_gpu
+    from vramplan.measure.store import CalibrationStore
 
     records = CalibrationStore(store).records()
     if not records:
