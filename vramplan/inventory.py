@@ -52,8 +52,11 @@ class LinearGroup:
 class Inventory:
     """The parameter list of a model plus the aggregates the estimator needs (computed once, cached)."""
 
-    def __init__(self, tensors: list[ParamTensor]):
+    def __init__(self, tensors: list[ParamTensor], buffer_bytes: int = 0):
         self.tensors = tensors
+        # buffers other than the rotary tables (`weights.rotary_buffer_bytes`), in their own dtypes: GPT-BigCode's
+        # [n_positions, n_positions] bool causal mask `transformer.bias` (meta_inventory reads them)
+        self.buffer_bytes = buffer_bytes
 
     @cached_property
     def numel_by_role(self) -> dict[str, int]:

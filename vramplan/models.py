@@ -170,7 +170,7 @@ def spec_from_config(cfg: Mapping[str, Any], name: str, source: str) -> ModelSpe
     )
 
 
-_DERIVED = ("num_key_value_heads", "head_dim", "intermediate_size")
+_DERIVED = ("num_key_value_heads", "head_dim", "intermediate_size", "tie_word_embeddings")
 
 
 def _fallback_shape(cfg: dict[str, Any], source: str) -> dict[str, Any]:

@@ -100,10 +100,13 @@ def attention(tp: Tape, c: Ctx, tr: Traits, x: int, a: int) -> int:
         kn, _ = rmsnorm(tp, c, k, a2, hd if per_head else kv_out, c.kv_heads if per_head else 1)
         tp.drop(k)
         q, k, a2 = qn, kn, qa
-    qr, ra = rotary(tp, c, q, a2, c.heads, a, tr.rotary_factor)
-    tp.drop(q)
-    kr, _ = rotary(tp, c, k, a2, c.kv_heads, a, tr.rotary_factor)
-    tp.drop(k)
+    if tr.rotary_factor > 0:
+        qr, ra = rotary(tp, c, q, a2, c.heads, a, tr.rotary_factor)
+        tp.drop(q)
+        kr, _ = rotary(tp, c, k, a2, c.kv_heads, a, tr.rotary_factor)
+        tp.drop(k)
+    else:  # learned absolute positions (GPT-BigCode): q and k go to attention as the projection made them
+        qr, kr, ra = q, k, a2
     if c.use_cache:
         # DynamicCache.update: `torch.cat` copies of k and v (v in k's dtype: the cache is made with it), held
         # until the model output is dropped; attention runs on the copies. A fused qkv buffer is freed then.

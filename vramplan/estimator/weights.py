@@ -239,6 +239,7 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
                 q_w, q_c = q_w + w, q_c + c
                 quantized_numel += t.numel
     base = (inv.total_numel - quantized_numel) * non_quantized_dtype_bytes(plan) + rotary_buffer_bytes(model)
+    base += inv.buffer_bytes
     if plan.trainable_tokens:  # TrainableTokensLayer.trainable_tokens_original: the original rows, a buffer that
         base += plan.trainable_tokens * model.hidden_size * adapter_bytes(plan)  # peft casts with the adapters
     lora_groups = tuple(groups[n] for n in targets)

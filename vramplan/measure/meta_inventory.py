@@ -29,7 +29,7 @@ from typing import Any
 from vramplan.errors import UnsupportedArchitectureError
 from vramplan.inventory import Inventory, ParamTensor
 
-RECORD_VERSION = 3  # bump when the record's layout or the derivation changes
+RECORD_VERSION = 4  # bump when the record's layout or the derivation changes
 
 
 def cache_dir() -> Path:
@@ -64,7 +64,8 @@ def inventory_from_meta(cfg: Mapping[str, Any]) -> Inventory:
     """The parameter inventory of `cfg`'s transformers class (from the disk record when there is one)."""
     record = meta_record(cfg)
     return Inventory([ParamTensor(name, tuple(shape), role, module, layer)
-                      for name, shape, role, module, layer in record["tensors"]])
+                      for name, shape, role, module, layer in record["tensors"]],
+                     buffer_bytes=int(record.get("buffer_bytes") or 0))
 
 
 def traits_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,7 +126,7 @@ def build_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
     model = _meta_model(cfg)
     record: dict[str, Any] = {"version": RECORD_VERSION, "transformers": _transformers_version(),
                               "model_type": cfg.get("model_type"), "tensors": _tensors(model), "traits": None,
-                              "config": _config_fields(model),
+                              "config": _config_fields(model), "buffer_bytes": _buffer_bytes(model),
                               "aliases": dict(getattr(type(model.config), "attribute_map", {}) or {})}
     try:
         from vramplan.measure.meta_traits import derive_traits
@@ -136,6 +137,15 @@ def build_record(cfg: Mapping[str, Any]) -> dict[str, Any]:
     except UnsupportedArchitectureError as exc:
         record["traits_error"] = str(exc)
     return record
+
+
+def _buffer_bytes(model) -> int:
+    """Bytes of the model's buffers (persistent or not) outside its rotary embeddings, whose `inv_freq` tables
+    `weights.rotary_buffer_bytes` counts (GPT-BigCode's bool causal mask). The meta build is fp32: a floating
+    buffer is counted at 4 bytes, at most what a 16-bit load keeps."""
+    rotary = {n for n, m in model.named_modules() if "rotary" in type(m).__name__.lower()}
+    return sum(b.numel() * b.element_size() for n, b in model.named_buffers()
+               if n.rpartition(".")[0] not in rotary)
 
 
 def _config_fields(model) -> dict[str, Any]:

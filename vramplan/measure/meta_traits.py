@@ -12,7 +12,8 @@ The decoder layer stack is the `nn.ModuleList` as long as `num_hidden_layers` (`
 - the MLP is the child whose class name has "MLP": three linears are gate, up, down (gated); two are fc1, fc2
   (plain) unless the first is twice the second's input (Phi-3's fused gate_up);
 - the activation is the config's (`hidden_act`, `activation_function`, `hidden_activation`), the rotary share
-  the attention's `rotary_ndims` (or `partial_rotary_factor`), the residual dropout the config's
+  the attention's `rotary_ndims` (or `partial_rotary_factor`; 0 for a model with no rotary embedding module:
+  GPT-BigCode's learned positions), the residual dropout the config's
   (`residual_dropout`, `resid_pdrop`, `hidden_dropout`).
 A layer that does not fit these shapes raises UnsupportedArchitectureError, never a silent Llama estimate.
 """
@@ -125,12 +126,16 @@ def derive_traits(model, cfg: Mapping[str, Any]) -> Traits:
     _, mlp = _child(layer, "mlp")
     names = _attention_names(attn, model)
     qk_norm, qk_kind = _qk_norm(attn, model)
-    act = str(_first(cfg, _ACT_FIELDS, "silu"))
+    # the config object's value: the class default where config.json leaves it out (GPT-BigCode's
+    # activation_function defaults to gelu_pytorch_tanh)
+    act = str(_first({f: getattr(mc, f, None) for f in _ACT_FIELDS}, _ACT_FIELDS, "silu"))
     if act not in SINGLE_OP_ACTIVATIONS and act != "gelu_new":
         raise UnsupportedArchitectureError(f"{mc.model_type}: activation '{act}' has no program")
     head_dim = getattr(attn, "head_dim", None) or getattr(attn, "head_size", None) or mc.hidden_size // mc.num_attention_heads
     rot = getattr(attn, "rotary_ndims", None)
     factor = rot / head_dim if rot else float((getattr(mc, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0))
+    if not any("rotary" in type(m).__name__.lower() for m in model.modules()):
+        factor = 0.0  # learned absolute positions (GPT-BigCode `wpe`): no rotary in the attention
     return Traits(
         norm=kind, norm_bias=bias, layout=layout, parallel_norms=len(norms) if layout == "parallel" else 1,
         qk_norm=qk_norm, qk_norm_kind=qk_kind, activation=act, rotary_factor=factor,
