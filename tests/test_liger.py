@@ -67,6 +67,40 @@ def test_chunk_rows_arithmetic(bt, v, h, rows):
     assert chunk_rows(bt, v, h) == rows
 
 
+# Config files ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, text, liger", [
+    ("trl.yml", "model_name_or_path: Qwen/Qwen2.5-1.5B\ndataset_name: x\nuse_liger_kernel: true\n", True),
+    ("trl.yml", "model_name_or_path: Qwen/Qwen2.5-1.5B\ndataset_name: x\nuse_liger_kernel: true\n"
+     "liger_kernel_config: {fused_linear_cross_entropy: false}\n", True),  # what TRL sets itself
+    ("args.json", '{"output_dir": "o", "per_device_train_batch_size": 2, "use_liger_kernel": true}', True),
+    ("ax.yml", "base_model: meta-llama/Llama-3.1-8B\nliger_rope: true\nliger_rms_norm: true\n"
+     "liger_glu_activation: true\nliger_fused_linear_cross_entropy: true\n", True),
+    ("ax.yml", "base_model: meta-llama/Llama-3.1-8B\nliger_rope: true\nliger_rms_norm: true\nliger_swiglu: true\n"
+     "liger_fused_linear_cross_entropy: true\n", True),
+    ("lf.yml", "model_name_or_path: Qwen/Qwen2.5-1.5B\nstage: sft\nfinetuning_type: lora\n"
+     "enable_liger_kernel: true\n", True),
+])
+def test_config_files_map_liger(tmp_path, name, text, liger):
+    from vramplan.configs import read_config
+
+    path = tmp_path / name
+    path.write_text(text)
+    assert read_config(path).plan_options.get("liger") is liger
+
+
+@pytest.mark.parametrize("text", [
+    "base_model: m\nliger_rope: true\nliger_rms_norm: true\nliger_fused_linear_cross_entropy: true\n",
+    "base_model: m\nliger_cross_entropy: true\n",
+])
+def test_a_per_kernel_selection_is_refused(tmp_path, text):
+    from vramplan.configs import ConfigReadError, read_config
+
+    path = tmp_path / "ax.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigReadError, match="liger"):
+        read_config(path)
+
+
 # Liger's own code, at small size ---------------------------------------------------------------------------------
 def _liger_ops():
     torch = pytest.importorskip("torch")

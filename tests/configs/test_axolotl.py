@@ -77,7 +77,7 @@ def test_deepspeed_file_is_followed(read, tmp_path):
     ("adapter: qlora\nload_in_4bit: true\nload_in_8bit: true\n", "load_in_8bit"),
     ("rl: dpo\n", "rl"),
     ("torch_compile: true\n", "torch_compile"),
-    ("liger_fused_linear_cross_entropy: true\n", "liger_fused_linear_cross_entropy"),
+    ("liger_fused_linear_cross_entropy: true\n", "liger_rope"),  # a per-kernel selection (tests/test_liger.py)
     ("gradient_checkpointing: offload\n", "gradient_checkpointing"),
     ("activation_offloading: true\n", "activation_offloading"),
     ("val_set_size: 0.05\nmicro_batch_size: 2\neval_batch_size: 4\n", "eval_batch_size"),

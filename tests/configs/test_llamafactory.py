@@ -65,7 +65,7 @@ def test_full_tuning_upcasts_trainable_weights_to_fp32(read):
 @pytest.mark.parametrize("text, field", [
     ("stage: dpo\n", "stage"), ("finetuning_type: freeze\n", "finetuning_type"),
     ("quantization_bit: 2\n", "quantization_bit"),
-    ("enable_liger_kernel: true\n", "enable_liger_kernel"), ("additional_target: score\n", "additional_target"),
+    ("additional_target: score\n", "additional_target"),
     ("use_unsloth: true\n", "use_unsloth"), ("use_galore: true\n", "use_galore"),
     ("upcast_lmhead_output: true\n", "upcast_lmhead_output"), ("torch_compile: true\n", "torch_compile"),
 ])

@@ -55,7 +55,7 @@ def test_trl_mapped_field(read, text, field, value):
 
 
 @pytest.mark.parametrize("text, field", [
-    ("use_liger_kernel: true\n", "use_liger_kernel"), ("load_in_8bit: true\n", "load_in_8bit"),
+    ("liger_kernel_config: {rope: false}\n", "liger_kernel_config"), ("load_in_8bit: true\n", "load_in_8bit"),
     ("use_peft: true\nload_in_8bit: true\nload_in_4bit: true\n", "load_in_8bit"),
     ("activation_checkpointing_kwargs: {offload: true}\n", "offload"),
     ("beta: 0.1\n", "beta"), ("loss_type: sigmoid\n", "loss_type"),
@@ -164,7 +164,7 @@ def test_training_args_follow_a_deepspeed_file(read, tmp_path):
 
 
 @pytest.mark.parametrize("fields, field", [
-    ('"torch_compile": true', "torch_compile"), ('"use_liger_kernel": true', "use_liger_kernel"),
+    ('"torch_compile": true', "torch_compile"), ('"liger_kernel_config": {"rope": false}', "liger_kernel_config"),
     ('"auto_find_batch_size": true', "auto_find_batch_size"), ('"fsdp": "hybrid_shard"', "hybrid_shard"),
     ('"gradient_checkpointing": true, "gradient_checkpointing_kwargs": {"every_n_layers": 2}', "every_n_layers"),
     ('"optim": "galore_adamw"', "galore_adamw"),

@@ -169,6 +169,9 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
                    "that keeps `outputs`), trl-sft (TRL SFTTrainer: fused LM head, no full logits)")
     g.add_argument("--packing", action="store_const", const=True, default=None,
                    help="trl-sft: SFTConfig packing=True ('bfd', padding-free): one row of batch x seq tokens")
+    g.add_argument("--liger", "--use-liger-kernel", dest="liger", action="store_const", const=True, default=None,
+                   help="Liger kernels (use_liger_kernel): RMSNorm, SwiGLU, RoPE, and outside TRL the fused linear "
+                   "cross-entropy (no logits), for the model types Liger patches")
     g.add_argument("--loss-type", choices=LOSS_TYPES, help="trl-sft loss (SFTConfig.loss_type): nll (default) | dft")
     g.add_argument("--precompute-ref-log-probs", action="store_const", const=True, default=None,
                    help="trl-dpo: reference log-probs computed before training (no reference pass or model)")

@@ -35,13 +35,30 @@ REFUSED = {
     "tiled_mlp": "tiled MLP", "chunked_cross_entropy": "chunked cross-entropy",
     "cut_cross_entropy": "cut cross-entropy", "gptq": "GPTQ weights", "relora": "ReLoRA", "lora_on_cpu": "LoRA on CPU",
     "unsloth_lora_mlp": "unsloth kernels", "unsloth_lora_qkv": "unsloth kernels", "unsloth_lora_o": "unsloth kernels",
-    "liger_rope": "Liger kernels", "liger_rms_norm": "Liger kernels", "liger_glu_activation": "Liger kernels",
-    "liger_swiglu": "Liger kernels", "liger_layer_norm": "Liger kernels", "liger_cross_entropy": "Liger kernels",
-    "liger_fused_linear_cross_entropy": "Liger kernels (fused linear cross-entropy: no full logits)",
+    "liger_layer_norm": "Liger's LayerNorm", "liger_cross_entropy": "Liger's cross-entropy over full logits",
 }
 _OLD_ATTENTION = (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"), ("eager_attention", "eager"),
                   ("flex_attention", "flex_attention"), ("xformers_attention", "xformers"), ("s2_attention", "s2"),
                   ("sage_attention", "sage"))
+
+
+_LIGER = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_fused_linear_cross_entropy")
+
+
+def _liger(reader: FieldReader) -> None:
+    """axolotl's LigerPlugin (integrations/liger) passes each `liger_*` flag to `apply_liger_kernel_to_<type>`;
+    the plan's `liger` is Liger's defaults, which these four together are (`liger_swiglu` is the older name of
+    `liger_glu_activation`). Some on and some off is a per-kernel selection: refused."""
+    swiglu = reader.take("liger_swiglu")
+    on = {k: as_bool(reader, k, reader.take(k, False)) for k in _LIGER}
+    if swiglu is not None and not reader.given("liger_glu_activation"):
+        on["liger_glu_activation"] = as_bool(reader, "liger_swiglu", swiglu)
+    if any(on.values()) and not all(on.values()):
+        off = ", ".join(k for k, v in on.items() if not v)
+        reader.refuse(off.split(", ")[0], f"a per-kernel Liger selection ({off} off; vramplan models Liger's "
+                      "defaults: rope, rms_norm, glu and fused linear cross-entropy together)")
+    if all(on.values()):
+        reader.set("liger", True, "liger_fused_linear_cross_entropy")
 
 
 def looks_like(data: dict) -> bool:
@@ -68,6 +85,7 @@ def read(reader: FieldReader, base: Path) -> None:
     reader.take("sample_packing"), reader.take("pad_to_sequence_len")  # see the module docstring
     _evaluation(reader)
     _checkpointing(reader)
+    _liger(reader)
     reader.set("attn", _attention(reader), "attn_implementation")
     reader.set("optimizer", names.optimizer(reader, "optimizer", reader.take("optimizer", "adamw_torch_fused")),
                "optimizer")

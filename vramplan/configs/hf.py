@@ -28,7 +28,6 @@ from vramplan.configs.fields import (
 REFUSED_TRAINING_ARGS = {
     "torch_compile": "torch.compile changes which activations are kept",
     "torch_compile_backend": "torch.compile", "torch_compile_mode": "torch.compile",
-    "use_liger_kernel": "Liger kernels (fused linear cross-entropy: no full logits)",
     "auto_find_batch_size": "a batch size found by retrying after out-of-memory",
 }
 
@@ -46,6 +45,7 @@ def read_training_args(reader: FieldReader, base: Path, *, checkpointing: bool =
     reader.set("optimizer", names.optimizer(reader, "optim", reader.take("optim", "adamw_torch_fused")), "optim")
     _checkpointing(reader, checkpointing)
     _evaluation(reader)
+    _liger(reader)
     _parallel(reader, base)
     bf16, fp16 = reader.take("bf16"), reader.take("fp16")
     if bf16 is not None and as_bool(reader, "bf16", bf16):
@@ -53,6 +53,18 @@ def read_training_args(reader: FieldReader, base: Path, *, checkpointing: bool =
     if fp16 is not None and as_bool(reader, "fp16", fp16):
         return "fp16"
     return None
+
+
+def _liger(reader: FieldReader) -> None:
+    """`use_liger_kernel`: transformers 5 `Trainer.__init__` -> `apply_liger_kernel(model, liger_kernel_config)`,
+    Liger's defaults for the model type (the plan's `liger`); a config that switches single kernels is refused
+    (TRL's `fused_linear_cross_entropy: false` is its own default, read as given)."""
+    reader.set("liger", as_bool(reader, "use_liger_kernel", reader.take("use_liger_kernel", False)) or None,
+               "use_liger_kernel")
+    config = reader.take("liger_kernel_config")
+    if isinstance(config, dict) and any(v is False and k != "fused_linear_cross_entropy" or v is True and k in (
+            "cross_entropy", "fused_linear_cross_entropy") for k, v in config.items()):
+        reader.refuse("liger_kernel_config", "a per-kernel Liger selection (vramplan models Liger's defaults)")
 
 
 def _checkpointing(reader: FieldReader, default: bool) -> None:

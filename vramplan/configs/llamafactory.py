@@ -27,7 +27,6 @@ from vramplan.configs.hf import read_training_args
 
 REFUSED = {
     "use_unsloth": "unsloth kernels", "use_unsloth_gc": "unsloth's offloaded checkpointing",
-    "enable_liger_kernel": "Liger kernels (fused linear cross-entropy: no full logits)",
     "upcast_layernorm": "fp32 layer norms", "upcast_lmhead_output": "fp32 logits", "shift_attn": "S2-Attn",
     "mixture_of_depths": "mixture of depths", "use_galore": "GaLore", "use_apollo": "APOLLO", "use_badam": "BAdam",
     "use_kt": "KTransformers offload", "train_from_scratch": "training from random weights",
@@ -46,6 +45,9 @@ def read(reader: FieldReader, base: Path) -> None:
     reader.fixed("trainer", "hf", "LLaMA-Factory (CustomSeq2SeqTrainer, an HF Trainer)")
     for key, why in REFUSED.items():
         reader.refuse_if_on(key, why)
+    # LLaMA-Factory model_utils/liger_kernel.py: `apply_liger_kernel_to_<type>` with Liger's defaults when training
+    reader.set("liger", as_bool(reader, "enable_liger_kernel", reader.take("enable_liger_kernel", False)) or None,
+               "enable_liger_kernel")
     stage = reader.take("stage", "sft")
     if stage not in ("sft", "pt"):
         reader.refuse("stage", f"{stage} (vramplan models sft and pt steps)")
