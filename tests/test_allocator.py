@@ -141,8 +141,19 @@ def test_garbage_collection_threshold_frees_cache_early():
 
 
 def test_replay_frees_in_order_or_one_allocation_late():
-    from vramplan.estimator.step_events import replay
+    from vramplan.estimator.replay import replay
 
     events = [("a", 30 * MiB), ("a", -1), ("b", 30 * MiB), ("b", -1), ("c", 30 * MiB)]
     assert replay(events).peak_reserved == 30 * MiB  # each block reused by the next request
     assert replay(events, lag=1).peak_reserved == 60 * MiB  # "a" returns only after "b" is allocated
+
+
+def test_expandable_free_tail_that_max_split_keeps_best_fit_off_is_handed_out_whole():
+    """`try_allocate_expandable_block` maps pages only while the candidate is smaller than the request: a free
+    tail at or above max_split_size, refused by best fit (`get_free_block`) for a small request, is taken as it
+    is, unsplit (`should_split`); nothing is mapped and nothing unmapped."""
+    a = CachingAllocator(AllocatorConfig(expandable_segments=True, max_split_size_bytes=20 * MiB))
+    a.free(a.malloc(30 * MiB))  # two 20 MiB pages; oversize, so not split
+    assert a.reserved == 40 * MiB
+    a.malloc(5 * MiB)
+    assert a.reserved == 40 * MiB and a.allocated == 40 * MiB

@@ -11,7 +11,8 @@ import pytest
 from vramplan.api import estimate
 from vramplan.device import driver_context_bytes, nccl_buffer_bytes, reserve_interval
 from vramplan.estimator.allocator import AllocatorConfig, OutOfMemory
-from vramplan.estimator.step_events import replay, step_events
+from vramplan.estimator.replay import replay
+from vramplan.estimator.step_events import step_events
 from vramplan.hardware import blas_workspace_bytes, resolve_gpu
 from vramplan.models import resolve_model
 from vramplan.plan import make_plan

@@ -103,57 +103,64 @@ def device_floor_bytes(model: ModelSpec, plan: TrainingPlan, peak_bytes: int, pr
             + nccl_buffer_bytes(plan.gpus, profile))
 
 
-_CACHE: dict[tuple, tuple[ModelSpec, tuple[int, int, int]]] = {}
+_CACHE: dict[tuple, tuple[ModelSpec, tuple[int, int, int] | None]] = {}
 
 
 def _simulate(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, workspace: int,
               capacity: int | None) -> tuple[int, int, int] | None:
-    """(reserve in order, reserve with late frees, simulated requested peak), cached per (model, plan); None
-    when the sequence runs out of memory within `capacity`."""
-    key = (id(model), plan, config, workspace, capacity)
+    """(reserve in order, reserve with late frees, simulated requested peak); None when the sequence runs out of
+    memory within `capacity`. Cached per allocation sequence: plans whose GPUs run the same step (data-parallel
+    plans on any number of GPUs, say) share one simulation."""
+    single, shards = _single_gpu_plan(plan), _param_shards(plan)
+    key = (id(model), single, shards, config, workspace, capacity)
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is model:
         return hit[1]
     if len(_CACHE) > 512:
         _CACHE.clear()
     try:
-        result = _run(model, plan, config, workspace, capacity)
+        result = _run(_schedules(model, single, shards, workspace), config, workspace, capacity)
     except OutOfMemory:
         result = None
     _CACHE[key] = (model, result)
     return result
 
 
-_EVENTS: dict[tuple, tuple[ModelSpec, list]] = {}
+_SCHEDULES: dict[tuple, tuple[ModelSpec, tuple[list[int], list[int]]]] = {}
 
 
-def _events(model: ModelSpec, plan: TrainingPlan, workspace: int) -> list:
-    """The step's allocation sequence (the last few kept: a full device replays it a second time, capped)."""
+def _schedules(model: ModelSpec, single: TrainingPlan, shards: int, workspace: int) -> tuple[list[int], list[int]]:
+    """The step's allocation sequence as the allocator sees it, frees in order and one allocation late (the last
+    few kept: a full device replays them a second time, capped)."""
+    from vramplan.estimator.replay import schedule
     from vramplan.estimator.step_events import step_events
 
-    key = (id(model), plan, workspace)
-    hit = _EVENTS.get(key)
+    key = (id(model), single, shards, workspace)
+    hit = _SCHEDULES.get(key)
     if hit is not None and hit[0] is model:
         return hit[1]
-    if len(_EVENTS) > 4:
-        _EVENTS.clear()
-    shards = plan.gpus if plan.parallelism in ("fsdp", "fsdp_grad_op", "zero3") else 1
-    events = [("blas_workspace", workspace), *step_events(model, _single_gpu_plan(plan), shards=shards)]
-    _EVENTS[key] = (model, events)
-    return events
+    if len(_SCHEDULES) > 4:
+        _SCHEDULES.clear()
+    events = [("blas_workspace", workspace), *step_events(model, single, shards=shards)]
+    ops = (schedule(events), schedule(events, lag=1))
+    _SCHEDULES[key] = (model, ops)
+    return ops
 
 
-def _run(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, workspace: int,
+def _run(ops: tuple[list[int], list[int]], config: AllocatorConfig, workspace: int,
          capacity: int | None) -> tuple[int, int, int]:
-    from vramplan.estimator.step_events import replay
+    from vramplan.estimator.replay import replay
 
-    events = _events(model, plan, workspace)
-    exact = replay(events, config, capacity)
-    late = replay(events, config, capacity, lag=1)
+    exact, late = replay(ops[0], config, capacity), replay(ops[1], config, capacity)
     # the reserve beyond the requested peak: rounding, unsplit blocks, cached free blocks, fragmentation
     return (max(0, exact.peak_reserved - exact.peak_requested) + round_size(workspace),
             max(0, late.peak_reserved - late.peak_requested) + round_size(workspace),
             exact.peak_requested)
+
+
+def _param_shards(plan: TrainingPlan) -> int:
+    """How many ways a parameter-sharding engine splits parameters and optimizer states (1: none)."""
+    return plan.gpus if plan.parallelism in ("fsdp", "fsdp_grad_op", "zero3") else 1
 
 
 def _single_gpu_plan(plan: TrainingPlan) -> TrainingPlan:

@@ -76,14 +76,21 @@ class Block:
         self.free, self.prev, self.next, self.requested = True, None, None, 0
 
 
+_ADDR_BITS = 64  # a free-list entry is one int, `size << 64 | addr`: ordered by (size, address) as the C++ set
+_ADDR_MASK = (1 << _ADDR_BITS) - 1
+
+
 class CachingAllocator:
     """One device's allocator. `malloc` returns a handle; `free` takes it back. Stats in bytes, as torch's
-    `memory_stats`: allocated counts whole blocks, requested the callers' sizes, reserved the segments."""
+    `memory_stats`: allocated counts whole blocks, requested the callers' sizes, reserved the segments.
+
+    Each pool's free blocks are one sorted list of `size << 64 | addr` ints (the C++ allocator's `BlockPool`
+    is a set ordered by (stream, size, address)), so a best-fit lookup is one `bisect` on plain ints."""
 
     def __init__(self, config: AllocatorConfig = AllocatorConfig(), capacity_bytes: int | None = None) -> None:
         self.config = config
         self.capacity = capacity_bytes
-        self._free: dict[tuple[int, bool], list[tuple[int, int]]] = {}  # (stream, small) -> sorted (size, addr)
+        self._free: dict[tuple[int, bool], list[int]] = {}  # (stream, small) -> sorted size << 64 | addr
         self._blocks: dict[int, Block] = {}  # address -> block
         self._segments: dict[int, int] = {}  # segment id -> its size
         self._expandable: dict[tuple[int, bool], Block] = {}  # (stream, small) -> tail block of the segment
@@ -96,14 +103,20 @@ class CachingAllocator:
     def malloc(self, nbytes: int, stream: int = 0) -> int:
         size = K_MIN_BLOCK if nbytes < K_MIN_BLOCK else -(-nbytes // K_MIN_BLOCK) * K_MIN_BLOCK  # round_size
         small = size <= K_SMALL_SIZE
-        block = self._get_free_block(size, small, stream) or self._alloc_block(size, small, stream)
-        self._unlist(block)
-        block = self._maybe_split(block, size)
+        block = self._take_free_block(size, small, stream)
+        if block is None:
+            block = self._alloc_block(size, small, stream)
+            self._unlist(block)
+        rest = block.size - size
+        if (rest >= K_MIN_BLOCK if small else rest > K_SMALL_SIZE) and self._may_split(block):
+            self._split(block, size, rest)
         block.free, block.requested = False, nbytes
         self.allocated += block.size
         self.requested += nbytes
-        self.peak_allocated = max(self.peak_allocated, self.allocated)
-        self.peak_requested = max(self.peak_requested, self.requested)
+        if self.allocated > self.peak_allocated:
+            self.peak_allocated = self.allocated
+        if self.requested > self.peak_requested:
+            self.peak_requested = self.requested
         return block.addr
 
     def free(self, handle: int) -> None:
@@ -112,17 +125,36 @@ class CachingAllocator:
         self.allocated -= block.size
         self.requested -= block.requested
         block.free, block.requested = True, 0
-        for other in (block.prev, block.next):
-            if other is not None and other.free:
-                self._unlist(other)
-                block = self._merge(block, other)
+        prev, nxt = block.prev, block.next
+        if prev is not None and prev.free:
+            self._unlist(prev)
+            block = self._merge(prev, block)
+        if nxt is not None and nxt.free:
+            self._unlist(nxt)
+            block = self._merge(block, nxt)
         self._list(block)
+
+    def transient(self, nbytes: int, stream: int = 0) -> None:
+        """`malloc` then at once `free` of the same block. Served by a cached block, the pair leaves the pools as
+        they were (the split remainder merges back: a free block's neighbours are never free, `try_merge_blocks`)
+        and only the peaks move; otherwise it is the two calls."""
+        size = K_MIN_BLOCK if nbytes < K_MIN_BLOCK else -(-nbytes // K_MIN_BLOCK) * K_MIN_BLOCK
+        small = size <= K_SMALL_SIZE
+        found = self._best_fit(size, small, stream)
+        if found is None:
+            self.free(self.malloc(nbytes, stream))
+            return
+        rest = (found >> _ADDR_BITS) - size
+        split = (rest >= K_MIN_BLOCK if small else rest > K_SMALL_SIZE) and self._may_split(
+            self._blocks[found & _ADDR_MASK])
+        self.peak_allocated = max(self.peak_allocated, self.allocated + (size if split else size + rest))
+        self.peak_requested = max(self.peak_requested, self.requested + nbytes)
 
     def empty_cache(self) -> None:
         """`release_cached_blocks`: every entirely free segment goes back to CUDA."""
         for key in list(self._free):
-            for _, addr in list(self._free[key]):
-                block = self._blocks[addr]
+            for entry in list(self._free[key]):
+                block = self._blocks[entry & _ADDR_MASK]
                 if self._expandable.get((block.stream, block.small)) is block:
                     self._unmap_tail(block)
                 elif block.prev is None and block.next is None:
@@ -148,22 +180,32 @@ class CachingAllocator:
             self._expandable[(tail.stream, tail.small)] = tail.prev
 
     # Finding and making blocks ------------------------------------------------------------------------------
-    def _get_free_block(self, size: int, small: bool, stream: int) -> Block | None:
-        """`get_free_block`: best fit within the stream's pool, with the max_split_size limits."""
+    def _best_fit(self, size: int, small: bool, stream: int) -> int | None:
+        """`get_free_block`: the pool entry of the best fit within the stream's pool, with the max_split_size
+        limits; None when no cached block serves the request."""
         pool = self._free.get((stream, small))
         if not pool:
             return None
-        i = bisect.bisect_left(pool, (size, -1))
+        i = bisect.bisect_left(pool, size << _ADDR_BITS)
         if i == len(pool):
             return None
-        found = pool[i][0]
+        found = pool[i]
         limit = self.config.max_split_size_bytes
         if limit is not None:
-            if size < limit <= found:
+            if size < limit <= found >> _ADDR_BITS:
                 return None
-            if size >= limit and found >= size + K_LARGE_BUFFER:
+            if size >= limit and found >> _ADDR_BITS >= size + K_LARGE_BUFFER:
                 return None
-        return self._blocks[pool[i][1]]
+        return found
+
+    def _take_free_block(self, size: int, small: bool, stream: int) -> Block | None:
+        """The best fit, taken out of its pool."""
+        found = self._best_fit(size, small, stream)
+        if found is None:
+            return None
+        pool = self._free[(stream, small)]
+        del pool[bisect.bisect_left(pool, found)]
+        return self._blocks[found & _ADDR_MASK]
 
     def _alloc_block(self, size: int, small: bool, stream: int) -> Block:
         """`alloc_block`, with the free-the-cache-and-retry path of `malloc` when the device is full."""
@@ -192,7 +234,9 @@ class CachingAllocator:
         page = K_SMALL_BUFFER if small else K_LARGE_BUFFER
         tail = self._expandable.get((stream, small))
         have = tail.size if tail is not None and tail.free else 0
-        need = -(-(size - have) // page) * page
+        # a free tail that already holds the request (max_split_size kept best fit off it) is handed out as it
+        # is: `try_allocate_expandable_block` maps pages only while `candidate->size < size`
+        need = max(0, -(-(size - have) // page) * page)
         if not self._room(need):
             self.empty_cache()
             self.retries += 1
@@ -217,14 +261,13 @@ class CachingAllocator:
         self._list(tail)
         return tail
 
-    def _maybe_split(self, block: Block, size: int) -> Block:
-        """`should_split`: keep the remainder as a free block when it is big enough."""
-        rest = block.size - size
-        if rest < K_MIN_BLOCK if block.small else rest <= K_SMALL_SIZE:
-            return block
+    def _may_split(self, block: Block) -> bool:
+        """`should_split`'s max_split_size clause: an oversize large block is handed out whole."""
         limit = self.config.max_split_size_bytes
-        if limit is not None and not block.small and block.size >= limit:
-            return block
+        return limit is None or block.small or block.size < limit
+
+    def _split(self, block: Block, size: int, rest: int) -> None:
+        """`should_split` said yes: the remainder past `size` becomes a free block of the same segment."""
         remainder = Block(block.addr + size, rest, block.seg, block.small, block.stream)
         remainder.prev, remainder.next = block, block.next
         if block.next is not None:
@@ -234,7 +277,6 @@ class CachingAllocator:
         if self._expandable and self._expandable.get((block.stream, block.small)) is block:
             self._expandable[(block.stream, block.small)] = remainder
         self._list(remainder)
-        return block
 
     # Bookkeeping ------------------------------------------------------------------------------------------
     def _merge(self, a: Block, b: Block) -> Block:
@@ -270,8 +312,11 @@ class CachingAllocator:
         self.reserved -= self._segments.pop(block.seg)
 
     def _list(self, block: Block) -> None:
-        bisect.insort(self._free.setdefault((block.stream, block.small), []), (block.size, block.addr))
+        pool = self._free.get((block.stream, block.small))
+        if pool is None:
+            pool = self._free[(block.stream, block.small)] = []
+        bisect.insort(pool, block.size << _ADDR_BITS | block.addr)
 
     def _unlist(self, block: Block) -> None:
         pool = self._free[(block.stream, block.small)]
-        del pool[bisect.bisect_left(pool, (block.size, block.addr))]
+        del pool[bisect.bisect_left(pool, block.size << _ADDR_BITS | block.addr)]

@@ -23,7 +23,6 @@ runs on a second stream here (see `vramplan.device` for the communication pools 
 
 from __future__ import annotations
 
-from vramplan.estimator.allocator import AllocatorConfig, CachingAllocator
 from vramplan.estimator.core import (
     _ctx,
     _optimizer,
@@ -32,7 +31,9 @@ from vramplan.estimator.core import (
     rope_bytes,
     stream_bytes,
 )
-from vramplan.estimator.programs import head
+from vramplan.estimator.layers import decoder_layer
+from vramplan.estimator.losses import loss_head
+from vramplan.estimator.replay import Event
 from vramplan.estimator.tape import Tape
 from vramplan.estimator.weights import (
     non_quantized_dtype_bytes,
@@ -41,35 +42,21 @@ from vramplan.estimator.weights import (
 )
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
+from vramplan.traits import traits_of
 from vramplan.units import DTYPE_BYTES
-
-Event = tuple[object, int]  # (key, nbytes) allocates; (key, -1) frees
 
 
 def _layer_program(model: ModelSpec):
-    """The decoder-layer program the estimator counts with (`core._layer_cost` runs the same one)."""
-    try:  # the per-architecture programs (vramplan.estimator.layers, driven by traits)
-        from vramplan.estimator.layers import decoder_layer
-        from vramplan.traits import traits_of
-    except ImportError:  # before that split: programs.decoder_layer by model_type
-        from vramplan.estimator import programs
-
-        sandwich = model.model_type in ("gemma2", "gemma3_text")
-        return lambda tp, c, x, a: programs.decoder_layer(tp, c, x, a, model.model_type,
-                                                          model.intermediate_size, sandwich)
+    """The decoder-layer program the estimator counts with (`step.layer_cost` runs the same one), as the
+    architecture's traits (`vramplan.traits`) shape it."""
     tr = traits_of(model)
     return lambda tp, c, x, a: decoder_layer(tp, c, tr, x, a, model.intermediate_size)
 
 
 def _head_program(model: ModelSpec, plan: TrainingPlan):
-    """The final norm, LM head and loss of the plan's trainer (`losses.loss_head` where it exists)."""
+    """The final norm, LM head and loss of the plan's trainer (`losses.loss_head`, as `step.head_cost`)."""
     softcap = bool(model.config.get("final_logit_softcapping"))
-    try:
-        from vramplan.estimator.losses import loss_head
-    except ImportError:
-        return lambda tp, c, x, a: head(tp, c, x, a, softcap)
-    trainer, loss_type = getattr(plan, "trainer", "hf"), getattr(plan, "loss_type", None)
-    return lambda tp, c, x, a: loss_head(tp, c, x, a, softcap, trainer, loss_type)
+    return lambda tp, c, x, a: loss_head(tp, c, x, a, softcap, plan.trainer, plan.loss_type)
 
 
 def load_events(model: ModelSpec, plan: TrainingPlan, shards: int = 1) -> list[Event]:
@@ -138,36 +125,49 @@ def _backward(tp: Tape, model: ModelSpec, plan: TrainingPlan, c, loss: int, inpu
 
 def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2, shards: int = 1) -> list[Event]:
     """Load, then `steps` training steps (step 2 is the steady state `max_memory_reserved` is read on).
-    `shards`: parameters and optimizer states sharded that many ways (the step itself is one GPU's)."""
+    `shards`: parameters and optimizer states sharded that many ways (the step itself is one GPU's).
+    Every step runs the same program on a fresh tape, so one step is recorded and repeated under each step's
+    own names (`(step, key)`); only the first step creates the optimizer states (`_init_group`)."""
     ev = load_events(model, plan, shards)
+    st = static_memory(model, plan)
+    opt = _optimizer(st, plan)
+    body, tail = _one_step(model, plan)
+    total = sum(st.trainable_numels) or 1
+    for step in range(steps):
+        ev += [((step, k), n) for k, n in body]
+        if step == 0:
+            ev += [(("state", i), -(-opt.states_bytes * n // (total * shards))) for i, n in
+                   enumerate(st.trainable_numels) if opt.states_bytes]
+        ev += [((step, k), n) for k, n in tail]
+    return ev
+
+
+def _one_step(model: ModelSpec, plan: TrainingPlan) -> tuple[list[Event], list[Event]]:
+    """One step's sequence: (the batch, forward and backward of each micro-batch; then the optimizer's foreach
+    temporaries, `zero_grad` and the batch's release)."""
     st = static_memory(model, plan)
     opt = _optimizer(st, plan)
     c = _ctx(model, plan)
     total = sum(st.trainable_numels) or 1
     x_bytes = c.tokens * c.hidden * stream_bytes(plan)
-    for step in range(steps):
-        start = len(ev)
-        tp = Tape(events=ev)
-        tp._next = 10**9 * (step + 1)  # fresh ids per step
-        data = [tp.new(8 * plan.batch * plan.seq) for _ in range(2 * plan.grad_accum)]
-        for m in range(min(plan.grad_accum, 2)):  # later micro-batches repeat the second one's sequence
-            rope = tp.new(rope_bytes(model, plan)) if rope_bytes(model, plan) else None
-            mask = tp.new(attention_mask_bytes(model, plan)) if attention_mask_bytes(model, plan) else None
-            x = tp.new(x_bytes, embedding_output_requires_grad(plan))
-            loss, inputs = _forward(tp, model, plan, c, x)
-            _backward(tp, model, plan, c, loss, inputs, accumulate=m > 0)
-            if plan.method == "full" and m == 0:  # embedding_dense_backward: the [vocab, hidden] gradient
-                ev.append((("p", "embed", step), c.vocab * c.hidden * DTYPE_BYTES[plan.param_dtype]))
-            ev += [(("g", x), -1)] if embedding_output_requires_grad(plan) else []
-            tp.drop(*[t for t in (rope, mask) if t is not None])
-        if step == 0:
-            ev += [(("state", i), -(-opt.states_bytes * n // (total * shards))) for i, n in
-                   enumerate(st.trainable_numels) if opt.states_bytes]
-        temps = [(("tmp", step, i), opt.step_temp_bytes * n // total) for i, n in enumerate(st.trainable_numels)]
-        ev += [e for e in temps if e[1] > 0] + [(k, -1) for k, n in temps if n > 0]
-        ev += _zero_grad(ev, start)
-        tp.drop(*data)
-    return ev
+    body: list[Event] = []
+    tp = Tape(events=body)
+    data = [tp.new(8 * plan.batch * plan.seq) for _ in range(2 * plan.grad_accum)]
+    for m in range(min(plan.grad_accum, 2)):  # later micro-batches repeat the second one's sequence
+        rope = tp.new(rope_bytes(model, plan)) if rope_bytes(model, plan) else None
+        mask = tp.new(attention_mask_bytes(model, plan)) if attention_mask_bytes(model, plan) else None
+        x = tp.new(x_bytes, embedding_output_requires_grad(plan))
+        loss, inputs = _forward(tp, model, plan, c, x)
+        _backward(tp, model, plan, c, loss, inputs, accumulate=m > 0)
+        if plan.method == "full" and m == 0:  # embedding_dense_backward: the [vocab, hidden] gradient
+            body.append((("p", "embed"), c.vocab * c.hidden * DTYPE_BYTES[plan.param_dtype]))
+        body += [(("g", x), -1)] if embedding_output_requires_grad(plan) else []
+        tp.drop(*[t for t in (rope, mask) if t is not None])
+    temps = [(("tmp", i), opt.step_temp_bytes * n // total) for i, n in enumerate(st.trainable_numels)]
+    tail = [e for e in temps if e[1] > 0] + [(k, -1) for k, n in temps if n > 0] + _zero_grad(body, 0)
+    tp.events = tail
+    tp.drop(*data)
+    return body, tail
 
 
 def _zero_grad(ev: list[Event], start: int) -> list[Event]:
@@ -180,33 +180,3 @@ def _zero_grad(ev: list[Event], start: int) -> list[Event]:
             else:
                 live.pop(key, None)
     return [(k, -1) for k in live]
-
-
-def replay(events: list[Event], config: AllocatorConfig | None = None, capacity_bytes: int | None = None,
-           lag: int = 0) -> CachingAllocator:
-    """Run the events through the allocator. `lag`: each free happens `lag` allocations late (a tensor whose
-    last reference dies a little after the op that last used it: a Python frame, an autograd node's release)."""
-    alloc = CachingAllocator(config or AllocatorConfig(), capacity_bytes)
-    malloc, free = alloc.malloc, alloc.free  # bound once: ~30k events per step on a 7B model
-    handles: dict[object, int] = {}
-    pending: list[object] = []  # freed by the program, not yet returned to the allocator (oldest first)
-    if lag == 0:
-        for key, n in events:
-            if n >= 0:
-                handles[key] = malloc(n)
-            elif key in handles:
-                free(handles.pop(key))
-        return alloc
-    for key, n in events:
-        if n >= 0:
-            handles[key] = malloc(n)
-            if len(pending) >= lag > 0:  # each pending free has now waited `lag` allocations (or more)
-                for k in pending[: len(pending) - lag + 1]:
-                    alloc.free(handles.pop(k))
-                del pending[: len(pending) - lag + 1]
-        elif key in handles:
-            if lag == 0:
-                alloc.free(handles.pop(key))
-            else:
-                pending.append(key)
-    return alloc

@@ -1,0 +1,207 @@
+"""Replaying an allocation sequence through the caching-allocator simulation, fast enough for a search.
+
+`step_events` records a step as `(key, nbytes)` pairs; `schedule` turns them into one int per allocator call
+(the order the allocator sees, with frees delayed by `lag` allocations); `replay` runs that through the
+allocator. With the default `PYTORCH_CUDA_ALLOC_CONF` (what every search prices), the run uses `FlatAllocator`:
+the rules of `allocator.CachingAllocator` (best fit in a size-ordered pool, split, merge with free neighbours,
+new segments of `allocation_size`, empty the cache and retry when the device is full) on plain ints and dicts
+instead of linked `Block` objects. tests/test_allocator_equivalence.py holds it, and the class, byte-identical
+to the simulation as it was before either existed (tests/allocator_reference.py) over many plans.
+
+Why the flat form can drop the links: blocks of one segment tile it, so a block's neighbours are the blocks
+that end where it starts and start where it ends (`free_end`, `free_at`); segments are laid out with a gap, so
+neighbours never cross a segment (the C++ allocator's `prev`/`next` never leave one either); the gap keeps the
+address order, so same-size blocks are still handed out lowest address first (`BlockComparatorSize`).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from dataclasses import dataclass
+
+from vramplan.estimator.allocator import (
+    K_MIN_BLOCK,
+    K_SMALL_SIZE,
+    AllocatorConfig,
+    CachingAllocator,
+    OutOfMemory,
+    allocation_size,
+)
+
+Event = tuple[object, int]  # (key, nbytes) allocates; (key, -1) frees
+TRANSIENT = 1 << 62  # a scheduled op at or above it: allocate and at once free (op - TRANSIENT) bytes
+_BITS = 64  # a pool entry is `size << 64 | addr`: the int order is the (size, address) order
+_MASK = (1 << _BITS) - 1
+_SMALL_POOL = 1 << 60  # address bit of small-pool segments (one address space per pool, order kept in each)
+_GAP = K_MIN_BLOCK  # between segments: a block's neighbour by address is always in its own segment
+
+
+@dataclass(frozen=True)
+class ReplayStats:
+    """What the replay leaves, as torch's `memory_stats` names it (bytes)."""
+
+    peak_reserved: int
+    peak_allocated: int
+    peak_requested: int
+    reserved: int
+    allocated: int
+    requested: int
+    retries: int  # `num_alloc_retries`: allocations that succeeded only after the cache was freed
+
+
+def schedule(events: list[Event], lag: int = 0) -> list[int]:
+    """The events as the allocator sees them, one int each: `n >= 0` allocates n bytes (the k-th such op makes
+    handle k), `~k` frees handle k, `TRANSIENT + n` allocates n bytes and frees them before anything else.
+    `lag`: each free happens `lag` allocations late (a tensor whose last reference dies a little after the op
+    that last used it: a Python frame, an autograd node's release); frees still pending at the end never happen.
+    A free of a key that holds no allocation is dropped."""
+    live: dict[object, int] = {}  # key -> index of its allocation in `ops`
+    ops: list[int] = []
+    pending: list[int] = []
+    for key, n in events:
+        if n >= 0:
+            live[key] = len(ops)
+            ops.append(n)
+            if len(pending) >= lag > 0:  # each pending free has now waited `lag` allocations (or more)
+                due = len(pending) - lag + 1
+                ops += pending[:due]
+                del pending[:due]
+            continue
+        at = live.pop(key, None)
+        if at is None:
+            continue
+        if lag == 0 and at == len(ops) - 1:
+            ops[at] += TRANSIENT
+        else:
+            (pending if lag else ops).append(~at)
+    handle_of: dict[int, int] = {}  # frees name their allocation's index in `ops` until here: make them handles
+    for i, op in enumerate(ops):
+        if op < 0:
+            ops[i] = ~handle_of[~op]
+        elif op < TRANSIENT:
+            handle_of[i] = len(handle_of)
+    return ops
+
+
+def replay(events: list[Event] | list[int], config: AllocatorConfig | None = None,
+           capacity_bytes: int | None = None, lag: int = 0) -> ReplayStats:
+    """Run the events (or their `schedule`, which `lag` then does not change) through the allocator."""
+    ops = events if not events or isinstance(events[0], int) else schedule(events, lag)
+    config = config or AllocatorConfig()
+    alloc = FlatAllocator(capacity_bytes) if config == AllocatorConfig() else CachingAllocator(config, capacity_bytes)
+    malloc, free, transient = alloc.malloc, alloc.free, alloc.transient  # bound once: ~70k ops on a 7B model
+    handles: list[int] = []
+    add = handles.append
+    for op in ops:
+        if op < 0:
+            free(handles[~op])
+        elif op < TRANSIENT:
+            add(malloc(op))
+        else:
+            transient(op - TRANSIENT)
+    return ReplayStats(peak_reserved=alloc.peak_reserved, peak_allocated=alloc.peak_allocated,
+                       peak_requested=alloc.peak_requested, reserved=alloc.reserved, allocated=alloc.allocated,
+                       requested=alloc.requested, retries=alloc.retries)
+
+
+class FlatAllocator:
+    """`CachingAllocator` with the default configuration on one stream, blocks as ints (see the module docstring).
+    Handles are block addresses; `free` needs no size: the allocated block's size and request are kept by it."""
+
+    def __init__(self, capacity_bytes: int | None = None) -> None:
+        self.capacity = capacity_bytes
+        self._pools: tuple[list[int], list[int]] = ([], [])  # [large, small]: sorted size << 64 | addr
+        self._free_at: dict[int, int] = {}  # free block start -> size
+        self._free_end: dict[int, int] = {}  # free block end -> start
+        self._used: dict[int, tuple[int, int]] = {}  # allocated block start -> (size, requested bytes)
+        self._segments: dict[int, int] = {}  # segment start -> size
+        self._next = 0
+        self.allocated = self.requested = self.reserved = 0
+        self.peak_allocated = self.peak_requested = self.peak_reserved = 0
+        self.retries = 0
+
+    def malloc(self, nbytes: int) -> int:
+        """`malloc`: best fit from the pool (`get_free_block`) or a new segment (`alloc_block`), then split."""
+        size = K_MIN_BLOCK if nbytes < K_MIN_BLOCK else -(-nbytes // K_MIN_BLOCK) * K_MIN_BLOCK  # round_size
+        small = size <= K_SMALL_SIZE
+        pool = self._pools[small]
+        i = bisect_left(pool, size << _BITS)
+        if i < len(pool):
+            entry = pool.pop(i)
+            addr, block = entry & _MASK, entry >> _BITS
+            del self._free_at[addr], self._free_end[addr + block]
+        else:
+            addr, block = self._new_segment(size, small)
+        rest = block - size
+        if rest >= K_MIN_BLOCK if small else rest > K_SMALL_SIZE:  # `should_split`
+            tail = addr + size
+            self._free_at[tail], self._free_end[tail + rest] = rest, tail
+            insort(pool, rest << _BITS | tail)
+            block = size
+        self._used[addr] = (block, nbytes)
+        self.allocated += block
+        self.requested += nbytes
+        if self.allocated > self.peak_allocated:
+            self.peak_allocated = self.allocated
+        if self.requested > self.peak_requested:
+            self.peak_requested = self.requested
+        return addr
+
+    def free(self, addr: int) -> None:
+        """`free_block` with `try_merge_blocks`: coalesce with a free block ending here and one starting after."""
+        block, nbytes = self._used.pop(addr)
+        self.allocated -= block
+        self.requested -= nbytes
+        pool = self._pools[addr >= _SMALL_POOL]
+        start, end = addr, addr + block
+        prev = self._free_end.pop(start, None)
+        if prev is not None:
+            del pool[bisect_left(pool, self._free_at.pop(prev) << _BITS | prev)]
+            start = prev
+        after = self._free_at.pop(end, None)
+        if after is not None:
+            del self._free_end[end + after]
+            del pool[bisect_left(pool, after << _BITS | end)]
+            end += after
+        self._free_at[start], self._free_end[end] = end - start, start
+        insort(pool, (end - start) << _BITS | start)
+
+    def transient(self, nbytes: int) -> None:
+        """`malloc` then `free` of the same block: served from the cache, the pools end as they were (the split
+        remainder merges back) and only the peaks move."""
+        size = K_MIN_BLOCK if nbytes < K_MIN_BLOCK else -(-nbytes // K_MIN_BLOCK) * K_MIN_BLOCK
+        small = size <= K_SMALL_SIZE
+        pool = self._pools[small]
+        i = bisect_left(pool, size << _BITS)
+        if i == len(pool):
+            self.free(self.malloc(nbytes))
+            return
+        rest = (pool[i] >> _BITS) - size
+        split = rest >= K_MIN_BLOCK if small else rest > K_SMALL_SIZE
+        self.peak_allocated = max(self.peak_allocated, self.allocated + (size if split else size + rest))
+        self.peak_requested = max(self.peak_requested, self.requested + nbytes)
+
+    def _new_segment(self, size: int, small: bool) -> tuple[int, int]:
+        """`alloc_block`: cudaMalloc `allocation_size`; a full device frees the cache and retries once."""
+        seg = allocation_size(size)
+        if self.capacity is not None and self.reserved + seg > self.capacity:
+            self._empty_cache()
+            self.retries += 1
+            if self.reserved + seg > self.capacity:
+                raise OutOfMemory(f"{size} bytes: {self.allocated} allocated, {self.reserved} reserved")
+        addr = self._next | (_SMALL_POOL if small else 0)
+        self._next += seg + _GAP
+        self._segments[addr] = seg
+        self.reserved += seg
+        if self.reserved > self.peak_reserved:
+            self.peak_reserved = self.reserved
+        return addr, seg
+
+    def _empty_cache(self) -> None:
+        """`release_cached_blocks`: every entirely free segment goes back to CUDA."""
+        for pool in self._pools:
+            for entry in [e for e in pool if self._segments.get(e & _MASK) == e >> _BITS]:
+                addr = entry & _MASK
+                del pool[bisect_left(pool, entry)]
+                del self._free_at[addr], self._free_end[addr + (entry >> _BITS)], self._segments[addr]
+                self.reserved -= entry >> _BITS
