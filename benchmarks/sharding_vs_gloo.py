@@ -11,9 +11,9 @@ import sys
 import time
 
 from vramplan.estimator import estimate_memory
-from vramplan.estimator.core import estimate_memory as single_gpu_estimate
-from vramplan.estimator.sharding import compose, price_torch
-from vramplan.estimator.timeline import step_moments
+from vramplan.estimator.engines import per_gpu_estimate
+from vramplan.estimator.engines.ddp_fsdp import reprice_torch
+from vramplan.estimator.single_gpu import estimate_step
 from vramplan.measure.distributed import measure_distributed
 from vramplan.models import spec_from_config
 from vramplan.plan import make_plan
@@ -38,9 +38,9 @@ def plan_for(method: str, **options):
 def estimate_rank(spec, plan, rank: int):
     if plan.parallelism != "zero1":
         return estimate_memory(spec, plan)
-    moments = step_moments(spec, plan)  # torch's ZeRO-1 (ZeroRedundancyOptimizer): ranks differ
-    return compose(spec, plan, single_gpu_estimate(spec, plan), moments,
-                   *price_torch(spec, plan, moments, engine="ddp_zero_redundancy", rank=rank))
+    single = estimate_step(spec, plan)  # torch's ZeRO-1 (ZeroRedundancyOptimizer): ranks differ
+    return per_gpu_estimate(plan, single, reprice_torch(spec, plan, single.moments, engine="ddp_zero_redundancy",
+                                                         rank=rank))
 
 
 def main() -> int:

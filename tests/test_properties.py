@@ -59,7 +59,7 @@ def _peak(spec, opts):
 def _grown(opts):
     """Every single-knob change of `opts` that asks for more."""
     out = [("seq", {**opts, "seq": opts["seq"] * 2}), ("batch", {**opts, "batch": opts["batch"] + 1})]
-    if opts["grad_ckpt"] and opts["sharding"] not in FSDP:  # FSDP: see the xfail test below
+    if opts["grad_ckpt"] and opts["sharding"] not in FSDP:  # FSDP: see test_fsdp_checkpointing_holds_...
         out.append(("checkpointing off", {**opts, "grad_ckpt": False}))
     if opts["method"] != "full":
         out.append(("rank", {**opts, "rank": opts["rank"] * 4}))
@@ -92,11 +92,18 @@ def test_fsdp_adafactor_larger_rank_does_not_lower_the_peak(specs):
     assert peaks[0] <= peaks[1] and peaks[2] <= peaks[3]
 
 
-@pytest.mark.xfail(strict=True, reason="known: FSDP re-prices core's backward peak with a drift term (core minus "
-                   "timeline.py) that checkpointing makes non-zero; it is added at the end-of-backward moment, where "
-                   "the recompute it stands for no longer exists (sharding.compose / timeline.py)")
-def test_fsdp_checkpointing_off_does_not_lower_the_peak():
+def test_fsdp_checkpointing_holds_layer_0s_input_through_its_backward():
+    """Not a violation: checkpointing on costs one layer input more than off at layer 0's backward, and under FSDP
+    that is where the peak is when activations are small (seq 128, full fine-tuning, one GPU).
+
+    torch's non-reentrant checkpoint keeps the layer's input (the recompute's argument) until the layer's
+    backward has run; without checkpointing nothing keeps that 16-bit input (the first RMSNorm saves its fp32
+    upcast, the residual add saves nothing), so layer 0's backward holds the same recomputed saved tensors minus
+    that input. On one GPU the embedding's dense gradient, after layer 0, is the larger moment and hides it;
+    under FSDP layer 0's moment also holds its unsharded unit and layer 1's reduce-scatter input, so it is the
+    peak, and checkpointing lifts it by exactly one input (batch x seq x hidden x 2 bytes). Both plans of the
+    property test above grow nothing else, so FSDP is left out of its checkpointing knob."""
     spec = resolve_model("phi3-mini")
     peaks = [estimate_memory(spec, make_plan(method="full", sharding="fsdp", gpus=1, optimizer="adamw_fused", seq=128,
                                              grad_ckpt=ckpt)).peak_bytes for ckpt in (True, False)]
-    assert peaks[1] >= peaks[0]
+    assert peaks[0] - peaks[1] == 128 * spec.hidden_size * 2

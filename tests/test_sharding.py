@@ -1,4 +1,4 @@
-"""The per-GPU estimator (estimator/sharding.py, partition.py, timeline.py, deepspeed.py) without torch.
+"""The per-GPU estimator (estimator/engines/, partition.py; the step's moments in step.py) without torch.
 
 Real runs of the torch engines are in tests/distributed/; here: the plan rules, the arithmetic each engine's
 docstring states (pinned by hand), and the identities that tie the per-GPU estimate to the single-GPU one.
@@ -13,10 +13,10 @@ import pytest
 from vramplan.cli import main
 from vramplan.errors import PlanError
 from vramplan.estimator import estimate_memory
-from vramplan.estimator.core import estimate_memory as single_gpu_estimate
 from vramplan.estimator.partition import build_units
-from vramplan.estimator.sharding import _drift
-from vramplan.estimator.timeline import step_moments
+from vramplan.estimator.single_gpu import estimate_single_gpu as single_gpu_estimate
+from vramplan.estimator.single_gpu import estimate_step
+from vramplan.estimator.step_tensors import batch_bytes
 from vramplan.estimator.weights import static_memory
 from vramplan.models import presets, resolve_model, spec_from_config
 from vramplan.plan import make_plan
@@ -74,17 +74,20 @@ def test_one_gpu_estimates_are_cores_untouched(name, method):
 # The moments ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])
-@pytest.mark.parametrize("grad_ckpt", [True, False])
-def test_timeline_recomputes_cores_phase_peaks(method, grad_ckpt):
-    """timeline.py recomputes core's moments; sharding.py only uses differences between them and adds core's
-    phase peak back, so this bounds how far the two may drift (today: terms core adds to every moment of a
-    phase, like the rotary tables and the batch, well under 1%)."""
+@pytest.mark.parametrize("options", [dict(grad_ckpt=True), dict(grad_ckpt=False), dict(grad_accum=4)])
+def test_every_moment_splits_into_gradients_and_activations(method, options):
+    """The engines keep a moment's activations and re-price its gradients, so the split must be physical: no
+    part negative, no more gradient than the trainable parameters have (plus lm_head's second gradient while a
+    tied embedding waits for its own), and after backward only the batch outlives the step's activations."""
     for name in presets():
         model = resolve_model(name)
-        plan = make_plan(method=method, grad_ckpt=grad_ckpt)
-        single = single_gpu_estimate(model, plan)
-        drift = _drift(model, plan, single, step_moments(model, plan))
-        assert all(abs(v) <= 0.01 * single.phases[k] for k, v in drift.items()), (name, drift)
+        plan = make_plan(method=method, **options)
+        st = static_memory(model, plan)
+        tied = model.vocab_size * model.hidden_size * 2 if model.tied_embeddings and method == "full" else 0
+        for m in estimate_step(model, plan).moments:
+            assert m.activations >= 0 and 0 <= m.gradients <= st.trainable_bytes + tied, (name, m)
+            if m.phase == "optimizer":
+                assert m.activations == batch_bytes(plan), (name, m)
 
 
 # Units and shards -------------------------------------------------------------------------------------------

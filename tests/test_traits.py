@@ -20,8 +20,9 @@ from vramplan.measure.meta_traits import traits_from_meta
 # a dense preset per native architecture (MoE blocks have no dense MLP to read)
 NATIVE_PRESETS = {"llama": "llama3.2-1b", "qwen2": "qwen2.5-0.5b", "qwen3": "qwen3-0.6b", "gemma2": "gemma2-2b",
                   "phi3": "phi3-mini", "mistral": "mistral-7b"}
-# what the module tree cannot show: GemmaRMSNorm's (1 + weight) is in its forward, not its type
-NOT_STRUCTURAL = ("native", "gemma_norm")
+# what the module tree cannot show: GemmaRMSNorm's (1 + weight) is in its forward, not its type; the attention
+# dispatch (`_supports_sdpa`, a window on every layer, the eager masks) and the MoE config keys are class/config facts
+NOT_STRUCTURAL = ("native", "gemma_norm", "sdpa", "sliding_window_every_layer", "attention_mask_kinds", "moe")
 
 
 def _small(cfg: dict) -> dict:

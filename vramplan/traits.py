@@ -35,6 +35,23 @@ SINGLE_OP_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "relu", "
 
 
 @dataclass(frozen=True)
+class MoELayout:
+    """Where a sparse MoE block's sizes live in the config, and how it routes (read by `estimator/context.py`).
+
+    The inventory decides which layers are sparse (`inventory._is_moe_layer`: Qwen's `decoder_sparse_step` and
+    `mlp_only_layers`); the layer replay assumes every layer is, as in every released config."""
+
+    experts_key: str  # the expert count: Mixtral `num_local_experts`, Qwen `num_experts`
+    inter_key: str  # one expert's intermediate size: Mixtral `intermediate_size`, Qwen `moe_intermediate_size`
+    shared_inter_key: str = ""  # Qwen2-MoE's shared expert (`shared_expert_intermediate_size`)
+    fp32_routing_weights: bool = False  # Mixtral keeps the top-k routing weights fp32; Qwen casts them back
+
+
+MIXTRAL_MOE = MoELayout("num_local_experts", "intermediate_size", fp32_routing_weights=True)
+QWEN_MOE = MoELayout("num_experts", "moe_intermediate_size", "shared_expert_intermediate_size")
+
+
+@dataclass(frozen=True)
 class Traits:
     """What a decoder layer is made of. Hashable: the layer cost cache keys on it."""
 
@@ -63,6 +80,11 @@ class Traits:
     down: str = "down_proj"
     layers_path: str = "model.layers"
     native: bool = True
+    moe: MoELayout | None = None  # sparse MoE blocks (None: a dense MLP)
+    sdpa: bool = True  # the class has an sdpa path (`_supports_sdpa`; Gemma 2: False, sdpa cannot softcap)
+    sliding_window_every_layer: bool = False  # every layer attends within `sliding_window` (Mistral, Phi-3)
+    # model-level masks eager attention builds when the config has no `layer_types` (Gemma 2/3: sliding + full)
+    attention_mask_kinds: int = 1
 
     @property
     def attention_names(self) -> tuple[str, ...]:
@@ -79,16 +101,18 @@ _LLAMA = Traits()
 _GEMMA = Traits(gemma_norm=True, activation="gelu_pytorch_tanh")
 NATIVE_TRAITS: dict[str, Traits] = {
     "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "mixtral": _LLAMA,
+    "mistral": Traits(sliding_window_every_layer=True),
+    "mixtral": Traits(sliding_window_every_layer=True, moe=MIXTRAL_MOE),
     "qwen2": _LLAMA,
-    "qwen2_moe": _LLAMA,
+    "qwen2_moe": Traits(moe=QWEN_MOE),
     "qwen3": Traits(qk_norm="head"),
-    "qwen3_moe": Traits(qk_norm="head"),
+    "qwen3_moe": Traits(qk_norm="head", moe=QWEN_MOE),
     "gemma": _GEMMA,
-    "gemma2": Traits(gemma_norm=True, layout="sandwich", activation="gelu_pytorch_tanh"),
-    "gemma3_text": Traits(gemma_norm=True, layout="sandwich", qk_norm="head", activation="gelu_pytorch_tanh"),
-    "phi3": Traits(fused_qkv=True, fused_gate_up=True),
+    "gemma2": Traits(gemma_norm=True, layout="sandwich", activation="gelu_pytorch_tanh", sdpa=False,
+                     attention_mask_kinds=2),
+    "gemma3_text": Traits(gemma_norm=True, layout="sandwich", qk_norm="head", activation="gelu_pytorch_tanh",
+                          attention_mask_kinds=2),
+    "phi3": Traits(fused_qkv=True, fused_gate_up=True, sliding_window_every_layer=True),
 }
 
 

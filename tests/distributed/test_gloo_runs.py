@@ -24,9 +24,10 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from vramplan.estimator import estimate_memory  # noqa: E402
-from vramplan.estimator.core import estimate_memory as single_gpu_estimate  # noqa: E402
-from vramplan.estimator.sharding import compose, price_torch  # noqa: E402
-from vramplan.estimator.timeline import step_moments  # noqa: E402
+from vramplan.estimator.engines import per_gpu_estimate  # noqa: E402
+from vramplan.estimator.engines.ddp_fsdp import reprice_torch  # noqa: E402
+from vramplan.estimator.single_gpu import estimate_single_gpu as single_gpu_estimate  # noqa: E402
+from vramplan.estimator.single_gpu import estimate_step  # noqa: E402
 from vramplan.measure.distributed import measure_distributed  # noqa: E402
 from vramplan.measure.trainer import measure_step  # noqa: E402
 from vramplan.models import spec_from_config  # noqa: E402
@@ -58,9 +59,9 @@ def _estimate(spec, plan, rank: int):
     """The estimator's numbers for one rank; zero1 is checked as torch runs it (ZeroRedundancyOptimizer)."""
     if plan.parallelism != "zero1":
         return estimate_memory(spec, plan)
-    moments = step_moments(spec, plan)
-    return compose(spec, plan, single_gpu_estimate(spec, plan), moments,
-                   *price_torch(spec, plan, moments, engine="ddp_zero_redundancy", rank=rank))
+    single = estimate_step(spec, plan)
+    return per_gpu_estimate(plan, single, reprice_torch(spec, plan, single.moments, engine="ddp_zero_redundancy",
+                                                         rank=rank))
 
 
 def _check(config: dict, world: int, cases: list[tuple[str, str]]) -> None:

@@ -29,10 +29,10 @@ tests/test_sharding.py pins the stage arithmetic. A one-off run of DeepSpeed 0.1
 
 from __future__ import annotations
 
+from vramplan.estimator.engines.pricing import Priced, Repriced, Static, weight_components
 from vramplan.estimator.optimizer import optimizer_memory
 from vramplan.estimator.partition import build_units
-from vramplan.estimator.sharding import Priced, Static, _weights
-from vramplan.estimator.timeline import Moment
+from vramplan.estimator.step import Moment
 from vramplan.estimator.weights import static_memory
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
@@ -42,8 +42,8 @@ MAX_LIVE_PARAMETERS = 10**9  # stage3_max_live_parameters (DeepSpeed default, al
 MASTER_BYTES = 4
 
 
-def price(model: ModelSpec, plan: TrainingPlan, moments: list[Moment]) -> tuple[Static, list[Priced], Priced]:
-    """(static, priced forward/backward moments, priced optimizer step) of a ZeRO stage."""
+def reprice_zero(model: ModelSpec, plan: TrainingPlan, moments: tuple[Moment, ...]) -> Repriced:
+    """The step's moments re-priced for a ZeRO stage."""
     stage = int(plan.parallelism[-1])
     st = static_memory(model, plan)
     units = build_units(model, plan)
@@ -59,7 +59,7 @@ def price(model: ModelSpec, plan: TrainingPlan, moments: list[Moment]) -> tuple[
     opt = optimizer_memory(plan, (part,), MASTER_BYTES)
     bucket = min(h * h, numel) * g
     host_opt = plan.offload in ("optimizer", "params")
-    weights = _weights(st)
+    weights = weight_components(st)
     weights["lora_adapters"] = weights["lora_adapters"] * adapter_scale[0] // adapter_scale[1]
     gathered = 0
     persistent = 0
@@ -85,17 +85,21 @@ def price(model: ModelSpec, plan: TrainingPlan, moments: list[Moment]) -> tuple[
     static = Static(weights, 0 if host_opt else opt.states_bytes, 0 if host_opt else master, persistent, host,
                     states_at_init=False)
     held = part * g if stage == 2 and plan.grad_accum > 1 else 0  # the partition holds earlier micro-batches
-    priced = [_moment(m, static, stage, part * g, bucket, gathered, held) for m in moments]
-    if stage == 1:  # after autograd: every full gradient, the partition being averaged into, the bucket
+    step = [m for m in moments if m.phase == "optimizer"][0]
+    priced = [_moment(m, static, stage, part * g, bucket, gathered, held) for m in moments if m is not step]
+    if stage == 1:  # after autograd: every full gradient, the partition being averaged into, the bucket; what
+        # outlives backward (the batch, a loop's outputs: the optimizer moment's activations) is still there
         priced.append(Priced("backward", {**static.parts(), "gradients": numel * g + part * g,
-                                          "comm_buffers": bucket}))
-    return static, priced, _step(static, stage, part, g, opt.step_temp_bytes, host_opt)
+                                          "comm_buffers": bucket, "activations": step.activations}))
+    return Repriced(static, priced, _step(static, step, stage, part, g, opt.step_temp_bytes, host_opt))
 
 
 def _moment(m: Moment, static: Static, stage: int, grad_partition: int, bucket: int, gathered: int,
             held: int = 0) -> Priced:
-    parts = {**static.parts(), "activations": m.activations, "gradients": held}
-    finished = m.head_grads + m.layers_done * m.layer_grads
+    # stage 1 holds full gradients (earlier micro-batches' counted with the activations, as on one GPU); stages
+    # 2-3 reduce every micro-batch, so their moments come from a one-micro-batch step (no `m.held_grads`)
+    parts = {**static.parts(), "activations": m.activations + m.held_grads, "gradients": held}
+    finished = m.gradients - m.held_grads
     if stage == 1:
         parts["gradients"] = finished
         if m.phase == "backward":
@@ -110,17 +114,19 @@ def _moment(m: Moment, static: Static, stage: int, grad_partition: int, bucket: 
     return Priced(m.phase, parts)
 
 
-def _step(static: Static, stage: int, part: int, g: int, temp: int, on_host: bool) -> Priced:
+def _step(static: Static, step: Moment, stage: int, part: int, g: int, temp: int, on_host: bool) -> Priced:
     """`DeepSpeedZeroOptimizer.step` (stages 1-2): the averaged 16-bit partition, its flat copy and the fp32
     copy of that, then the fp32 gradient beside the optimizer's temporary; stage 3 casts its persistent flat
-    partition. Offloaded, the GPU only holds the 16-bit partition while it is copied out."""
+    partition. Offloaded, the GPU only holds the 16-bit partition while it is copied out. Beside them: what the
+    single-GPU step holds there besides gradients and temporaries (the batch, a loop's outputs)."""
+    rest = {"activations": step.activations}
     if on_host:
-        return Priced("optimizer", {**static.parts(), "gradients": part * g if stage < 3 else 0})
+        return Priced("optimizer", {**static.parts(), "gradients": part * g if stage < 3 else 0, **rest})
     fp32 = part * MASTER_BYTES if g < MASTER_BYTES else 0
     if stage == 3:
-        return Priced("optimizer", {**static.parts(), "gradients": fp32, "optimizer_temporaries": temp})
+        return Priced("optimizer", {**static.parts(), "gradients": fp32, "optimizer_temporaries": temp, **rest})
     flatten = 2 * part * g + fp32
     stepping = max(fp32, part * g)
     if flatten >= stepping + temp:
-        return Priced("optimizer", {**static.parts(), "gradients": flatten})
-    return Priced("optimizer", {**static.parts(), "gradients": stepping, "optimizer_temporaries": temp})
+        return Priced("optimizer", {**static.parts(), "gradients": flatten, **rest})
+    return Priced("optimizer", {**static.parts(), "gradients": stepping, "optimizer_temporaries": temp, **rest})

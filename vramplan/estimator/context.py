@@ -1,0 +1,132 @@
+"""What a plan gives the layer programs: the `Ctx` (sizes, dtypes, attention kind, MoE routing), the residual
+stream's dtype and the attention transformers runs. Architecture differences are read from `vramplan.traits`.
+
+The programs (`layers.py`, `programs.py`, `losses.py`) take a `Ctx`; `step.py` builds one per plan and replays
+them. Pure arithmetic on the plan and the model spec.
+"""
+
+from __future__ import annotations
+
+from vramplan.estimator.liger import plan_kernels
+from vramplan.estimator.programs import Ctx
+from vramplan.estimator.trainers import adapter_bytes, kv_cache_in_forward, peft_input_grads
+from vramplan.estimator.weights import expert_lora_targets, non_quantized_dtype_bytes, resolve_targets, saves_module
+from vramplan.models import ModelSpec
+from vramplan.plan import TrainingPlan
+from vramplan.traits import traits_of
+from vramplan.units import DTYPE_BYTES
+
+# bitsandbytes' CUDA gemm_4bit dequantizes the weight and calls F.linear above this many rows (M = tokens) for
+# every weight over 4 Mi elements on every arch (`_gemm_4bit_use_custom_cuda`: "custom wins up to M=512").
+GEMM_4BIT_KERNEL_MAX_ROWS = 512
+
+
+def kernel_dequantizes(plan: TrainingPlan) -> bool:
+    """Whether CUDA's gemm_4bit dequantizes inside the op for this plan's micro-batch."""
+    return plan.method == "qlora" and plan.batch * plan.seq > GEMM_4BIT_KERNEL_MAX_ROWS
+
+
+def embedding_output_requires_grad(plan: TrainingPlan) -> bool:
+    """The embedding output requires grad when the embedding is trainable, or when the
+    `enable_input_require_grads` hook is on: peft's prepare_model_for_kbit_training installs it when
+    checkpointing, and reentrant checkpointing needs it; TRL's SFTTrainer installs it on a PEFT model."""
+    return plan.method == "full" or bool(plan.trainable_tokens) or saves_module(plan, "embed_tokens") or (
+        peft_input_grads(plan)) or (
+        plan.grad_ckpt and ((plan.method == "qlora" and plan.kbit_upcast) or plan.ckpt_reentrant)
+    )
+
+
+def stream_bytes(plan: TrainingPlan) -> int:
+    """dtype of the residual stream: the embedding's output dtype (fp32 after the kbit upcast)."""
+    if plan.method == "qlora":
+        return non_quantized_dtype_bytes(plan)
+    return DTYPE_BYTES[plan.param_dtype]
+
+
+def attn_implementation(model: ModelSpec, plan: TrainingPlan) -> str:
+    """The attention transformers runs: eager where the class has no sdpa path (`_supports_sdpa = False`, e.g.
+    Gemma 2: sdpa cannot softcap; `Traits.sdpa`)."""
+    if plan.attn == "sdpa" and not traits_of(model).sdpa:
+        return "eager"
+    return plan.attn
+
+
+def sliding_window(model: ModelSpec) -> int | None:
+    """The window every layer uses (`Traits.sliding_window_every_layer`: Mistral, Mixtral, Phi-3 read
+    `sliding_window`); None when there is none. Qwen's optional per-layer windows (`use_sliding_window`) are off
+    in every released config."""
+    if traits_of(model).sliding_window_every_layer:
+        w = model.config.get("sliding_window")
+        return int(w) if w else None
+    return None
+
+
+def sdpa_sliding_mask(model: ModelSpec, plan: TrainingPlan) -> bool:
+    """`_ignore_causal_mask_sdpa` cannot drop a sliding-window mask once the sequence reaches the window
+    (`kv_length >= local_attention_size`): sdpa then runs with an explicit mask. So does a packed row
+    (`plan.packing`: the block-diagonal mask, trainers.py), whose `plan.seq` here is the row (`step_plan`)."""
+    w = sliding_window(model)
+    return attn_implementation(model, plan) == "sdpa" and (plan.packing or w is not None and plan.seq >= w)
+
+
+def layer_context(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
+    """The `Ctx` the layer programs replay for this plan (`cuda=False`: what the CPU tracer sees)."""
+    nq = non_quantized_dtype_bytes(plan)
+    act = DTYPE_BYTES[plan.activation_dtype]
+    tr = traits_of(model)
+    attn = attn_implementation(model, plan)
+    return Ctx(
+        tokens=plan.batch * plan.seq,
+        batch=plan.batch,
+        seq=plan.seq,
+        hidden=model.hidden_size,
+        heads=model.num_heads,
+        kv_heads=model.num_kv_heads,
+        head_dim=model.head_dim,
+        vocab=model.vocab_size,
+        norm_w=nq,
+        linear_w=DTYPE_BYTES[plan.param_dtype],
+        compute=act,
+        quantized=plan.method == "qlora",
+        lora=frozenset(resolve_targets(model, plan)) if plan.uses_lora else frozenset(),
+        rank=plan.rank or 0,
+        dropout=plan.lora_dropout > 0,
+        full=plan.method == "full",
+        gemma_norm=tr.gemma_norm,
+        layer_norm=tr.norm == "layer",
+        norm_bias=tr.norm_bias,
+        attn=attn,
+        lm_head_w=nq,
+        quant_w=DTYPE_BYTES[plan.param_dtype],
+        quant_blocksize=plan.quant_blocksize,
+        double_quant=plan.double_quant,
+        kernel_dequant=cuda and kernel_dequantizes(plan),
+        cuda=cuda,
+        autocast=plan.mixed_precision is not None,
+        use_cache=kv_cache_in_forward(plan),
+        trainer=plan.trainer,
+        lora_w=adapter_bytes(plan),
+        loss_type=plan.loss_type,
+        attn_softcap=attn == "eager" and bool(model.config.get("attn_logit_softcapping")),
+        sdpa_mask=sdpa_sliding_mask(model, plan),
+        dora=plan.use_dora,
+        head_trainable=saves_module(plan, "lm_head"),
+        liger=plan_kernels(model.model_type, plan),
+        dora_bias=frozenset(n for n, g in model.inventory.linear_groups.items() if g.bias_numel and plan.use_dora),
+        **_moe_fields(model, plan, nq),
+    )
+
+
+def _moe_fields(model: ModelSpec, plan: TrainingPlan, nq: int) -> dict:
+    """Routing sizes of the sparse MoE blocks, named by `Traits.moe` (every decoder layer is replayed sparse, as
+    in the released configs)."""
+    moe = traits_of(model).moe
+    if moe is None:
+        return {}
+    cfg = model.config
+    experts, router = expert_lora_targets(model, plan)
+    return {"experts": int(cfg[moe.experts_key]), "top_k": int(cfg["num_experts_per_tok"]),
+            "moe_inter": int(cfg[moe.inter_key]),
+            "shared_inter": int(cfg.get(moe.shared_inter_key) or 0) if moe.shared_inter_key else 0,
+            "weights_fp32_scores": moe.fp32_routing_weights, "expert_w": nq,
+            "expert_lora": experts, "router_lora": router}

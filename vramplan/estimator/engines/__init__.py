@@ -1,0 +1,82 @@
+"""Per-GPU memory of a data-parallel step: DDP, FSDP2 (`ddp_fsdp.py`) and DeepSpeed ZeRO (`deepspeed.py`).
+
+Every GPU runs the single-GPU step on its own micro-batch, so activations are those of one GPU; what changes is
+where the weights, gradients and optimizer states live, and the communication buffers each engine adds. Each
+engine re-prices the single-GPU step's moments (`step.py`): every candidate peak keeps its activations and gets
+the engine's weights, gradients and buffers at that point of the step; a phase's peak is its largest re-priced
+moment. `sharding='none'` returns the single-GPU estimate untouched.
+"""
+
+from __future__ import annotations
+
+from vramplan.estimator.engines.pricing import WEIGHT_KEYS, Repriced
+from vramplan.estimator.result import MemoryEstimate
+from vramplan.estimator.single_gpu import StepEstimate, estimate_step
+from vramplan.models import ModelSpec
+from vramplan.plan import TrainingPlan
+
+# Engines that reduce every micro-batch's gradients into the sharded ones (FSDP2's default
+# `set_requires_gradient_sync(True)`; DeepSpeed ZeRO-2/3 reduce in backward at every micro-batch), so gradient
+# accumulation holds sharded gradients. DDP (accelerate's `no_sync`) and ZeRO-1 accumulate full gradients.
+REDUCE_EVERY_MICRO_BATCH = ("fsdp", "fsdp_grad_op", "zero2", "zero3")
+
+
+def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
+    """The per-GPU estimate of `plan` (the single-GPU estimate when the plan is one plain GPU)."""
+    single = estimate_step(model, plan)
+    if not plan.multi_gpu:
+        return single.estimate
+    if plan.grad_accum > 1 and plan.parallelism in REDUCE_EVERY_MICRO_BATCH:
+        # Each micro-batch's backward makes fresh gradients and reduces them into the sharded ones, which hold
+        # the sum: the step is priced from a one-micro-batch step, with the held shards added by the engine.
+        one = estimate_step(model, plan.model_copy(update={"grad_accum": 1}))
+        est = per_gpu_estimate(plan, one, reprice(model, plan, one))
+        # the other micro-batches' batches, fetched before the first forward
+        batches = single.estimate.phases["optimizer"] - one.estimate.phases["optimizer"]
+        phases = {k: v + (batches if k != "load" else 0) for k, v in est.phases.items()}
+        return est.model_copy(update={"phases": phases, "traced_phases": None})
+    return per_gpu_estimate(plan, single, reprice(model, plan, single))
+
+
+def reprice(model: ModelSpec, plan: TrainingPlan, single: StepEstimate) -> Repriced:
+    """The single-GPU step's moments re-priced by the plan's engine."""
+    if plan.parallelism.startswith("zero"):
+        from vramplan.estimator.engines.deepspeed import reprice_zero
+
+        return reprice_zero(model, plan, single.moments)
+    from vramplan.estimator.engines.ddp_fsdp import reprice_torch
+
+    return reprice_torch(model, plan, single.moments)
+
+
+def per_gpu_estimate(plan: TrainingPlan, single: StepEstimate, engine: Repriced) -> MemoryEstimate:
+    """Phase peaks from the re-priced moments (each phase: its largest), and the components of the peak.
+    DPO's frozen reference model (without PEFT) is held whole on every GPU, as on one."""
+    ref = {"reference_model": single.reference_bytes} if single.reference_bytes else {}
+    static = engine.static
+    phases = {"load": static.load + single.reference_bytes}
+    best = {}
+    for p in engine.moments:
+        if p.phase not in best or p.total > best[p.phase].total:
+            best[p.phase] = p
+    best["optimizer"] = engine.step
+    for phase, p in best.items():
+        phases[phase] = p.total + single.reference_bytes
+    peak_phase = max(phases, key=lambda k: phases[k])
+    if peak_phase in best:
+        parts = {**best[peak_phase].parts, **ref}
+    else:
+        parts = {**static.weights, **ref, "comm_buffers": static.buffers}
+    parts = {k: v for k, v in parts.items() if v or k in WEIGHT_KEYS}
+    components = {k: parts.get(k, 0) for k in (*WEIGHT_KEYS, "optimizer_states", "gradients",
+                                                "optimizer_temporaries")}
+    components.update({k: v for k, v in parts.items() if k not in components})
+    one = single.estimate
+    traced = None
+    if one.traced_phases:
+        traced = {k: v + one.traced_phases.get(k, one.phases[k]) - one.phases[k] for k, v in phases.items()}
+    return one.model_copy(update={
+        "components": components, "phases": phases, "peak_phase": peak_phase, "traced_phases": traced,
+        "gpus": plan.gpus, "sharding": plan.parallelism, "host_offload_bytes": static.host,
+        "plan": plan.model_dump(),
+    })

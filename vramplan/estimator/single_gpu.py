@@ -1,0 +1,119 @@
+"""The single-GPU estimate: the weights (`weights.py`), the optimizer states (`optimizer.py`) and the moments of
+one step (`step.py`), composed into phase peaks and the components of the largest one.
+
+`estimate_step` also returns the moments, which the sharding engines (`engines/`) re-price.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.estimator.context import kernel_dequantizes
+from vramplan.estimator.optimizer import MIN_8BIT_SIZE, QMAP_BYTES, OptimizerMemory, optimizer_memory
+from vramplan.estimator.result import MemoryEstimate
+from vramplan.estimator.step import Moment, phase_peaks, step_moments
+from vramplan.estimator.step_tensors import batch_bytes
+from vramplan.estimator.trainers import reference_copy, step_plan
+from vramplan.estimator.weights import StaticMemory, static_memory, unquantized_experts_note
+from vramplan.models import ModelSpec
+from vramplan.plan import TrainingPlan
+
+
+@dataclass(frozen=True)
+class StepEstimate:
+    """The single-GPU estimate and the moments of the step it was read from."""
+
+    estimate: MemoryEstimate
+    moments: tuple[Moment, ...]
+    reference_bytes: int  # DPO without PEFT: the frozen reference model (a weight outside the trained model)
+
+
+def estimate_single_gpu(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
+    """Peak live tensor bytes of a steady-state training step on one GPU, per phase and per component.
+
+    The phases are what `torch.cuda.max_memory_allocated()` sees on a CUDA device. Where the CPU tracer sees
+    less (temporaries inside bitsandbytes' CUDA kernels), `traced_phases` gives its figures.
+    """
+    return estimate_step(model, plan).estimate
+
+
+def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
+    """`estimate_single_gpu` with the moments its phases are the maxima of."""
+    st = static_memory(model, plan)
+    opt = optimizer_for(st, plan)
+    ref = st.total if reference_copy(plan) else 0  # DPO without PEFT: a frozen copy of the model (trainers.py)
+    base = st.total + opt.states_bytes + ref
+    step_p = step_plan(plan)  # DPO: chosen and rejected rows
+    moments = step_moments(model, step_p, st.trainable_bytes, opt.step_temp_bytes)
+    phases = {"load": st.total + ref, **phase_peaks(moments, base)}
+    if plan.eval_batch:  # the eval step: a phase of its own (evaluation.py)
+        from vramplan.estimator.evaluation import eval_peak
+
+        phases["eval"] = eval_peak(model, plan, base)
+    traced = _traced_phases(model, step_p, phases, base, st, opt)
+    peak_phase = max(phases, key=lambda p: phases[p])
+    peak = phases[peak_phase]
+    stepping = peak_phase == "optimizer"
+    components = {
+        "quantized_weights": st.quantized_weights,
+        "quant_constants": st.quant_constants,
+        "double_quant_constants": st.double_quant_constants,
+        "base_weights": st.base_weights,
+        **({"reference_model": ref} if ref else {}),
+        "lora_adapters": st.lora_adapters,
+        "optimizer_states": opt.states_bytes if peak_phase != "load" else 0,
+        "gradients": st.trainable_bytes if stepping else 0,
+        "optimizer_temporaries": opt.step_temp_bytes if stepping else 0,
+        "batch": batch_bytes(plan) if peak_phase != "load" else 0,
+    }
+    components["activations"] = peak - sum(components.values())
+    estimate = MemoryEstimate(
+        model=model.name,
+        plan=plan.model_dump(),
+        components=components,
+        phases=phases,
+        peak_phase=peak_phase,
+        paged_bytes=opt.paged_bytes,
+        traced_phases=traced,
+        notes=tuple(n for n in (unquantized_experts_note(model, plan),) if n),
+    )
+    return StepEstimate(estimate, moments, ref)
+
+
+def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int], base: int, st: StaticMemory,
+                   opt: OptimizerMemory) -> dict[str, int] | None:
+    """What the CPU tracer counts, where it differs from CUDA's allocator: no dequantize temporary inside
+    gemm_4bit, float dropout masks, paged optimizer states as ordinary tensors, and bitsandbytes' two 1 KiB
+    quantization maps from the optimizer's construction on (on CUDA they reach the device at step 1)."""
+    qmaps = 2 * QMAP_BYTES if plan.optimizer in ("adamw_8bit", "paged_adamw_8bit", "lion_8bit") else 0
+    kernel = kernel_dequantizes(plan) or (plan.uses_lora and plan.lora_dropout > 0)
+    if not (kernel or qmaps or opt.paged_bytes):
+        return None
+    step = phases
+    if kernel:
+        step = phase_peaks(step_moments(model, plan, st.trainable_bytes, opt.step_temp_bytes, cuda=False), base)
+    # on CPU both maps exist from `fill_qmap` in __init__; the states already count the ones CUDA moves
+    moved = QMAP_BYTES * (1 if plan.optimizer == "lion_8bit" else 2) if qmaps and _optimizer_entry(st, plan)[2] else 0
+    traced = {p: step[p] + opt.paged_bytes + qmaps - moved for p in ("forward", "backward", "optimizer")}
+    return {"load": phases["load"] + qmaps, **traced}
+
+
+_OPT_CACHE: dict[tuple[int, str], tuple[StaticMemory, OptimizerMemory, bool]] = {}
+
+
+def _optimizer_entry(st: StaticMemory, plan: TrainingPlan) -> tuple[StaticMemory, OptimizerMemory, bool]:
+    """optimizer_memory walks every trainable tensor; StaticMemory objects are cached, so this is too.
+    The flag says whether any tensor is large enough for 8-bit states."""
+    key = (id(st), plan.optimizer)
+    hit = _OPT_CACHE.get(key)
+    if hit is None or hit[0] is not st:
+        if len(_OPT_CACHE) > 4096:
+            _OPT_CACHE.clear()
+        opt = optimizer_memory(plan, st.trainable_numels, st.dtypes, st.trainable_shapes)
+        hit = _OPT_CACHE[key] = (st, opt, any(n >= MIN_8BIT_SIZE for n in st.trainable_numels))
+    return hit
+
+
+def optimizer_for(st: StaticMemory, plan: TrainingPlan) -> OptimizerMemory:
+    """The optimizer states and step temporaries of the plan's trainable tensors on one GPU."""
+    return _optimizer_entry(st, plan)[1]
