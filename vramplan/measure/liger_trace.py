@@ -14,6 +14,10 @@ tensors are garbage, which no byte count reads). `liger_session` patches, while 
    1 and False (the scaling kernel is a no-op anyway).
 3. `_can_use_mm_out` (fused_linear_cross_entropy.py): False off CUDA; here the CUDA answer (input and weight of
    one dtype, autocast agreeing), so the one reused logits buffer of the CUDA run is what is traced.
+Before anything is measured, every op's backends are discovered (`registry._discover`): on the first call of an op
+Liger imports its backends and logs each one that fails (`logger.warning(..., e)`) with the exception as an
+argument, whose traceback holds the frames of that forward (its tensors); a handler that keeps records (pytest's
+log capture) would keep them alive through the measured step.
 Not reproducible on the CPU (left out of the traced plans): the weight-gradient accumulation of a trainable
 lm_head (`torch.addmm(..., out=grad_weight)` is taken only on a CUDA device of capability >= 8; the CPU takes
 the legacy path with a weight-sized temporary) and the `[sm_count, width]` partial norm gradient (`sm_count` is 1
@@ -52,6 +56,10 @@ def liger_session(model_type: str | None) -> Iterator[None]:
     from torch._subclasses.fake_tensor import FakeTensor
     from triton.runtime import jit
 
+    from liger_kernel.backends import registry
+
+    for op in list(registry._DISCOVERY_MAP):  # import every backend now (see the module docstring)
+        registry._discover(op)
     modeling = _modeling_module(model_type)
     saved_globals = dict(vars(modeling)) if modeling is not None else {}
     launch, can_mm_out, equal = jit.KernelInterface.__getitem__, flce._can_use_mm_out, torch.equal

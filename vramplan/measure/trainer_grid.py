@@ -49,6 +49,14 @@ TRAINER_GRID: tuple = (
     _c("qwen2.5-1.5b-dpo-full-s512", "qwen2.5-1.5b", method="full", trainer="trl-dpo", seq=512),
     _c("qwen2.5-0.5b-dpo-lora-precomputed", "qwen2.5-0.5b", method="lora", trainer="trl-dpo",
        precompute_ref_log_probs=True),
+    # Liger (liger_trace.py: its Python on the CUDA path, Triton launches as no-ops): the fused linear
+    # cross-entropy under HF Trainer and a custom loop, the layer kernels under TRL's own fused head
+    _c("llama3.2-1b-liger-lora-b2-s1024", "llama3.2-1b", method="lora", liger=True, batch=2, seq=1024),
+    _c("llama3.2-1b-liger-lora-nockpt-s1024", "llama3.2-1b", method="lora", liger=True, grad_ckpt=False,
+       seq=1024),
+    _c("llama3.1-8b-liger-qlora-s2048", "llama3.1-8b", method="qlora", liger=True, seq=2048),
+    _c("qwen2.5-1.5b-liger-loop-lora-b2", "qwen2.5-1.5b", method="lora", trainer="loop", liger=True, batch=2),
+    _c("qwen3-8b-sft-liger-qlora-s2048", "qwen3-8b", method="qlora", trainer="trl-sft", liger=True, seq=2048),
 )
 
 
