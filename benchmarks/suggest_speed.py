@@ -1,0 +1,104 @@
+"""Suggest speed: CPU seconds of the README's suggest commands, and of one allocator simulation.
+
+    python benchmarks/suggest_speed.py [--runs 5] [--plans 12] [--reference]
+
+1. Each command runs `--runs` times in a fresh process; the median of its CPU seconds (user + system, from
+   `resource.getrusage(RUSAGE_CHILDREN)`) is printed with the load average before and after: CPU seconds
+   inflate less than wall seconds on a shared machine, but not zero (caches, frequency).
+2. One simulation, in-process: the step's events (`step_events`), their two schedules and the two replays
+   `vramplan.device` runs per plan, for full-size plans of the kinds `suggest --model llama-7b --gpu rtx4090`
+   prices; the median per plan of each part. `--reference` also times the frozen pre-fast-path simulation
+   (tests/allocator_reference.py: old step loop and keyed replay) on the same plans and checks equal results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COMMANDS = [
+    ["suggest", "--model", "llama-7b", "--gpu", "rtx4090"],
+    ["suggest", "--model", "llama2-70b", "--gpu", "rtx4090", "--gpus", "2"],
+]
+
+
+def cpu_seconds(args: list[str]) -> float:
+    """CPU seconds (user + system) of `vramplan <args>` in a fresh process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-m", "vramplan", *args], capture_output=True, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def plans(n: int) -> list:
+    from vramplan.plan import make_plan
+
+    out = []
+    for case in range(n):
+        batch, seq = ((1, 2048), (4, 1024), (2, 2048), (8, 512))[case // 3 % 4]
+        out.append(make_plan(method=("lora", "qlora", "full")[case % 3], batch=batch, seq=seq,
+                             grad_accum=16 // batch, optimizer=("adamw_fused", "paged_adamw_8bit")[case % 2],
+                             grad_ckpt=case % 7 != 6))
+    return out
+
+
+def time_simulations(n: int, reference: bool) -> None:
+    from vramplan.estimator.replay import replay, schedule
+    from vramplan.estimator.step_events import step_events
+    from vramplan.models import resolve_model
+
+    model = resolve_model("llama-7b")
+    parts: dict[str, list[float]] = {"events": [], "schedules": [], "replays": [], "total": [], "reference": []}
+    for plan in plans(n):
+        t0 = time.process_time()
+        events = [("blas_workspace", 8 << 20), *step_events(model, plan)]
+        t1 = time.process_time()
+        ops = (schedule(events), schedule(events, lag=1))
+        t2 = time.process_time()
+        fast = [replay(o) for o in ops]
+        t3 = time.process_time()
+        parts["events"].append(t1 - t0)
+        parts["schedules"].append(t2 - t1)
+        parts["replays"].append(t3 - t2)
+        parts["total"].append(t3 - t0)
+        if reference:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            import allocator_reference as ref
+
+            t4 = time.process_time()
+            old = [("blas_workspace", 8 << 20), *ref.step_events(model, plan)]
+            slow = [ref.replay(old, lag=lag) for lag in (0, 1)]
+            parts["reference"].append(time.process_time() - t4)
+            assert [(a.peak_reserved, a.peak_requested) for a in fast] == [
+                (a.peak_reserved, a.peak_requested) for a in slow], plan
+    print(f"one simulation, llama-7b, median of {n} plans (CPU s):")
+    for name, values in parts.items():
+        if values:
+            print(f"  {name:10s} {statistics.median(values):.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--plans", type=int, default=12)
+    parser.add_argument("--reference", action="store_true")
+    parser.add_argument("--skip-commands", action="store_true")
+    args = parser.parse_args()
+    print(f"load before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
+    if not args.skip_commands:
+        for cmd in COMMANDS:
+            runs = [cpu_seconds(cmd) for _ in range(args.runs)]
+            print(f"vramplan {' '.join(cmd)}: median {statistics.median(runs):.2f} CPU s "
+                  f"(min {min(runs):.2f}, max {max(runs):.2f}, {args.runs} runs)")
+    time_simulations(args.plans, args.reference)
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
