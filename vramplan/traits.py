@@ -68,6 +68,8 @@ class Traits:
     activation: str = "silu"
     rotary_factor: float = 1.0  # partial_rotary_factor (1.0: the whole head)
     resid_dropout: float = 0.0  # dropout on the attention and MLP outputs (StarCoder2, Phi-2, GPT-NeoX)
+    residual_multiplier: bool = False  # Granite: `residual + branch * residual_multiplier` (a product per branch)
+    logit_scale: bool = False  # Granite `logits / logits_scaling`, Cohere `logits * logit_scale`: one more [T, V]
     # leaf module names of the linears, in call order
     q: str = "q_proj"
     k: str = "k_proj"

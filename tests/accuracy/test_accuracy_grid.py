@@ -22,7 +22,23 @@ from vramplan.measure.grid import (
     PEAK_TOLERANCE_PCT,
     PHASE_KEYS,
     PHASE_TOLERANCE_PCT,
+    Case,
     run_case,
+)
+
+# Architectures with no hand-written record, read from the module tree (vramplan/measure/meta_traits.py), held to
+# 2% on every phase (issue 13). Their configs are vramplan/measure/arch_configs.py (the hub's shape fields). A
+# plan with residual dropout is traced where the estimator replays the CPU's float dropout masks (a 4-bit
+# micro-batch over 512 rows, or LoRA dropout on).
+FALLBACK_TOLERANCE_PCT = 2.0
+FALLBACK_CASES: tuple[Case, ...] = (
+    # GPT-BigCode: MQA in a fused c_attn, learned positions, layers under transformer.h, the bool mask buffer
+    Case("starcoder-15b-lora-recipe", "starcoder-15b-noattndrop", {"method": "lora"}),
+    Case("starcoder-15b-lora-nockpt-drop-s512", "starcoder-15b-noattndrop",
+         {"method": "lora", "grad_ckpt": False, "seq": 512, "lora_dropout": 0.05}),
+    Case("starcoder-15b-qlora-recipe", "starcoder-15b-noattndrop", {"method": "qlora"}),
+    Case("starcoder-15b-qlora-nockpt-alllinear", "starcoder-15b-noattndrop",
+         {"method": "qlora", "grad_ckpt": False, "targets": "all-linear"}),
 )
 
 
@@ -52,3 +68,14 @@ def test_estimate_matches_traced_step(case):
     assert abs(err["peak"]) <= PEAK_TOLERANCE_PCT, table
     for phase in PHASE_KEYS:
         assert abs(err[phase]) <= PHASE_TOLERANCE_PCT, f"{phase}: {table}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", FALLBACK_CASES, ids=[c.id for c in FALLBACK_CASES])
+def test_fallback_architecture_matches_traced_step(case):
+    r = run_case(case)
+    err = r["error_pct"]
+    table = " ".join(f"{p} {r['traced'][p]:,} vs {r['estimate'][p]:,} ({err[p]:+.3f}%)" for p in ("peak", *PHASE_KEYS))
+    print(f"\n{case.id}: {table}")
+    for phase in ("peak", *PHASE_KEYS):
+        assert abs(err[phase]) <= FALLBACK_TOLERANCE_PCT, f"{phase}: {table}"

@@ -178,6 +178,14 @@ def _post_norm(tp: Tape, c: Ctx, y: int, a: int) -> int:
     return out
 
 
+def _scaled(tp: Tape, y: int) -> int:
+    """Granite's `branch * residual_multiplier`: a product by a Python float, in the branch's dtype; it saves
+    nothing (`mul` by a scalar). Consumes y."""
+    out = tp.op(tp.size[y], (y,))
+    tp.drop(y)
+    return out
+
+
 def decoder_layer(tp: Tape, c: Ctx, tr: Traits, x: int, a: int, inter: int) -> int:
     """One decoder layer; consumes x (drops the program's reference) and returns the new hidden state."""
     n = c.tokens * c.hidden * a
@@ -192,6 +200,8 @@ def decoder_layer(tp: Tape, c: Ctx, tr: Traits, x: int, a: int, inter: int) -> i
     tp.drop(h)
     if tr.layout in ("post", "sandwich"):
         attn = _post_norm(tp, c, attn, a)
+    if tr.residual_multiplier:
+        attn = _scaled(tp, attn)
     x2 = tp.op(n, (x, attn))
     tp.drop(x, attn)
     if tr.layout == "post":
@@ -203,6 +213,8 @@ def decoder_layer(tp: Tape, c: Ctx, tr: Traits, x: int, a: int, inter: int) -> i
     tp.drop(pre)
     if tr.layout in ("post", "sandwich"):
         m = _post_norm(tp, c, m, a)
+    if tr.residual_multiplier:
+        m = _scaled(tp, m)
     y = tp.op(n, (x2, m))
     tp.drop(x2, m)
     return y

@@ -71,6 +71,7 @@ class Ctx:
     lora_w: int = 4  # bytes of LoRA A/B (fp32: peft autocast_adapter_dtype; bf16 under TRL's SFT for QLoRA)
     loss_type: str | None = None  # plan.loss_type (trl-sft)
     head_trainable: bool = False  # the output head trains without the rest (peft modules_to_save: lm_head)
+    logit_scale: bool = False  # the CausalLM scales its logits (Traits.logit_scale: Granite, Cohere)
     liger: frozenset[str] = frozenset()  # Liger kernels in effect (`use_liger_kernel`: liger.py)
     # LLM.int8 base (`load_in_8bit`): every decoder linear a `Linear8bitLt` (see `int8_linear`)
     int8: bool = False
@@ -222,12 +223,13 @@ def int8_linear(tp: Tape, c: Ctx, x: int, a: int, n_in: int, n_out: int) -> int:
     transient [t, out] stays below the int32 peak."""
     t, w = c.tokens, n_out * n_in
     bwd = w * a + n_out * 4  # the dequantized weight and the scaled row statistics
+    fp16 = c.int8_fp16 and a == 2  # A is fp16 (a bf16 or fp32 A is cast, and the fp16 product cast back)
     if not c.cuda:
         out = tp.op(t * n_out * a, (x,), saves=(x,), temp=w * a + n_out * 4, bwd_temp=bwd)
     else:
-        cast = 0 if c.int8_fp16 else t * n_in * 2
+        cast = 0 if fp16 else t * n_in * 2
         ca = tp.op(t * n_in + t * 4, (x,), grad=False, temp=cast + 3 * t * n_in)  # CA, SCA; abs + mask
-        mm = t * n_out * 4 + (0 if c.int8_fp16 else t * n_out * 2)  # int32 product, fp16 dequant
+        mm = t * n_out * 4 + (0 if fp16 else t * n_out * 2)  # int32 product, fp16 dequant
         out = tp.op(t * n_out * a, (x, ca), saves=(x,), temp=mm, bwd_temp=bwd)
         tp.drop(ca)
     if tp.checkpointing and c.int8_ctx_keeps and tp.grad[x]:  # the ctx attribute outlives the checkpoint
@@ -349,6 +351,10 @@ def head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool) -> int:
         la = max(ha, c.lm_head_w)
         grad_w = c.vocab * c.hidden * c.lm_head_w if trains else 0
         logits = tp.op(tv * la, (h,), saves=(h,) if trains else (), param_grad=grad_w)
+    if c.logit_scale:  # Granite `logits / logits_scaling`, Cohere `logits * logit_scale`: saves nothing
+        scaled = tp.op(tv * la, (logits,))
+        tp.drop(logits)
+        logits = scaled
     if softcap:  # gemma2 final_logit_softcapping
         logits = _softcap(tp, logits, tv * la)
     l32 = tp.op(tv * 4, (logits,)) if la != 4 else tp.op(0, (logits,), alias=logits)

@@ -17,6 +17,7 @@ from vramplan.estimator.trainers import reference_copy, step_plan
 from vramplan.estimator.weights import StaticMemory, static_memory, unquantized_experts_note
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
+from vramplan.traits import traits_of
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,10 @@ def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int],
     gemm_4bit, float dropout masks, paged optimizer states as ordinary tensors, and bitsandbytes' two 1 KiB
     quantization maps from the optimizer's construction on (on CUDA they reach the device at step 1)."""
     qmaps = 2 * QMAP_BYTES if plan.optimizer in ("adamw_8bit", "paged_adamw_8bit", "lion_8bit") else 0
-    kernel = kernel_dequantizes(plan) or (plan.uses_lora and plan.lora_dropout > 0)
+    # the CPU takes other paths: float dropout masks (LoRA's, or the architecture's residual dropout) and
+    # bitsandbytes' MatMul8bitFp for an 8-bit base (programs.int8_linear)
+    kernel = kernel_dequantizes(plan) or (plan.uses_lora and plan.lora_dropout > 0) or plan.load_in_8bit or (
+        traits_of(model).resid_dropout > 0)
     if not (kernel or qmaps or opt.paged_bytes):
         return None
     step = phases

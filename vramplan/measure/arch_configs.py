@@ -49,4 +49,25 @@ ARCH_CONFIGS: dict[str, dict] = {
         "rope_theta": 10000, "tie_word_embeddings": False, "hidden_dropout": 0.0, "attention_dropout": 0.0,
         "bos_token_id": 100257, "eos_token_id": 100257,
     },
+    # ibm-granite/granite-3.1-2b-base shape: Llama-like with muP multipliers (embedding 12, residual 0.22 on
+    # every branch, attention 1/64 as the sdpa scale, logits / 8), tied embeddings (attention dropout 0.1 in the
+    # hub config: off in this copy)
+    "granite-3.1-2b-noattndrop": {
+        "model_type": "granite", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 40,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 49155, "hidden_act": "silu",
+        "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.015625,
+        "logits_scaling": 8.0, "rms_norm_eps": 1e-5, "rope_theta": 5000000.0, "max_position_embeddings": 131072,
+        "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": True,
+        "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
+    },
+    # bigcode/starcoder (GPT-BigCode, 15.5B): multi-query attention (one kv head) in a fused c_attn, learned
+    # positions (wpe), LayerNorm with bias, plain gelu_pytorch_tanh MLP, tied embeddings, layers under
+    # transformer.h; the [8192, 8192] bool causal-mask buffer. Attention and embedding dropout (0.1 in the hub
+    # config) off in this copy; residual dropout 0.1 kept
+    "starcoder-15b-noattndrop": {
+        "model_type": "gpt_bigcode", "n_embd": 6144, "n_head": 48, "n_layer": 40, "n_inner": 24576,
+        "vocab_size": 49152, "n_positions": 8192, "multi_query": True, "activation_function": "gelu_pytorch_tanh",
+        "layer_norm_epsilon": 1e-5, "scale_attn_weights": True, "tie_word_embeddings": True, "attn_pdrop": 0.0,
+        "embd_pdrop": 0.0, "resid_pdrop": 0.1, "bos_token_id": 0, "eos_token_id": 0,
+    },
 }

@@ -11,6 +11,8 @@ The decoder layer stack is the `nn.ModuleList` as long as `num_hidden_layers` (`
   `head_dim` wide, else over the projection (OLMo-2);
 - the MLP is the child whose class name has "MLP": three linears are gate, up, down (gated); two are fc1, fc2
   (plain) unless the first is twice the second's input (Phi-3's fused gate_up);
+- Granite's residual multiplier (the layer's `residual_multiplier` attribute) and a logit scale in the CausalLM's
+  forward (Granite `logits_scaling`, Cohere `logit_scale`);
 - the activation is the config's (`hidden_act`, `activation_function`, `hidden_activation`), the rotary share
   the attention's `rotary_ndims` (or `partial_rotary_factor`; 0 for a model with no rotary embedding module:
   GPT-BigCode's learned positions), the residual dropout the config's
@@ -140,8 +142,21 @@ def derive_traits(model, cfg: Mapping[str, Any]) -> Traits:
         norm=kind, norm_bias=bias, layout=layout, parallel_norms=len(norms) if layout == "parallel" else 1,
         qk_norm=qk_norm, qk_norm_kind=qk_kind, activation=act, rotary_factor=factor,
         resid_dropout=float(_first(cfg, _DROPOUT_FIELDS, 0.0) or 0.0), layers_path=path, native=False,
+        residual_multiplier=hasattr(layer, "residual_multiplier"), logit_scale=_scales_logits(model),
         **names, **_mlp_names(mlp),
     )
+
+
+def _scales_logits(model) -> bool:
+    """The CausalLM multiplies or divides its logits by a config scalar: Granite `logits_scaling`, Cohere
+    `logit_scale` (read from the class's forward source: the module holds no trace of it)."""
+    import inspect
+
+    try:
+        source = inspect.getsource(type(model).forward)
+    except (OSError, TypeError):
+        return False
+    return "logits_scaling" in source or "logit_scale" in source
 
 
 def _attention_names(attn, model) -> dict[str, Any]:
