@@ -32,13 +32,13 @@ def embedding_output_requires_grad(plan: TrainingPlan) -> bool:
     checkpointing, and reentrant checkpointing needs it; TRL's SFTTrainer installs it on a PEFT model."""
     return plan.method == "full" or bool(plan.trainable_tokens) or saves_module(plan, "embed_tokens") or (
         peft_input_grads(plan)) or (
-        plan.grad_ckpt and ((plan.kbit and plan.kbit_upcast) or plan.ckpt_reentrant)
+        plan.grad_ckpt and ((plan.method == "qlora" and plan.kbit_upcast) or plan.ckpt_reentrant)
     )
 
 
 def stream_bytes(plan: TrainingPlan) -> int:
-    """dtype of the residual stream: the embedding's output dtype (fp32 after the kbit upcast, 4- or 8-bit)."""
-    if plan.kbit:
+    """dtype of the residual stream: the embedding's output dtype (fp32 after the kbit upcast)."""
+    if plan.method == "qlora":
         return non_quantized_dtype_bytes(plan)
     return DTYPE_BYTES[plan.param_dtype]
 
@@ -111,14 +111,15 @@ def layer_context(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ct
         sdpa_mask=sdpa_sliding_mask(model, plan),
         dora=plan.use_dora,
         head_trainable=saves_module(plan, "lm_head"),
-        logit_scale=tr.logit_scale,
-        # LLM.int8: MatMul8bitLt keeps its input as a ctx attribute, which non-reentrant checkpointing keeps
-        int8=plan.load_in_8bit, int8_fp16=plan.activation_dtype == "fp16",
-        int8_ctx_keeps=plan.load_in_8bit and plan.grad_ckpt and not plan.ckpt_reentrant,
         liger=plan_kernels(model.model_type, plan),
-        dora_bias=frozenset(n for n, g in model.inventory.linear_groups.items() if g.bias_numel and plan.use_dora),
+        dora_bias=_dora_bias(model) if plan.use_dora else frozenset(),
         **_moe_fields(model, plan, nq),
     )
+
+
+def _dora_bias(model: ModelSpec) -> frozenset[str]:
+    """The linears with a bias (DoRA's magnitude path adds it back: dora.py)."""
+    return frozenset(n for n, g in model.inventory.linear_groups.items() if g.bias_numel)
 
 
 def _moe_fields(model: ModelSpec, plan: TrainingPlan, nq: int) -> dict:

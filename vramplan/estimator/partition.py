@@ -14,12 +14,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from vramplan.estimator.optimizer import OptimizerMemory, optimizer_memory
 from vramplan.estimator.weights import ADAPTER_BYTES, non_quantized_dtype_bytes, quantized_layer_bytes, resolve_targets
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
 from vramplan.units import DTYPE_BYTES
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class Units:
     root: Unit
     layers: tuple[Unit, ...]
     _sums: dict = field(init=False, repr=False, compare=False)
+    # what the engines derive from the units, filled on first use (`memo`): the units are cached per model
+    _memo: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         sums: dict = {}
@@ -101,7 +108,10 @@ class Units:
             for kind in ("quantized_weights", "base_weights", "lora_adapters"):
                 sums["shard", kind] = sums.get(("shard", kind), 0) + u.shard_of(kind)
                 sums["full", kind] = sums.get(("full", kind), 0) + u.full_of(kind)
+        sums["largest_layer"] = max(self.layers, key=lambda u: u.padded) if self.layers else self.root
+        sums["trainable_shards"] = tuple(n for u in self.all for n in u.trainable_shards)
         object.__setattr__(self, "_sums", sums)
+        object.__setattr__(self, "_memo", {})
 
     @property
     def all(self) -> tuple[Unit, ...]:
@@ -109,7 +119,24 @@ class Units:
 
     @property
     def largest_layer(self) -> Unit:
-        return max(self.layers, key=lambda u: u.padded) if self.layers else self.root
+        return self._sums["largest_layer"]
+
+    @property
+    def trainable_shards(self) -> tuple[int, ...]:
+        """Rank 0's element count of every trainable parameter, unit by unit."""
+        return self._sums["trainable_shards"]
+
+    def memo(self, key: tuple, compute: Callable[[], T]) -> T:
+        """`compute()`, once per key for these units (a pure function of the units and the key)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def sharded_optimizer(self, plan: TrainingPlan, dtype_bytes: int) -> OptimizerMemory:
+        """The optimizer states and step temporaries of rank 0's shards (made on the sharded parameters;
+        `optimizer_memory` reads only `plan.optimizer`)."""
+        return self.memo(("optimizer", plan.optimizer, dtype_bytes),
+                         lambda: optimizer_memory(plan, self.trainable_shards, dtype_bytes))
 
     def total(self, attr: str) -> int:
         return self._sums[attr]

@@ -7,6 +7,7 @@ one step (`step.py`), composed into phase peaks and the components of the larges
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from vramplan.estimator.context import kernel_dequantizes
 from vramplan.estimator.optimizer import MIN_8BIT_SIZE, QMAP_BYTES, OptimizerMemory, optimizer_memory
@@ -17,7 +18,6 @@ from vramplan.estimator.trainers import reference_copy, step_plan
 from vramplan.estimator.weights import StaticMemory, static_memory, unquantized_experts_note
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
-from vramplan.traits import traits_of
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,18 @@ def estimate_single_gpu(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
 def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
     """`estimate_single_gpu` with the moments its phases are the maxima of."""
     st = static_memory(model, plan)
-    opt = optimizer_for(st, plan)
+    trainable = _trainable(st, plan)
+    opt, grads_bytes = trainable.opt, trainable.grads_bytes
     ref = st.total if reference_copy(plan) else 0  # DPO without PEFT: a frozen copy of the model (trainers.py)
     base = st.total + opt.states_bytes + ref
     step_p = step_plan(plan)  # DPO: chosen and rejected rows
-    moments = step_moments(model, step_p, st.trainable_bytes, opt.step_temp_bytes)
+    moments = step_moments(model, step_p, grads_bytes, opt.step_temp_bytes)
     phases = {"load": st.total + ref, **phase_peaks(moments, base)}
     if plan.eval_batch:  # the eval step: a phase of its own (evaluation.py)
         from vramplan.estimator.evaluation import eval_peak
 
         phases["eval"] = eval_peak(model, plan, base)
-    traced = _traced_phases(model, step_p, phases, base, st, opt)
+    traced = _traced_phases(model, step_p, phases, base, trainable)
     peak_phase = max(phases, key=lambda p: phases[p])
     peak = phases[peak_phase]
     stepping = peak_phase == "optimizer"
@@ -63,7 +64,7 @@ def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
         **({"reference_model": ref} if ref else {}),
         "lora_adapters": st.lora_adapters,
         "optimizer_states": opt.states_bytes if peak_phase != "load" else 0,
-        "gradients": st.trainable_bytes if stepping else 0,
+        "gradients": grads_bytes if stepping else 0,
         "optimizer_temporaries": opt.step_temp_bytes if stepping else 0,
         "batch": batch_bytes(plan) if peak_phase != "load" else 0,
     }
@@ -81,43 +82,50 @@ def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
     return StepEstimate(estimate, moments, ref)
 
 
-def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int], base: int, st: StaticMemory,
-                   opt: OptimizerMemory) -> dict[str, int] | None:
+def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int], base: int,
+                   trainable: _Trainable) -> dict[str, int] | None:
     """What the CPU tracer counts, where it differs from CUDA's allocator: no dequantize temporary inside
     gemm_4bit, float dropout masks, paged optimizer states as ordinary tensors, and bitsandbytes' two 1 KiB
     quantization maps from the optimizer's construction on (on CUDA they reach the device at step 1)."""
+    opt = trainable.opt
     qmaps = 2 * QMAP_BYTES if plan.optimizer in ("adamw_8bit", "paged_adamw_8bit", "lion_8bit") else 0
-    # the CPU takes other paths: float dropout masks (LoRA's, or the architecture's residual dropout) and
-    # bitsandbytes' MatMul8bitFp for an 8-bit base (programs.int8_linear)
-    kernel = kernel_dequantizes(plan) or (plan.uses_lora and plan.lora_dropout > 0) or plan.load_in_8bit or (
-        traits_of(model).resid_dropout > 0)
+    kernel = kernel_dequantizes(plan) or (plan.uses_lora and plan.lora_dropout > 0)
     if not (kernel or qmaps or opt.paged_bytes):
         return None
     step = phases
     if kernel:
-        step = phase_peaks(step_moments(model, plan, st.trainable_bytes, opt.step_temp_bytes, cuda=False), base)
+        step = phase_peaks(step_moments(model, plan, trainable.grads_bytes, opt.step_temp_bytes, cuda=False), base)
     # on CPU both maps exist from `fill_qmap` in __init__; the states already count the ones CUDA moves
-    moved = QMAP_BYTES * (1 if plan.optimizer == "lion_8bit" else 2) if qmaps and _optimizer_entry(st, plan)[2] else 0
+    moved = QMAP_BYTES * (1 if plan.optimizer == "lion_8bit" else 2) if qmaps and trainable.eight_bit else 0
     traced = {p: step[p] + opt.paged_bytes + qmaps - moved for p in ("forward", "backward", "optimizer")}
     return {"load": phases["load"] + qmaps, **traced}
 
 
-_OPT_CACHE: dict[tuple[int, str], tuple[StaticMemory, OptimizerMemory, bool]] = {}
+class _Trainable(NamedTuple):
+    """What one GPU's optimizer and gradients take for a StaticMemory (cached with it)."""
+
+    st: StaticMemory
+    opt: OptimizerMemory
+    eight_bit: bool  # any tensor large enough for 8-bit states
+    grads_bytes: int  # every trainable tensor's gradient
 
 
-def _optimizer_entry(st: StaticMemory, plan: TrainingPlan) -> tuple[StaticMemory, OptimizerMemory, bool]:
-    """optimizer_memory walks every trainable tensor; StaticMemory objects are cached, so this is too.
-    The flag says whether any tensor is large enough for 8-bit states."""
+_OPT_CACHE: dict[tuple[int, str], _Trainable] = {}
+
+
+def _trainable(st: StaticMemory, plan: TrainingPlan) -> _Trainable:
+    """optimizer_memory walks every trainable tensor; StaticMemory objects are cached, so this is too."""
     key = (id(st), plan.optimizer)
     hit = _OPT_CACHE.get(key)
-    if hit is None or hit[0] is not st:
+    if hit is None or hit.st is not st:
         if len(_OPT_CACHE) > 4096:
             _OPT_CACHE.clear()
         opt = optimizer_memory(plan, st.trainable_numels, st.dtypes, st.trainable_shapes)
-        hit = _OPT_CACHE[key] = (st, opt, any(n >= MIN_8BIT_SIZE for n in st.trainable_numels))
+        hit = _OPT_CACHE[key] = _Trainable(st, opt, any(n >= MIN_8BIT_SIZE for n in st.trainable_numels),
+                                           st.trainable_bytes)
     return hit
 
 
 def optimizer_for(st: StaticMemory, plan: TrainingPlan) -> OptimizerMemory:
     """The optimizer states and step temporaries of the plan's trainable tensors on one GPU."""
-    return _optimizer_entry(st, plan)[1]
+    return _trainable(st, plan).opt

@@ -45,6 +45,7 @@ from dataclasses import replace
 from vramplan.estimator.engines.pricing import Priced, Repriced, Static, weight_components
 from vramplan.estimator.optimizer import OptimizerMemory, optimizer_memory
 from vramplan.estimator.partition import Units, build_units
+from vramplan.estimator.single_gpu import optimizer_for
 from vramplan.estimator.step import Moment
 from vramplan.estimator.weights import StaticMemory, static_memory
 from vramplan.models import ModelSpec
@@ -66,17 +67,16 @@ def reprice_torch(model: ModelSpec, plan: TrainingPlan, moments: tuple[Moment, .
     step = [m for m in moments if m.phase == "optimizer"][0]
     moving = [m for m in moments if m.phase != "optimizer"]
     if mode.startswith("ddp"):
-        numels = st.trainable_numels
-        if mode == "ddp_zero_redundancy":
-            numels = zero_redundancy_share(numels, plan.gpus, rank)
-        shapes = st.trainable_shapes if mode == "ddp" else None  # ZeroRedundancyOptimizer's share: unfactored
-        opt = optimizer_memory(plan, numels, st.trainable_dtype_bytes, shapes)
+        if mode == "ddp":  # a full replica: the single-GPU optimizer
+            opt = optimizer_for(st, plan)
+        else:  # ZeroRedundancyOptimizer's share (unfactored)
+            numels = zero_redundancy_share(st.trainable_numels, plan.gpus, rank)
+            opt = optimizer_memory(plan, numels, st.trainable_dtype_bytes)
         buckets = units.total("grads")
         static = Static(weight_components(st), opt.states_bytes, buffers=buckets)
         return Repriced(static, [_replicated_moment(m, static) for m in moving],
                         _step(static, step, units.total("grads"), opt))
-    shards = tuple(n for u in units.all for n in u.trainable_shards)
-    opt = optimizer_memory(plan, shards, st.trainable_dtype_bytes)
+    opt = units.sharded_optimizer(plan, st.trainable_dtype_bytes)
     offload = plan.offload == "params"
     static = sharded_static(st, units, opt, offload)
     held = units.total("reduce") // plan.gpus if plan.grad_accum > 1 and not offload else 0

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from vramplan.estimator.engines.pricing import Priced, Repriced, Static, weight_components
 from vramplan.estimator.optimizer import optimizer_memory
-from vramplan.estimator.partition import build_units
+from vramplan.estimator.partition import Units, build_units
 from vramplan.estimator.step import Moment
 from vramplan.estimator.weights import static_memory
 from vramplan.models import ModelSpec
@@ -64,20 +64,15 @@ def reprice_zero(model: ModelSpec, plan: TrainingPlan, moments: tuple[Moment, ..
     gathered = 0
     persistent = 0
     if stage == 3:
-        def size(p) -> int:  # bytes as the engine holds them (adapters in 16 bits)
-            return p.numel * p.itemsize * (adapter_scale[0] if p.kind == "lora_adapters" else 1) // (
-                adapter_scale[1] if p.kind == "lora_adapters" else 1)
-
-        params = [p for u in units.all for p in u.params]
-        small = sum(size(p) for p in params if p.numel < 10 * h)
+        small, large = units.memo(("zero3 persistence", 10 * h, adapter_scale),
+                                  lambda: _persistent_and_partitioned(units, 10 * h, adapter_scale))
         for kind in ("quantized_weights", "base_weights", "lora_adapters"):
             weights[kind] = 0
         if plan.offload != "params":
-            weights["base_weights"] = -(-sum(size(p) for p in params if p.numel >= 10 * h) // n)
+            weights["base_weights"] = -(-large // n)
         weights["base_weights"] += small + st.total - units.total("full")  # + what is not a parameter (buffers)
         weights["quant_constants"], weights["double_quant_constants"] = st.quant_constants, st.double_quant_constants
-        gathered = min(sum(size(p) for p in params if p.numel >= 10 * h),
-                       MAX_LIVE_PARAMETERS * DTYPE_BYTES[plan.param_dtype])
+        gathered = min(large, MAX_LIVE_PARAMETERS * DTYPE_BYTES[plan.param_dtype])
         persistent = part * g + bucket  # the flat gradient partition and one reduce bucket
     host = (master + opt.states_bytes + part * MASTER_BYTES) if host_opt else 0
     if plan.offload == "params":
@@ -92,6 +87,22 @@ def reprice_zero(model: ModelSpec, plan: TrainingPlan, moments: tuple[Moment, ..
         priced.append(Priced("backward", {**static.parts(), "gradients": numel * g + part * g,
                                           "comm_buffers": bucket, "activations": step.activations}))
     return Repriced(static, priced, _step(static, step, stage, part, g, opt.step_temp_bytes, host_opt))
+
+
+def _persistent_and_partitioned(units: Units, threshold: int, adapter_scale: tuple[int, int]) -> tuple[int, int]:
+    """Bytes, as the engine holds them (adapters in 16 bits), of the parameters under
+    `stage3_param_persistence_threshold` elements (never partitioned) and of the others."""
+    small = large = 0
+    for u in units.all:
+        for p in u.params:
+            size = p.numel * p.itemsize
+            if p.kind == "lora_adapters":
+                size = size * adapter_scale[0] // adapter_scale[1]
+            if p.numel < threshold:
+                small += size
+            else:
+                large += size
+    return small, large
 
 
 def _moment(m: Moment, static: Static, stage: int, grad_partition: int, bucket: int, gathered: int,
