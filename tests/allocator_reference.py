@@ -296,6 +296,7 @@ def step_events(model, plan, steps: int = 2, shards: int = 1) -> list[Event]:
     st = se.static_memory(model, plan)
     opt = se._optimizer(st, plan)
     c = se._ctx(model, plan)
+    s = se.step_inputs(model, plan)  # today's helpers take the plan's step fields as one record
     total = sum(st.trainable_numels) or 1
     x_bytes = c.tokens * c.hidden * se.stream_bytes(plan)
     for step in range(steps):
@@ -307,8 +308,8 @@ def step_events(model, plan, steps: int = 2, shards: int = 1) -> list[Event]:
             rope = tp.new(se.rope_bytes(model, plan)) if se.rope_bytes(model, plan) else None
             mask = tp.new(se.attention_mask_bytes(model, plan)) if se.attention_mask_bytes(model, plan) else None
             x = tp.new(x_bytes, se.embedding_output_requires_grad(plan))
-            loss, inputs = se._forward(tp, model, plan, c, x)
-            se._backward(tp, model, plan, c, loss, inputs, accumulate=m > 0)
+            loss, inputs = se._forward(tp, model, s, x)
+            se._backward(tp, model, s, loss, inputs, accumulate=m > 0)
             if plan.method == "full" and m == 0:  # embedding_dense_backward: the [vocab, hidden] gradient
                 ev.append((("p", "embed", step), c.vocab * c.hidden * DTYPE_BYTES[plan.param_dtype]))
             ev += [(("g", x), -1)] if se.embedding_output_requires_grad(plan) else []

@@ -131,3 +131,21 @@ def test_full_size_plans_of_a_search(case):
     options = {"method": method, "batch": batch, "seq": seq, "grad_accum": 16 // batch,
                "optimizer": ("adamw_fused", "paged_adamw_8bit")[case % 2], "grad_ckpt": case != 7}
     assert_same_simulation(model, make_plan(**options), CONFIGS[:1])
+
+
+def test_a_step_traced_for_one_plan_serves_only_plans_with_its_inputs():
+    """`_one_step` is cached per `StepInputs`: after many other plans, each plan's sequence is still the one a
+    cold cache traces."""
+    from vramplan.estimator import step_events as se
+
+    model = _small("qwen2.5-0.5b")
+    variants = [{}, {"optimizer": "sgd"}, {"rank": 8}, {"targets": "q_proj,v_proj"}, {"param_dtype": "fp16"},
+                {"attn": "eager"}, {"lora_dropout": 0.1}, {"trainer": "trl-sft"}, {"grad_accum": 4},
+                {"method": "full"}, {"method": "qlora"}, {"grad_ckpt": True}, {"seq": 130}]
+    plans = [make_plan(**({"method": "lora", "batch": 2, "seq": 128} | v)) for v in variants]
+    warm = [schedule(step_events(model, p)) for p in plans for _ in range(2)]
+    cold = []
+    for p in plans:
+        se._STEPS.clear()
+        cold += [schedule(step_events(model, p))] * 2
+    assert warm == cold

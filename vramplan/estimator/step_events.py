@@ -23,6 +23,8 @@ runs on a second stream here (see `vramplan.device` for the communication pools 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from vramplan.estimator.core import (
     _ctx,
     _optimizer,
@@ -33,6 +35,7 @@ from vramplan.estimator.core import (
 )
 from vramplan.estimator.layers import decoder_layer
 from vramplan.estimator.losses import loss_head
+from vramplan.estimator.programs import Ctx
 from vramplan.estimator.replay import Event
 from vramplan.estimator.tape import Tape
 from vramplan.estimator.weights import (
@@ -53,10 +56,10 @@ def _layer_program(model: ModelSpec):
     return lambda tp, c, x, a: decoder_layer(tp, c, tr, x, a, model.intermediate_size)
 
 
-def _head_program(model: ModelSpec, plan: TrainingPlan):
+def _head_program(model: ModelSpec, s: StepInputs):
     """The final norm, LM head and loss of the plan's trainer (`losses.loss_head`, as `step.head_cost`)."""
     softcap = bool(model.config.get("final_logit_softcapping"))
-    return lambda tp, c, x, a: loss_head(tp, c, x, a, softcap, plan.trainer, plan.loss_type)
+    return lambda tp, c, x, a: loss_head(tp, c, x, a, softcap, s.trainer, s.loss_type)
 
 
 def load_events(model: ModelSpec, plan: TrainingPlan, shards: int = 1) -> list[Event]:
@@ -83,42 +86,69 @@ def load_events(model: ModelSpec, plan: TrainingPlan, shards: int = 1) -> list[E
     return ev
 
 
-def _forward(tp: Tape, model: ModelSpec, plan: TrainingPlan, c, x: int) -> tuple[int, list[int]]:
+@dataclass(frozen=True)
+class StepInputs:
+    """Everything one step's sequence reads from the plan: the step is traced once per record (plans that differ
+    elsewhere, e.g. in the optimizer, share it)."""
+
+    ctx: Ctx  # the layer context the programs read
+    stream_bytes: int  # the residual stream's element size
+    grad_ckpt: bool
+    ckpt_reentrant: bool
+    trainer: str
+    loss_type: str | None
+    batch: int
+    seq: int
+    grad_accum: int
+    rope_bytes: int
+    mask_bytes: int
+    embedding_grad: bool  # the embedding output requires grad (its gradient is freed after each micro-batch)
+    embedding_weight_grad_bytes: int  # full fine-tuning: embedding_dense_backward's [vocab, hidden] gradient
+
+
+def step_inputs(model: ModelSpec, plan: TrainingPlan) -> StepInputs:
+    c = _ctx(model, plan)
+    return StepInputs(
+        ctx=c, stream_bytes=stream_bytes(plan), grad_ckpt=plan.grad_ckpt, ckpt_reentrant=plan.ckpt_reentrant,
+        trainer=plan.trainer, loss_type=plan.loss_type, batch=plan.batch, seq=plan.seq, grad_accum=plan.grad_accum,
+        rope_bytes=rope_bytes(model, plan), mask_bytes=attention_mask_bytes(model, plan),
+        embedding_grad=embedding_output_requires_grad(plan),
+        embedding_weight_grad_bytes=c.vocab * c.hidden * DTYPE_BYTES[plan.param_dtype] if plan.method == "full" else 0)
+
+
+def _forward(tp: Tape, model: ModelSpec, s: StepInputs, x: int) -> tuple[int, list[int]]:
     """Decoder layers then the head; returns the loss and each layer's input and output (for the recompute)."""
-    a = stream_bytes(plan)
     layer = _layer_program(model)
     inputs = []
-    tp.checkpointing = plan.grad_ckpt
+    tp.checkpointing = s.grad_ckpt
     for _ in range(model.num_layers):
-        if plan.grad_ckpt:
+        if s.grad_ckpt:
             tp.refs[x] += 1  # torch.utils.checkpoint keeps the layer input for the recompute
         inputs.append(x)
-        x = layer(tp, c, x, a)
+        x = layer(tp, s.ctx, x, s.stream_bytes)
         tp.release_cached()
     tp.checkpointing = False
-    if plan.grad_ckpt:
+    if s.grad_ckpt:
         tp.nodes.clear()  # the checkpointed layers' graph is rebuilt by each recompute
-    return _head_program(model, plan)(tp, c, x, a), inputs + [x]
+    return _head_program(model, s)(tp, s.ctx, x, s.stream_bytes), inputs + [x]
 
 
-def _backward(tp: Tape, model: ModelSpec, plan: TrainingPlan, c, loss: int, inputs: list[int],
-              accumulate: bool) -> None:
+def _backward(tp: Tape, model: ModelSpec, s: StepInputs, loss: int, inputs: list[int], accumulate: bool) -> None:
     tp.backward(loss, accumulate)
     tp.drop(loss)
-    if not plan.grad_ckpt:
+    if not s.grad_ckpt:
         return
-    a = stream_bytes(plan)
     layer = _layer_program(model)
     for k in reversed(range(model.num_layers)):
         x = inputs[k]
         tp.nodes.clear()
         tp.refs[x] += 1
-        y = layer(tp, c, x, a)
+        y = layer(tp, s.ctx, x, s.stream_bytes)
         tp.release_cached()
-        if not plan.ckpt_reentrant:  # non-reentrant: the recompute's output is not kept
+        if not s.ckpt_reentrant:  # non-reentrant: the recompute's output is not kept
             tp.drop(y)
         tp.backward(y, accumulate, grad_key=inputs[k + 1])
-        if plan.ckpt_reentrant:  # CheckpointFunction.backward holds `outputs` through its inner backward
+        if s.ckpt_reentrant:  # CheckpointFunction.backward holds `outputs` through its inner backward
             tp.drop(y)
         tp.drop(x)
 
@@ -131,8 +161,10 @@ def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2, shards: in
     ev = load_events(model, plan, shards)
     st = static_memory(model, plan)
     opt = _optimizer(st, plan)
-    body, tail = _one_step(model, plan)
+    body, after = _one_step(model, step_inputs(model, plan))
     total = sum(st.trainable_numels) or 1
+    temps = [(("tmp", i), opt.step_temp_bytes * n // total) for i, n in enumerate(st.trainable_numels)]
+    tail = [e for e in temps if e[1] > 0] + [(k, -1) for k, n in temps if n > 0] + after
     for step in range(steps):
         ev += [((step, k), n) for k, n in body]
         if step == 0:
@@ -142,32 +174,35 @@ def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2, shards: in
     return ev
 
 
-def _one_step(model: ModelSpec, plan: TrainingPlan) -> tuple[list[Event], list[Event]]:
-    """One step's sequence: (the batch, forward and backward of each micro-batch; then the optimizer's foreach
-    temporaries, `zero_grad` and the batch's release)."""
-    st = static_memory(model, plan)
-    opt = _optimizer(st, plan)
-    c = _ctx(model, plan)
-    total = sum(st.trainable_numels) or 1
-    x_bytes = c.tokens * c.hidden * stream_bytes(plan)
+_STEPS: dict[tuple, tuple[ModelSpec, tuple[list[Event], list[Event]]]] = {}
+
+
+def _one_step(model: ModelSpec, s: StepInputs) -> tuple[list[Event], list[Event]]:
+    """One step's sequence before the optimizer (the batch, forward and backward of each micro-batch), and after
+    its foreach temporaries (`zero_grad`, the batch's release). Cached per (model, inputs): the last few."""
+    hit = _STEPS.get((id(model), s))
+    if hit is not None and hit[0] is model:
+        return hit[1]
     body: list[Event] = []
     tp = Tape(events=body)
-    data = [tp.new(8 * plan.batch * plan.seq) for _ in range(2 * plan.grad_accum)]
-    for m in range(min(plan.grad_accum, 2)):  # later micro-batches repeat the second one's sequence
-        rope = tp.new(rope_bytes(model, plan)) if rope_bytes(model, plan) else None
-        mask = tp.new(attention_mask_bytes(model, plan)) if attention_mask_bytes(model, plan) else None
-        x = tp.new(x_bytes, embedding_output_requires_grad(plan))
-        loss, inputs = _forward(tp, model, plan, c, x)
-        _backward(tp, model, plan, c, loss, inputs, accumulate=m > 0)
-        if plan.method == "full" and m == 0:  # embedding_dense_backward: the [vocab, hidden] gradient
-            body.append((("p", "embed"), c.vocab * c.hidden * DTYPE_BYTES[plan.param_dtype]))
-        body += [(("g", x), -1)] if embedding_output_requires_grad(plan) else []
+    data = [tp.new(8 * s.batch * s.seq) for _ in range(2 * s.grad_accum)]
+    for m in range(min(s.grad_accum, 2)):  # later micro-batches repeat the second one's sequence
+        rope = tp.new(s.rope_bytes) if s.rope_bytes else None
+        mask = tp.new(s.mask_bytes) if s.mask_bytes else None
+        x = tp.new(s.ctx.tokens * s.ctx.hidden * s.stream_bytes, s.embedding_grad)
+        loss, inputs = _forward(tp, model, s, x)
+        _backward(tp, model, s, loss, inputs, accumulate=m > 0)
+        if s.embedding_weight_grad_bytes and m == 0:  # embedding_dense_backward: the [vocab, hidden] gradient
+            body.append((("p", "embed"), s.embedding_weight_grad_bytes))
+        body += [(("g", x), -1)] if s.embedding_grad else []
         tp.drop(*[t for t in (rope, mask) if t is not None])
-    temps = [(("tmp", i), opt.step_temp_bytes * n // total) for i, n in enumerate(st.trainable_numels)]
-    tail = [e for e in temps if e[1] > 0] + [(k, -1) for k, n in temps if n > 0] + _zero_grad(body, 0)
-    tp.events = tail
+    after = _zero_grad(body, 0)
+    tp.events = after
     tp.drop(*data)
-    return body, tail
+    if len(_STEPS) > 8:
+        _STEPS.clear()
+    _STEPS[(id(model), s)] = (model, (body, after))
+    return body, after
 
 
 def _zero_grad(ev: list[Event], start: int) -> list[Event]:
