@@ -50,7 +50,7 @@ def _fast(ops, config: dict, capacity: int | None):
         return "oom"
 
 
-def assert_same_simulation(model, plan, configs=CONFIGS, shards: int = 1) -> None:
+def assert_same_simulation(model, plan, configs=CONFIGS, shards: int = 1, squeezes: int = 2) -> None:
     """New sequence == old sequence; fast replay == reference replay, free and capped, for each config."""
     events = [("blas_workspace", 8 * MiB), *step_events(model, plan, shards=shards)]
     old = [("blas_workspace", 8 * MiB), *ref.step_events(model, plan, shards=shards)]
@@ -60,7 +60,7 @@ def assert_same_simulation(model, plan, configs=CONFIGS, shards: int = 1) -> Non
         for config in configs:
             free = _reference(old, config, None, lag)
             assert _fast(ops, config, None) == free, (plan, config, lag)
-            for squeeze in (2 * MiB, free[0] // 8):  # a device below the cache: empty it and retry, or run out
+            for squeeze in (free[0] // 8, 2 * MiB)[:squeezes]:  # a device below the cache: empty it and retry, or OOM
                 capacity = free[0] - squeeze
                 assert _fast(ops, config, capacity) == _reference(old, config, capacity, lag), (plan, config, lag)
 
@@ -99,11 +99,11 @@ def _cases(n: int, seed: int = 10) -> list[tuple[str, dict]]:
     return cases
 
 
-@pytest.mark.parametrize(("slug", "options"), _cases(60), ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(("slug", "options"), _cases(52), ids=lambda v: v if isinstance(v, str) else None)
 def test_fast_replay_is_the_reference_simulation(slug, options):
-    model = _small(slug, layers=2 if "30b" in slug else 3)
-    configs = CONFIGS if sum(map(ord, repr((slug, options)))) % 4 == 0 else CONFIGS[:1]
-    assert_same_simulation(model, make_plan(**options), configs)
+    """52 plans: the default configuration free and capped; a quarter of them under every configuration."""
+    every = sum(map(ord, repr((slug, options)))) % 4 == 0
+    assert_same_simulation(_small(slug), make_plan(**options), CONFIGS if every else CONFIGS[:1], squeezes=1 + every)
 
 
 def test_sharded_sequence_is_the_reference():
