@@ -7,10 +7,14 @@ them. Pure arithmetic on the plan and the model spec.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from vramplan.errors import UnsupportedArchitectureError
 from vramplan.estimator.liger import plan_kernels
 from vramplan.estimator.programs import Ctx
 from vramplan.estimator.trainers import adapter_bytes, kv_cache_in_forward, peft_input_grads
 from vramplan.estimator.weights import expert_lora_targets, non_quantized_dtype_bytes, resolve_targets, saves_module
+from vramplan.inventory import Inventory
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
 from vramplan.traits import traits_of
@@ -123,11 +127,19 @@ def _dora_bias(model: ModelSpec) -> frozenset[str]:
 
 
 def _moe_fields(model: ModelSpec, plan: TrainingPlan, nq: int) -> dict:
-    """Routing sizes of the sparse MoE blocks, named by `Traits.moe` (every decoder layer is replayed sparse, as
-    in the released configs)."""
+    """Routing sizes of the sparse MoE blocks, named by `Traits.moe`. Which layers are sparse is the inventory's
+    (`inventory._is_moe_layer`: Qwen's `decoder_sparse_step`, `mlp_only_layers`, zero experts); the step
+    replays one kind of layer, so a mix of dense and sparse layers is refused rather than guessed."""
     moe = traits_of(model).moe
     if moe is None:
         return {}
+    sparse = sparse_layers(model.inventory)
+    if not sparse:  # no experts configured: every MLP is dense, as the inventory builds it
+        return {}
+    if len(sparse) != model.num_layers:
+        raise UnsupportedArchitectureError(
+            f"{model.name}: {model.num_layers - len(sparse)} of {model.num_layers} decoder layers are dense "
+            "(decoder_sparse_step / mlp_only_layers): a mix of dense and sparse MoE layers is not modelled")
     cfg = model.config
     experts, router = expert_lora_targets(model, plan)
     return {"experts": int(cfg[moe.experts_key]), "top_k": int(cfg["num_experts_per_tok"]),
@@ -135,3 +147,9 @@ def _moe_fields(model: ModelSpec, plan: TrainingPlan, nq: int) -> dict:
             "shared_inter": int(cfg.get(moe.shared_inter_key) or 0) if moe.shared_inter_key else 0,
             "weights_fp32_scores": moe.fp32_routing_weights, "expert_w": nq,
             "expert_lora": experts, "router_lora": router}
+
+
+@lru_cache(maxsize=64)
+def sparse_layers(inventory: Inventory) -> frozenset[int]:
+    """The decoder layers whose MLP is a sparse MoE block (they hold the fused expert tensors)."""
+    return frozenset(t.layer for t in inventory.tensors if t.role == "experts" and t.layer is not None)
