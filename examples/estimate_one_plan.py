@@ -11,7 +11,7 @@ plan = make_plan(method="qlora", rank=16, targets="all-linear", seq=2048, batch=
 result = estimate("llama3.1-8b", plan, gpu="rtx4090")
 
 print(f"{result.model}: peak {format_bytes(result.peak_bytes)} in the {result.peak_phase} phase")
-for name, nbytes in result.components.items():
+for name, nbytes in result.components.items_bytes().items():
     if nbytes:
         print(f"  {name:24s} {format_bytes(nbytes):>12s}")
 for phase, nbytes in result.phases.items():

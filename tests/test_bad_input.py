@@ -221,7 +221,7 @@ def test_seq_beyond_the_model_context_is_a_warning_not_an_error(capsys):
 def test_a_blocker_sentence_gives_each_plan_its_own_size():
     """'full fine-tuning needs at least 79.7 GiB (smallest GPU that fits: rtx-a6000)' mixed the T4's fp32+fp16
     plan with the bf16 plan that fits the 48 GB card: each size now goes with its own version and GPU."""
-    from vramplan.commands.suggest import _blocker_words
+    from vramplan.report.advice import _blocker_words
     from vramplan.plan import make_plan
 
     fp32 = make_plan(method="full", param_dtype="fp32", mixed_precision="fp16").model_dump()

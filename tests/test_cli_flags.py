@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vramplan.cli import _parse, build_parser, main
+from vramplan.cli import build_parser, main
+from vramplan.commands.parsing import parse_argv as _parse
 from vramplan.commands.plan_flags import finish_plan_args, plan_from_args
 from vramplan.errors import InputError
 from vramplan.hf_names import HF_NOT_MODELLED, HF_OPTIMIZERS, optimizer_from_hf

@@ -79,7 +79,7 @@ def test_the_peak_never_falls_when_the_plan_asks_for_more(specs, case):
         slack = 0
         if knob == "rank" and opts["sharding"] == "zero3":  # see the module docstring
             slack = estimate_memory(spec, make_plan(**{**opts, "sharding": None, "gpus": 1, "offload": "none"})
-                                    ).components["lora_adapters"]
+                                    ).components.lora_adapters
         assert _peak(spec, bigger) >= base - slack, f"{name}: {knob} grew but the peak fell ({opts})"
 
 

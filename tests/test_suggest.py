@@ -73,13 +73,13 @@ def test_7b_on_24gb_speed_objective_ranks_by_tokens_per_s_and_avoids_4bit():
     a = advise("llama-7b", "rtx4090", objective="speed")
     speeds = [r.tokens_per_s for r in a.plans]
     assert speeds == sorted(speeds, reverse=True)
-    assert a.plans[0].estimate.plan["method"] == "lora"
+    assert a.plans[0].estimate.plan.method == "lora"
     assert a.plans[0].tokens_per_s >= advise("llama-7b", "rtx4090").plans[0].tokens_per_s
 
 
 def test_13b_on_24gb_can_only_be_qlora():
     a = advise("llama-13b", "rtx4090")
-    assert a.plans and {r.estimate.plan["method"] for r in a.plans} == {"qlora"}
+    assert a.plans and {r.estimate.plan.method for r in a.plans} == {"qlora"}
     assert a.contrast.plan["method"] == "lora" and not a.contrast.fits
     assert {b.method for b in a.blockers} == {"full", "lora"}
 
@@ -87,7 +87,7 @@ def test_13b_on_24gb_can_only_be_qlora():
 @pytest.mark.parametrize("gpu", ["a100-80gb", "h100-sxm"])
 def test_quality_on_80gb_for_7b_is_lora_or_full(gpu):
     a = advise("llama-7b", gpu, objective="quality")
-    assert a.plans[0].estimate.plan["method"] in ("lora", "full")
+    assert a.plans[0].estimate.plan.method in ("lora", "full")
 
 
 def test_70b_on_a_24gb_card_fits_nothing_and_names_the_nearest_options(capsys):
@@ -109,13 +109,13 @@ def test_70b_on_a_24gb_card_fits_nothing_and_names_the_nearest_options(capsys):
 
 def test_tiny_model_on_a_huge_gpu_gets_full_fine_tuning():
     a = advise("qwen2.5-0.5b", "h100-sxm")
-    assert a.plans[0].estimate.plan["method"] == "full"
-    assert a.plans[0].estimate.plan["seq"] >= 4096  # room for long sequences
+    assert a.plans[0].estimate.plan.method == "full"
+    assert a.plans[0].estimate.plan.seq >= 4096  # room for long sequences
 
 
 def test_shorter_sequence_is_offered_when_the_asked_one_does_not_fit():
     a = advise("llama-13b", "rtx3060-12gb", seq=4096, effective_batch=1)
-    assert a.plans == [] or a.plans[0].estimate.plan["seq"] == 4096
+    assert a.plans == [] or a.plans[0].estimate.plan.seq == 4096
     if not a.plans:
         s = a.nearest.shorter_seq
         assert s and s < 4096
@@ -244,7 +244,7 @@ def test_bad_input_is_one_line(capsys, argv, needle):
 def test_table_output(capsys):
     from rich.console import Console
 
-    from vramplan.commands.suggest import render_advice
+    from vramplan.report.advice import render_advice
 
     console = Console(record=True, width=120)
     render_advice(console, advise("llama-7b", "rtx4090"))

@@ -87,7 +87,7 @@ def test_ddp_when_replicas_fit():
 
 def test_pinned_sharding_is_kept():
     a = advise("llama-7b", "rtx4090", gpus=4, pinned={"sharding": "zero3"}, methods=("full",))
-    assert a.plans and {(r.estimate.plan["sharding"], r.estimate.plan["method"]) for r in a.plans} == {("zero3", "full")}
+    assert a.plans and {(r.estimate.plan.sharding, r.estimate.plan.method) for r in a.plans} == {("zero3", "full")}
 
 
 # Speed model on several GPUs --------------------------------------------------------------------------------

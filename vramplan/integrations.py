@@ -27,9 +27,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vramplan.errors import VramplanError
+
+if TYPE_CHECKING:
+    from vramplan.estimator.result import MemoryEstimate
 
 PHASES = ("forward", "backward", "optimizer")
 
@@ -342,9 +345,9 @@ def _gib(n: int | None) -> str:
     return format_bytes(n, "auto")
 
 
-def _summary(e: Any) -> str:
+def _summary(e: MemoryEstimate) -> str:
     plan = e.plan
-    head = (f"vramplan: {e.model} {plan['method']}, batch {plan['batch']} x seq {plan['seq']}: peak "
+    head = (f"vramplan: {e.model} {plan.method}, batch {plan.batch} x seq {plan.seq}: peak "
             f"{_gib(e.peak_bytes)} ({e.peak_phase})")
     if e.gpu is None:
         return head

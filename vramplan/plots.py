@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vramplan.errors import InputError
 from vramplan.units import GiB
+
+if TYPE_CHECKING:
+    from vramplan.estimator.result import MemoryEstimate
 
 KINDS = ("seq", "batch", "breakdown", "timeline")
 METHODS = ("full", "lora", "qlora")
@@ -88,29 +92,29 @@ def _sweep(ax, model: str, plan_for: Callable, gpu: str | None, field: str, valu
     ax.grid(alpha=0.3)
 
 
-def _breakdown(ax, rows: list) -> None:
-    names = sorted({k for e in rows for k, v in e.components.items() if v}, key=lambda k: -max(
-        e.components.get(k, 0) for e in rows))
+def _breakdown(ax, rows: list[MemoryEstimate]) -> None:
+    parts = [e.components.items_bytes() for e in rows]
+    names = sorted({k for p in parts for k, v in p.items() if v}, key=lambda k: -max(p.get(k, 0) for p in parts))
     bottoms = [0.0] * len(rows)
     cmap = _pyplot().get_cmap("tab20")
     for i, name in enumerate(names):
-        heights = [e.components.get(name, 0) / GiB for e in rows]
+        heights = [p.get(name, 0) / GiB for p in parts]
         ax.bar(range(len(rows)), heights, bottom=bottoms, label=name.replace("_", " "), color=cmap(i % 20))
         bottoms = [b + h for b, h in zip(bottoms, heights)]
     extra = [((e.cuda_context_bytes or 0) + (e.allocator_reserve_bytes or 0)) / GiB for e in rows]
     if any(extra):
         ax.bar(range(len(rows)), extra, bottom=bottoms, label="reserve + CUDA context", color="#bbbbbb")
-    ax.set_xticks(range(len(rows)), [e.plan["method"] for e in rows])
+    ax.set_xticks(range(len(rows)), [e.plan.method for e in rows])
     ax.set_ylabel("GiB")
     ax.set_title("the peak by component")
     ax.legend(fontsize=7, ncol=2)
 
 
-def _timeline(ax, rows: list) -> None:
+def _timeline(ax, rows: list[MemoryEstimate]) -> None:
     for e in rows:
         phases = list(e.phases)
-        ax.plot(phases, [e.phases[p] / GiB for p in phases], marker="o", color=COLORS[e.plan["method"]],
-                label=f"{e.plan['method']} (peak in {e.peak_phase})")
+        ax.plot(phases, [e.phases[p] / GiB for p in phases], marker="o", color=COLORS[e.plan.method],
+                label=f"{e.plan.method} (peak in {e.peak_phase})")
     ax.set_ylabel("GiB allocated at the phase's peak")
     ax.set_title("one training step, phase by phase")
     ax.legend(fontsize=8)

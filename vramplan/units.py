@@ -37,3 +37,8 @@ def format_bytes(n: int | float | None, unit: str = "GiB", digits: int = 2) -> s
     if unit == "B":
         return f"{int(n)} B"
     return f"{n / scale:.{digits}f} {unit}"
+
+
+def format_gib(n: int | float, digits: int = 2) -> str:
+    """A byte count as a bare GiB number for a table column headed 'GiB': `format_gib(3 * 2**30) == '3.00'`."""
+    return f"{n / GiB:.{digits}f}"

@@ -7,6 +7,8 @@ the same things (`adamw_torch`, `bfloat16`, `all_linear`) are mapped in `vrampla
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 METHODS: tuple[str, ...] = ("full", "lora", "qlora")
 DTYPES: tuple[str, ...] = ("bf16", "fp16", "fp32")
 MIXED_PRECISIONS: tuple[str, ...] = ("bf16", "fp16")  # autocast dtypes (over fp32 master weights)
@@ -49,7 +51,67 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 QUANT_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
+# Which fields belong to which method. One owner: the validator below, `TrainingPlan.for_method`, the CLI's
+# per-method plans (compare), the search's narrowing (suggest) and its explanations read these.
+# peft LoraConfig: the adapter's fields (lora and qlora)
+ADAPTER_FIELDS = ("rank", "alpha", "targets", "lora_dropout", "use_dora", "trainable_tokens", "modules_to_save")
+# BitsAndBytesConfig(load_in_4bit=True) and peft prepare_model_for_kbit_training: qlora; `kbit_upcast` also
+# belongs to LoRA over an LLM.int8 base (prepare_model_for_kbit_training reads `is_loaded_in_8bit` too)
+QLORA_FIELDS = ("quant", "double_quant", "compute_dtype", "kbit_upcast", "quant_storage")
+INT8_FIELDS = ("load_in_8bit",)  # BitsAndBytesConfig(load_in_8bit=True): a LoRA base
+
+
+def fields_outside(method: str, load_in_8bit: bool = False) -> tuple[str, ...]:
+    """The plan fields `method` does not take: a plan of that method leaves them at their defaults."""
+    if method == "full":
+        return (*ADAPTER_FIELDS, *QLORA_FIELDS, *INT8_FIELDS)
+    if method == "lora":
+        return tuple(f for f in QLORA_FIELDS if not (load_in_8bit and f == "kbit_upcast"))
+    return INT8_FIELDS
+
+
+def methods_taking(fields: Iterable[str]) -> tuple[str, ...]:
+    """The methods (in METHODS order) that take every one of `fields`, e.g. ('qlora',) for quant_storage."""
+    given = set(fields)
+    return tuple(m for m in METHODS if not given & set(fields_outside(m, "load_in_8bit" in given)))
+
+
+_FLAGS = {"double_quant": "--double-quant", "kbit_upcast": "--no-kbit-upcast", "use_dora": "--dora"}
+_FULL_TRAINS = {"trainable_tokens": " (full fine-tuning trains every row)",
+                "modules_to_save": " (full fine-tuning trains every module)"}
+
+
+def outside_words(field: str, method: str) -> str:
+    """'--quant-storage applies to method qlora only, not 'lora'' for a field `method` does not take."""
+    flag = _FLAGS.get(field, "--" + field.replace("_", "-"))
+    if field in QLORA_FIELDS:
+        return f"{flag} applies to method qlora only, not '{method}'"
+    return f"{flag} applies to lora/qlora" + _FULL_TRAINS.get(field, f", not to method '{method}'")
+
+
 def range_words(field: str) -> str:
     """'1-65536' for an integer plan field, as the CLI's help text says it."""
     lo, hi = INT_RANGES[field]
     return f"{lo}-{hi}"
+
+# The one name of each multi-GPU engine (plan.sharding), as every report and explanation prints it: torch FSDP2
+# (`fully_shard`; FSDP1 configs are estimated as FSDP2), torch DDP, DeepSpeed ZeRO stages.
+ENGINE_NAMES: dict[str, str] = {
+    "none": "one GPU",
+    "ddp": "DDP replicas",
+    "fsdp": "FSDP2 full shard",
+    "fsdp_grad_op": "FSDP2, no reshard after forward",
+    "zero1": "DeepSpeed ZeRO-1",
+    "zero2": "DeepSpeed ZeRO-2",
+    "zero3": "DeepSpeed ZeRO-3",
+}
+OFFLOAD_WORDS: dict[str, str] = {
+    "none": "",
+    "optimizer": " + optimizer offload to CPU",
+    "params": " + CPU offload of parameters, gradients and states",
+}
+
+
+def engine_words(sharding: str, offload: str = "none") -> str:
+    """'FSDP2 full shard + CPU offload of parameters, gradients and states': a (sharding, offload) pair."""
+    return ENGINE_NAMES.get(sharding, sharding) + OFFLOAD_WORDS.get(offload, f" + offload {offload}")

@@ -67,9 +67,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     _require_measure_packages()
     _quiet_libraries()
     from vramplan import report
+    from vramplan.commands.plan_flags import console as _console
+    from vramplan.commands.plan_flags import gpu_dirs as _gpu_dirs
+    from vramplan.commands.plan_flags import plan_from_args
     from vramplan.measure.run import calibrate
     from vramplan.measure.store import CalibrationStore
-    from vramplan.cli import _console, _gpu_dirs, plan_from_args
 
     plan = plan_from_args(args)
     store = CalibrationStore(args.store)
@@ -151,8 +153,8 @@ def add_calibrations_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_calibrations(args: argparse.Namespace) -> int:
     from vramplan import report
+    from vramplan.commands.plan_flags import console as _console
     from vramplan.measure.store import CalibrationStore
-    from vramplan.cli import _console
 
     store = CalibrationStore(args.store)
     if args.action == "import":
@@ -191,8 +193,8 @@ def _export(args: argparse.Namespace, records: Sequence[Any]) -> int:
 def _import(args: argparse.Namespace, store: Any) -> int:
     from pathlib import Path
 
+    from vramplan.commands.plan_flags import console as _console
     from vramplan.measure.store import read_jsonl
-    from vramplan.cli import _console
 
     if not args.file:
         raise VramplanError("calibrations import: give the JSON-lines FILE to import")

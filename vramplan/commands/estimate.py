@@ -38,7 +38,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     result = estimate(args.model, plan_from_args(args), gpu=args.gpu, gpu_dirs=gpu_dirs(args))
     from vramplan.models import context_warning
 
-    beyond = context_warning(args.model, result.plan["seq"])
+    beyond = context_warning(args.model, result.plan.seq)
     if beyond:  # a warning, not an error: the step runs, the memory is right (stderr keeps --json parseable)
         print(f"vramplan estimate: warning: {beyond}", file=sys.stderr)
     words = None
@@ -83,14 +83,13 @@ def served_plan(args: argparse.Namespace, row):
     from vramplan.inference import make_inference_plan
 
     plan = row.plan
-    sixteen = [d for d in (plan.get("compute_dtype"), plan.get("mixed_precision"), plan["param_dtype"])
-               if d in ("bf16", "fp16")]
-    adapter = plan["method"] != "full"
-    return make_inference_plan(quant=SERVED_AS[plan["method"]], dtype=(sixteen or ["bf16"])[0],
-                               rank=plan.get("rank") if adapter else None,
-                               targets=plan.get("targets") if adapter else None, batch=args.infer_batch,
-                               context=args.infer_context, new_tokens=args.infer_new_tokens, attn=plan["attn"],
-                               double_quant=plan.get("double_quant", True) if adapter else None)
+    sixteen = [d for d in (plan.compute_dtype, plan.mixed_precision, plan.param_dtype) if d in ("bf16", "fp16")]
+    adapter = plan.method != "full"
+    return make_inference_plan(quant=SERVED_AS[plan.method], dtype=(sixteen or ["bf16"])[0],
+                               rank=plan.rank if adapter else None, targets=plan.targets if adapter else None,
+                               batch=args.infer_batch, context=args.infer_context,
+                               new_tokens=args.infer_new_tokens, attn=plan.attn,
+                               double_quant=plan.double_quant if adapter else None)
 
 
 def _inference_rows(args: argparse.Namespace, rows: list) -> list | None:

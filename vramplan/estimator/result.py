@@ -2,9 +2,70 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, computed_field
 
+from vramplan.plan import TrainingPlan
+
 PHASES = ("load", "forward", "backward", "optimizer")
+# The weights the model holds (the first six components); the compare table sums them.
+WEIGHT_COMPONENTS = ("quantized_weights", "quant_constants", "double_quant_constants", "base_weights",
+                     "reference_model", "lora_adapters")
+
+# Components that only some plans have (DPO's reference copy, the multi-GPU engines' parts)
+OCCASIONAL_COMPONENTS = ("reference_model", "master_weights", "comm_buffers", "unsharded_params")
+
+
+class Components(BaseModel):
+    """The live bytes at the peak, by what holds them; `total` is their sum (the peak phase's live bytes).
+
+    Field order is the order reports list them. The single-GPU step (estimator/core.py) fills the first eleven;
+    the multi-GPU engines (estimator/sharding.py, estimator/deepspeed.py) add `master_weights` (DeepSpeed's fp32
+    partition), `unsharded_params` (gathered FSDP units / ZeRO-3 parameters) and `comm_buffers` (DDP buckets,
+    reduce-scatter and all-gather buffers). A part no named field owns goes in `engine_parts` by name.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    quantized_weights: int = 0  # bitsandbytes Params4bit: packed 4-bit codes
+    quant_constants: int = 0  # QuantState.absmax (fp32, or uint8 codes under double quantization)
+    double_quant_constants: int = 0  # QuantState.state2: the nested absmax and its code table
+    base_weights: int = 0  # 16/32-bit parameters and buffers
+    reference_model: int = 0  # trl-dpo without PEFT: the frozen reference copy
+    lora_adapters: int = 0  # peft LoraLayer A/B (and DoRA magnitudes, trainable tokens, modules_to_save)
+    optimizer_states: int = 0
+    gradients: int = 0
+    optimizer_temporaries: int = 0  # what optimizer.step() allocates while it runs
+    master_weights: int = 0
+    comm_buffers: int = 0
+    unsharded_params: int = 0
+    batch: int = 0  # input ids, labels and masks the trainer holds
+    activations: int = 0  # activations, logits and loss: the rest of the peak
+    engine_parts: dict[str, int] = {}
+
+    @computed_field
+    @property
+    def total(self) -> int:
+        return sum(self.items_bytes().values())
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Components:
+        """Read back `estimate --json`'s components (a stored calibration record's too, old flat ones included)."""
+        return cls.model_validate({k: v for k, v in data.items() if k != "total"})
+
+    def items_bytes(self) -> dict[str, int]:
+        """name -> bytes for every component, in report order (named fields, then engine parts)."""
+        named = {k: getattr(self, k) for k in type(self).model_fields if k != "engine_parts"}
+        return {**named, **self.engine_parts}
+
+    def listed(self) -> dict[str, int]:
+        """The components a comparison lists: those of every single-GPU step, the others when they hold bytes."""
+        return {k: v for k, v in self.items_bytes().items() if v or k not in OCCASIONAL_COMPONENTS}
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(getattr(self, k) for k in WEIGHT_COMPONENTS)
 
 
 class MemoryEstimate(BaseModel):
@@ -14,11 +75,11 @@ class MemoryEstimate(BaseModel):
     `peak_bytes` is what `torch.cuda.max_memory_allocated()` reports for a steady-state step.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     model: str
-    plan: dict
-    components: dict[str, int]
+    plan: TrainingPlan
+    components: Components
     phases: dict[str, int]
     peak_phase: str
     paged_bytes: int = 0  # paged optimizer states in CUDA managed memory (outside the torch allocator)
@@ -40,6 +101,14 @@ class MemoryEstimate(BaseModel):
     gpus: int = 1
     sharding: str = "none"  # none | ddp | fsdp | fsdp_grad_op | zero1 | zero2 | zero3
     host_offload_bytes: int = 0  # host RAM each GPU's process needs for offloaded state (--offload)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> MemoryEstimate:
+        """A copy with `update` validated like the constructor's arguments (pydantic's own `model_copy` skips
+        validation, which would leave a dict where a typed field belongs)."""
+        if not update:
+            return super().model_copy(deep=deep)
+        fields = {k: getattr(self, k) for k in type(self).model_fields}
+        return type(self).model_validate({**fields, **update})
 
     @computed_field
     @property

@@ -33,14 +33,13 @@ _STATIC = {"app.js": "text/javascript", "style.css": "text/css", "charts.js": "t
 
 def _parse(command: str, query: dict[str, str]):
     """The CLI's own parser over the query (flags finished as `cli.main` does); ValueError on bad input."""
-    from vramplan.cli import build_parser
     from vramplan.commands.plan_flags import finish_plan_args
-    from vramplan.web.knobs import argv_for
+    from vramplan.web.knobs import argv_for, parser
 
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            args, extras = build_parser().parse_known_args(argv_for(command, query))
+            args, extras = parser().parse_known_args(argv_for(command, query))
     except SystemExit:
         raise ValueError(err.getvalue().strip().splitlines()[-1] if err.getvalue() else "bad request") from None
     if extras:
@@ -85,8 +84,9 @@ async def api_estimate(request: Request) -> Response:
 
 def suggest_json_for(query: dict[str, str]) -> dict:
     """The `suggest --json` object for these flags (ValueError with the one-line message on bad input)."""
+    from vramplan.commands.suggest import request_from_args
     from vramplan.recommend import recommend
-    from vramplan.commands.suggest import advice_json, request_from_args
+    from vramplan.report.advice import advice_json
 
     args = _parse("suggest", query)
     try:

@@ -41,13 +41,25 @@ def _kind(action: argparse.Action) -> dict:
     return {"kind": "text"}
 
 
+def parser() -> argparse.ArgumentParser:
+    """The CLI's own `estimate` and `suggest` parsers (the commands the page runs), registered as `vramplan.cli`
+    does but without the other subcommands, so the web package never imports the CLI registrar (which imports
+    `commands.serve`, which imports this package)."""
+    from vramplan.commands.estimate import add_estimate_parser
+    from vramplan.commands.parsing import StrictParser
+    from vramplan.commands.suggest import add_suggest_parser
+
+    top = StrictParser(prog="vramplan")
+    sub = top.add_subparsers(dest="command", parser_class=StrictParser)
+    add_estimate_parser(sub)
+    add_suggest_parser(sub)
+    return top
+
+
 @cache
 def knobs(command: str = "estimate") -> tuple[dict, ...]:
     """One record per plan flag of `command`: name (the flag without `--`), dest, kind, choices, help."""
-    from vramplan.cli import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     out, seen = [], set()
     for group in sub._action_groups:
         if not (group.title or "").startswith(GROUPS):
