@@ -17,11 +17,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 from vramplan.config_schema import check_config, text_part
 from vramplan.errors import (
     ConfigFileError,
@@ -92,8 +87,9 @@ class ModelSpec(BaseModel):
 @cache
 def presets() -> dict[str, Preset]:
     """slug -> Preset, from vramplan/presets/index.toml (read once, on first use)."""
-    text = resources.files("vramplan.presets").joinpath("index.toml").read_text()
-    return {slug: Preset(slug=slug, **entry) for slug, entry in tomllib.loads(text).items()}
+    from vramplan.presets import read_index
+
+    return {slug: Preset(slug=slug, **entry) for slug, entry in read_index().items()}
 
 
 @cache

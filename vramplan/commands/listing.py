@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from vramplan.commands.plan_flags import add_gpu_dir_argument, console, gpu_dirs
+from vramplan.commands.plan_flags import add_gpu_dir_argument, gpu_dirs
 
 
 def add_models_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,13 +16,15 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_models(args: argparse.Namespace) -> int:
     from vramplan import report
-    from vramplan.models import presets
 
-    items = list(presets().values())
-    if args.json:
-        report.print_json([p.model_dump() for p in items])
-    else:
-        report.render_models(console(args), items)
+    if args.json:  # validated (pydantic): the JSON lists every field with its default
+        from vramplan.models import presets
+
+        report.print_json([p.model_dump() for p in presets().values()])
+    else:  # the index as written: no pydantic, so `vramplan models` starts as fast as `--help`
+        from vramplan.presets import index
+
+        report.render_models(sys.stdout, index())
     return 0
 
 
@@ -40,5 +43,5 @@ def run_gpus(args: argparse.Namespace) -> int:
     if args.json:
         report.print_json([g.model_dump() for g in profiles])
     else:
-        report.render_gpus(console(args), profiles)
+        report.render_gpus(sys.stdout, profiles)
     return 0
