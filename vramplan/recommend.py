@@ -289,7 +289,7 @@ def method_needs(probe: Probe, cand: Candidate) -> MethodNeeds:
     smallest, smallest_bytes, version = fits_on[0] if fits_on else (None, None, None)
     same = [g.slug for g, _, _ in fits_on[1:] if smallest and g.memory_bytes == smallest.memory_bytes]
     offloaded = None
-    if cand.plan.gpus == 1 and e.components["optimizer_states"] + e.paged_bytes > 0.05 * cand.gpu_bytes:
+    if cand.plan.gpus == 1 and e.components.optimizer_states + e.paged_bytes > 0.05 * cand.gpu_bytes:
         offloaded = probe.evaluate(replan(cand.plan, optimizer="sgd")).gpu_bytes
     return MethodNeeds(method=cand.plan.method, plan=cand.plan.model_dump(), gpu_bytes=cand.gpu_bytes,
                   host_bytes=cand.host_bytes, host_fits=host_fits, weights_bytes=e.phases["load"],

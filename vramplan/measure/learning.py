@@ -86,7 +86,8 @@ def learn(estimate: Any, records: Sequence[Any], profile: Any, versions: dict[st
         return None
     contexts = [r.measured.cuda_context_bytes for r in runs if r.measured.cuda_context_bytes is not None]
     with_reserve = [r for r in runs if r.measured.reserved_bytes is not None and r.measured.peak_bytes > 0]
-    same = [r for r in with_reserve if r.model == estimate.model and _plan_key(r.plan) == _plan_key(estimate.plan)]
+    key = _plan_key(estimate.plan.model_dump(mode="json"))
+    same = [r for r in with_reserve if r.model == estimate.model and _plan_key(r.plan) == key]
     reserve = None
     if same:
         reserve = max(r.measured.reserved_bytes - r.measured.peak_bytes for r in same)
