@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from vramplan import vocab
 from vramplan.errors import PlanError
 from vramplan.vocab import (  # noqa: F401  (SHARDINGS, OPTIMIZERS, TRAINERS, TARGET_SHORTHANDS: re-exported)
     ATTENTIONS,
@@ -274,29 +275,11 @@ class TrainingPlan(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingPlan:
-        adapters = self.method in ("lora", "qlora")
-        if not adapters:
-            for field in ("rank", "alpha", "targets"):
-                if getattr(self, field) is not None:
-                    raise ValueError(f"--{field} applies to lora/qlora, not to method '{self.method}'")
-            if self.lora_dropout:
-                raise ValueError("--lora-dropout applies to lora/qlora, not to full fine-tuning")
-            if self.use_dora:
-                raise ValueError("--dora applies to lora/qlora, not to full fine-tuning")
-            if self.trainable_tokens:
-                raise ValueError("--trainable-tokens applies to lora/qlora (full fine-tuning trains every row)")
-            if self.modules_to_save:
-                raise ValueError("--modules-to-save applies to lora/qlora (full fine-tuning trains every module)")
+        self._check_method_fields()
         if self.modules_to_save and (self.parallelism != "none" or self.offload != "none"):
             raise ValueError("--modules-to-save on several GPUs or with offload is not modelled yet (that "
                              "composition keeps one dtype for every trainable tensor)")
         self._check_8bit()
-        if self.method != "qlora":
-            for field in ("quant", "double_quant", "compute_dtype", *(() if self.load_in_8bit else ("kbit_upcast",))):
-                if getattr(self, field) is not None:
-                    flag = {"double_quant": "--double-quant", "kbit_upcast": "--no-kbit-upcast"}.get(
-                        field, "--" + field.replace("_", "-"))
-                    raise ValueError(f"{flag} applies to method qlora only, not '{self.method}'")
         if self.mixed_precision and self.param_dtype != "fp32":
             raise ValueError("--mixed-precision needs --param-dtype fp32 (fp32 master weights)")
         if self.method == "qlora" and self.param_dtype == "fp32" and self.mixed_precision:
@@ -305,6 +288,20 @@ class TrainingPlan(BaseModel):
             raise ValueError("--ckpt-reentrant needs gradient checkpointing on")
         self._check_parallel()
         return self
+
+    def _check_method_fields(self) -> None:
+        """A field the method does not take (`fields_outside`) left at its default; `load_in_8bit` is
+        `_check_8bit`'s, which says why."""
+        for field in vocab.fields_outside(self.method, self.load_in_8bit):
+            if field not in vocab.INT8_FIELDS and getattr(self, field) != type(self).model_fields[field].default:
+                raise ValueError(vocab.outside_words(field, self.method))
+
+    def for_method(self, method: str, **changes: Any) -> TrainingPlan:
+        """This plan as `method` (with `changes`): the fields `method` does not take go back to their defaults,
+        and `make_plan` fills the new method's own (rank, quantization, optimizer when unset)."""
+        fields = {**self.model_dump(), **changes, "method": method}
+        fields.update(dict.fromkeys(vocab.fields_outside(method, bool(fields.get("load_in_8bit")))))
+        return make_plan(**fields)
 
     def _check_8bit(self) -> None:
         """LLM.int8 trains through adapters only (transformers `Trainer` refuses a purely quantized model;
@@ -336,8 +333,6 @@ class TrainingPlan(BaseModel):
                 raise ValueError(f"--offload optimizer needs DeepSpeed ZeRO: {hint}")
             raise ValueError("--offload params needs --sharding fsdp, fsdp_grad_op or zero3 "
                              "(DeepSpeed offloads parameters only at stage 3)")
-        if self.quant_storage is not None and self.method != "qlora":
-            raise ValueError("--quant-storage applies to method qlora only")
         if self.method == "qlora" and sharding == "zero3" and self.quant_storage == "uint8":
             raise ValueError("--sharding zero3 partitions 4-bit weights only when they are stored in the model's "
                              "float dtype: use --quant-storage bf16 (bnb_4bit_quant_storage)")

@@ -18,13 +18,11 @@ from pydantic import BaseModel, ConfigDict
 from vramplan.errors import PlanError
 from vramplan.estimator import MemoryEstimate
 from vramplan.hardware import GpuProfile, load_profiles
-from vramplan.plan import TrainingPlan, make_plan
+from vramplan.plan import TrainingPlan
 from vramplan.search import check_pins, least_on_card, search, variants
 from vramplan.search_space import (
     ADAPTERS,
     DIST_CHOICES,
-    LORA_ONLY,
-    QLORA_ONLY,
     Candidate,
     Probe,
     Request,
@@ -128,20 +126,15 @@ class Advice(_Frozen):
 
 def replan(plan: TrainingPlan, **changes: Any) -> TrainingPlan:
     """`plan` with some fields changed; fields the new method does not take are reset to their defaults."""
-    fields = {**plan.model_dump(), **changes}
+    method = changes.pop("method", plan.method)
     if "rank" in changes:
-        fields["alpha"] = None
-    if fields["method"] == "full":
-        fields.update(dict.fromkeys(LORA_ONLY))
-    if fields["method"] != "qlora":  # (a LoRA/full plan's QLoRA fields are None: make_plan fills them for QLoRA)
-        fields.update(dict.fromkeys(QLORA_ONLY))
-    if fields["method"] != "full" and plan.method == "full":
-        fields.update(targets=ADAPTERS[-1][0], rank=ADAPTERS[-1][1], alpha=None)
-    if "sharding" in changes and fields["method"] == "qlora":
+        changes["alpha"] = None
+    if method != "full" and plan.method == "full":
+        changes.update(targets=ADAPTERS[-1][0], rank=ADAPTERS[-1][1], alpha=None)
+    if "sharding" in changes and method == "qlora":
         # the storage dtype and the kbit upcast follow the sharding (TrainingPlan.storage_dtype, make_plan)
-        fields["quant_storage"] = None
-        fields["kbit_upcast"] = changes.get("kbit_upcast")
-    return make_plan(**fields)
+        changes.update(quant_storage=None, kbit_upcast=changes.get("kbit_upcast"))
+    return plan.for_method(method, **changes)
 
 
 def _largest(probe: Probe, build: Callable[[int], TrainingPlan], lo: int, cap: int) -> int | None:

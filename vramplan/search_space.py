@@ -28,12 +28,13 @@ from functools import cached_property
 from typing import Any
 
 from vramplan.api import estimate, with_device
-from vramplan.errors import InputError
+from vramplan.errors import InputError, PlanError
 from vramplan.estimator import MemoryEstimate
 from vramplan.hardware import GpuProfile, check_runs_on, default_dtypes
 from vramplan.models import ModelSpec
 from vramplan.plan import INT_RANGES, TrainingPlan, allowed_offloads, make_plan
 from vramplan.speed import StepTime, step_time
+from vramplan.vocab import fields_outside, methods_taking, outside_words
 
 OBJECTIVES = ("quality", "speed", "memory")
 METHODS = ("full", "lora", "qlora")
@@ -62,8 +63,6 @@ DEFAULT_MIN_SEQ = 1024
 # them: the micro-batch ladder has at most 240 divisors up to 2**20, the sequence ladder at most 14 rungs.
 EFFECTIVE_BATCH_RANGE = (1, 1_048_576)
 TOP_RANGE = (1, 100)
-LORA_ONLY = ("rank", "alpha", "targets", "lora_dropout", "use_dora", "trainable_tokens")
-QLORA_ONLY = ("quant", "double_quant", "compute_dtype", "kbit_upcast")
 
 
 @dataclass(frozen=True)
@@ -210,11 +209,12 @@ class Probe:
         if self.req.methods:
             dist = self.dist_choices()[0]
             for method in self.req.methods:  # a pinned flag that does not apply raises a one-line PlanError
+                foreign = [k for k in fields_outside(method, bool(pinned.get("load_in_8bit"))) if k in pinned]
+                if foreign:
+                    raise PlanError(outside_words(foreign[0], method))
                 self.plan(method, ADAPTERS[0], 1024, True, self.optimizer_choices(method, dist)[0], 1, dist)
             return self.req.methods
-        allowed = [m for m in METHODS if not (m == "full" and any(k in pinned for k in LORA_ONLY))]
-        allowed = [m for m in allowed if not (m != "qlora" and any(k in pinned for k in QLORA_ONLY))]
-        return tuple(allowed)
+        return methods_taking(pinned)  # the plan's field groups: a pinned QLoRA-only flag narrows to qlora
 
     def dtype_fields(self, method: str) -> dict[str, Any]:
         """The GPU's own dtypes (`hardware.default_dtypes`, as estimate --gpu) unless the user pinned one."""
@@ -224,10 +224,8 @@ class Probe:
 
     def plan(self, method: str, adapter: tuple[str, int] | None, seq: int, grad_ckpt: bool, optimizer: str,
              batch: int, dist: tuple[str | None, str] = (None, "none")) -> TrainingPlan:
-        pinned = dict(self.req.pinned)
-        if method != "qlora":
-            for k in QLORA_ONLY:
-                pinned.pop(k, None)
+        outside = fields_outside(method, bool(self.req.pinned.get("load_in_8bit")))
+        pinned = {k: v for k, v in self.req.pinned.items() if k not in outside}
         opts: dict[str, Any] = {"method": method, "seq": seq, "grad_ckpt": grad_ckpt, "optimizer": optimizer,
                                 "batch": batch, "grad_accum": -(-self.per_gpu_batch() // batch)}
         if self.req.gpus > 1:

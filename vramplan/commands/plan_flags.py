@@ -331,13 +331,7 @@ _DTYPE_FIELDS = ("param_dtype", "mixed_precision", "compute_dtype")
 
 def method_plan(args: argparse.Namespace, method: str):
     """The shared flags applied to one method (compare); options that do not apply to it are left out."""
-    from vramplan.search_space import LORA_ONLY, QLORA_ONLY
+    from vramplan.vocab import fields_outside
 
-    qlora_only = (*QLORA_ONLY, "quant_storage")
-    drop = (*LORA_ONLY, "modules_to_save", *qlora_only) if method == "full" else qlora_only if method == "lora" \
-        else ()
-    if method != "lora":  # an 8-bit base belongs to LoRA; compare's qlora and full columns leave it out
-        drop = (*drop, "load_in_8bit")
-    elif getattr(args, "load_in_8bit", None):
-        drop = tuple(f for f in drop if f != "kbit_upcast")
+    drop = fields_outside(method, bool(getattr(args, "load_in_8bit", None)))
     return plan_from_args(args, method=method, **dict.fromkeys(drop))
