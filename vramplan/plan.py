@@ -149,6 +149,9 @@ class TrainingPlan(BaseModel):
     # transformers/TRL `use_liger_kernel=True`: Liger's RMSNorm, SwiGLU, RoPE and (outside TRL) fused linear
     # cross-entropy for the model types Liger patches (vramplan/estimator/liger.py)
     liger: bool = False
+    # TRL `activation_offloading=True` (trl-* trainers): saved activations copied to pinned host memory
+    # (vramplan/estimator/offloading.py)
+    activation_offloading: bool = False
     # PYTORCH_CUDA_ALLOC_CONF knobs of the caching allocator (reserved memory: vramplan/estimator/allocator.py)
     expandable_segments: bool = False
     max_split_size_mb: int | None = None  # None: unlimited (torch's default)
@@ -203,6 +206,9 @@ class TrainingPlan(BaseModel):
                              "know it yet): drop --gpus/--sharding, or use --trainer hf or trl-sft")
         if self.packing and (self.trainer != "trl-sft" or self.multi_gpu or self.eval_batch is not None):
             raise ValueError("--packing is modelled for --trainer trl-sft on one GPU without --eval-batch")
+        if self.activation_offloading and (not self.trainer.startswith("trl-") or self.multi_gpu):
+            raise ValueError("--activation-offloading is TRL's (activation_offloading=True): modelled for --trainer "
+                             "trl-sft/trl-dpo on one GPU")
         if self.precompute_ref_log_probs and self.trainer != "trl-dpo":
             raise ValueError("--precompute-ref-log-probs applies to --trainer trl-dpo")
         if self.trainer == "trl-dpo" and self.eval_batch is not None:

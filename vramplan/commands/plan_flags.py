@@ -172,6 +172,9 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     g.add_argument("--liger", "--use-liger-kernel", dest="liger", action="store_const", const=True, default=None,
                    help="Liger kernels (use_liger_kernel): RMSNorm, SwiGLU, RoPE, and outside TRL the fused linear "
                    "cross-entropy (no logits), for the model types Liger patches")
+    g.add_argument("--activation-offloading", action="store_const", const=True, default=None,
+                   help="trl-sft/trl-dpo: TRL activation_offloading=True (saved activations copied to pinned host "
+                   "memory; the estimate notes the host RAM it needs)")
     g.add_argument("--loss-type", choices=LOSS_TYPES, help="trl-sft loss (SFTConfig.loss_type): nll (default) | dft")
     g.add_argument("--precompute-ref-log-probs", action="store_const", const=True, default=None,
                    help="trl-dpo: reference log-probs computed before training (no reference pass or model)")

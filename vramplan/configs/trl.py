@@ -29,7 +29,6 @@ from vramplan.configs.hf import read_training_args
 
 REFUSED = {
     "lora_target_parameters": "LoRA on parameters",
-    "activation_offloading": "activations offloaded to host memory",
     "beta": "a preference trainer (DPO/KTO: a reference model, chosen and rejected batches)",
     "max_prompt_length": "a preference trainer (DPO/KTO: a reference model, chosen and rejected batches)",
 }
@@ -91,6 +90,10 @@ def read(reader: FieldReader, base: Path) -> None:
     _loss(reader)
     reader.set("seq", as_int(reader, "max_length", reader.take("max_length", 1024)), "max_length")
     _packing(reader)
+    # SFTConfig/DPOConfig.activation_offloading: `get_act_offloading_ctx_manager` around training_step
+    reader.set("activation_offloading", as_bool(reader, "activation_offloading",
+                                                reader.take("activation_offloading", False)) or None,
+               "activation_offloading")
     attn = reader.take("attn_implementation")
     reader.set("attn", names.attention(reader, "attn_implementation", attn or "sdpa"), "attn_implementation")
 

@@ -116,6 +116,7 @@ def layer_context(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ct
         dora=plan.use_dora,
         head_trainable=saves_module(plan, "lm_head"),
         liger=plan_kernels(model.model_type, plan),
+        offload_activations=plan.activation_offloading,
         dora_bias=_dora_bias(model) if plan.use_dora else frozenset(),
         **_moe_fields(model, plan, nq),
     )

@@ -73,6 +73,7 @@ class Ctx:
     head_trainable: bool = False  # the output head trains without the rest (peft modules_to_save: lm_head)
     logit_scale: bool = False  # the CausalLM scales its logits (Traits.logit_scale: Granite, Cohere)
     liger: frozenset[str] = frozenset()  # Liger kernels in effect (`use_liger_kernel`: liger.py)
+    offload_activations: bool = False  # TRL activation offloading: saved tensors to host (offloading.py)
     # LLM.int8 base (`load_in_8bit`): every decoder linear a `Linear8bitLt` (see `int8_linear`)
     int8: bool = False
     int8_fp16: bool = False  # the activations are fp16 already: MatMul8bitLt's `A.to(float16)` copies nothing

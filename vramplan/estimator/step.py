@@ -30,6 +30,7 @@ from functools import lru_cache
 from vramplan.estimator.context import embedding_output_requires_grad, layer_context, stream_bytes
 from vramplan.estimator.layers import decoder_layer
 from vramplan.estimator.losses import loss_head
+from vramplan.estimator.offloading import OffloadTape, offloaded_layer_cost
 from vramplan.estimator.programs import Ctx
 from vramplan.estimator.step_tensors import attention_mask_bytes, batch_bytes, rope_bytes
 from vramplan.estimator.tape import Tape
@@ -51,10 +52,14 @@ class LayerCost:
     bwd_abs: int  # backward peak of the layer alone: its saved tensors, incoming grad, new grads, temps
     recompute_peak: int  # checkpointing: recompute transient above its input
     param_grads: int  # .grad bytes created by the layer's backward
+    stash: int = 0  # activation offloading: the device tensors of the last packs, alive when the head starts
 
 
 def layer_cost(model: ModelSpec, plan: TrainingPlan, c: Ctx, input_grad: bool) -> LayerCost:
     """One decoder layer of `model` under `plan` (`input_grad`: its input requires grad)."""
+    if c.offload_activations:  # TRL activation offloading (offloading.py)
+        return offloaded_layer_cost(traits_of(model), model.intermediate_size, c, stream_bytes(plan), plan.grad_ckpt,
+                                    input_grad, plan.grad_accum > 1)[0]
     return _layer_cost(traits_of(model), model.intermediate_size, c, stream_bytes(plan), plan.grad_ckpt,
                        plan.grad_ckpt and plan.ckpt_reentrant, input_grad, plan.grad_accum > 1)
 
@@ -94,7 +99,7 @@ def _layer_cost(traits: Traits, inter: int, c: Ctx, a: int, grad_ckpt: bool, ree
 def head_cost(c: Ctx, a: int, softcap: bool, accumulate: bool = False) -> tuple[int, int, int, int]:
     """The final norm, lm_head and loss of `c.trainer` (`losses.loss_head`): (forward peak incl. its input,
     bytes kept for backward, backward peak above that, param grads)."""
-    th = Tape()
+    th = OffloadTape() if c.offload_activations else Tape()
     hx = th.new(c.tokens * c.hidden * a, True)
     loss = loss_head(th, c, hx, a, softcap, c.trainer, c.loss_type)
     peak, keep = th.peak, th.live
@@ -233,7 +238,8 @@ def _forward_moments(model: ModelSpec, plan: TrainingPlan, s: _StepParts) -> lis
                   g, held_grads=s.held) for k in layers_to_visit(s.n)]
     after = s.act_base + s.held_mask + s.held
     head_peak, head_keep = s.head[0], s.head[1]
-    out.append(Moment("forward", "head", -1, after + s.below_fwd(s.n) + head_peak, g, held_grads=s.held))
+    out.append(Moment("forward", "head", -1, after + s.below_fwd(s.n) + s.rest.stash + head_peak, g,
+                      held_grads=s.held))
     if reference_pass(plan):
         from vramplan.estimator.evaluation import reference_forward_peak
 

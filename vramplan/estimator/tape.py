@@ -115,6 +115,14 @@ class Tape:
             self._log(t, -1)
 
     # Backward ----------------------------------------------------------------------------------------------
+    def _unpack(self, node: Node) -> int:
+        """Bytes brought back onto the device before `node`'s backward runs (activation offloading: offloading.py)."""
+        return 0
+
+    def _after(self, node: Node | None) -> int:
+        """Bytes released after `node`'s backward ran (None: the backward ended)."""
+        return 0
+
     def backward(self, out_grad_of: int, accumulate: bool = False, grad_key: int | None = None) -> tuple[int, int]:
         """Replay backward from a gradient of `out_grad_of`; returns (peak above start, param grad bytes).
 
@@ -144,7 +152,7 @@ class Tape:
                 else:  # a second use of the input: its gradient is computed, then added into the buffer
                     accumulated += self.size[i]
                     self._transient(self.size[i])
-            live += new + (0 if accumulate else node.param_grad)
+            live += new + (0 if accumulate else node.param_grad) + self._unpack(node)
             param_grads += node.param_grad
             peak = max(peak, live + accumulated + node.bwd_temp + (node.param_grad if accumulate else 0))
             if node.param_grad:  # a weight's .grad: kept until zero_grad (the caller frees "p" keys)
@@ -161,6 +169,8 @@ class Tape:
                     live -= self.size[s]
                     self.freed.add(s)
                     self._log(s, -1)
+            live -= self._after(node)
+        live -= self._after(None)
         # what is left in `grads` flows to the inputs of the program (the caller accounts for it)
         self.live = live
         return peak - start, param_grads

@@ -57,6 +57,13 @@ TRAINER_GRID: tuple = (
     _c("llama3.1-8b-liger-qlora-s2048", "llama3.1-8b", method="qlora", liger=True, seq=2048),
     _c("qwen2.5-1.5b-liger-loop-lora-b2", "qwen2.5-1.5b", method="lora", trainer="loop", liger=True, batch=2),
     _c("qwen3-8b-sft-liger-qlora-s2048", "qwen3-8b", method="qlora", trainer="trl-sft", liger=True, seq=2048),
+    # TRL activation offloading (offload_trace.py: TRL's own hooks, host copies on the meta device)
+    _c("llama3.2-1b-sft-lora-offload-nockpt-b2-s1024", "llama3.2-1b", method="lora", trainer="trl-sft",
+       activation_offloading=True, grad_ckpt=False, batch=2, seq=1024),
+    _c("llama3.2-1b-sft-lora-offload-b2-s1024", "llama3.2-1b", method="lora", trainer="trl-sft",
+       activation_offloading=True, batch=2, seq=1024),
+    _c("llama3.1-8b-sft-qlora-offload-nockpt-s1024", "llama3.1-8b", method="qlora", trainer="trl-sft",
+       activation_offloading=True, grad_ckpt=False, seq=1024),
 )
 
 

@@ -40,6 +40,7 @@ import torch
 from vramplan.errors import MeasurementError
 from vramplan.measure.build import build_model, hf_config, resolve_targets
 from vramplan.measure.liger_trace import apply_liger, liger_session
+from vramplan.measure.offload_trace import offload_context, offloading_session
 from vramplan.measure.optimizers import build_optimizer
 from vramplan.measure.tracker import Allocation, MemoryTracker
 from vramplan.measure.trainer import (
@@ -67,7 +68,8 @@ def measure_trainer_step(config: dict, plan: TrainingPlan, *, trace: bool = True
     tiles = triton_tiles() if plan.trainer in ("trl-sft", "trl-dpo") else contextlib.nullcontext()
     packed = packed_rows() if plan.packing else contextlib.nullcontext()  # before the session patches it
     liger = liger_session(config.get("model_type")) if plan.liger else contextlib.nullcontext()
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), liger, \
+    offloading = offloading_session() if plan.activation_offloading else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), liger, offloading, \
             _session(trace, config.get("model_type")), tiles, packed:
         torch.manual_seed(seed)
         warnings.simplefilter("ignore")
@@ -85,6 +87,8 @@ def measure_trainer_step(config: dict, plan: TrainingPlan, *, trace: bool = True
             loss_fn = {"hf": _hf_loss, "loop": _loop_loss, "trl-sft": _sft_loss(plan),
                        "trl-dpo": _dpo_loss(plan, ref)}[plan.trainer]
             held: dict = {}  # what the loop keeps between steps (a custom loop's `outputs`)
+            if plan.activation_offloading:  # SFTTrainer/DPOTrainer.__init__: get_act_offloading_ctx_manager
+                held["offload"] = offload_context(model)
             for _ in range(steps):
                 peaks, snaps = _step(model, optimizer, plan, tracker, config, loss_fn, held)
                 tracker.name_tensors(named_state(model, optimizer))
@@ -241,14 +245,16 @@ def _step(model, optimizer, plan: TrainingPlan, tracker: MemoryTracker, config: 
         elif plan.trainer == "trl-sft":
             batch["attention_mask"] = torch.ones_like(ids)
         batches.append(batch)
-        with tracker.phase("forward"), _autocast(plan, "cpu"):  # Trainer: compute_loss under autocast
-            result = loss_fn(model, dict(batch))
-            loss, held["outputs"] = result if isinstance(result, tuple) else (result, None)
-        _keep_peak(tracker, "forward", peaks, snaps)
-        with tracker.phase("backward"):
-            (loss / plan.grad_accum if plan.grad_accum > 1 else loss).backward()
-            del loss, result
-        _keep_peak(tracker, "backward", peaks, snaps)
+        # TRL's training_step: forward and backward inside the activation-offloading context (offload_trace.py)
+        with held.get("offload") or contextlib.nullcontext():
+            with tracker.phase("forward"), _autocast(plan, "cpu"):  # Trainer: compute_loss under autocast
+                result = loss_fn(model, dict(batch))
+                loss, held["outputs"] = result if isinstance(result, tuple) else (result, None)
+            _keep_peak(tracker, "forward", peaks, snaps)
+            with tracker.phase("backward"):
+                (loss / plan.grad_accum if plan.grad_accum > 1 else loss).backward()
+                del loss, result
+            _keep_peak(tracker, "backward", peaks, snaps)
     with tracker.phase("optimizer"):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
