@@ -216,8 +216,7 @@ def host_offload_bytes(model, plan) -> int:
 
 def offloading_note(model, plan) -> str | None:
     """What the estimate says about the host side of `--activation-offloading`."""
-    host = host_offload_bytes(model, plan)
-    if not host:
+    if not plan.activation_offloading:
         return None
-    return (f"activation offloading: {host / 2**30:.2f} GiB of pinned host RAM per micro-batch (TRL's "
-            "OffloadActivations copies every saved activation of 1 KiB or more to the host)")
+    return ("activation offloading: the host RAM is pinned memory for one micro-batch's saved activations (TRL's "
+            "OffloadActivations copies every one of 1 KiB or more to the host)")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from vramplan.estimator.context import kernel_dequantizes
-from vramplan.estimator.offloading import offloading_note
+from vramplan.estimator.offloading import host_offload_bytes, offloading_note
 from vramplan.estimator.optimizer import MIN_8BIT_SIZE, QMAP_BYTES, OptimizerMemory, optimizer_memory
 from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.step import Moment, phase_peaks, step_moments
@@ -79,6 +79,7 @@ def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
         paged_bytes=opt.paged_bytes,
         traced_phases=traced,
         notes=tuple(n for n in (unquantized_experts_note(model, plan), offloading_note(model, plan)) if n),
+        host_offload_bytes=host_offload_bytes(model, plan),
     )
     return StepEstimate(estimate, moments, ref)
 
