@@ -81,3 +81,33 @@ def test_decoder_layers_not_named_layers_are_found(tmp_path, monkeypatch):
     assert layers["transformer.h.2.attn.c_attn.weight"] == 2
     assert layers["transformer.wte.weight"] is None
     assert {v for v in layers.values() if v is not None} == {0, 1, 2}
+
+
+def test_traits_read_instead_of_model_type_names():
+    """Gemma 3 computes two rotary tables (one per layer type: `sliding_attention_inv_freq`, `full_attention_inv_freq`
+    when its six layers hold both types): the written record says 2 and so do the buffers; the v4 expert linears peft maps are MoELayout data (Mixtral w1/w3/w2)."""
+    from vramplan.estimator.weights import expert_lora_targets, rotary_embeddings
+    from vramplan.plan import make_plan
+
+    gemma3 = {"model_type": "gemma3_text", "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 6,
+              "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 64, "vocab_size": 1000,
+              "sliding_window": 64}
+    assert traits_from_meta(gemma3).rotary_tables == NATIVE_TRAITS["gemma3_text"].rotary_tables == 2
+    assert rotary_embeddings(spec_from_config(gemma3, "g3", "test"))[0] == 2
+    assert traits_from_meta(_small(ARCH_CONFIGS["pythia-1.4b"])).rotary_tables == 1
+    mixtral = spec_from_config(preset_config("mixtral-8x7b"), "mixtral", "test")
+    assert expert_lora_targets(mixtral, make_plan(method="lora", targets="w1,w3")) == (("gate_up_proj",), False)
+    assert expert_lora_targets(mixtral, make_plan(method="lora", targets="all-linear")) == (
+        ("gate_up_proj", "down_proj"), True)
+
+
+def test_granite_and_gpt_bigcode_traits():
+    """Granite: `residual_multiplier` on the layer, `logits / logits_scaling` in the CausalLM; GPT-BigCode:
+    learned positions (no rotary module), gelu_pytorch_tanh from the config class's default, layers under
+    transformer.h."""
+    granite = traits_from_meta(_small(ARCH_CONFIGS["granite-3.1-2b-noattndrop"]))
+    assert granite.residual_multiplier and granite.logit_scale and granite.rotary_factor == 1.0
+    bigcode = traits_from_meta({**_small(ARCH_CONFIGS["starcoder-15b-noattndrop"]), "n_layer": 2})
+    assert (bigcode.rotary_factor, bigcode.activation, bigcode.layers_path) == (0.0, "gelu_pytorch_tanh",
+                                                                               "transformer.h")
+    assert not bigcode.residual_multiplier and not bigcode.logit_scale

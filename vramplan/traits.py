@@ -45,9 +45,13 @@ class MoELayout:
     inter_key: str  # one expert's intermediate size: Mixtral `intermediate_size`, Qwen `moe_intermediate_size`
     shared_inter_key: str = ""  # Qwen2-MoE's shared expert (`shared_expert_intermediate_size`)
     fp32_routing_weights: bool = False  # Mixtral keeps the top-k routing weights fp32; Qwen casts them back
+    # each expert's (gate, up, down) nn.Linear names under transformers 4.x, which transformers 5 fused into 3-D
+    # `experts.gate_up_proj` / `experts.down_proj` (peft maps targets naming them: weights.expert_lora_targets)
+    v4_linears: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
 
 
-MIXTRAL_MOE = MoELayout("num_local_experts", "intermediate_size", fp32_routing_weights=True)
+MIXTRAL_MOE = MoELayout("num_local_experts", "intermediate_size", fp32_routing_weights=True,
+                        v4_linears=("w1", "w3", "w2"))
 QWEN_MOE = MoELayout("num_experts", "moe_intermediate_size", "shared_expert_intermediate_size")
 
 
@@ -68,6 +72,7 @@ class Traits:
     activation: str = "silu"
     rotary_factor: float = 1.0  # partial_rotary_factor (1.0: the whole head)
     resid_dropout: float = 0.0  # dropout on the attention and MLP outputs (StarCoder2, Phi-2, GPT-NeoX)
+    rotary_tables: int = 1  # rotary tables a forward computes (Gemma 3: one for sliding and one for full layers)
     residual_multiplier: bool = False  # Granite: `residual + branch * residual_multiplier` (a product per branch)
     logit_scale: bool = False  # Granite `logits / logits_scaling`, Cohere `logits * logit_scale`: one more [T, V]
     # leaf module names of the linears, in call order
@@ -113,6 +118,7 @@ NATIVE_TRAITS: dict[str, Traits] = {
     "gemma2": Traits(gemma_norm=True, layout="sandwich", activation="gelu_pytorch_tanh", sdpa=False,
                      attention_mask_kinds=2),
     "gemma3_text": Traits(gemma_norm=True, layout="sandwich", qk_norm="head", activation="gelu_pytorch_tanh",
+                          rotary_tables=2,
                           attention_mask_kinds=2),
     "phi3": Traits(fused_qkv=True, fused_gate_up=True, sliding_window_every_layer=True),
 }

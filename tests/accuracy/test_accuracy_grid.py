@@ -39,6 +39,13 @@ FALLBACK_CASES: tuple[Case, ...] = (
     Case("starcoder-15b-qlora-recipe", "starcoder-15b-noattndrop", {"method": "qlora"}),
     Case("starcoder-15b-qlora-nockpt-alllinear", "starcoder-15b-noattndrop",
          {"method": "qlora", "grad_ckpt": False, "targets": "all-linear"}),
+    # LoRA over an LLM.int8 base: the tracer runs bitsandbytes' CPU path (MatMul8bitFp, which dequantizes the
+    # weight in forward), which the estimator replays for `traced_phases`; the trainer applies the kbit upcast to
+    # QLoRA only, so these plans leave it off
+    Case("llama3.1-8b-lora8bit-noupcast", "llama3.1-8b", {"method": "lora", "load_in_8bit": True,
+                                                         "kbit_upcast": False}),
+    Case("llama3.1-8b-lora8bit-noupcast-nockpt-s512", "llama3.1-8b",
+         {"method": "lora", "load_in_8bit": True, "kbit_upcast": False, "grad_ckpt": False, "seq": 512}),
 )
 
 

@@ -60,20 +60,19 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
 
 
 # peft 0.21 `utils/transformers_weight_conversion.py` (`_convert_peft_config_moe`): transformers 5 fused the v4
-# expert linears (Mixtral w1/w3/w2, Qwen-MoE gate_proj/up_proj/down_proj) into 3-D parameters and made the router
-# `gate` a custom module. A target naming them, or "all-linear" (which matched them on v4), is moved to
-# `target_parameters`: LoRA on `experts.gate_up_proj` (rank and alpha x2), `experts.down_proj`, `gate.weight`;
-# the names leave `target_modules` (so qwen2_moe's shared-expert linears of those names are not wrapped).
-MOE_V4_EXPERT_NAMES: dict[str, tuple[str, str, str]] = {
-    "mixtral": ("w1", "w3", "w2"),
-    "qwen2_moe": ("gate_proj", "up_proj", "down_proj"),
-    "qwen3_moe": ("gate_proj", "up_proj", "down_proj"),
-}
+# expert linears (`MoELayout.v4_linears`: Mixtral w1/w3/w2, Qwen-MoE gate_proj/up_proj/down_proj) into 3-D
+# parameters and made the router `gate` a custom module. A target naming them, or "all-linear" (which matched them
+# on v4), is moved to `target_parameters`: LoRA on `experts.gate_up_proj` (rank and alpha x2),
+# `experts.down_proj`, `gate.weight`; the names leave `target_modules` (so qwen2_moe's shared-expert linears of
+# those names are not wrapped).
+def _v4_expert_names(model: ModelSpec) -> tuple[str, ...]:
+    moe = traits_of(model).moe
+    return moe.v4_linears if moe is not None else ()
 
 
 def expert_lora_targets(model: ModelSpec, plan: TrainingPlan) -> tuple[tuple[str, ...], bool]:
     """(fused expert parameters LoRA reaches, whether the router weight gets LoRA) under peft 0.21."""
-    names = MOE_V4_EXPERT_NAMES.get(model.model_type)
+    names = _v4_expert_names(model)
     spec = plan.targets or "default"
     if not names or not plan.uses_lora or spec in ("default", "attention"):
         return (), False
@@ -91,7 +90,8 @@ def resolve_targets(model: ModelSpec, plan: TrainingPlan) -> tuple[str, ...]:
     """The leaf module names LoRA wraps: 'default', 'attention', 'all-linear' or an explicit list."""
     groups = model.inventory.linear_groups
     spec = plan.targets or "default"
-    moved = {*MOE_V4_EXPERT_NAMES[model.model_type], "gate"} if model.model_type in MOE_V4_EXPERT_NAMES else set()
+    v4 = _v4_expert_names(model)
+    moved = {*v4, "gate"} if v4 else set()
     if spec == "all-linear":  # peft: every nn.Linear but the output layer (MoE: less the names it moves)
         return tuple(n for n in groups if n not in moved)
     tr = traits_of(model)
@@ -185,7 +185,7 @@ def rotary_embeddings(model: ModelSpec) -> tuple[int, int]:
     (GPT-NeoX's `rotary_pct` too: the traits carry the attention's `rotary_ndims`)."""
     factor = model.config.get("partial_rotary_factor") or traits_of(model).rotary_factor
     dim = int(model.head_dim * float(factor))
-    return (2 if model.model_type == "gemma3_text" else 1), dim
+    return traits_of(model).rotary_tables, dim
 
 
 def rotary_buffer_bytes(model: ModelSpec) -> int:

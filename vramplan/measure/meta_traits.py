@@ -143,8 +143,16 @@ def derive_traits(model, cfg: Mapping[str, Any]) -> Traits:
         qk_norm=qk_norm, qk_norm_kind=qk_kind, activation=act, rotary_factor=factor,
         resid_dropout=float(_first(cfg, _DROPOUT_FIELDS, 0.0) or 0.0), layers_path=path, native=False,
         residual_multiplier=hasattr(layer, "residual_multiplier"), logit_scale=_scales_logits(model),
+        rotary_tables=_rotary_tables(model),
         **names, **_mlp_names(mlp),
     )
+
+
+def _rotary_tables(model) -> int:
+    """The rotary tables a forward computes: one `inv_freq` buffer per table (Gemma 3 keeps one per layer type,
+    `sliding_attention_inv_freq` and `full_attention_inv_freq`, in one module), at least 1."""
+    names = [n for n, _ in model.named_buffers() if n.endswith("inv_freq") and not n.endswith("original_inv_freq")]
+    return max(1, len(names))
 
 
 def _scales_logits(model) -> bool:
