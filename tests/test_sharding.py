@@ -148,11 +148,11 @@ def test_fsdp_full_finetune_of_7b_on_8_gpus(llama7b):
     unsharded decoder layer, the unsharded root (embeddings + lm_head) and the communication buffers."""
     e = estimate_memory(llama7b, make_plan(method="full", sharding="fsdp", gpus=8))
     psi = llama7b.num_params
-    assert e.components["optimizer_states"] == pytest.approx(4 * psi / 8, rel=1e-3)
-    assert e.components["base_weights"] == pytest.approx(2 * psi / 8, rel=1e-3)
+    assert e.components.optimizer_states == pytest.approx(4 * psi / 8, rel=1e-3)
+    assert e.components.base_weights == pytest.approx(2 * psi / 8, rel=1e-3)
     layer = 2 * (4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096)
     root = 2 * (2 * 32000 * 4096 + 4096)
-    assert e.components["unsharded_params"] in (root, root + layer)
+    assert e.components.unsharded_params in (root, root + layer)
     assert 7 * GiB < e.peak_bytes < 10 * GiB  # vs 63 GiB on one GPU
 
 
@@ -164,8 +164,8 @@ def test_zero_stages_follow_the_paper(llama7b):
     z = {s: estimate_memory(llama7b, make_plan(method="full", sharding=f"zero{s}", gpus=n)) for s in (1, 2, 3)}
     for s in (1, 2):
         st = z[s].components
-        assert st["master_weights"] == pytest.approx(4 * psi / n, rel=1e-3)
-        assert st["optimizer_states"] == pytest.approx(8 * psi / n, rel=1e-3)
+        assert st.master_weights == pytest.approx(4 * psi / n, rel=1e-3)
+        assert st.optimizer_states == pytest.approx(8 * psi / n, rel=1e-3)
     assert z[2].phases["backward"] < z[1].phases["backward"] - psi  # 2 psi of full gradients vs 2 psi / 8
     assert z[3].phases["optimizer"] == pytest.approx((2 + 2 + 4 + 8 + 4 + 4) * psi / n, rel=0.01)
     assert z[3].peak_bytes < z[2].peak_bytes < z[1].peak_bytes
@@ -183,7 +183,7 @@ def test_fsdp_offload_keeps_only_gathered_units_on_the_gpu(llama7b):
     plan = dict(method="full", sharding="fsdp", gpus=8)
     on, off = estimate_memory(llama7b, make_plan(**plan)), estimate_memory(llama7b, make_plan(**plan, offload="params"))
     assert off.host_offload_bytes == pytest.approx((2 + 4 + 2 + 2) * llama7b.num_params / 8, rel=1e-3)
-    assert off.components["optimizer_states"] == 0 and off.phases["optimizer"] < 2**20  # the batch, buffers
+    assert off.components.optimizer_states == 0 and off.phases["optimizer"] < 2**20  # the batch, buffers
     assert off.peak_bytes < on.peak_bytes - 5 * GiB
 
 
