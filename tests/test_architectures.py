@@ -54,9 +54,8 @@ def test_other_field_names_are_read_through_the_config_class():
         c = model.config
         assert (spec.hidden_size, spec.num_layers, spec.num_heads) == (c.hidden_size, c.num_hidden_layers,
                                                                        c.num_attention_heads)
-        k_out = {  # the key projection's width, from the fused qkv: q + 2 kv
-            "gpt_bigcode": lambda m: (m.transformer.h[0].attn.c_attn.out_features - c.hidden_size) // 2,
-            "falcon": lambda m: (m.transformer.h[0].self_attention.query_key_value.out_features - c.hidden_size) // 2,
-        }[cfg["model_type"]](model)
+        block = model.transformer.h[0]  # the key projection's width, from the fused qkv: q + 2 kv
+        qkv = block.attn.c_attn if cfg["model_type"] == "gpt_bigcode" else block.self_attention.query_key_value
+        k_out = (qkv.out_features - c.hidden_size) // 2
         assert spec.num_kv_heads * spec.head_dim == k_out
         assert spec.num_params == sum(p.numel() for p in model.parameters())

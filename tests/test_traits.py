@@ -84,8 +84,9 @@ def test_decoder_layers_not_named_layers_are_found(tmp_path, monkeypatch):
 
 
 def test_traits_read_instead_of_model_type_names():
-    """Gemma 3 computes two rotary tables (one per layer type: `sliding_attention_inv_freq`, `full_attention_inv_freq`
-    when its six layers hold both types): the written record says 2 and so do the buffers; the v4 expert linears peft maps are MoELayout data (Mixtral w1/w3/w2)."""
+    """Gemma 3 computes two rotary tables (one per layer type: `sliding_attention_inv_freq` and
+    `full_attention_inv_freq` when its six layers hold both types): the written record says 2 and so do the
+    buffers; the v4 expert linears peft maps are MoELayout data (Mixtral w1/w3/w2)."""
     from vramplan.estimator.weights import expert_lora_targets, rotary_embeddings
     from vramplan.plan import make_plan
 

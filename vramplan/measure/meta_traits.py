@@ -133,9 +133,11 @@ def derive_traits(model, cfg: Mapping[str, Any]) -> Traits:
     act = str(_first({f: getattr(mc, f, None) for f in _ACT_FIELDS}, _ACT_FIELDS, "silu"))
     if act not in SINGLE_OP_ACTIVATIONS and act != "gelu_new":
         raise UnsupportedArchitectureError(f"{mc.model_type}: activation '{act}' has no program")
-    head_dim = getattr(attn, "head_dim", None) or getattr(attn, "head_size", None) or mc.hidden_size // mc.num_attention_heads
+    head_dim = (getattr(attn, "head_dim", None) or getattr(attn, "head_size", None)
+                or mc.hidden_size // mc.num_attention_heads)
     rot = getattr(attn, "rotary_ndims", None)
-    factor = rot / head_dim if rot else float((getattr(mc, "rope_parameters", None) or {}).get("partial_rotary_factor", 1.0))
+    rope = getattr(mc, "rope_parameters", None) or {}
+    factor = rot / head_dim if rot else float(rope.get("partial_rotary_factor", 1.0))
     if not any("rotary" in type(m).__name__.lower() for m in model.modules()):
         factor = 0.0  # learned absolute positions (GPT-BigCode `wpe`): no rotary in the attention
     return Traits(
