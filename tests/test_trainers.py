@@ -32,7 +32,6 @@ def test_trl_sft_defaults_follow_trl():
     ({"eval_accumulation_steps": 2}, "--eval-batch"),
     ({"eval_batch": 2, "prediction_loss_only": False}, "--eval-accumulation-steps"),
     ({"trainer": "trl-grpo"}, "trainer"),
-    ({"trainer": "trl-dpo", "gpus": 2}, "one GPU only"),
     ({"eval_batch": 2, "gpus": 2, "sharding": "fsdp"}, "one GPU only"),
     ({"packing": True}, "--packing"),
     ({"packing": True, "trainer": "trl-sft", "eval_batch": 2}, "--packing"),
@@ -165,6 +164,20 @@ def test_packing_is_one_padding_free_row_with_a_block_diagonal_sdpa_mask():
     packed = _phases(make_plan(method="lora", trainer="trl-sft", batch=2, seq=128, packing=True)).phases
     padded = _phases(make_plan(method="lora", trainer="trl-sft", batch=2, seq=128)).phases
     assert packed["backward"] - padded["backward"] >= (2 * 128) ** 2  # at least the bool mask the checkpoints hold
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp", "zero3"])
+def test_several_gpus_price_the_loop_and_dpo(sharding):
+    """The engines re-price the step's moments (estimator/engines): a custom loop's logits are per-GPU activations
+    (no engine shards them), DPO's reference pass is one of the moments; the frozen reference copy of a full DPO is
+    held whole (TRL's prepare_fsdp / ZeRO-3 prepare_deepspeed shard it: an upper bound there)."""
+    hf = _phases(make_plan(method="lora", batch=2, seq=128, gpus=2, sharding=sharding)).phases
+    loop = _phases(make_plan(method="lora", trainer="loop", batch=2, seq=128, gpus=2, sharding=sharding)).phases
+    assert loop["backward"] - hf["backward"] == 2 * 128 * 1000 * 2  # bf16 [batch, seq, vocab]
+    dpo = _phases(make_plan(method="full", trainer="trl-dpo", seq=128, gpus=2, sharding=sharding)).phases
+    plain = _phases(make_plan(method="full", seq=128, batch=2, gpus=2, sharding=sharding)).phases
+    ref = _phases(make_plan(method="full", seq=128)).phases["load"]  # the frozen copy, whole
+    assert dpo["load"] - plain["load"] == ref and dpo["forward"] > plain["forward"]
 
 
 def test_loop_keeps_the_logits_through_the_step():

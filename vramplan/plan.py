@@ -200,10 +200,9 @@ class TrainingPlan(BaseModel):
     def _trainer_options(self) -> TrainingPlan:
         if self.loss_type is not None and self.trainer != "trl-sft":
             raise ValueError(f"--loss-type applies to --trainer trl-sft, not '{self.trainer}'")
-        if self.multi_gpu and (self.trainer in ("loop", "trl-dpo") or self.eval_batch is not None):
-            what = "--eval-batch" if self.eval_batch is not None else f"--trainer {self.trainer}"
-            raise ValueError(f"{what} is modelled on one GPU only for now (the multi-GPU step composition does not "
-                             "know it yet): drop --gpus/--sharding, or use --trainer hf or trl-sft")
+        if self.multi_gpu and self.eval_batch is not None:
+            raise ValueError("--eval-batch is modelled on one GPU only for now (the engines do not price the eval "
+                             "step yet): drop --gpus/--sharding or --eval-batch")
         if self.packing and (self.trainer != "trl-sft" or self.multi_gpu or self.eval_batch is not None):
             raise ValueError("--packing is modelled for --trainer trl-sft on one GPU without --eval-batch")
         if self.activation_offloading and (not self.trainer.startswith("trl-") or self.multi_gpu):
