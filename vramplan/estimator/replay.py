@@ -50,36 +50,52 @@ class ReplayStats:
 
 
 def schedule(events: list[Event], lag: int = 0) -> list[int]:
-    """The events as the allocator sees them, one int each: `n >= 0` allocates n bytes (the k-th such op makes
-    handle k), `~k` frees handle k, `TRANSIENT + n` allocates n bytes and frees them before anything else.
-    `lag`: each free happens `lag` allocations late (a tensor whose last reference dies a little after the op
-    that last used it: a Python frame, an autograd node's release); frees still pending at the end never happen.
-    A free of a key that holds no allocation is dropped."""
-    live: dict[object, int] = {}  # key -> index of its allocation in `ops`
+    """The events as the allocator sees them, one int each: `n >= 0` allocates n bytes (the k-th allocation makes
+    handle k), `~k` frees handle k, `TRANSIENT + n` allocates n bytes (a handle too) and frees them before
+    anything else. `lag`: each free happens `lag` allocations late (a tensor whose last reference dies a little
+    after the op that last used it: a Python frame, an autograd node's release); frees still pending at the end
+    never happen. A free of a key that holds no allocation is dropped."""
+    if lag:
+        return _lagged(events, lag)
+    live: dict[object, int] = {}  # key -> handle
     ops: list[int] = []
-    pending: list[int] = []
+    append, pop = ops.append, live.pop
+    handles = 0
+    last = -1  # the handle of the last op when it is an allocation
     for key, n in events:
         if n >= 0:
-            live[key] = len(ops)
+            live[key] = last = handles
+            handles += 1
+            append(n)
+        else:
+            h = pop(key, -1)
+            if h == last >= 0:
+                ops[-1] += TRANSIENT
+            elif h >= 0:
+                append(~h)
+            last = -1
+    return ops
+
+
+def _lagged(events: list[Event], lag: int) -> list[int]:
+    """`schedule` with frees `lag` allocations late."""
+    live: dict[object, int] = {}  # key -> handle
+    ops: list[int] = []
+    pending: list[int] = []
+    handles = 0
+    for key, n in events:
+        if n >= 0:
+            live[key] = handles
+            handles += 1
             ops.append(n)
-            if len(pending) >= lag > 0:  # each pending free has now waited `lag` allocations (or more)
+            if len(pending) >= lag:  # each pending free has now waited `lag` allocations (or more)
                 due = len(pending) - lag + 1
                 ops += pending[:due]
                 del pending[:due]
-            continue
-        at = live.pop(key, None)
-        if at is None:
-            continue
-        if lag == 0 and at == len(ops) - 1:
-            ops[at] += TRANSIENT
         else:
-            (pending if lag else ops).append(~at)
-    handle_of: dict[int, int] = {}  # frees name their allocation's index in `ops` until here: make them handles
-    for i, op in enumerate(ops):
-        if op < 0:
-            ops[i] = ~handle_of[~op]
-        elif op < TRANSIENT:
-            handle_of[i] = len(handle_of)
+            h = live.pop(key, None)
+            if h is not None:
+                pending.append(~h)
     return ops
 
 
@@ -99,6 +115,7 @@ def replay(events: list[Event] | list[int], config: AllocatorConfig | None = Non
             add(malloc(op))
         else:
             transient(op - TRANSIENT)
+            add(-1)  # a transient's handle is never freed again
     return ReplayStats(peak_reserved=alloc.peak_reserved, peak_allocated=alloc.peak_allocated,
                        peak_requested=alloc.peak_requested, reserved=alloc.reserved, allocated=alloc.allocated,
                        requested=alloc.requested, retries=alloc.retries)
