@@ -48,3 +48,29 @@ def test_suggest_with_a_qlora_only_pin_finds_qlora_plans(capsys):
     assert main(["suggest", "--model", "llama-7b", "--gpu", "rtx4090", "--quant-storage", "bf16", "--top", "1",
                  "--json"]) == 0
     assert '"quant_storage": "bf16"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("gallop", [False, True])
+def test_last_true_is_the_largest_n_that_holds(gallop):
+    from vramplan.search import last_true
+
+    for lo, hi in ((0, 0), (0, 9), (1, 1024), (3, 100)):
+        if gallop and lo == 0:
+            continue  # galloping doubles from lo: it needs lo >= 1
+        for edge in range(lo - 1, hi + 2):
+            asked: list[int] = []
+
+            def holds(n: int, edge: int = edge, asked: list = asked) -> bool:
+                asked.append(n)
+                return n <= edge
+
+            want = None if edge < lo else min(edge, hi)
+            assert last_true(holds, lo, hi, gallop=gallop) == want
+            assert all(lo <= n <= hi for n in asked) and len(asked) <= 2 * (hi - lo + 1).bit_length() + 2
+
+
+def test_first_true_is_the_smallest_n_that_holds():
+    from vramplan.search import first_true
+
+    for edge in range(1, 1030):
+        assert first_true(lambda n, edge=edge: n >= edge, 2, 1024) == (max(edge, 2) if edge <= 1024 else None)

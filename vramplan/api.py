@@ -10,11 +10,11 @@ from vramplan.estimator import MemoryEstimate, estimate_memory
 from vramplan.estimator.allocator import AllocatorConfig
 from vramplan.models import ModelSpec, resolve_model
 from vramplan.plan import TrainingPlan
+from vramplan.vocab import METHODS
 
 if TYPE_CHECKING:
     from vramplan.hardware import GpuProfile
 
-METHODS = ("full", "lora", "qlora")
 
 
 def allocator_reserve_bytes(peak_bytes: int) -> int:

@@ -29,18 +29,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vramplan.errors import VramplanError
+from vramplan.errors import DoesNotFitError, InputError, VramplanError
 
 if TYPE_CHECKING:
     from vramplan.estimator.result import MemoryEstimate
 
 PHASES = ("forward", "backward", "optimizer")
-
-
-class DoesNotFitError(VramplanError):
-    """The run's plan does not fit the GPU (raised before training with `fail_if_not_fits=True`)."""
-
-    exit_code = 1
 
 
 def _callback_base() -> type:
@@ -168,7 +162,7 @@ class _Callback:
                  seq: int | None = None, store: str | Path | None = None, save: bool = True,
                  printer: Any = print) -> None:
         if steps < 1:
-            raise VramplanError("steps: record at least 1 step")
+            raise InputError("steps: record at least 1 step")
         self.gpu, self.fail_if_not_fits, self.steps, self.seq = gpu, fail_if_not_fits, steps, seq
         self.store, self.save, self.print = store, save, printer
         self.estimate: Any = None

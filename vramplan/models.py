@@ -236,13 +236,17 @@ def _fetch_config(hub_id: str) -> dict[str, Any] | None:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.environ.get("VRAMPLAN_OFFLINE"):
         return None
     import urllib.request
+    from http.client import HTTPException
 
     url = f"https://huggingface.co/{hub_id}/resolve/main/config.json"
     try:
         with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 (fixed https host)
-            return json.loads(resp.read())
-    except Exception:  # offline, gated, not found: the caller reports the accepted forms
+            data = json.loads(resp.read())
+    # offline, timed out, gated or not found (URLError/HTTPError are OSErrors), a broken reply, not JSON (ValueError
+    # covers JSONDecodeError and UnicodeDecodeError): the caller reports the accepted forms
+    except (OSError, HTTPException, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def config_file_name(path: Path, folder_given: bool) -> str:

@@ -19,10 +19,11 @@ from vramplan.errors import PlanError
 from vramplan.estimator import MemoryEstimate
 from vramplan.hardware import GpuProfile, load_profiles
 from vramplan.plan import TrainingPlan
-from vramplan.search import check_pins, least_on_card, search, variants
+from vramplan.search import check_pins, first_true, last_true, least_on_card, search, variants
 from vramplan.search_space import (
     ADAPTERS,
     DIST_CHOICES,
+    METHOD_TIER,
     Candidate,
     Probe,
     Request,
@@ -139,21 +140,7 @@ def replan(plan: TrainingPlan, **changes: Any) -> TrainingPlan:
 
 def _largest(probe: Probe, build: Callable[[int], TrainingPlan], lo: int, cap: int) -> int | None:
     """The largest n in [lo, cap] whose plan fits (memory grows with n): doubling, then bisection."""
-    if not probe.fits(build(lo)):
-        return None
-    good, bad = lo, None
-    while bad is None:
-        nxt = min(good * 2, cap)
-        if nxt == good:
-            return good
-        if probe.fits(build(nxt)):
-            good = nxt
-        else:
-            bad = nxt
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        good, bad = (mid, bad) if probe.fits(build(mid)) else (good, mid)
-    return good
+    return last_true(lambda n: probe.fits(build(n)), lo, cap, gallop=True)
 
 
 def solve_limits(probe: Probe, plan: TrainingPlan) -> Limits:
@@ -205,9 +192,10 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
     out = []
     for label, change in changes:
         try:
-            alt = probe.evaluate(replan(p, **change))
-        except PlanError:
+            changed = replan(p, **change)
+        except PlanError:  # a combination the plan refuses (e.g. --load-in-8bit with DDP): no such knob here
             continue
+        alt = probe.evaluate(changed)  # an error here is a bug, not a missing knob: let it through
         out.append(KnobCost(knob=label, plan=alt.plan.model_dump(), gpu_bytes_delta=alt.gpu_bytes - best.gpu_bytes,
                             host_bytes=alt.host_bytes,
                             speed_ratio=alt.tokens_per_s / best.tokens_per_s, fits=probe.fits_candidate(alt)))
@@ -233,9 +221,10 @@ def contrast(probe: Probe, best: Candidate) -> Contrast | None:
     bnb = takes_bnb_optimizers(best.plan.parallelism)
     opt = "paged_adamw_8bit" if other == "qlora" and bnb else best.plan.optimizer
     try:
-        alt = probe.evaluate(replan(best.plan, method=other, optimizer=opt))
-    except PlanError:
+        changed = replan(best.plan, method=other, optimizer=opt)
+    except PlanError:  # a combination the plan refuses for the other method
         return None
+    alt = probe.evaluate(changed)
     fits = probe.fits_candidate(alt)
     return Contrast(plan=alt.plan.model_dump(), gpu_bytes=alt.gpu_bytes, host_bytes=alt.host_bytes,
                     tokens_per_s=alt.tokens_per_s,
@@ -303,18 +292,7 @@ def fewest_gpus(probe: Probe, plan: TrainingPlan, offload: str) -> int | None:
                          grad_accum=max(1, -(-probe.req.effective_batch // (n * plan.batch))))
         return probe.on_card(probe.evaluate(sharded), probe.limit_bytes)
 
-    good, bad, n = None, 1, 2
-    while n <= GPU_COUNT_CAP:
-        if fits(n):
-            good = n
-            break
-        bad, n = n, n * 2
-    if good is None:
-        return None
-    while good - bad > 1:
-        mid = (good + bad) // 2
-        good, bad = (mid, bad) if fits(mid) else (good, mid)
-    return good
+    return first_true(fits, 2, GPU_COUNT_CAP)
 
 
 def nearest(probe: Probe) -> Nearest:
@@ -344,9 +322,8 @@ def recommend(req: Request, progress: Callable[[int, int], None] | None = None) 
     best = found[0] if found else None
     blockers: list[MethodNeeds] = []
     if best is not None and req.objective == "quality":
-        tier = {"full": 2, "lora": 1, "qlora": 0}
         blockers = [method_needs(probe, leanest_candidate(probe, m, seq_ladder(req)[0])) for m in probe.methods
-                    if tier[m] > tier[best.plan.method]]
+                    if METHOD_TIER[m] > METHOD_TIER[best.plan.method]]
     gpu = req.gpu
     return Advice(
         model=req.model.name, gpu=gpu.slug, gpus=req.gpus, host_ram_bytes=req.host_ram_bytes,

@@ -28,18 +28,47 @@ from vramplan.speed import step_time
 Cell = tuple[str, "tuple[str, int] | None", int]  # (method, adapter, seq)
 
 
+def last_true(holds: Callable[[int], bool], lo: int, hi: int, *, gallop: bool = False) -> int | None:
+    """The largest n in [lo, hi] for which `holds(n)`, where `holds` is true up to some n and false above it (memory
+    grows with the micro-batch and the sequence); None when `holds(lo)` is false. Bisection; with `gallop`, first
+    lo, 2 lo, 4 lo, ... (cheap when the answer is near lo, and lo >= 1). The one bisection of the search and its
+    explanations (`first_true` is its mirror)."""
+    if not holds(lo):
+        return None
+    good, bad = lo, hi + 1
+    while gallop:
+        nxt = min(good * 2, hi)
+        if nxt == good:
+            return good
+        if not holds(nxt):
+            bad = nxt
+            break
+        good = nxt
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if holds(mid) else (good, mid)
+    return good
+
+
+def first_true(holds: Callable[[int], bool], lo: int, hi: int) -> int | None:
+    """The smallest n in [lo, hi] for which `holds(n)`, where `holds` is false below some n and true from it (per-GPU
+    memory falls as the GPUs grow): lo, 2 lo, 4 lo, ... until it holds, then bisection; None when it never does."""
+    bad, n = lo - 1, lo
+    while not holds(n):
+        bad, n = n, n * 2
+        if n > hi:
+            return None
+    good = n
+    while good - bad > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if holds(mid) else (good, mid)
+    return good
+
+
 def largest_batch(probe: Probe, build: Callable[[int], TrainingPlan], choices: list[int]) -> int | None:
     """The largest micro-batch among `choices` (ascending) whose plan fits, by bisection; None if none does."""
-    if not probe.fits(build(choices[0])):
-        return None
-    lo, hi = 0, len(choices) - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if probe.fits(build(choices[mid])):
-            lo = mid
-        else:
-            hi = mid - 1
-    return choices[lo]
+    i = last_true(lambda i: probe.fits(build(choices[i])), 0, len(choices) - 1)
+    return None if i is None else choices[i]
 
 
 def variants(probe: Probe, method: str) -> list[tuple[bool, str, tuple[str | None, str]]]:

@@ -34,11 +34,10 @@ from vramplan.hardware import GpuProfile, check_runs_on, default_dtypes
 from vramplan.models import ModelSpec
 from vramplan.plan import INT_RANGES, TrainingPlan, allowed_offloads, make_plan
 from vramplan.speed import StepTime, step_time
-from vramplan.vocab import fields_outside, methods_taking, outside_words
+from vramplan.vocab import METHODS, fields_outside, methods_taking, outside_words
 
 OBJECTIVES = ("quality", "speed", "memory")
-METHODS = ("full", "lora", "qlora")
-METHOD_TIER = {"full": 2, "lora": 1, "qlora": 0}
+METHOD_TIER = {"full": 2, "lora": 1, "qlora": 0}  # the quality objective's order: full > lora > qlora
 # LoRA (targets, rank) in rising capacity: peft's default q_proj,v_proj at rank 8 (the QLoRA seeds' recipe) up
 # to every linear layer at rank 64 (the QLoRA paper's setup, which matched 16-bit full fine-tuning).
 ADAPTERS: tuple[tuple[str, int], ...] = (("default", 8), ("attention", 16), ("all-linear", 16), ("all-linear", 64))

@@ -11,17 +11,13 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from vramplan.errors import VramplanError
+from vramplan.errors import InputError, MissingPackagesError
 from vramplan.units import format_bytes
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 MEASURE_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
-
-
-class MissingPackagesError(VramplanError):
-    """The measuring stack is not installed."""
 
 
 def _positive_int(text: str) -> int:
@@ -160,7 +156,7 @@ def run_calibrations(args: argparse.Namespace) -> int:
     if args.action == "import":
         return _import(args, store)
     if args.file and args.action != "export":
-        raise VramplanError(f"{args.file}: a file goes with export or import, not list")
+        raise InputError(f"{args.file}: a file goes with export or import, not list")
     records = store.records(model=args.model, limit=args.limit)
     if args.action == "export":
         return _export(args, records)
@@ -183,7 +179,7 @@ def _export(args: argparse.Namespace, records: Sequence[Any]) -> int:
         try:
             Path(args.file).write_text(text, encoding="utf-8")
         except OSError as exc:
-            raise VramplanError(f"{args.file}: cannot write: {exc.strerror or exc}") from None
+            raise InputError(f"{args.file}: cannot write: {exc.strerror or exc}") from None
         print(f"exported {len(records)} record{'s' * (len(records) != 1)} to {args.file}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -197,7 +193,7 @@ def _import(args: argparse.Namespace, store: Any) -> int:
     from vramplan.measure.store import read_jsonl
 
     if not args.file:
-        raise VramplanError("calibrations import: give the JSON-lines FILE to import")
+        raise InputError("calibrations import: give the JSON-lines FILE to import")
     added, skipped = store.add_many(read_jsonl(Path(args.file)))
     _console(args).print(f"imported {added} record{'s' * (added != 1)} into {store.path}"
                          + (f" ({skipped} already there)" if skipped else ""), highlight=False)

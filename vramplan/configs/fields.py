@@ -12,11 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vramplan.errors import InputError
-
-
-class ConfigReadError(InputError):
-    """A training config file cannot be read, or holds a field vramplan cannot model."""
+from vramplan.errors import ConfigReadError  # noqa: F401  (vramplan.configs re-exports it)
 
 
 def load_mapping(path: Path) -> dict[str, Any]:

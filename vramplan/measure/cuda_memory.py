@@ -26,21 +26,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from vramplan.errors import MeasurementError
+from vramplan.errors import StepOutOfMemory  # noqa: F401  (raised here; importers find it here too)
 
 _CONTEXT_BYTES: dict[int, int | None] = {}  # device index -> context bytes, measured once per process
-
-
-class StepOutOfMemory(MeasurementError):
-    """A real CUDA step ran out of memory: a result, not a failure. Carries where it happened and how far
-    the allocator got (the phase's `max_memory_allocated()` / `max_memory_reserved()` before the failure)."""
-
-    def __init__(self, phase: str, allocated_bytes: int, reserved_bytes: int, message: str) -> None:
-        super().__init__(f"out of memory in the {phase} phase: {message}")
-        self.phase = phase
-        self.allocated_bytes = allocated_bytes
-        self.reserved_bytes = reserved_bytes
-        self.message = message
 
 
 class CudaMemory:
