@@ -1,6 +1,6 @@
 """Suggest speed: CPU seconds of the README's suggest commands, and of one allocator simulation.
 
-    python benchmarks/suggest_speed.py [--runs 5] [--plans 12] [--reference]
+    python benchmarks/suggest_speed.py [--runs 5] [--plans 12] [--reference] [--tree DIR] [--command I]
 
 1. Each command runs `--runs` times in a fresh process; the median of its CPU seconds (user + system, from
    `resource.getrusage(RUSAGE_CHILDREN)`) is printed with the load average before and after: CPU seconds
@@ -28,10 +28,12 @@ COMMANDS = [
 ]
 
 
-def cpu_seconds(args: list[str]) -> float:
-    """CPU seconds (user + system) of `vramplan <args>` in a fresh process."""
+def cpu_seconds(args: list[str], tree: str | None = None) -> float:
+    """CPU seconds (user + system) of `vramplan <args>` in a fresh process (`tree`: import vramplan from that
+    source tree instead, e.g. an export of an older commit)."""
+    env = os.environ | ({"PYTHONPATH": tree} if tree else {})
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-m", "vramplan", *args], capture_output=True, check=False)
+    subprocess.run([sys.executable, "-m", "vramplan", *args], capture_output=True, check=False, env=env, cwd=tree)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -49,38 +51,52 @@ def plans(n: int) -> list:
 
 
 def time_simulations(n: int, reference: bool) -> None:
-    from vramplan.estimator.replay import replay, schedule
-    from vramplan.estimator.step_events import step_events
+    from vramplan.device import _gc_paused  # as `reserve_interval` runs a simulation
     from vramplan.models import resolve_model
 
     model = resolve_model("llama-7b")
     parts: dict[str, list[float]] = {"events": [], "schedules": [], "replays": [], "total": [], "reference": []}
     for plan in plans(n):
-        t0 = time.process_time()
-        events = [("blas_workspace", 8 << 20), *step_events(model, plan)]
-        t1 = time.process_time()
-        ops = (schedule(events), schedule(events, lag=1))
-        t2 = time.process_time()
-        fast = [replay(o) for o in ops]
-        t3 = time.process_time()
-        parts["events"].append(t1 - t0)
-        parts["schedules"].append(t2 - t1)
-        parts["replays"].append(t3 - t2)
-        parts["total"].append(t3 - t0)
-        if reference:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-            import allocator_reference as ref
-
-            t4 = time.process_time()
-            old = [("blas_workspace", 8 << 20), *ref.step_events(model, plan)]
-            slow = [ref.replay(old, lag=lag) for lag in (0, 1)]
-            parts["reference"].append(time.process_time() - t4)
-            assert [(a.peak_reserved, a.peak_requested) for a in fast] == [
-                (a.peak_reserved, a.peak_requested) for a in slow], plan
-    print(f"one simulation, llama-7b, median of {n} plans (CPU s):")
+        with _gc_paused():
+            fast = _time_one(model, plan, parts)
+        if reference:  # as it ran before: GC on
+            parts["reference"].append(_time_reference(model, plan, fast))
+    print(f"one simulation, llama-7b, median of {n} plans (CPU s; the step traced cold, GC paused as in device):")
     for name, values in parts.items():
         if values:
             print(f"  {name:10s} {statistics.median(values):.3f}")
+
+
+def _time_one(model, plan, parts: dict[str, list[float]]) -> list:
+    """The parts `device._simulate` runs for one plan; returns the two replays' stats."""
+    from vramplan.estimator import step_events as se
+    from vramplan.estimator.replay import replay, schedule
+
+    se._STEPS.clear()  # a cold step trace, as for the first plan of each kind in a search
+    t0 = time.process_time()
+    events = [("blas_workspace", 8 << 20), *se.step_events(model, plan)]
+    t1 = time.process_time()
+    ops = (schedule(events), schedule(events, lag=1))
+    t2 = time.process_time()
+    fast = [replay(o) for o in ops]
+    t3 = time.process_time()
+    for name, t in (("events", t1 - t0), ("schedules", t2 - t1), ("replays", t3 - t2), ("total", t3 - t0)):
+        parts[name].append(t)
+    return fast
+
+
+def _time_reference(model, plan, fast: list) -> float:
+    """CPU seconds of the frozen old simulation (old step loop, keyed replay, linked blocks); checks equal results."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import allocator_reference as ref
+
+    t0 = time.process_time()
+    old = [("blas_workspace", 8 << 20), *ref.step_events(model, plan)]
+    slow = [ref.replay(old, lag=lag) for lag in (0, 1)]
+    seconds = time.process_time() - t0
+    assert [(a.peak_reserved, a.peak_requested) for a in fast] == [
+        (a.peak_reserved, a.peak_requested) for a in slow], plan
+    return seconds
 
 
 def main() -> None:
@@ -89,14 +105,20 @@ def main() -> None:
     parser.add_argument("--plans", type=int, default=12)
     parser.add_argument("--reference", action="store_true")
     parser.add_argument("--skip-commands", action="store_true")
+    parser.add_argument("--skip-simulations", action="store_true")
+    parser.add_argument("--tree", help="run the commands from this source tree (e.g. `git archive` of a commit)")
+    parser.add_argument("--command", type=int, action="append", help="only these COMMANDS (indexes)")
     args = parser.parse_args()
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
     if not args.skip_commands:
-        for cmd in COMMANDS:
-            runs = [cpu_seconds(cmd) for _ in range(args.runs)]
+        for i, cmd in enumerate(COMMANDS):
+            if args.command and i not in args.command:
+                continue
+            runs = [cpu_seconds(cmd, args.tree) for _ in range(args.runs)]
             print(f"vramplan {' '.join(cmd)}: median {statistics.median(runs):.2f} CPU s "
                   f"(min {min(runs):.2f}, max {max(runs):.2f}, {args.runs} runs)")
-    time_simulations(args.plans, args.reference)
+    if not args.skip_simulations:
+        time_simulations(args.plans, args.reference)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 
