@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-NormKind = Literal["rms", "layer"]
+# "layer_fp32": a LayerNorm written as fp32 tensor ops, no bias (Cohere's CohereLayerNorm)
+NormKind = Literal["rms", "layer", "layer_fp32"]
 Layout = Literal["pre", "post", "sandwich", "parallel"]
 QKNorm = Literal["none", "head", "proj"]
 # ACT2FN activations that are one autograd op saving their input (silu, gelu, gelu_pytorch_tanh, relu, ...)
@@ -72,6 +73,7 @@ class Traits:
     activation: str = "silu"
     rotary_factor: float = 1.0  # partial_rotary_factor (1.0: the whole head)
     resid_dropout: float = 0.0  # dropout on the attention and MLP outputs (StarCoder2, Phi-2, GPT-NeoX)
+    rotary_fp32: bool = False  # Cohere: q/k rotated in fp32 (`q.float()`), interleaved halves, cast back
     rotary_tables: int = 1  # rotary tables a forward computes (Gemma 3: one for sliding and one for full layers)
     residual_multiplier: bool = False  # Granite: `residual + branch * residual_multiplier` (a product per branch)
     logit_scale: bool = False  # Granite `logits / logits_scaling`, Cohere `logits * logit_scale`: one more [T, V]

@@ -98,6 +98,7 @@ def layer_context(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ct
         full=plan.method == "full",
         gemma_norm=tr.gemma_norm,
         layer_norm=tr.norm == "layer",
+        layer_norm_fp32=tr.norm == "layer_fp32",
         norm_bias=tr.norm_bias,
         attn=attn,
         lm_head_w=nq,

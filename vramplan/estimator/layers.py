@@ -82,6 +82,33 @@ def rotary(tp: Tape, c: Ctx, x: int, a: int, heads: int, rope_a: int, factor: fl
     return full, o
 
 
+def rotary_fp32(tp: Tape, c: Ctx, q: int, k: int, a: int, rope_a: int) -> tuple[int, int, int]:
+    """Cohere's `apply_rotary_pos_emb`: q and k `.float()` (copies unless fp32, held until it returns), then
+    (x * cos) + (rotate_half(x) * sin) in fp32 (`rotate_half`: strided halves, `-x2`, `torch.stack(...).flatten`),
+    then `.to(dtype)` back. Saves nothing of its own (cos and sin are shared). Returns (q, k, dtype)."""
+    outs = []
+    casts = []
+    for x, heads in ((q, c.heads), (k, c.kv_heads)):
+        n = c.tokens * heads * c.head_dim
+        x32 = tp.op(n * 4, (x,)) if a != 4 else tp.op(0, (x,), alias=x)
+        casts.append(x32)
+        xc = tp.op(n * 4, (x32,))
+        neg = tp.op(n * 2, (x32,))
+        rh = tp.op(n * 4, (neg, x32))
+        tp.drop(neg)
+        rs = tp.op(n * 4, (rh,))
+        tp.drop(rh)
+        emb = tp.op(n * 4, (xc, rs))
+        tp.drop(xc, rs)
+        outs.append((emb, n))
+    res = []
+    for emb, n in outs:
+        res.append(tp.op(n * a, (emb,)) if a != 4 else tp.op(0, (emb,), alias=emb))
+        tp.drop(emb)
+    tp.drop(*casts)
+    return res[0], res[1], a
+
+
 def attention(tp: Tape, c: Ctx, tr: Traits, x: int, a: int) -> int:
     hd = c.head_dim
     q_out, kv_out = c.heads * hd, c.kv_heads * hd
@@ -100,7 +127,10 @@ def attention(tp: Tape, c: Ctx, tr: Traits, x: int, a: int) -> int:
         kn, _ = rmsnorm(tp, c, k, a2, hd if per_head else kv_out, c.kv_heads if per_head else 1)
         tp.drop(k)
         q, k, a2 = qn, kn, qa
-    if tr.rotary_factor > 0:
+    if tr.rotary_fp32:
+        qr, kr, ra = rotary_fp32(tp, c, q, k, a2, a)
+        tp.drop(q, k)
+    elif tr.rotary_factor > 0:
         qr, ra = rotary(tp, c, q, a2, c.heads, a, tr.rotary_factor)
         tp.drop(q)
         kr, _ = rotary(tp, c, k, a2, c.kv_heads, a, tr.rotary_factor)

@@ -46,6 +46,7 @@ class Ctx:
     attn: str  # sdpa | eager | flash_attention_2
     lm_head_w: int  # bytes of lm_head / embedding weight
     layer_norm: bool = False  # the model's norms are nn.LayerNorm (traits.norm == "layer")
+    layer_norm_fp32: bool = False  # ... a LayerNorm in fp32 tensor ops (traits.norm == "layer_fp32": Cohere)
     norm_bias: bool = False  # ... with a bias
     attn_softcap: bool = False  # gemma2: scores / cap -> tanh -> * cap (eager)
     sdpa_mask: bool = False  # sdpa gets an explicit (sliding-window) mask instead of is_causal
@@ -87,6 +88,8 @@ def rmsnorm(tp: Tape, c: Ctx, x: int, a: int, width: int, groups: int = 1) -> tu
     (the per-head q/k norms: heads x head_dim). A model whose norms are nn.LayerNorm takes `layernorm`."""
     if c.layer_norm:
         return layernorm(tp, c, x, a, width, groups)
+    if c.layer_norm_fp32:
+        return layernorm_fp32(tp, c, x, a, width, groups)
     if "rms_norm" in c.liger:
         from vramplan.estimator import liger
 
@@ -127,6 +130,35 @@ def layernorm(tp: Tape, c: Ctx, x: int, a: int, width: int, groups: int = 1) -> 
     grad_w = width * c.norm_w * (2 if c.norm_bias else 1) if c.full else 0
     out = tp.op(rows * width * a, (x, stats), saves=(x, stats), param_grad=grad_w)
     tp.drop(stats)
+    return out, a
+
+
+def layernorm_fp32(tp: Tape, c: Ctx, x: int, a: int, width: int, groups: int = 1) -> tuple[int, int]:
+    """`CohereLayerNorm.forward`: x.to(fp32); mean; (x - mean).pow(2).mean(); (x - mean) again * rsqrt(var + eps);
+    weight.to(fp32) * ...; .to(input dtype). pow saves its input (the first x - mean), the product saves the second
+    x - mean and rsqrt's output; the weight product saves its other operand when the weight trains."""
+    rows = c.tokens * groups
+    n = rows * width
+    x32 = tp.op(n * 4, (x,)) if a != 4 else tp.op(0, (x,), alias=x)
+    mean = tp.op(rows * 4, (x32,))
+    d1 = tp.op(n * 4, (x32, mean))
+    sq = tp.op(n * 4, (d1,), saves=(d1,))
+    tp.drop(d1)
+    var = tp.op(rows * 4, (sq,))
+    tp.drop(sq)
+    d2 = tp.op(n * 4, (x32, mean))
+    tp.drop(x32, mean)
+    ve = tp.op(rows * 4, (var,))
+    tp.drop(var)
+    r = tp.op(rows * 4, (ve,), saves_out=True)
+    tp.drop(ve)
+    y = tp.op(n * 4, (d2, r), saves=(d2, r))
+    tp.drop(d2, r)
+    w32 = tp.op(width * 4 if c.norm_w != 4 else 0, grad=c.full)
+    yw = tp.op(n * 4, (y, w32), saves=(y, w32) if c.full else (w32,), param_grad=width * c.norm_w if c.full else 0)
+    tp.drop(y, w32)
+    out = tp.op(n * a, (yw,)) if a != 4 else tp.op(0, (yw,), alias=yw)
+    tp.drop(yw)
     return out, a
 
 

@@ -60,6 +60,15 @@ ARCH_CONFIGS: dict[str, dict] = {
         "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "tie_word_embeddings": True,
         "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
     },
+    # CohereForAI/aya-23-8B shape (Cohere): parallel block under one CohereLayerNorm (fp32 tensor ops, no bias),
+    # q/k rotated in fp32 with interleaved halves, logits * logit_scale, tied 256k-row embedding
+    "aya-23-8b": {
+        "model_type": "cohere", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 256000, "logit_scale": 0.125,
+        "layer_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 8192, "use_qk_norm": False,
+        "attention_bias": False, "attention_dropout": 0.0, "hidden_act": "silu", "tie_word_embeddings": True,
+        "bos_token_id": 5, "eos_token_id": 255001, "pad_token_id": 0,
+    },
     # bigcode/starcoder (GPT-BigCode, 15.5B): multi-query attention (one kv head) in a fused c_attn, learned
     # positions (wpe), LayerNorm with bias, plain gelu_pytorch_tanh MLP, tied embeddings, layers under
     # transformer.h; the [8192, 8192] bool causal-mask buffer. Attention and embedding dropout (0.1 in the hub

@@ -82,7 +82,18 @@ def decoder_layers(model) -> tuple[str, Any]:
 def _is_norm(module) -> bool:
     import torch
 
-    return isinstance(module, torch.nn.LayerNorm) or "rmsnorm" in type(module).__name__.lower()
+    name = type(module).__name__.lower()
+    return isinstance(module, torch.nn.LayerNorm) or "rmsnorm" in name or "layernorm" in name
+
+
+def _norm_kind(module) -> str:
+    """nn.LayerNorm -> layer; an RMSNorm class -> rms; another LayerNorm class (Cohere's, fp32 tensor ops and
+    no bias) -> layer_fp32."""
+    import torch
+
+    if isinstance(module, torch.nn.LayerNorm):
+        return "layer"
+    return "rms" if "rmsnorm" in type(module).__name__.lower() else "layer_fp32"
 
 
 def _child(layer, word: str):
@@ -106,14 +117,13 @@ def _first(cfg: Mapping[str, Any], fields: tuple[str, ...], default: Any) -> Any
 
 
 def derive_traits(model, cfg: Mapping[str, Any]) -> Traits:
-    import torch
 
     path, layers = decoder_layers(model)
     layer = layers[0]
     norms = [(n, m) for n, m in layer.named_children() if _is_norm(m)]
     if not norms:
         raise UnsupportedArchitectureError(f"{type(layer).__name__}: no norm found in the decoder layer")
-    kind = "layer" if isinstance(norms[0][1], torch.nn.LayerNorm) else "rms"
+    kind = _norm_kind(norms[0][1])
     bias = kind == "layer" and norms[0][1].bias is not None
     mc = model.config
     if len(norms) == 1 or getattr(mc, "use_parallel_residual", False) or getattr(mc, "parallel_attn", False):
@@ -145,9 +155,21 @@ def derive_traits(model, cfg: Mapping[str, Any]) -> Traits:
         qk_norm=qk_norm, qk_norm_kind=qk_kind, activation=act, rotary_factor=factor,
         resid_dropout=float(_first(cfg, _DROPOUT_FIELDS, 0.0) or 0.0), layers_path=path, native=False,
         residual_multiplier=hasattr(layer, "residual_multiplier"), logit_scale=_scales_logits(model),
-        rotary_tables=_rotary_tables(model),
+        rotary_tables=_rotary_tables(model), rotary_fp32=_rotary_fp32(attn),
         **names, **_mlp_names(mlp),
     )
+
+
+def _rotary_fp32(attn) -> bool:
+    """The modeling file's `apply_rotary_pos_emb` upcasts q and k (`q.float()`: Cohere), read from its source."""
+    import inspect
+    import sys
+
+    fn = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
+    try:
+        return fn is not None and "q.float()" in inspect.getsource(fn)
+    except (OSError, TypeError):
+        return False
 
 
 def _rotary_tables(model) -> int:
@@ -182,7 +204,6 @@ def _attention_names(attn, model) -> dict[str, Any]:
 
 
 def _qk_norm(attn, model) -> tuple[str, str]:
-    import torch
 
     norms = [m for _, m in attn.named_children() if _is_norm(m)]
     if not norms:
@@ -190,7 +211,7 @@ def _qk_norm(attn, model) -> tuple[str, str]:
     mc = model.config
     head_dim = getattr(attn, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
     width = norms[0].weight.shape[-1]
-    kind = "layer" if isinstance(norms[0], torch.nn.LayerNorm) else "rms"
+    kind = _norm_kind(norms[0])
     return ("head" if width == head_dim else "proj"), kind
 
 
