@@ -34,22 +34,18 @@ def eval_plan(plan: TrainingPlan) -> TrainingPlan:
                                    "ckpt_reentrant": False, "lora_dropout": 0.0})
 
 
-def eval_peak(model: ModelSpec, plan: TrainingPlan, base: int) -> int:
-    """Peak live bytes of an eval step above nothing; `base`: weights and optimizer states."""
-    from vramplan.estimator.core import (
-        _ctx,
-        attention_mask_bytes,
-        batch_bytes,
-        layer_cost,
-        rope_bytes,
-        stream_bytes,
-    )
+def eval_peak(model: ModelSpec, plan: TrainingPlan, base: int, cuda: bool = True) -> int:
+    """Peak live bytes of an eval step above nothing; `base`: weights and optimizer states. `cuda=False`: what the
+    CPU tracer sees (no dequantized weight inside bitsandbytes' gemm_4bit)."""
+    from vramplan.estimator.context import layer_context, stream_bytes
     from vramplan.estimator.losses import loss_head
+    from vramplan.estimator.step import layer_cost
+    from vramplan.estimator.step_tensors import attention_mask_bytes, batch_bytes, rope_bytes
     from vramplan.estimator.trainers import logits_bytes
 
     ep = eval_plan(plan)
     loss_only = plan.prediction_loss_only
-    c = _ctx(model, ep)
+    c = layer_context(model, ep, cuda)
     # Liger: `prediction_step` passes `skip_logits=True` only with prediction_loss_only; otherwise `lce_forward`
     # (not training) builds the logits with the plain lm_head and loss
     c = replace(c, dropout=False, use_cache=plan.trainer != "trl-sft", trainer=plan.trainer if loss_only else "hf",
@@ -79,8 +75,9 @@ def eval_peak(model: ModelSpec, plan: TrainingPlan, base: int) -> int:
 def reference_forward_peak(model: ModelSpec, plan: TrainingPlan, c, a: int) -> int:
     """Transient of DPO's reference forward above what is live when it starts (the policy's saved activations):
     its own rotary tables, one layer at a time under no_grad (nothing kept), then the fused head's buffers."""
-    from vramplan.estimator.core import layer_cost, rope_bytes
     from vramplan.estimator.losses import trl_fused_head
+    from vramplan.estimator.step import layer_cost
+    from vramplan.estimator.step_tensors import rope_bytes
     from vramplan.estimator.trainers import reference_ctx
 
     rc = reference_ctx(c)

@@ -1,4 +1,6 @@
 """Trace transformers' evaluation step (`plan.eval_batch`) after one training step: `measure_eval_step`.
+The 4-bit linears take the CUDA path (`cuda_4bit_path`); the estimate's CPU view (`eval_peak(cuda=False)`) is what
+the trace is held to, as the training phases are held to `traced_phases`.
 
 `Trainer.evaluate` -> `evaluation_loop` -> `prediction_step`, between training steps (the optimizer states
 resident, the gradients None): transformers' own `EvalLoopContainer` holds `all_preds` / `all_labels`;
@@ -44,6 +46,7 @@ def measure_eval_step(config: dict, plan: TrainingPlan, *, trace: bool = True, s
             _step(model, optimizer, plan, tracker, config, loss_fn, {})
             gc.collect(GC_GENERATION)
             model.eval()
+            cuda_4bit_path(model)
             vocab = int(config.get("vocab_size") or model.config.vocab_size)
             preds, labels_c = EvalLoopContainer(True, -100), EvalLoopContainer(True, -100)
             logits = None
@@ -61,6 +64,16 @@ def measure_eval_step(config: dict, plan: TrainingPlan, *, trace: bool = True, s
                     del batch, ids, loss, labels
             peak = tracker.peak_bytes
     return peak
+
+
+def cuda_4bit_path(model: torch.nn.Module) -> None:
+    """Keep bitsandbytes' 4-bit linears on the path a GPU takes in eval. bitsandbytes 0.50 `Linear4bit.forward`
+    repacks its weight for the AVX512-BF16 CPU kernel on the first call outside training without grad
+    (`_convert_weight_packed_for_cpu`: new packed weights, their temporaries, then `gemv_4bit`), which no CUDA
+    run does; with `support_avx512bf16_for_cpu` off the CPU calls `gemm_4bit` as CUDA does."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _predict(model, plan: TrainingPlan, batch: dict):

@@ -83,9 +83,14 @@ def run_eval_case(case) -> dict:
     from vramplan.models import preset_config, resolve_model
     from vramplan.plan import make_plan
 
+    from vramplan.estimator.evaluation import eval_peak
+
     plan = make_plan(**case.opts)
     traced = measure_eval_step(preset_config(case.model), plan)
-    est = estimate(resolve_model(case.model), plan).phases["eval"]
+    model = resolve_model(case.model)
+    # the CPU tracer's view: bitsandbytes' gemm_4bit dequantizes inside the op on CUDA only
+    cpu_only = eval_peak(model, plan, 0, cuda=False) - eval_peak(model, plan, 0)
+    est = estimate(model, plan).phases["eval"] + cpu_only
     return {"id": case.id, "traced": traced, "estimate": est, "error_pct": error_pct(est, traced)}
 
 
