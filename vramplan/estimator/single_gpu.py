@@ -7,6 +7,7 @@ one step (`step.py`), composed into phase peaks and the components of the larges
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 from vramplan.estimator.context import kernel_dequantizes
@@ -25,9 +26,13 @@ from vramplan.plan import TrainingPlan
 class StepEstimate:
     """The single-GPU estimate and the moments of the step it was read from."""
 
-    estimate: MemoryEstimate
+    fields: dict  # the MemoryEstimate's arguments (the engines build theirs from them: one validation)
     moments: tuple[Moment, ...]
     reference_bytes: int  # DPO without PEFT: the frozen reference model (a weight outside the trained model)
+
+    @cached_property
+    def estimate(self) -> MemoryEstimate:
+        return MemoryEstimate(**self.fields)
 
 
 def estimate_single_gpu(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
@@ -70,9 +75,9 @@ def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
         "batch": batch_bytes(plan) if peak_phase != "load" else 0,
     }
     components["activations"] = peak - sum(components.values())
-    estimate = MemoryEstimate(
+    fields = dict(
         model=model.name,
-        plan=plan.model_dump(),
+        plan=plan,  # the validated plan itself (pydantic does not revalidate an instance)
         components=components,
         phases=phases,
         peak_phase=peak_phase,
@@ -81,7 +86,7 @@ def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
         notes=tuple(n for n in (unquantized_experts_note(model, plan), offloading_note(model, plan)) if n),
         host_offload_bytes=host_offload_bytes(model, plan),
     )
-    return StepEstimate(estimate, moments, ref)
+    return StepEstimate(fields, moments, ref)
 
 
 def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int], base: int,

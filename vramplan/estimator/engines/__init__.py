@@ -30,11 +30,9 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
         # Each micro-batch's backward makes fresh gradients and reduces them into the sharded ones, which hold
         # the sum: the step is priced from a one-micro-batch step, with the held shards added by the engine.
         one = estimate_step(model, plan.model_copy(update={"grad_accum": 1}))
-        est = per_gpu_estimate(plan, one, reprice(model, plan, one))
         # the other micro-batches' batches, fetched before the first forward
-        batches = single.estimate.phases["optimizer"] - one.estimate.phases["optimizer"]
-        phases = {k: v + (batches if k != "load" else 0) for k, v in est.phases.items()}
-        return est.model_copy(update={"phases": phases, "traced_phases": None})
+        batches = single.fields["phases"]["optimizer"] - one.fields["phases"]["optimizer"]
+        return per_gpu_estimate(plan, one, reprice(model, plan, one), other_batches=batches)
     return per_gpu_estimate(plan, single, reprice(model, plan, single))
 
 
@@ -49,9 +47,12 @@ def reprice(model: ModelSpec, plan: TrainingPlan, single: StepEstimate) -> Repri
     return reprice_torch(model, plan, single.moments)
 
 
-def per_gpu_estimate(plan: TrainingPlan, single: StepEstimate, engine: Repriced) -> MemoryEstimate:
+def per_gpu_estimate(plan: TrainingPlan, single: StepEstimate, engine: Repriced,
+                     other_batches: int = 0) -> MemoryEstimate:
     """Phase peaks from the re-priced moments (each phase: its largest), and the components of the peak.
-    DPO's frozen reference model (without PEFT) is held whole on every GPU, as on one."""
+    DPO's frozen reference model (without PEFT) is held whole on every GPU, as on one. `other_batches`: the
+    batches of the other micro-batches when `single` is one micro-batch of an accumulating step (added to every
+    phase after load; the components stay those of the one micro-batch, and no traced phases are given)."""
     ref = {"reference_model": single.reference_bytes} if single.reference_bytes else {}
     static = engine.static
     phases = {"load": static.load + single.reference_bytes}
@@ -71,12 +72,14 @@ def per_gpu_estimate(plan: TrainingPlan, single: StepEstimate, engine: Repriced)
     components = {k: parts.get(k, 0) for k in (*WEIGHT_KEYS, "optimizer_states", "gradients",
                                                 "optimizer_temporaries")}
     components.update({k: v for k, v in parts.items() if k not in components})
-    one = single.estimate
+    one_phases, one_traced = single.fields["phases"], single.fields["traced_phases"]
     traced = None
-    if one.traced_phases:
-        traced = {k: v + one.traced_phases.get(k, one.phases[k]) - one.phases[k] for k, v in phases.items()}
-    return one.model_copy(update={
-        "components": components, "phases": phases, "peak_phase": peak_phase, "traced_phases": traced,
-        "gpus": plan.gpus, "sharding": plan.parallelism, "host_offload_bytes": static.host,
-        "plan": plan.model_dump(),
+    if one_traced and not other_batches:
+        traced = {k: v + one_traced.get(k, one_phases[k]) - one_phases[k] for k, v in phases.items()}
+    if other_batches:
+        phases = {k: v + (other_batches if k != "load" else 0) for k, v in phases.items()}
+    return MemoryEstimate(**{
+        **single.fields, "components": components, "phases": phases, "peak_phase": peak_phase,
+        "traced_phases": traced, "gpus": plan.gpus, "sharding": plan.parallelism,
+        "host_offload_bytes": static.host, "plan": plan,
     })
