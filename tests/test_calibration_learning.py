@@ -40,7 +40,8 @@ def cuda_record(seq: int = 256, *, allocated: int | None = None, reserve: int = 
     measured = Measured(source="cuda_allocator", phases=phases, peak_phase="backward", tracked_phases=phases,
                         after_step_bytes=peak // 2, trainable_params=1, components={}, top_allocations=[],
                         reserved_bytes=peak + reserve, cuda_context_bytes=context)
-    return CalibrationRecord(created_at="2026-11-30T08:00:00+00:00", model=est.model, plan=est.plan.model_dump(mode="json"),
+    return CalibrationRecord(created_at="2026-11-30T08:00:00+00:00", model=est.model,
+                             plan=est.plan.model_dump(mode="json"),
                              device="cuda:0", traced=traced, steps=2, status="ok",
                              versions={"gpu": gpu, "torch": torch, "cuda": "12.8"},
                              estimate=est.model_dump(mode="json"), measured=measured)

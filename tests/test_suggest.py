@@ -50,7 +50,7 @@ def test_7b_on_24gb_lora_on_a_16bit_base_fits_and_qlora_buys_room_at_a_speed_cos
     assert fits("llama-7b", seeds_lora, "rtx4090")
     a = advise("llama-7b", "rtx4090")
     best = a.plans[0].estimate.plan
-    assert best["method"] == "lora" and best["param_dtype"] == "bf16"
+    assert best.method == "lora" and best.param_dtype == "bf16"
     c = a.contrast  # what QLoRA would buy instead, and what it costs
     assert c.plan["method"] == "qlora" and c.fits and c.gpu_bytes < a.plans[0].gpu_bytes
     assert c.speed_ratio < 1  # dequantization makes it slower
@@ -64,7 +64,7 @@ def test_7b_on_24gb_memory_objective_is_the_seeds_recipe():
     p = a.plans[0].estimate.plan
     recipe = dict(method="qlora", quant="nf4", double_quant=True, rank=8, seq=1024, grad_ckpt=True,
                   optimizer="paged_adamw_8bit", batch=1, grad_accum=16)
-    assert {k: p[k] for k in recipe} == recipe
+    assert {k: getattr(p, k) for k in recipe} == recipe
     peaks = [r.gpu_bytes for r in a.plans]
     assert peaks == sorted(peaks)
 
@@ -146,7 +146,7 @@ def test_every_recommended_plan_fits_with_the_headroom(model, gpu, objective):
 ])
 def test_max_seq_and_batch_are_exact(model, gpu, objective):
     a = advise(model, gpu, objective=objective)
-    plan, lim = a.plans[0].estimate.plan, a.limits
+    plan, lim = a.plans[0].estimate.plan.model_dump(), a.limits
     assert fits(model, {**plan, "seq": lim.max_seq}, gpu)
     assert lim.max_seq == lim.seq_cap or not fits(model, {**plan, "seq": lim.max_seq + 1}, gpu)
     assert fits(model, {**plan, "batch": lim.max_batch}, gpu)
@@ -166,8 +166,8 @@ def test_pinned_flags_narrow_the_search():
     assert a.plans
     for r in a.plans:
         p = r.estimate.plan
-        assert (p["method"], p["rank"], p["grad_ckpt"], p["seq"]) == ("lora", 16, True, 512)
-        assert p["batch"] * p["grad_accum"] == 16
+        assert (p.method, p.rank, p.grad_ckpt, p.seq) == ("lora", 16, True, 512)
+        assert p.batch * p.grad_accum == 16
 
 
 # Speed model ------------------------------------------------------------------------------------------------

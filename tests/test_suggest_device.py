@@ -24,7 +24,7 @@ def on_card(model: str, plan: dict, gpu: str) -> int:
 def check_shown_plans(a, model: str, gpu: str) -> None:
     assert a.plans
     for r in a.plans:
-        e = estimate(model, make_plan(**r.estimate.plan), gpu=gpu)
+        e = estimate(model, r.estimate.plan, gpu=gpu)
         assert e.fits and r.estimate.fits
         # the same numbers: peak, reserved, device total, free
         assert (r.estimate.peak_bytes, r.estimate.reserved_bytes, r.estimate.total_gpu_bytes, r.estimate.headroom_bytes
@@ -51,7 +51,7 @@ def test_small_model_shown_plans_and_knobs_are_estimates_numbers(model, gpu, gpu
 def test_shown_plans_and_knobs_are_estimates_numbers(model, gpu, gpus, objective):
     a = recommend(Request(model=resolve_model(model), gpu=resolve_gpu(gpu), gpus=gpus, objective=objective))
     check_shown_plans(a, model, gpu)
-    lim, plan = a.limits, a.plans[0].estimate.plan
+    lim, plan = a.limits, a.plans[0].estimate.plan.model_dump()
     assert on_card(model, {**plan, "batch": lim.max_batch}, gpu) <= a.limit_bytes
     assert on_card(model, {**plan, "batch": lim.max_batch + 1}, gpu) > a.limit_bytes
 

@@ -18,6 +18,7 @@ from vramplan.hardware import resolve_gpu
 from vramplan.models import resolve_model
 from vramplan.plan import TrainingPlan, make_plan
 from vramplan.speed import step_time
+from vramplan.vocab import engine_words
 
 GiB = 2**30
 
@@ -27,8 +28,8 @@ def advise(model: str, gpu: str, gpus: int, host_gib: float | None = 128, **kw):
     return recommend(Request(model=resolve_model(model), gpu=resolve_gpu(gpu), gpus=gpus, host_ram_bytes=host, **kw))
 
 
-def per_gpu_bytes(model: str, plan: dict, gpu: str) -> int:
-    e = estimate(model, TrainingPlan(**plan), gpu=gpu)
+def per_gpu_bytes(model: str, plan: dict | TrainingPlan, gpu: str) -> int:
+    e = estimate(model, TrainingPlan.model_validate(plan), gpu=gpu)
     return e.total_gpu_bytes + e.paged_bytes
 
 
@@ -36,7 +37,7 @@ def test_70b_on_two_24gb_cards_is_fsdp_qlora_with_cpu_offload():
     a = advise("llama2-70b", "rtx4090", gpus=2)
     assert a.plans, "the FSDP-QLoRA recipe fits 2 x 24 GB"
     for r in a.plans:
-        p = TrainingPlan(**r.estimate.plan)
+        p = r.estimate.plan
         assert (p.method, p.gpus, p.parallelism, p.offload) == ("qlora", 2, "fsdp", "params")
         assert p.storage_dtype == "bf16" and not p.kbit_upcast and p.grad_ckpt  # the recipe's settings
         assert p.batch * p.grad_accum * p.gpus == 16
@@ -44,7 +45,7 @@ def test_70b_on_two_24gb_cards_is_fsdp_qlora_with_cpu_offload():
         host = estimate_memory(resolve_model("llama2-70b"), p).host_offload_bytes
         assert r.host_bytes == 2 * host <= 128 * GiB
     # Without offload FSDP does not fit: the unsharded root and the activations stay on each card.
-    knob = next(k for k in a.knobs if k.knob == "FSDP")
+    knob = next(k for k in a.knobs if k.knob == engine_words("fsdp"))
     assert not knob.fits and knob.gpu_bytes_delta > 0
     # LoRA and full fine-tuning fit the cards only with offload, and then need more host RAM than 128 GiB.
     assert {b.method: b.host_fits for b in a.blockers} == {"full": False, "lora": False}
@@ -55,7 +56,7 @@ def test_more_host_ram_lets_lora_on_the_16bit_base_win():
     lora = next(b for b in advise("llama2-70b", "rtx4090", gpus=2).blockers if b.method == "lora")
     a = advise("llama2-70b", "rtx4090", gpus=2, host_gib=lora.host_bytes / GiB + 1)
     p = a.plans[0].estimate.plan
-    assert (p["method"], p["sharding"], p["offload"]) == ("lora", "fsdp", "params")
+    assert (p.method, p.sharding, p.offload) == ("lora", "fsdp", "params")
     assert a.plans[0].host_bytes <= lora.host_bytes + GiB
 
 
@@ -80,7 +81,7 @@ def test_ddp_when_replicas_fit():
     """7B LoRA on 2 x A100 80GB: every engine fits; DDP moves the fewest bytes, so it is the fastest."""
     a = advise("llama-7b", "a100-80gb", gpus=2, objective="speed")
     p = a.plans[0].estimate.plan
-    assert (p["sharding"], p["offload"]) == ("ddp", "none")
+    assert (p.sharding, p.offload) == ("ddp", "none")
     one = advise("llama-7b", "a100-80gb", gpus=1, objective="speed").plans[0]
     assert 1.7 < a.plans[0].tokens_per_s / one.tokens_per_s <= 2.0
 
@@ -126,7 +127,7 @@ def test_data_parallel_scales_tokens_and_nvlink_beats_pcie():
 def test_cli_finds_the_fsdp_qlora_recipe(capsys):
     assert main(["suggest", "--model", "llama2-70b", "--gpu", "rtx4090", "--gpus", "2"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "2 x rtx4090" in out and "FSDP + CPU offload" in out and "bnb_4bit_quant_storage" in out
+    assert "2 x rtx4090" in out and f"{engine_words('fsdp')} + CPU offload" in out and "bnb_4bit_quant_storage" in out
     assert "host RAM" in out
     assert main(["suggest", "--model", "llama2-70b", "--gpu", "rtx4090", "--gpus", "2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -32,6 +32,7 @@ from vramplan.search_space import (
     takes_bnb_optimizers,
 )
 from vramplan.speed import DEQUANT_BANDWIDTH_FRACTION
+from vramplan.vocab import engine_words
 
 BATCH_CAP = 1024
 GPU_COUNT_CAP = 1024  # the largest data-parallel job the nothing-fits advice searches
@@ -186,7 +187,7 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
             if (sharding, offload) != (p.parallelism, p.offload):
                 choices = probe.optimizer_choices(p.method, (sharding, offload))
                 opt = p.optimizer if p.optimizer in choices else choices[0]
-                changes.append((dist_words(sharding, offload), {"sharding": sharding, "offload": offload,
+                changes.append((engine_words(sharding, offload), {"sharding": sharding, "offload": offload,
                                                                  "optimizer": opt,
                                                                  "kbit_upcast": probe.req.pinned.get("kbit_upcast")}))
     out = []
@@ -202,12 +203,7 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
     return out
 
 
-def dist_words(sharding: str, offload: str) -> str:
-    """'FSDP + CPU offload of parameters' style name of a (sharding, offload) pair."""
-    name = {"ddp": "DDP replicas", "zero1": "DeepSpeed ZeRO-1", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3",
-            "fsdp": "FSDP", "fsdp_grad_op": "FSDP (no reshard after forward)"}.get(sharding, sharding)
-    return name + {"none": "", "optimizer": " + optimizer offload to CPU",
-                   "params": " + CPU offload of parameters, gradients and states"}[offload]
+
 
 
 def contrast(probe: Probe, best: Candidate) -> Contrast | None:

@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vramplan.errors import InputError, MissingPackagesError
-from vramplan.units import format_bytes
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    pass
 
 MEASURE_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
 
@@ -78,7 +77,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         report.print_json(record.model_dump(mode="json"))
     else:
         console = _console(args)
-        render_calibration(console, record)
+        report.render_calibration(console, record)
         console.print(f"saved as calibration #{record.id} in {store.path}" if record.id else "not saved (--no-save)")
     return 0
 
@@ -165,7 +164,7 @@ def run_calibrations(args: argparse.Namespace) -> int:
     elif not records:
         _console(args).print(f"no calibrations in {store.path}")
     else:
-        render_calibrations(_console(args), records, str(store.path))
+        report.render_calibrations(_console(args), records, str(store.path))
     return 0
 
 
@@ -198,103 +197,3 @@ def _import(args: argparse.Namespace, store: Any) -> int:
     _console(args).print(f"imported {added} record{'s' * (added != 1)} into {store.path}"
                          + (f" ({skipped} already there)" if skipped else ""), highlight=False)
     return 0
-
-
-# Rendering ----------------------------------------------------------------------------------------------------
-
-
-def _pct(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value == 0:
-        return "0.00%"
-    return f"{value:+.1e}%" if abs(value) < 0.005 else f"{value:+.2f}%"
-
-
-def _describe(record: Any) -> str:
-    plan = record.plan
-    desc = plan["method"]
-    if plan["method"] != "full":
-        desc += f" r={plan['rank']} targets={plan['targets']}"
-    if plan["method"] == "qlora":
-        desc += f" {plan['quant']}{'+dq' if plan['double_quant'] else ''}"
-    device = f"{record.device}{' traced' if record.traced else ''}"
-    return (f"{desc}, batch {plan['batch']} x seq {plan['seq']}, {'grad-ckpt' if plan['grad_ckpt'] else 'no grad-ckpt'}"
-            f", {plan['attn']}, {plan['optimizer']}; {device}, {record.steps} steps")
-
-
-def render_calibration(console: Console, record: Any) -> None:
-    """Measured vs estimated: per phase, per component at the peak, and the largest storages at the peak."""
-    from rich.table import Table
-
-    console.print(f"[bold]{record.model}[/bold]: {_describe(record)}")
-    if record.oom is not None:
-        o = record.oom
-        console.print(f"[red]out of memory[/red] in the {o.phase} phase at {format_bytes(o.allocated_bytes)} "
-                      f"allocated, {format_bytes(o.reserved_bytes)} reserved (estimated peak "
-                      f"{format_bytes(record.estimate['peak_bytes'])}): {o.message}")
-        return
-    m, phases = record.measured, record.estimate[record.estimate_basis]
-    source = "max_memory_allocated" if m.source == "cuda_allocator" else "live tensors"
-    estimated = "estimated (traced)" if record.estimate_basis == "traced_phases" else "estimated"
-    e_peak = max(("forward", "backward", "optimizer"), key=lambda p: phases[p])
-    peak = m.peak_phase if m.peak_phase == e_peak else f"measured {m.peak_phase}, estimated {e_peak}"
-    _comparison_table(console, f"Per phase ({source})", "phase", record.by_phase, estimated,
-                      {"peak": f"peak ({peak})", "cuda_context": "CUDA context", "paged": "paged optimizer states"})
-    _comparison_table(console, "Live at the peak, per component", "component", record.by_component, estimated, {})
-    top = Table(title="Largest storages at the measured peak", title_justify="left")
-    for col in ("bytes", "what", "shape", "dtype", "born in"):
-        top.add_column(col, justify="right" if col == "bytes" else "left")
-    for a in m.top_allocations:
-        top.add_row(format_bytes(a.nbytes, "auto"), a.what, str(list(a.shape)), a.dtype, a.phase)
-    console.print(top)
-    for note in _notes(record):
-        console.print(note)
-
-
-def _comparison_table(console: Console, title: str, first: str, rows: dict, estimated: str,
-                      labels: dict[str, str]) -> None:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for col in (first, "measured", estimated, "error"):
-        table.add_column(col, justify="left" if col == first else "right")
-    for key, c in rows.items():
-        if c.estimate_bytes or c.measured_bytes:
-            table.add_row(labels.get(key, key), format_bytes(c.measured_bytes, "auto", 3),
-                          format_bytes(c.estimate_bytes, "auto", 3), _pct(c.error_pct))
-    console.print(table)
-
-
-def _notes(record: Any) -> list[str]:
-    m, e = record.measured, record.estimate
-    notes = []
-    if m.source == "cuda_allocator":
-        extra = m.peak_bytes - max(m.tracked_phases[p] for p in ("forward", "backward", "optimizer"))
-        notes.append(f"the allocator's peak is {format_bytes(extra, 'auto')} above the live tensors' (512-byte "
-                     "rounding, kernel workspaces, temporaries inside custom kernels)")
-    if record.estimate_basis == "traced_phases":
-        extra = e["peak_bytes"] - record.by_phase["peak"].estimate_bytes
-        sign = "+" if extra >= 0 else "-"
-        notes.append(f"estimate for CUDA: peak {format_bytes(e['peak_bytes'], 'auto', 3)} ({sign}"
-                     f"{format_bytes(abs(extra), 'auto')}; in-kernel 4-bit dequantization, paged states off the "
-                     "allocator)")
-    elif m.source != "cuda_allocator" and e.get("paged_bytes"):
-        notes.append(f"paged optimizer states ({format_bytes(e['paged_bytes'], 'auto')}) are ordinary tensors off "
-                     "CUDA: measured inside the phases, estimated outside them (CUDA managed memory)")
-    return notes
-
-
-def render_calibrations(console: Console, records: Sequence[Any], where: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"Calibrations in {where}", title_justify="left")
-    for col in ("id", "when (UTC)", "model", "method", "device", "status", "measured peak", "estimated", "error"):
-        table.add_column(col, justify="right" if col in ("id", "measured peak", "estimated", "error") else "left")
-    for r in records:
-        measured = format_bytes(r.measured.peak_bytes, "auto") if r.measured else "-"
-        estimated = r.by_phase["peak"].estimate_bytes if "peak" in r.by_phase else r.estimate["peak_bytes"]
-        table.add_row(str(r.id), r.created_at.replace("T", " ")[:19], r.model, r.plan.get("method", "?"),
-                      r.device + (" traced" if r.traced else ""), r.status, measured,
-                      format_bytes(estimated, "auto"), _pct(r.error_pct.get("peak")))
-    console.print(table)

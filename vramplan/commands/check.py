@@ -59,7 +59,7 @@ def run_check(args: argparse.Namespace) -> int:
                            "calibration": words})
     else:
         out = console(args)
-        render_reading(out, reading, plan, args.model)
+        report.render_reading(out, reading, plan, args.model)
         report.render_estimate(out, result)
         if words:
             out.print(words)
@@ -76,22 +76,3 @@ def _calibrated(result: Any, args: argparse.Namespace) -> tuple[Any, str | None]
     from vramplan.api import calibrated
 
     return calibrated(result, getattr(args, "store", None), gpu_dirs(args))
-
-
-def render_reading(out: Any, reading: Any, plan: Any, model: str) -> None:
-    """Each plan field: its value and the config field it came from ('flag or default' otherwise)."""
-    from rich.table import Table
-
-    out.print(f"[bold]{reading.source}[/bold] ({reading.format}): model {model}", highlight=False)
-    table = Table(title="Plan read from the config", title_justify="left")
-    for col in ("plan field", "value", "from"):
-        table.add_column(col)
-    given = plan.model_dump()
-    for field, value in given.items():
-        if value is None:
-            continue
-        source = reading.origin.get(field) if reading.plan_options.get(field) == value else None
-        table.add_row(field, str(value), source or "[dim]flag or default[/dim]")
-    out.print(table)
-    for note in reading.notes:
-        out.print(f"note: {note}", highlight=False)

@@ -75,37 +75,8 @@ def run_infer(args: argparse.Namespace) -> int:
     if args.json:
         report.print_json(infer_json(result, max_batch, max_context))
     else:
-        render_infer(console(args), result, max_batch, max_context)
+        report.render_infer(console(args), result, max_batch, max_context)
     return DOES_NOT_FIT if result.fits is False else 0
-
-
-def render_infer(out, e, max_batch: int | None, max_context: int | None) -> None:
-    from rich.table import Table
-
-    from vramplan.units import format_bytes
-
-    p = e.plan
-    adapter = f" + LoRA r={p['rank']} (fp32, unmerged)" if e.adapter_bytes else ""
-    out.print(f"[bold]{e.model}[/] generate: {p['quant']} weights{adapter}, batch {p['batch']}, context "
-              f"{p['context']} ({p['context'] - p['new_tokens']} prompt + {p['new_tokens']} new), {p['cache']} cache")
-    t = Table(show_header=True, header_style="bold")
-    t.add_column("component")
-    t.add_column("bytes", justify="right")
-    rows = [("weights", e.weights_bytes), ("adapter", e.adapter_bytes), ("KV cache (final)", e.kv_cache_bytes),
-            ("prefill activations", e.prefill_activation_bytes), ("decode transient", e.decode_transient_bytes),
-            ("4-bit dequant scratch", e.dequant_scratch_bytes), ("prefill peak", e.prefill_peak_bytes),
-            ("last decode step peak", e.decode_peak_bytes), ("peak", e.peak_bytes)]
-    if e.gpu:
-        rows += [("CUDA context", e.cuda_context_bytes), ("allocator headroom", e.reserve_bytes),
-                 ("device total", e.device_bytes), (f"{e.gpu} usable", e.gpu_usable_bytes)]
-    for name, n in rows:
-        t.add_row(name, format_bytes(n))
-    out.print(t)
-    out.print(f"KV cache per token of context: {format_bytes(e.kv_per_token_bytes, 'auto')} per sequence")
-    if e.gpu:
-        verdict = "[green]fits[/]" if e.fits else "[red]does not fit[/]"
-        out.print(f"{verdict} on {e.gpu}; largest batch at this context: {max_batch or 'none'}; largest context "
-                  f"at this batch: {max_context or 'none'}")
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -118,34 +89,5 @@ def _run_compare(args: argparse.Namespace) -> int:
     if args.json:
         report.print_json([infer_json(*row) for row in rows])
     else:
-        render_infer_compare(console(args), rows)
+        report.render_infer_compare(console(args), rows)
     return DOES_NOT_FIT if args.gpu and not any(r[0].fits for r in rows) else 0
-
-
-def render_infer_compare(out, rows: list) -> None:
-    from rich.table import Table
-
-    from vramplan.units import GiB
-
-    first = rows[0][0]
-    p = first.plan
-    adapter = f" + LoRA r={p['rank']} unmerged" if first.adapter_bytes else ""
-    out.print(f"Serve or merge: {first.model}{adapter}, batch {p['batch']}, context {p['context']} (GiB)")
-    t = Table(show_header=True, header_style="bold")
-    for name in ("weights", "adapter", "KV cache", "peak"):
-        t.add_column(name, justify="left" if name == "weights" else "right")
-    gpu = first.gpu
-    if gpu:
-        for name in (f"on {gpu}", "fits", "max batch", "max context"):
-            t.add_column(name, justify="right")
-    words = {"nf4": "4-bit nf4", "int8": "8-bit int8", "none": "16-bit", "merged": "16-bit merged"}
-    for e, max_batch, max_context in rows:
-        cells = [words[e.plan["quant"]], f"{e.adapter_bytes / GiB:.2f}",
-                 f"{e.kv_cache_bytes / GiB:.2f}", f"{e.peak_bytes / GiB:.2f}"]
-        if gpu:
-            cells += [f"{e.device_bytes / GiB:.2f}", "yes" if e.fits else "no", str(max_batch or "-"),
-                      str(max_context or "-")]
-        t.add_row(*cells)
-    out.print(t)
-    if gpu:
-        out.print("max context stops at the model's max_position_embeddings; max batch at this context")

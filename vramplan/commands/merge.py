@@ -58,21 +58,5 @@ def run_merge(args: argparse.Namespace) -> int:
     if args.json:
         report.print_json({**result.model_dump(), "gpu": args.gpu, "device_bytes": device, "fits": fits})
     else:
-        render_merge(console(args), result, args.gpu, device, fits)
+        report.render_merge(console(args), result, args.gpu, device, fits)
     return DOES_NOT_FIT if fits is False else 0
-
-
-def render_merge(out, e, gpu: str | None, device: int | None, fits: bool | None) -> None:
-    from vramplan.units import format_bytes
-
-    p = e.plan
-    kind = "4-bit model (re-quantized: still 4-bit)" if e.still_4bit else f"{p['dtype']} model"
-    out.print(f"[bold]{e.model}[/] merge of a LoRA r={p['rank']} adapter into the {kind}, on {p['device']}")
-    out.print(f"  model {format_bytes(e.model_bytes)} + adapter {format_bytes(e.adapter_bytes, 'auto')}; merge peak "
-              f"{format_bytes(e.merge_peak_bytes)} on {p['device']}")
-    out.print(f"  GPU peak {format_bytes(e.gpu_peak_bytes)}; host peak {format_bytes(e.host_peak_bytes)} "
-              f"(save_pretrained moves a whole shard to the host)")
-    out.print(f"  merged size on disk {format_bytes(e.disk_bytes)} in {e.shards} safetensors shard(s)")
-    if gpu and device is not None:
-        verdict = "[green]fits[/]" if fits else "[red]does not fit[/]"
-        out.print(f"  {verdict} on {gpu}: {format_bytes(device)} with the CUDA context and allocator headroom")

@@ -6,15 +6,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
-from importlib import resources
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
+
+INDEX = Path(__file__).with_name("index.toml")
 
 
-@dataclass(frozen=True)
-class PresetEntry:
-    """One row of index.toml: the fields `vramplan.models.Preset` validates, with the same defaults."""
+class PresetEntry(NamedTuple):
+    """One row of index.toml: the fields `vramplan.models.Preset` validates, with the same defaults (a NamedTuple,
+    not a dataclass: `dataclasses` imports `inspect`, a third of `--help`'s own start-up)."""
 
     slug: str
     hub_id: str
@@ -32,7 +33,7 @@ def read_index() -> dict[str, dict[str, Any]]:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
 
-    return tomllib.loads(resources.files(__name__).joinpath("index.toml").read_text())
+    return tomllib.loads(INDEX.read_text(encoding="utf-8"))
 
 
 def index() -> list[PresetEntry]:

@@ -7,6 +7,9 @@ imports neither rich nor pydantic (rich loads when a table is drawn; results are
     plan_words   the one description of a plan (and the engine names, from `vramplan.vocab`)
     estimate     `estimate`: the component table, the phases, the GPU verdict; `estimate --json`
     compare      `compare`: full vs LoRA vs QLoRA, and each method's served model
+    advice       `suggest`: the plans that fit, the reasons in words, the knobs, the nearest options; its JSON
+    calibration  `calibrate` and `calibrations`: measured against estimated
+    inference    `infer`, `infer --compare`, `merge`, and `check`'s reading of a config
     listing      `models` and `gpus`: plain-text tables
 """
 
@@ -15,11 +18,25 @@ from __future__ import annotations
 import json
 import sys
 
-from vramplan.report.compare import render_compare
-from vramplan.report.estimate import estimate_json, render_estimate
-from vramplan.report.listing import render_gpus, render_models
+# name -> the submodule that owns it; imported on first use, so a listing never loads the other renderers
+_OWNERS = {
+    "advice_json": "advice", "render_advice": "advice",
+    "render_calibration": "calibration", "render_calibrations": "calibration",
+    "render_compare": "compare",
+    "estimate_json": "estimate", "render_estimate": "estimate",
+    "render_infer": "inference", "render_infer_compare": "inference", "render_merge": "inference",
+    "render_reading": "inference",
+    "render_gpus": "listing", "render_models": "listing",
+}
+__all__ = ["print_json", *_OWNERS]
 
-__all__ = ["estimate_json", "print_json", "render_compare", "render_estimate", "render_gpus", "render_models"]
+
+def __getattr__(name: str) -> object:
+    if name not in _OWNERS:
+        raise AttributeError(f"module 'vramplan.report' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"vramplan.report.{_OWNERS[name]}"), name)
 
 
 def print_json(obj: object) -> None:

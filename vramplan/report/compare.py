@@ -6,17 +6,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from vramplan.report.estimate import where_words
+from vramplan.report.inference import Served, inference_plan
 from vramplan.units import format_gib
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from vramplan.estimator.result import MemoryEstimate
-    from vramplan.inference import InferenceEstimate, InferencePlan
-
-# One served model per compare row: (its inference estimate, the largest batch, the largest context that fit)
-Served = tuple["InferenceEstimate", "int | None", "int | None"]
-
+    from vramplan.inference import InferenceEstimate
 
 def render_compare(console: Console, rows: Sequence[MemoryEstimate], served: Sequence[Served] | None = None) -> None:
     """The compare table; `served` (one per row, from `compare --infer-context`) adds what each method's
@@ -28,7 +25,7 @@ def render_compare(console: Console, rows: Sequence[MemoryEstimate], served: Seq
     where = where_words(sharded) if sharded else ""
     title = f"Full fine-tuning vs LoRA vs QLoRA (GiB at the peak{where})"
     if served:
-        p = _served_plan(served[0][0])
+        p = inference_plan(served[0][0])
         title += f"; generate: its model, {p.batch} x {p.context} tokens"
     table = Table(title=title, title_justify="left")
     cols = ["model", "method", "weights", "grads + optimizer", "activations", "peak"]
@@ -58,19 +55,13 @@ def _row_cells(r: MemoryEstimate, sharded: bool, gpu: str | None) -> list[str]:
     return cells
 
 
-def _served_plan(e: InferenceEstimate) -> InferencePlan:
-    from vramplan.inference import InferencePlan
-
-    return InferencePlan.model_validate(e.plan)
-
-
 _SERVED_WORDS = {"nf4": "nf4+LoRA", "int8": "int8+LoRA", "none": "16-bit", "merged": "merged"}
 
 
 def _served_cells(e: InferenceEstimate, max_batch: int | None, max_context: int | None, gpu: str | None) -> list[str]:
     """One compare row's inference cells: the format, GiB generating (on the GPU with context and reserve when
     a GPU is given, else the peak), and with a GPU whether it fits and the largest batch at this context."""
-    quant = _served_plan(e).quant
+    quant = inference_plan(e).quant
     words = _SERVED_WORDS[quant]
     if quant in ("nf4", "int8") and not e.adapter_bytes:
         words = words.replace("+LoRA", "")
