@@ -12,6 +12,8 @@ from __future__ import annotations
 from vramplan.estimator.engines.pricing import WEIGHT_KEYS, Repriced
 from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.single_gpu import StepEstimate, estimate_step
+from vramplan.estimator.step_tensors import batch_bytes
+from vramplan.estimator.trainers import step_plan
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
 
@@ -23,16 +25,17 @@ REDUCE_EVERY_MICRO_BATCH = ("fsdp", "fsdp_grad_op", "zero2", "zero3")
 
 def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
     """The per-GPU estimate of `plan` (the single-GPU estimate when the plan is one plain GPU)."""
+    if plan.multi_gpu and plan.grad_accum > 1 and plan.parallelism in REDUCE_EVERY_MICRO_BATCH:
+        # Each micro-batch's backward makes fresh gradients and reduces them into the sharded ones, which hold
+        # the sum: the step is priced from a one-micro-batch step, with the held shards added by the engine, and
+        # the other micro-batches' batches (fetched before the first forward: `batch_bytes`) on top.
+        one_plan = plan.model_copy(update={"grad_accum": 1})
+        one = estimate_step(model, one_plan)
+        batches = batch_bytes(step_plan(plan)) - batch_bytes(step_plan(one_plan))
+        return per_gpu_estimate(plan, one, reprice(model, plan, one), other_batches=batches)
     single = estimate_step(model, plan)
     if not plan.multi_gpu:
         return single.estimate
-    if plan.grad_accum > 1 and plan.parallelism in REDUCE_EVERY_MICRO_BATCH:
-        # Each micro-batch's backward makes fresh gradients and reduces them into the sharded ones, which hold
-        # the sum: the step is priced from a one-micro-batch step, with the held shards added by the engine.
-        one = estimate_step(model, plan.model_copy(update={"grad_accum": 1}))
-        # the other micro-batches' batches, fetched before the first forward
-        batches = single.fields["phases"]["optimizer"] - one.fields["phases"]["optimizer"]
-        return per_gpu_estimate(plan, one, reprice(model, plan, one), other_batches=batches)
     return per_gpu_estimate(plan, single, reprice(model, plan, single))
 
 
