@@ -51,8 +51,6 @@ DEFAULT_LINK_BYTES_PER_S = 31_500_000_000  # PCIe 4.0 x16 per direction, for a p
 # StepTime.mfu for the utilisation a plan reaches.
 MFU = 0.40
 DEQUANT_BANDWIDTH_FRACTION = DEQUANT_FRACTION["mid"]
-_ATTENTION_NAMES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj"})
-_PEFT_DEFAULT = ("q_proj", "v_proj")  # peft's default targets for llama/mistral/qwen/gemma; phi3: qkv_proj
 
 
 @dataclass(frozen=True)
@@ -92,22 +90,16 @@ def matmul_params(model: ModelSpec) -> int:
     return roles["linear"] + roles["router"] + experts + model.vocab_size * model.hidden_size
 
 
-def lora_params(model: ModelSpec, targets: str, rank: int) -> int:
-    """Trainable LoRA numels: rank x (in + out) for every targeted linear (peft `LoraLayer` A and B)."""
-    groups = model.inventory.linear_groups
-    if targets == "all-linear":
-        names = list(groups)
-    elif targets == "attention":
-        names = [n for n in groups if n in _ATTENTION_NAMES]
-    elif targets == "default":
-        names = [n for n in _PEFT_DEFAULT if n in groups] or [n for n in ("qkv_proj",) if n in groups]
-    else:
-        names = [n for n in targets.split(",") if n in groups]
-    return sum(rank * (groups[n].in_features + groups[n].out_features) for n in names)
-
-
 def trainable_adapters(model: ModelSpec, plan: TrainingPlan) -> int:
-    return lora_params(model, plan.targets or "default", plan.rank or 0) if plan.uses_lora else 0
+    """LoRA numels: rank x (in + out) for every linear peft wraps (peft `LoraLayer` A and B), the targets resolved
+    by the memory model's one rule (estimator.weights.resolve_targets)."""
+    if not plan.uses_lora:
+        return 0
+    from vramplan.estimator.weights import resolve_targets
+
+    groups = model.inventory.linear_groups
+    return sum((plan.rank or 8) * (groups[n].in_features + groups[n].out_features)
+               for n in resolve_targets(model, plan))
 
 
 def flops_per_token(model: ModelSpec, plan: TrainingPlan) -> float:

@@ -87,6 +87,7 @@ def dtypes(plan: TrainingPlan, autocast: bool | None = None) -> Dtypes:
     """The plan's dtypes; `autocast` overrides whether the forward runs under torch.autocast (default: only with
     `mixed_precision`, as the micro-trainer does; HF Trainer's `bf16=True` turns it on for 16-bit bases too)."""
     from vramplan.estimator.core import stream_bytes
+    from vramplan.estimator.trainers import adapter_bytes
     from vramplan.estimator.weights import non_quantized_dtype_bytes
 
     on = plan.mixed_precision is not None if autocast is None else autocast
@@ -95,7 +96,7 @@ def dtypes(plan: TrainingPlan, autocast: bool | None = None) -> Dtypes:
     fp32 = fp32_matmuls(plan)
     return Dtypes(compute=compute, layer=layer, stream=stream, norm_weight=nq,
                   attention=compute if on else layer, head_fp32=fp32 or (nq == 4 and not on),
-                  adapter=compute if on else ADAPTER_BYTES, fp32_matmuls=fp32)
+                  adapter=compute if on else adapter_bytes(plan), fp32_matmuls=fp32)
 
 
 def fp32_matmuls(plan: TrainingPlan) -> bool:
@@ -269,13 +270,11 @@ def micro_batch(model: ModelSpec, plan: TrainingPlan, r: Rates, d: Dtypes) -> Mi
 
 
 def optimizer_bytes(model: ModelSpec, plan: TrainingPlan) -> float:
-    """Bytes gradient clipping and the update move: bandwidth-bound passes over the trainable parameters."""
-    if plan.method == "full":
-        trainable, p = model.num_params, DTYPE_BYTES[plan.param_dtype]
-    else:
-        groups = model.inventory.linear_groups
-        trainable = sum((plan.rank or 8) * (groups[n].in_features + groups[n].out_features)
-                        for n in _targets(model, plan))
-        p = ADAPTER_BYTES
-    per_param = OPTIMIZER_BYTES.get(plan.optimizer or "adamw", OPTIMIZER_BYTES["adamw"])(p)
-    return trainable * (per_param + CLIP_BYTES_PER_GRAD_BYTE * p)
+    """Bytes gradient clipping and the update move: bandwidth-bound passes over the trainable parameters. Which
+    tensors train and their widths are the memory model's (estimator.weights.static_memory: LoRA A/B in fp32, bf16
+    under TRL's SFTTrainer for a quantized model, DoRA magnitudes, modules_to_save copies in the base dtype)."""
+    from vramplan.estimator.weights import static_memory
+
+    st = static_memory(model, plan)
+    per_param = OPTIMIZER_BYTES.get(plan.optimizer or "adamw", OPTIMIZER_BYTES["adamw"])
+    return sum(n * (per_param(p) + CLIP_BYTES_PER_GRAD_BYTE * p) for n, p in zip(st.trainable_numels, st.dtypes))
