@@ -69,6 +69,9 @@ def test_page_knob_url_and_error(browser, server_url: str, tmp_path: Path,
                      "--grad-ckpt"], capsys)
     verdict = page.inner_text("#verdict")
     assert f"peak {cli['peak_bytes'] / 2**30:.2f} GiB" in verdict
+    shown = page.eval_on_selector_all("#components tbody tr", "rs => rs.map(r => r.cells[0].textContent)")
+    held = {k.replace("_", " ") for k, v in cli["components"].items() if k not in ("total", "engine_parts") and v > 0}
+    assert set(shown) == held  # the parts that hold bytes, not their total
     assert f"{cli['total_gpu_bytes'] / 2**30:.2f} GiB on rtx4090" in verdict
     page.screenshot(path=str(shots / "web-lora-4096.png"), full_page=True)
 

@@ -84,7 +84,9 @@ function show(result) {
     verdict.className = result.fits ? "fits" : "nofit";
   }
   verdict.textContent = words;
-  const comps = Object.entries(result.components).filter(([, n]) => n > 0).sort((a, b) => b[1] - a[1]);
+  // components: named parts, engine_parts (by name) and their total (not a part)
+  const { total: _sum, engine_parts: engineParts = {}, ...named } = result.components;
+  const comps = Object.entries({ ...named, ...engineParts }).filter(([, n]) => n > 0).sort((a, b) => b[1] - a[1]);
   rows(document.querySelector("#components tbody"), comps);
   rows(document.querySelector("#phases tbody"), Object.entries(result.phases));
   const bar = document.getElementById("bar");
