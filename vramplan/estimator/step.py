@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from vramplan.estimator.context import embedding_output_requires_grad, layer_context, stream_bytes
 from vramplan.estimator.layers import decoder_layer
@@ -57,11 +58,25 @@ class LayerCost:
 
 def layer_cost(model: ModelSpec, plan: TrainingPlan, c: Ctx, input_grad: bool) -> LayerCost:
     """One decoder layer of `model` under `plan` (`input_grad`: its input requires grad)."""
+    return _one_layer(traits_of(model), model.intermediate_size, c, stream_bytes(plan), plan.grad_ckpt,
+                      plan.grad_ckpt and plan.ckpt_reentrant, input_grad, plan.grad_accum > 1)
+
+
+def _one_layer(traits: Traits, inter: int, c: Ctx, a: int, grad_ckpt: bool, reentrant: bool, input_grad: bool,
+               accumulate: bool) -> LayerCost:
     if c.offload_activations:  # TRL activation offloading (offloading.py)
-        return offloaded_layer_cost(traits_of(model), model.intermediate_size, c, stream_bytes(plan), plan.grad_ckpt,
-                                    input_grad, plan.grad_accum > 1)[0]
-    return _layer_cost(traits_of(model), model.intermediate_size, c, stream_bytes(plan), plan.grad_ckpt,
-                       plan.grad_ckpt and plan.ckpt_reentrant, input_grad, plan.grad_accum > 1)
+        return offloaded_layer_cost(traits, inter, c, a, grad_ckpt, input_grad, accumulate)[0]
+    return _layer_cost(traits, inter, c, a, grad_ckpt, reentrant, input_grad, accumulate)
+
+
+@lru_cache(maxsize=4096)
+def _step_costs(traits: Traits, inter: int, c: Ctx, a: int, grad_ckpt: bool, reentrant: bool, first_grad: bool,
+                accumulate: bool, layers: int, softcap: bool) -> tuple[LayerCost, LayerCost, tuple[int, int, int, int]]:
+    """Layer 0, every other layer and the head of one step, in one cached call (hashing a Ctx costs as much as
+    building the moments: once per step instead of three times)."""
+    first = _one_layer(traits, inter, c, a, grad_ckpt, reentrant, first_grad, accumulate)
+    rest = _one_layer(traits, inter, c, a, grad_ckpt, reentrant, True, accumulate) if layers > 1 else first
+    return first, rest, head_cost(c, a, softcap, accumulate)
 
 
 @lru_cache(maxsize=8192)
@@ -107,9 +122,9 @@ def head_cost(c: Ctx, a: int, softcap: bool, accumulate: bool = False) -> tuple[
     return peak, keep, rel, grads
 
 
-@dataclass(frozen=True)
-class Moment:
-    """Live bytes at one candidate peak above the weights and optimizer states, and the gradients inside them."""
+class Moment(NamedTuple):
+    """Live bytes at one candidate peak above the weights and optimizer states, and the gradients inside them.
+    (A NamedTuple: a step makes a dozen per estimate, and a frozen dataclass's __init__ is five times slower.)"""
 
     phase: str  # "forward" | "backward" | "optimizer"
     where: str  # "layer" | "head" (final norm, lm_head, loss) | "embedding" | "reference" (DPO) | "step"
@@ -168,8 +183,7 @@ def _plus(m: Moment, extra: int) -> Moment:
                                       m.layers_done, m.held_grads, m.temporaries)
 
 
-@dataclass(frozen=True)
-class _StepParts:
+class _StepParts(NamedTuple):
     """The pieces every moment is built from (bytes)."""
 
     c: Ctx
@@ -207,16 +221,16 @@ class _StepParts:
         c = layer_context(model, plan, cuda)
         a = stream_bytes(plan)
         n = model.num_layers
-        first = layer_cost(model, plan, c, embedding_output_requires_grad(plan))
-        rest = layer_cost(model, plan, c, True) if n > 1 else first
+        accumulate = plan.grad_accum > 1
+        first, rest, head = _step_costs(traits_of(model), model.intermediate_size, c, a, plan.grad_ckpt,
+                                        plan.grad_ckpt and plan.ckpt_reentrant, embedding_output_requires_grad(plan),
+                                        accumulate, n, bool(model.config.get("final_logit_softcapping")))
         data = batch_bytes(plan)
         # The mask lives while the decoder runs; under checkpointing the checkpoints hold it (as an argument of
         # the recompute) until backward ends.
         mask = attention_mask_bytes(model, plan)
         # Gradient accumulation: from the second micro-batch on every `.grad` exists through forward and backward
         # (the steady state the peak is read on); new weight gradients are added into them in place.
-        accumulate = plan.grad_accum > 1
-        head = head_cost(c, a, bool(model.config.get("final_logit_softcapping")), accumulate)
         head_grads = head[3]
         if accumulate:
             # A weight tied to the embedding gets two gradients; the engine holds lm_head's in the weight's input

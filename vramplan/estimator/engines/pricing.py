@@ -4,6 +4,7 @@ step re-priced as named components (`Priced`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from vramplan.estimator.weights import StaticMemory
 
@@ -33,8 +34,7 @@ class Static:
                 "comm_buffers": self.buffers}
 
 
-@dataclass(frozen=True)
-class Priced:
+class Priced(NamedTuple):
     """One moment re-priced for an engine: components that sum to the rank's live bytes."""
 
     phase: str
