@@ -144,14 +144,16 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-_SCHEDULES: dict[tuple, tuple[ModelSpec, tuple[list[int], list[int]]]] = {}
+_SCHEDULES: dict[tuple, tuple[ModelSpec, tuple[list[int], list[int], int, int]]] = {}
 
 
-def _schedules(model: ModelSpec, single: TrainingPlan, shards: int, workspace: int) -> tuple[list[int], list[int]]:
-    """The step's allocation sequence as the allocator sees it, frees in order and one allocation late (the last
-    few kept: a full device replays them a second time, capped)."""
+def _schedules(model: ModelSpec, single: TrainingPlan, shards: int, workspace: int
+               ) -> tuple[list[int], list[int], int, int]:
+    """The step's allocation sequence as the allocator sees it, frees in order and one allocation late, and in
+    each the index where the optimizer's first step begins (the last few kept: a full device replays them a
+    second time, capped)."""
     from vramplan.estimator.replay import schedule
-    from vramplan.estimator.step_events import step_events
+    from vramplan.estimator.step_events import step_events_marked
 
     key = (id(model), single, shards, workspace)
     hit = _SCHEDULES.get(key)
@@ -159,17 +161,26 @@ def _schedules(model: ModelSpec, single: TrainingPlan, shards: int, workspace: i
         return hit[1]
     if len(_SCHEDULES) > 4:
         _SCHEDULES.clear()
-    events = [("blas_workspace", workspace), *step_events(model, single, shards=shards)]
-    ops = (schedule(events), schedule(events, lag=1))
+    events, mark = step_events_marked(model, single, shards=shards)
+    events.insert(0, ("blas_workspace", workspace))
+    marks = [len(schedule(events[: mark + 1], lag)) - 1 for lag in (0, 1)]  # -1: its last op may pair later
+    ops = (schedule(events), schedule(events, lag=1), *marks)
     _SCHEDULES[key] = (model, ops)
     return ops
 
 
-def _run(ops: tuple[list[int], list[int]], config: AllocatorConfig, workspace: int,
-         capacity: int | None) -> tuple[int, int, int]:
-    from vramplan.estimator.replay import replay
+_SNAPSHOTS: list = []  # replay states at the optimizer's first step, for plans that differ only after it
 
-    exact, late = replay(ops[0], config, capacity), replay(ops[1], config, capacity)
+
+def _run(ops: tuple[list[int], list[int], int, int], config: AllocatorConfig, workspace: int,
+         capacity: int | None) -> tuple[int, int, int]:
+    from vramplan.estimator.replay import replay, replay_resuming
+
+    if config == AllocatorConfig():
+        del _SNAPSHOTS[:-6]
+        exact, late = (replay_resuming(ops[i], capacity, _SNAPSHOTS, ops[2 + i]) for i in (0, 1))
+    else:
+        exact, late = replay(ops[0], config, capacity), replay(ops[1], config, capacity)
     # the reserve beyond the requested peak: rounding, unsplit blocks, cached free blocks, fragmentation
     return (max(0, exact.peak_reserved - exact.peak_requested) + round_size(workspace),
             max(0, late.peak_reserved - late.peak_requested) + round_size(workspace),

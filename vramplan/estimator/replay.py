@@ -16,6 +16,7 @@ address order, so same-size blocks are still handed out lowest address first (`B
 
 from __future__ import annotations
 
+import copy
 from bisect import bisect_left, insort
 from dataclasses import dataclass
 
@@ -105,8 +106,42 @@ def replay(events: list[Event] | list[int], config: AllocatorConfig | None = Non
     ops = events if not events or isinstance(events[0], int) else schedule(events, lag)
     config = config or AllocatorConfig()
     alloc = FlatAllocator(capacity_bytes) if config == AllocatorConfig() else CachingAllocator(config, capacity_bytes)
+    _run(alloc, [], ops)
+    return _stats(alloc)
+
+
+@dataclass
+class Snapshot:
+    """A default-configuration replay after the first `at` ops of `ops`: where another schedule that begins with
+    the same ops can resume (a replay is deterministic: equal ops from an equal state reach an equal state)."""
+
+    ops: list[int]
+    at: int
+    capacity: int | None
+    alloc: FlatAllocator
+    handles: list[int]
+
+
+def replay_resuming(ops: list[int], capacity_bytes: int | None, snapshots: list[Snapshot], mark: int) -> ReplayStats:
+    """`replay` of a schedule under the default configuration, resumed from the furthest of `snapshots` whose
+    ops begin `ops`; a snapshot at `mark` is added for the schedules after (plans of a search that differ only
+    after that point, e.g. in the optimizer, share the replay up to it)."""
+    start = max((s for s in snapshots if s.capacity == capacity_bytes and s.at <= len(ops) and s.ops[:s.at] ==
+                 ops[:s.at]), key=lambda s: s.at, default=None)
+    if start is None:
+        alloc, handles, at = FlatAllocator(capacity_bytes), [], 0
+    else:
+        alloc, handles, at = start.alloc.copy(), start.handles.copy(), start.at
+    if at < mark <= len(ops):
+        _run(alloc, handles, ops[at:mark])
+        snapshots.append(Snapshot(ops, mark, capacity_bytes, alloc.copy(), handles.copy()))
+        at = mark
+    _run(alloc, handles, ops[at:])
+    return _stats(alloc)
+
+
+def _run(alloc: FlatAllocator | CachingAllocator, handles: list[int], ops: list[int]) -> None:
     malloc, free, transient = alloc.malloc, alloc.free, alloc.transient  # bound once: ~70k ops on a 7B model
-    handles: list[int] = []
     add = handles.append
     for op in ops:
         if op < 0:
@@ -116,6 +151,9 @@ def replay(events: list[Event] | list[int], config: AllocatorConfig | None = Non
         else:
             transient(op - TRANSIENT)
             add(-1)  # a transient's handle is never freed again
+
+
+def _stats(alloc: FlatAllocator | CachingAllocator) -> ReplayStats:
     return ReplayStats(peak_reserved=alloc.peak_reserved, peak_allocated=alloc.peak_allocated,
                        peak_requested=alloc.peak_requested, reserved=alloc.reserved, allocated=alloc.allocated,
                        requested=alloc.requested, retries=alloc.retries)
@@ -136,6 +174,13 @@ class FlatAllocator:
         self.allocated = self.requested = self.reserved = 0
         self.peak_allocated = self.peak_requested = self.peak_reserved = 0
         self.retries = 0
+
+    def copy(self) -> FlatAllocator:
+        new = copy.copy(self)
+        new._pools = (self._pools[0].copy(), self._pools[1].copy())
+        new._free_at, new._free_end = self._free_at.copy(), self._free_end.copy()
+        new._used, new._segments = self._used.copy(), self._segments.copy()
+        return new
 
     def malloc(self, nbytes: int) -> int:
         """`malloc`: best fit from the pool (`get_free_block`) or a new segment (`alloc_block`), then split."""

@@ -155,7 +155,14 @@ def _backward(tp: Tape, model: ModelSpec, s: StepInputs, loss: int, inputs: list
 
 def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2, shards: int = 1) -> list[Event]:
     """Load, then `steps` training steps (step 2 is the steady state `max_memory_reserved` is read on).
-    `shards`: parameters and optimizer states sharded that many ways (the step itself is one GPU's).
+    `shards`: parameters and optimizer states sharded that many ways (the step itself is one GPU's)."""
+    return step_events_marked(model, plan, steps, shards)[0]
+
+
+def step_events_marked(model: ModelSpec, plan: TrainingPlan, steps: int = 2, shards: int = 1
+                       ) -> tuple[list[Event], int]:
+    """`step_events`, and the index of the first event of the first step's optimizer (what precedes it, loading
+    and the forward and backward passes, does not depend on the optimizer).
     Every step runs the same program on a fresh tape, so one step is recorded and repeated under each step's
     own names (`(step, key)`); only the first step creates the optimizer states (`_init_group`)."""
     ev = load_events(model, plan, shards)
@@ -165,13 +172,14 @@ def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2, shards: in
     total = sum(st.trainable_numels) or 1
     temps = [(("tmp", i), opt.step_temp_bytes * n // total) for i, n in enumerate(st.trainable_numels)]
     tail = [e for e in temps if e[1] > 0] + [(k, -1) for k, n in temps if n > 0] + after
+    mark = len(ev) + len(body)
     for step in range(steps):
         ev += [((step, k), n) for k, n in body]
         if step == 0:
             ev += [(("state", i), -(-opt.states_bytes * n // (total * shards))) for i, n in
                    enumerate(st.trainable_numels) if opt.states_bytes]
         ev += [((step, k), n) for k, n in tail]
-    return ev
+    return ev, mark
 
 
 _STEPS: dict[tuple, tuple[ModelSpec, tuple[list[Event], list[Event]]]] = {}
