@@ -71,7 +71,6 @@ def test_json_contract_of_a_real_cpu_run(capsys, tiny_config, tmp_path):
     got = json.loads(out)
     measured = got["measured"]
     assert set(measured["phases"]) == {"load", "forward", "backward", "optimizer"}
-    assert measured["peak_bytes"] == max(measured["phases"][p] for p in ("forward", "backward", "optimizer"))
     assert measured["source"] == "tracker" and measured["reserved_bytes"] is None  # CPU: no allocator numbers
     assert sum(measured["components"].values()) == measured["peak_bytes"]  # the peak snapshot, attributed
 

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vramplan.errors import DoesNotFitError, InputError, VramplanError
+from vramplan.measure.records import STEP_PHASES
 
 if TYPE_CHECKING:
     from vramplan.estimator.result import MemoryEstimate
 
-PHASES = ("forward", "backward", "optimizer")
+PHASES = STEP_PHASES  # the step's phases: one owner (estimator/result.py PHASES, less load)
 
 
 def _callback_base() -> type:
