@@ -73,6 +73,9 @@ class Traits:
     activation: str = "silu"
     rotary_factor: float = 1.0  # partial_rotary_factor (1.0: the whole head)
     resid_dropout: float = 0.0  # dropout on the attention and MLP outputs (StarCoder2, Phi-2, GPT-NeoX)
+    # dropout on the attention probabilities (config `attention_dropout` / GPT-BigCode `attn_pdrop`, the config
+    # class's default where config.json is silent); native records read the config (estimator/context.py)
+    attention_dropout: float = 0.0
     rotary_fp32: bool = False  # Cohere: q/k rotated in fp32 (`q.float()`), interleaved halves, cast back
     rotary_tables: int = 1  # rotary tables a forward computes (Gemma 3: one for sliding and one for full layers)
     residual_multiplier: bool = False  # Granite: `residual + branch * residual_multiplier` (a product per branch)

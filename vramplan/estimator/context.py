@@ -36,15 +36,22 @@ def embedding_output_requires_grad(plan: TrainingPlan) -> bool:
     checkpointing, and reentrant checkpointing needs it; TRL's SFTTrainer installs it on a PEFT model."""
     return plan.method == "full" or bool(plan.trainable_tokens) or saves_module(plan, "embed_tokens") or (
         peft_input_grads(plan)) or (
-        plan.grad_ckpt and ((plan.method == "qlora" and plan.kbit_upcast) or plan.ckpt_reentrant)
+        plan.grad_ckpt and ((plan.kbit and plan.kbit_upcast) or plan.ckpt_reentrant)
     )
 
 
 def stream_bytes(plan: TrainingPlan) -> int:
-    """dtype of the residual stream: the embedding's output dtype (fp32 after the kbit upcast)."""
-    if plan.method == "qlora":
+    """dtype of the residual stream: the embedding's output dtype (fp32 after the kbit upcast, 4- or 8-bit)."""
+    if plan.kbit:
         return non_quantized_dtype_bytes(plan)
     return DTYPE_BYTES[plan.param_dtype]
+
+
+def attention_dropout(model: ModelSpec) -> float:
+    """Dropout on the attention probabilities in training: the config's `attention_dropout` for a native record,
+    the derived trait otherwise (its config class's default where config.json is silent)."""
+    tr = traits_of(model)
+    return float(model.config.get("attention_dropout") or 0.0) if tr.native else tr.attention_dropout
 
 
 def attn_implementation(model: ModelSpec, plan: TrainingPlan) -> str:
@@ -116,6 +123,11 @@ def layer_context(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ct
         sdpa_mask=sdpa_sliding_mask(model, plan),
         dora=plan.use_dora,
         head_trainable=saves_module(plan, "lm_head"),
+        logit_scale=tr.logit_scale,
+        attn_dropout=attention_dropout(model),
+        # LLM.int8: MatMul8bitLt keeps its input as a ctx attribute, which non-reentrant checkpointing keeps
+        int8=plan.load_in_8bit, int8_fp16=plan.activation_dtype == "fp16",
+        int8_ctx_keeps=plan.load_in_8bit and plan.grad_ckpt and not plan.ckpt_reentrant,
         liger=plan_kernels(model.model_type, plan),
         offload_activations=plan.activation_offloading,
         dora_bias=_dora_bias(model) if plan.use_dora else frozenset(),

@@ -73,6 +73,7 @@ class Ctx:
     loss_type: str | None = None  # plan.loss_type (trl-sft)
     head_trainable: bool = False  # the output head trains without the rest (peft modules_to_save: lm_head)
     logit_scale: bool = False  # the CausalLM scales its logits (Traits.logit_scale: Granite, Cohere)
+    attn_dropout: float = 0.0  # dropout on the attention probabilities in training (see attention_core)
     liger: frozenset[str] = frozenset()  # Liger kernels in effect (`use_liger_kernel`: liger.py)
     offload_activations: bool = False  # TRL activation offloading: saved tensors to host (offloading.py)
     # LLM.int8 base (`load_in_8bit`): every decoder linear a `Linear8bitLt` (see `int8_linear`)
@@ -302,7 +303,9 @@ def attention_core(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
     if c.attn == "eager":
         return _eager(tp, c, q, k, v, a)
     out_bytes = c.tokens * c.heads * c.head_dim * a
-    lse = c.batch * c.heads * c.seq * 4
+    # sdpa's flash / memory-efficient CUDA kernels with dropout_p > 0 keep the philox seed and offset (two int64)
+    # for backward, not a mask. The CPU tracer's sdpa with dropout runs the math path instead: not replayed.
+    lse = c.batch * c.heads * c.seq * 4 + (16 if c.attn_dropout > 0 and c.attn != "flash_attention_2" else 0)
     if c.attn == "flash_attention_2":  # FlashAttnFunc: the same saves plus a 16-byte rng_state; its own backward
         return tp.op(out_bytes + lse + 16, (q, k, v), saves=(q, k, v), saves_out=True,
                      bwd_temp=flash_attn_backward_bytes(c.batch, c.seq, c.heads, c.kv_heads, c.head_dim, a))
@@ -366,6 +369,11 @@ def _eager(tp: Tape, c: Ctx, q: int, k: int, v: int, a: int) -> int:
     tp.drop(masked)
     probs = tp.op(s2 * a, (probs32,)) if a != 4 else tp.op(0, (probs32,), alias=probs32)
     tp.drop(probs32)
+    if c.attn_dropout > 0:  # nn.functional.dropout(attn_weights): CUDA saves a bool mask, the CPU a float noise
+        mask = tp.op(s2 * (1 if c.cuda else a), grad=False)
+        dropped = tp.op(s2 * a, (probs, mask), saves=(mask,))
+        tp.drop(probs, mask)
+        probs = dropped
     out = tp.op(c.tokens * c.heads * c.head_dim * a, (probs, vr), saves=(probs, vr))
     tp.drop(probs, vr)
     return out

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
-from vramplan.estimator.context import kernel_dequantizes
+from vramplan.estimator.context import attention_dropout, kernel_dequantizes
 from vramplan.estimator.offloading import host_offload_bytes, offloading_note
 from vramplan.estimator.optimizer import MIN_8BIT_SIZE, QMAP_BYTES, OptimizerMemory, optimizer_memory
 from vramplan.estimator.result import MemoryEstimate
@@ -20,6 +20,7 @@ from vramplan.estimator.trainers import reference_copy, step_plan
 from vramplan.estimator.weights import StaticMemory, static_memory, unquantized_experts_note
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
+from vramplan.traits import traits_of
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,10 @@ def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int],
     quantization maps from the optimizer's construction on (on CUDA they reach the device at step 1)."""
     opt = trainable.opt
     qmaps = 2 * QMAP_BYTES if plan.optimizer in ("adamw_8bit", "paged_adamw_8bit", "lion_8bit") else 0
-    kernel = kernel_dequantizes(plan) or (plan.uses_lora and plan.lora_dropout > 0)
+    # the CPU takes other paths: float dropout masks (LoRA's, or the architecture's residual dropout) and
+    # bitsandbytes' MatMul8bitFp for an 8-bit base (programs.int8_linear)
+    kernel = kernel_dequantizes(plan) or (plan.uses_lora and plan.lora_dropout > 0) or plan.load_in_8bit or (
+        traits_of(model).resid_dropout > 0) or attention_dropout(model) > 0
     if not (kernel or qmaps or opt.paged_bytes):
         return None
     step = phases

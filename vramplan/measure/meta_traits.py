@@ -32,6 +32,7 @@ from vramplan.traits import SINGLE_OP_ACTIVATIONS, Traits
 
 _ACT_FIELDS = ("hidden_act", "activation_function", "hidden_activation")
 _DROPOUT_FIELDS = ("residual_dropout", "resid_pdrop", "hidden_dropout")
+_ATTN_DROPOUT_FIELDS = ("attention_dropout", "attn_pdrop")
 
 
 def traits_from_meta(cfg: Mapping[str, Any]) -> Traits:
@@ -156,6 +157,8 @@ def derive_traits(model, cfg: Mapping[str, Any]) -> Traits:
         resid_dropout=float(_first(cfg, _DROPOUT_FIELDS, 0.0) or 0.0), layers_path=path, native=False,
         residual_multiplier=hasattr(layer, "residual_multiplier"), logit_scale=_scales_logits(model),
         rotary_tables=_rotary_tables(model), rotary_fp32=_rotary_fp32(attn),
+        attention_dropout=float(_first({f: getattr(mc, f, None) for f in _ATTN_DROPOUT_FIELDS},
+                                       _ATTN_DROPOUT_FIELDS, 0.0) or 0.0),
         **names, **_mlp_names(mlp),
     )
 
