@@ -294,8 +294,8 @@ def step_events(model, plan, steps: int = 2, shards: int = 1) -> list[Event]:
 
     ev = se.load_events(model, plan, shards)
     st = se.static_memory(model, plan)
-    opt = se._optimizer(st, plan)
-    c = se._ctx(model, plan)
+    opt = se.optimizer_for(st, plan)
+    c = se.layer_context(model, plan)
     s = se.step_inputs(model, plan)  # today's helpers take the plan's step fields as one record
     total = sum(st.trainable_numels) or 1
     x_bytes = c.tokens * c.hidden * se.stream_bytes(plan)

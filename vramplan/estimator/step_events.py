@@ -25,18 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vramplan.estimator.core import (
-    _ctx,
-    _optimizer,
-    attention_mask_bytes,
-    embedding_output_requires_grad,
-    rope_bytes,
-    stream_bytes,
-)
+from vramplan.estimator.context import embedding_output_requires_grad, layer_context, stream_bytes
 from vramplan.estimator.layers import decoder_layer
 from vramplan.estimator.losses import loss_head
 from vramplan.estimator.programs import Ctx
 from vramplan.estimator.replay import Event
+from vramplan.estimator.single_gpu import optimizer_for
+from vramplan.estimator.step_tensors import attention_mask_bytes, rope_bytes
 from vramplan.estimator.tape import Tape
 from vramplan.estimator.weights import (
     non_quantized_dtype_bytes,
@@ -107,7 +102,7 @@ class StepInputs:
 
 
 def step_inputs(model: ModelSpec, plan: TrainingPlan) -> StepInputs:
-    c = _ctx(model, plan)
+    c = layer_context(model, plan)
     return StepInputs(
         ctx=c, stream_bytes=stream_bytes(plan), grad_ckpt=plan.grad_ckpt, ckpt_reentrant=plan.ckpt_reentrant,
         trainer=plan.trainer, loss_type=plan.loss_type, batch=plan.batch, seq=plan.seq, grad_accum=plan.grad_accum,
@@ -167,7 +162,7 @@ def step_events_marked(model: ModelSpec, plan: TrainingPlan, steps: int = 2, sha
     own names (`(step, key)`); only the first step creates the optimizer states (`_init_group`)."""
     ev = load_events(model, plan, shards)
     st = static_memory(model, plan)
-    opt = _optimizer(st, plan)
+    opt = optimizer_for(st, plan)
     body, after = _one_step(model, step_inputs(model, plan))
     total = sum(st.trainable_numels) or 1
     temps = [(("tmp", i), opt.step_temp_bytes * n // total) for i, n in enumerate(st.trainable_numels)]
