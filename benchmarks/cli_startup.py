@@ -6,9 +6,12 @@ round), so a load spike hits all of them alike, and each is summarised by its me
 before and after: wall-clock ratios mean little on a machine whose load is far above its core count, so the
 CPU time of each child process (user + system, `getrusage(RUSAGE_CHILDREN)`) is shown beside them.
 
-    python benchmarks/cli_startup.py [--runs 15] [--check]
+    python benchmarks/cli_startup.py [--runs 15] [--check] [--breakdown]
 
-`--check` exits 1 when a ratio misses its target (for a person to run; no test times anything).
+`--check` exits 1 when a ratio misses its target (for a person to run; no test times anything). `--breakdown`
+adds where `estimate --json`'s CPU time goes, stage by stage in fresh processes (median over the rounds):
+importing pydantic, its first model (of any kind: pydantic loads its schema machinery then), the plan model,
+the model/GPU specs, the estimator, one estimate, its JSON.
 
 Bytecode: an installed package has its .pyc files (pip compiles them at install), so the children run with
 `PYTHONPYCACHEPREFIX` pointed at a temporary folder and without `PYTHONDONTWRITEBYTECODE`: the warm-up run writes
@@ -80,10 +83,50 @@ def measure(runs: int, pycache: str) -> dict[str, tuple[float, float]]:
             for name, values in samples.items()}
 
 
+BREAKDOWN = """
+import json, time
+t = [time.process_time()]
+import pydantic
+t.append(time.process_time())
+class First(pydantic.BaseModel):  # pydantic loads its schema machinery at the first model of any kind
+    x: int = 0
+First()
+t.append(time.process_time())
+import vramplan.plan
+t.append(time.process_time())
+import vramplan.hardware, vramplan.models
+t.append(time.process_time())
+import vramplan.api
+t.append(time.process_time())
+from vramplan.plan import make_plan
+e = vramplan.api.estimate("llama2-7b", make_plan())
+t.append(time.process_time())
+from vramplan.report import estimate_json
+json.dumps(estimate_json(e), indent=2)
+t.append(time.process_time())
+print(json.dumps([b - a for a, b in zip(t, t[1:])]))
+"""
+STAGES = ("import pydantic", "first model (any: pydantic)", "build TrainingPlan", "models + hardware",
+          "estimator (vramplan.api)", "one estimate", "its JSON")
+
+
+def breakdown(runs: int, env: dict[str, str]) -> None:
+    """Median CPU seconds of each stage of `estimate --json`, each run a fresh process."""
+    import json
+
+    samples = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", BREAKDOWN], capture_output=True, text=True, check=True, env=env)
+        samples.append(json.loads(out.stdout))
+    for i, name in enumerate(STAGES):
+        print(f"  {name:28s} cpu {statistics.median(s[i] for s in samples) * 1000:6.1f} ms")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="rounds (default 15)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a ratio misses its target")
+    parser.add_argument("--breakdown", action="store_true", help="also: estimate --json's CPU time by stage")
     opts = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="vramplan-pyc-") as pycache:
@@ -101,6 +144,9 @@ def main() -> int:
             missed.append(name)
         print(f"{name:18s} wall {wall * 1000:7.1f} ms {ratio:5.2f}x   cpu {cpu * 1000:6.1f} ms "
               f"{cpu / base_cpu:5.2f}x{verdict}")
+    if opts.breakdown:
+        print("estimate --json, by stage (fresh processes, medians):")
+        breakdown(opts.runs, {**os.environ, "PYDANTIC_DISABLE_PLUGINS": "__all__"})
     return 1 if opts.check and missed else 0
 
 
