@@ -39,6 +39,20 @@ FALLBACK_CASES: tuple[Case, ...] = (
     Case("starcoder-15b-qlora-recipe", "starcoder-15b-noattndrop", {"method": "qlora"}),
     Case("starcoder-15b-qlora-nockpt-alllinear", "starcoder-15b-noattndrop",
          {"method": "qlora", "grad_ckpt": False, "targets": "all-linear"}),
+    # Granite: muP multipliers (a product per residual branch, logits / logits_scaling), tied embeddings
+    Case("granite-3.1-2b-lora-recipe", "granite-3.1-2b-noattndrop", {"method": "lora"}),
+    Case("granite-3.1-2b-lora-nockpt-s512", "granite-3.1-2b-noattndrop",
+         {"method": "lora", "grad_ckpt": False, "seq": 512}),
+    Case("granite-3.1-2b-qlora-recipe", "granite-3.1-2b-noattndrop", {"method": "qlora"}),
+    Case("granite-3.1-2b-qlora-nockpt-alllinear", "granite-3.1-2b-noattndrop",
+         {"method": "qlora", "grad_ckpt": False, "targets": "all-linear"}),
+    # Cohere (Aya-23-8B shape): CohereLayerNorm in fp32 tensor ops, q/k rotated in fp32, parallel block,
+    # logits * logit_scale over a 256k vocabulary
+    Case("aya-23-8b-lora-recipe", "aya-23-8b", {"method": "lora"}),
+    Case("aya-23-8b-lora-nockpt-s512", "aya-23-8b", {"method": "lora", "grad_ckpt": False, "seq": 512}),
+    Case("aya-23-8b-qlora-recipe", "aya-23-8b", {"method": "qlora"}),
+    Case("aya-23-8b-qlora-nockpt-alllinear-s512", "aya-23-8b",
+         {"method": "qlora", "grad_ckpt": False, "targets": "all-linear", "seq": 512}),
     # LoRA over an LLM.int8 base: the tracer runs bitsandbytes' CPU path (MatMul8bitFp, which dequantizes the
     # weight in forward), which the estimator replays for `traced_phases`; the trainer applies the kbit upcast to
     # QLoRA only, so these plans leave it off
