@@ -197,6 +197,17 @@ def test_fsdp_on_one_gpu_copies_the_unit_in_use(llama7b):
     assert units.root.padded <= extra <= units.root.padded + units.layers[0].padded  # the head or a layer peaks
 
 
+def test_fsdp_gathers_dpos_whole_reference_model_in_its_forward(llama7b):
+    """TRL's `prepare_fsdp` wraps DPO's frozen reference model (no PEFT) with one `fully_shard` call: one unit, so
+    its forward all-gathers the whole model (the flat all-gather output, kept until the unit's post-forward, and
+    the unsharded parameters): two full copies on every GPU, however many GPUs shard it at rest."""
+    dpo = estimate_memory(llama7b, make_plan(method="full", trainer="trl-dpo", seq=128, gpus=8, sharding="fsdp"))
+    whole = static_memory(llama7b, make_plan(method="full")).total
+    assert dpo.phases["forward"] > 2 * whole
+    assert dpo.phases["load"] - estimate_memory(llama7b, make_plan(method="full", seq=128, gpus=8, sharding="fsdp")
+                                                ).phases["load"] == whole  # loaded whole, before TRL shards it
+
+
 def test_fsdp_qlora_fits_70b_on_two_24gb_gpus():
     """The known recipe (Answer.AI's FSDP-QLoRA): Llama-2-70B, 2 x RTX 4090, gradient checkpointing, parameters
     offloaded to the CPU. It fits with offload; without, the 4-bit shard alone is ~17 GiB per GPU."""

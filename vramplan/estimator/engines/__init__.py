@@ -9,7 +9,7 @@ moment. `sharding='none'` returns the single-GPU estimate untouched.
 
 from __future__ import annotations
 
-from vramplan.estimator.engines.pricing import WEIGHT_KEYS, Repriced
+from vramplan.estimator.engines.pricing import WEIGHT_KEYS, Priced, Repriced
 from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.single_gpu import StepEstimate, estimate_step
 from vramplan.estimator.step_tensors import batch_bytes
@@ -44,31 +44,38 @@ def reprice(model: ModelSpec, plan: TrainingPlan, single: StepEstimate) -> Repri
     if plan.parallelism.startswith("zero"):
         from vramplan.estimator.engines.deepspeed import reprice_zero
 
-        return reprice_zero(model, plan, single.moments)
+        return reprice_zero(model, plan, single.moments, reference_bytes=single.reference_bytes)
     from vramplan.estimator.engines.ddp_fsdp import reprice_torch
 
-    return reprice_torch(model, plan, single.moments)
+    return reprice_torch(model, plan, single.moments, reference_bytes=single.reference_bytes)
 
 
 def per_gpu_estimate(plan: TrainingPlan, single: StepEstimate, engine: Repriced,
                      other_batches: int = 0) -> MemoryEstimate:
     """Phase peaks from the re-priced moments (each phase: its largest), and the components of the peak.
-    DPO's frozen reference model (without PEFT) is held whole on every GPU, as on one. `other_batches`: the
-    batches of the other micro-batches when `single` is one micro-batch of an accumulating step (added to every
-    phase after load; the components stay those of the one micro-batch, and no traced phases are given)."""
-    ref = {"reference_model": single.reference_bytes} if single.reference_bytes else {}
+    DPO's frozen reference model (without PEFT) is loaded whole on every GPU, then held as the engine holds it
+    (`Repriced.reference_*`). `other_batches`: the batches of the other micro-batches when `single` is one
+    micro-batch of an accumulating step (added to every phase after load; the components stay those of the one
+    micro-batch, and no traced phases are given)."""
     static = engine.static
     phases = {"load": static.load + single.reference_bytes}
-    best = {}
+    best: dict[str, Priced] = {}
     for p in engine.moments:
+        if single.reference_bytes:  # the reference copy as a component of every moment
+            ref = engine.reference_in_forward if p.where == "reference" else engine.reference_after_load
+            p = p._replace(parts={**p.parts, "reference_model": ref})
         if p.phase not in best or p.total > best[p.phase].total:
             best[p.phase] = p
     best["optimizer"] = engine.step
+    if single.reference_bytes:
+        best["optimizer"] = engine.step._replace(parts={**engine.step.parts,
+                                                        "reference_model": engine.reference_after_load})
     for phase, p in best.items():
-        phases[phase] = p.total + single.reference_bytes
+        phases[phase] = p.total
     peak_phase = max(phases, key=lambda k: phases[k])
+    ref = {"reference_model": single.reference_bytes} if single.reference_bytes else {}
     if peak_phase in best:
-        parts = {**best[peak_phase].parts, **ref}
+        parts = dict(best[peak_phase].parts)
     else:
         parts = {**static.weights, **ref, "comm_buffers": static.buffers}
     parts = {k: v for k, v in parts.items() if v or k in WEIGHT_KEYS}

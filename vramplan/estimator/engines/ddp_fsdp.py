@@ -55,7 +55,35 @@ TORCH_ENGINES = ("ddp", "ddp_zero_redundancy", "fsdp", "fsdp_grad_op")
 
 
 def reprice_torch(model: ModelSpec, plan: TrainingPlan, moments: tuple[Moment, ...], engine: str | None = None,
-                  rank: int = 0) -> Repriced:
+                  rank: int = 0, reference_bytes: int = 0) -> Repriced:
+    """The step's moments re-priced for a torch engine, with DPO's frozen reference copy (`reference_bytes`, whole)
+    as the engine holds it (`reference_copy`)."""
+    priced = _reprice_torch(model, plan, moments, engine, rank)
+    if not reference_bytes:
+        return priced
+    after_load, in_forward = reference_copy(model, plan, engine or plan.parallelism, reference_bytes)
+    return replace(priced, reference_after_load=after_load, reference_in_forward=in_forward)
+
+
+def reference_copy(model: ModelSpec, plan: TrainingPlan, mode: str, whole: int) -> tuple[int, int]:
+    """(after load, during the reference forward) bytes of DPO's frozen reference model per GPU, never below the
+    whole copy. DDP: accelerate's `prepare_model(evaluation_mode=True)`, a plain replica. FSDP: TRL's
+    `prepare_fsdp` calls `fully_shard(ref_model)` once: one unit, its shard at rest, and its forward all-gathers
+    the whole model (the flat all-gather output, kept until the unit's post-forward, beside the unsharded
+    parameters); with `reshard_after_forward=False` (fsdp_grad_op) nothing reshards it after (an eval model has
+    no backward), so from the first step the unsharded copy stays beside the shard."""
+    if not mode.startswith("fsdp"):
+        return whole, whole
+    st, units = static_memory(model, plan), build_units(model, plan)
+    shard = units.total("shard") + st.total - units.total("full")  # + what is not a parameter (buffers)
+    padded = units.total("padded")
+    if mode == "fsdp_grad_op":
+        return max(whole, shard + padded), max(whole, shard + padded)
+    return whole, max(whole, shard + 2 * padded)
+
+
+def _reprice_torch(model: ModelSpec, plan: TrainingPlan, moments: tuple[Moment, ...], engine: str | None,
+                   rank: int) -> Repriced:
     """The step's moments re-priced for a torch engine (default: the plan's).
 
     `ddp_zero_redundancy` is DDP with torch's `ZeroRedundancyOptimizer`, the torch counterpart of ZeRO-1 (used to
@@ -118,7 +146,7 @@ def _replicated_moment(m: Moment, static: Static) -> Priced:
     """Full gradients on every GPU: the moment as on one GPU (the `.grad`s of earlier micro-batches counted with
     the activations, as the single-GPU components count them)."""
     return Priced(m.phase, {**static.parts(), "gradients": m.gradients - m.held_grads,
-                            "activations": m.activations + m.held_grads})
+                            "activations": m.activations + m.held_grads}, m.where)
 
 
 def _fsdp_moment(m: Moment, static: Static, units: Units, grad_op: bool, offload: bool, held: int = 0) -> Priced:
@@ -149,7 +177,7 @@ def _fsdp_moment(m: Moment, static: Static, units: Units, grad_op: bool, offload
         buffers += layer.reduce  # layer 0's reduce-scatter input
     grads = m.head_grads + (0 if offload or held else m.layers_done * layer.reduce // root.gpus) + held
     return Priced(m.phase, {**static.parts(), "unsharded_params": gathered, "comm_buffers": static.buffers + buffers,
-                            "gradients": grads, "activations": m.activations})
+                            "gradients": grads, "activations": m.activations}, m.where)
 
 
 def _fsdp_final_reduce(static: Static, units: Units, offload: bool, n_layers: int, step: Moment) -> Priced:

@@ -29,6 +29,8 @@ tests/test_sharding.py pins the stage arithmetic. A one-off run of DeepSpeed 0.1
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan.estimator.engines.pricing import Priced, Repriced, Static, weight_components
 from vramplan.estimator.optimizer import optimizer_memory
 from vramplan.estimator.partition import Units, build_units
@@ -42,8 +44,25 @@ MAX_LIVE_PARAMETERS = 10**9  # stage3_max_live_parameters (DeepSpeed default, al
 MASTER_BYTES = 4
 
 
-def reprice_zero(model: ModelSpec, plan: TrainingPlan, moments: tuple[Moment, ...]) -> Repriced:
-    """The step's moments re-priced for a ZeRO stage."""
+def reprice_zero(model: ModelSpec, plan: TrainingPlan, moments: tuple[Moment, ...], reference_bytes: int = 0
+                 ) -> Repriced:
+    """The step's moments re-priced for a ZeRO stage, with DPO's frozen reference copy (`reference_bytes`, whole)
+    as TRL's `prepare_deepspeed` holds it: stages 1-2 run it at stage 0 (a replica); stage 3 partitions it like
+    the policy and gathers its parameters while its forward runs (the same persistence threshold and cap)."""
+    priced = _reprice_zero(model, plan, moments)
+    if not reference_bytes:
+        return priced
+    in_forward = reference_bytes
+    if plan.parallelism == "zero3":
+        units = build_units(model, plan)
+        small, large = units.memo(("zero3 persistence", 10 * model.hidden_size, (1, 1)),
+                                  lambda: _persistent_and_partitioned(units, 10 * model.hidden_size, (1, 1)))
+        gathered = min(large, MAX_LIVE_PARAMETERS * DTYPE_BYTES[plan.param_dtype])
+        in_forward = max(reference_bytes, -(-large // plan.gpus) + small + gathered)
+    return replace(priced, reference_after_load=reference_bytes, reference_in_forward=in_forward)
+
+
+def _reprice_zero(model: ModelSpec, plan: TrainingPlan, moments: tuple[Moment, ...]) -> Repriced:
     stage = int(plan.parallelism[-1])
     st = static_memory(model, plan)
     units = build_units(model, plan)
@@ -122,7 +141,7 @@ def _moment(m: Moment, static: Static, stage: int, grad_partition: int, bucket: 
         parts["unsharded_params"] = gathered
         if m.phase == "backward":
             parts["comm_buffers"] = static.buffers  # the gradient partition and the bucket are static there
-    return Priced(m.phase, parts)
+    return Priced(m.phase, parts, m.where)
 
 
 def _step(static: Static, step: Moment, stage: int, part: int, g: int, temp: int, on_host: bool) -> Priced:

@@ -39,6 +39,7 @@ class Priced(NamedTuple):
 
     phase: str
     parts: dict[str, int]
+    where: str = ""  # the step moment's `where` ("reference": DPO's reference forward); "" for engine-only moments
 
     @property
     def total(self) -> int:
@@ -52,6 +53,10 @@ class Repriced:
     static: Static
     moments: list[Priced]
     step: Priced
+    # DPO's frozen reference copy (no PEFT) as the engine holds it: after load, and during the reference forward
+    # (at load it is the whole copy, as loaded)
+    reference_after_load: int = 0
+    reference_in_forward: int = 0
 
 
 def weight_components(st: StaticMemory) -> dict[str, int]:
