@@ -65,8 +65,8 @@ def reference_copy(plan: TrainingPlan) -> bool:
 def adapter_bytes(plan: TrainingPlan) -> int:
     """Bytes per LoRA A/B element: fp32 (peft `autocast_adapter_dtype=True`), except under TRL's SFTTrainer for a
     quantized model, which casts every trainable parameter to bf16 after `get_peft_model` ("to follow the
-    recommendations from the original paper", sft_trainer.py)."""
-    return 2 if plan.trainer in FUSED_HEAD and plan.method == "qlora" else 4
+    recommendations from the original paper", sft_trainer.py; `_is_quantized_model`: 4- or 8-bit)."""
+    return 2 if plan.trainer in FUSED_HEAD and plan.kbit else 4
 
 
 def batch_tensors(plan: TrainingPlan) -> int:
