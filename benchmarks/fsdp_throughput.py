@@ -57,7 +57,8 @@ def main() -> int:
         plan = make_plan(**options)
         estimate_memory(spec, plan)  # warm-up: the caches keyed on the spec
         wall, cpu = rates(lambda p=plan: estimate_memory(spec, p), args.calls, args.rounds)
-        print(f"{args.model} {label:>22}: {wall:9,.0f} estimates/s (median of {args.rounds}), {cpu:9,.0f}/s by CPU time")
+        print(f"{args.model} {label:>22}: {wall:9,.0f} estimates/s (median of {args.rounds}), "
+              f"{cpu:9,.0f}/s by CPU time")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.profile:
         import cProfile
