@@ -112,3 +112,14 @@ def test_granite_and_gpt_bigcode_traits():
     assert (bigcode.rotary_factor, bigcode.activation, bigcode.layers_path) == (0.0, "gelu_pytorch_tanh",
                                                                                "transformer.h")
     assert not bigcode.residual_multiplier and not bigcode.logit_scale
+
+
+def test_falcon_is_refused_by_name():
+    """Falcon's projections are FalconLinear (an nn.Linear subclass bitsandbytes leaves alone): a one-line error
+    naming it, never a Llama estimate."""
+    from vramplan.errors import UnsupportedArchitectureError
+
+    cfg = {"model_type": "falcon", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_kv_heads": 2, "vocab_size": 1000, "new_decoder_architecture": True}
+    with pytest.raises(UnsupportedArchitectureError, match="FalconLinear"):
+        traits_from_meta(cfg)

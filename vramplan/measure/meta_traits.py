@@ -195,8 +195,17 @@ def _scales_logits(model) -> bool:
 
 
 def _attention_names(attn, model) -> dict[str, Any]:
+    import torch
+
     lin = _linears(attn)
     mc = model.config
+    sub = sorted({type(m).__name__ for _, m in attn.named_children()
+                  if isinstance(m, torch.nn.Linear) and type(m) is not torch.nn.Linear})
+    if not lin and sub:  # Falcon's FalconLinear: `input @ weight.T`, and no nn.Linear to bitsandbytes
+        raise UnsupportedArchitectureError(
+            f"{mc.model_type}: {type(attn).__name__}'s projections are {', '.join(sub)}, a subclass of nn.Linear "
+            "that transformers' bitsandbytes integration leaves unquantized (`type(module) is nn.Linear`) and whose "
+            "attention layout has no program yet")
     if len(lin) == 2:  # the fused projection is the wider one (Phi-3 defines o_proj first)
         qkv, o = sorted(lin, key=lambda nm: -nm[1].out_features)
         return {"fused_qkv": True, "qkv": qkv[0], "o": o[0]}
