@@ -28,6 +28,8 @@ COMPONENT_LABELS = {
     "batch": "batch",
     "activations": "activations, logits and loss",
 }
+# an 8-bit base (plan.load_in_8bit) fills the same two components: Int8Params CB and its fp32 row scales SCB
+INT8_LABELS = {"quantized_weights": "int8 weights (LLM.int8)", "quant_constants": "int8 row scales (SCB, fp32)"}
 
 
 def estimate_json(e: MemoryEstimate) -> dict:
@@ -59,8 +61,9 @@ def render_estimate(console: Console, e: MemoryEstimate) -> None:
     table.add_column("share", justify="right")
     peak = e.peak_bytes
     held = {k: v for k, v in e.components.items_bytes().items() if v}
+    labels = {**COMPONENT_LABELS, **(INT8_LABELS if getattr(e.plan, "load_in_8bit", False) else {})}
     for key, v in held.items():
-        table.add_row(COMPONENT_LABELS.get(key, key.replace("_", " ")), format_gib(v, 3), f"{100 * v / peak:.1f}%")
+        table.add_row(labels.get(key, key.replace("_", " ")), format_gib(v, 3), f"{100 * v / peak:.1f}%")
     table.add_row("[bold]peak (max_memory_allocated)[/bold]", f"[bold]{format_gib(peak, 3)}[/bold]", "100%")
     console.print(table)
     console.print(_bar(held, peak))

@@ -30,6 +30,8 @@ def method_short(plan: TrainingPlan) -> str:
         words += f" r={plan.rank} targets={plan.targets}"
     if plan.method == "qlora":
         words += f" {plan.quant}{'+dq' if plan.double_quant else ''}"
+    if getattr(plan, "load_in_8bit", False):
+        words += " int8 base"
     return words
 
 
@@ -58,7 +60,8 @@ def method_words(plan: TrainingPlan) -> str:
         return "full fine-tuning"
     adapters = f"r={plan.rank} on {plan.targets} targets"
     if plan.method == "lora":
-        return f"LoRA ({adapters}) on the {plan.param_dtype} base"
+        base = "an int8 (LLM.int8)" if getattr(plan, "load_in_8bit", False) else f"the {plan.param_dtype}"
+        return f"LoRA ({adapters}) on {base} base"
     dq = " + double quant" if plan.double_quant else ""
     return f"QLoRA ({(plan.quant or '').upper()}{dq}, {adapters})"
 
