@@ -42,7 +42,7 @@ from vramplan.estimator.allocator import (
     round_size,
 )
 from vramplan.hardware import GpuProfile, blas_workspace_bytes
-from vramplan.models import ModelSpec
+from vramplan.models import ModelCache, ModelSpec
 from vramplan.plan import TrainingPlan
 from vramplan.units import KiB, MiB
 
@@ -107,7 +107,7 @@ def device_floor_bytes(model: ModelSpec, plan: TrainingPlan, peak_bytes: int, pr
             + nccl_buffer_bytes(plan.gpus, profile))
 
 
-_CACHE: dict[tuple, tuple[ModelSpec, tuple[int, int, int] | None]] = {}
+_CACHE = ModelCache(513)
 
 
 def _simulate(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, workspace: int,
@@ -116,19 +116,14 @@ def _simulate(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, wor
     memory within `capacity`. Cached per allocation sequence: plans whose GPUs run the same step (data-parallel
     plans on any number of GPUs, say) share one simulation."""
     single, shards = _single_gpu_plan(plan), _param_shards(plan)
-    key = (id(model), single, shards, config, workspace, capacity)
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0] is model:
-        return hit[1]
-    if len(_CACHE) > 512:
-        _CACHE.clear()
-    try:
-        with _gc_paused():
-            result = _run(_schedules(model, single, shards, workspace), config, workspace, capacity)
-    except OutOfMemory:
-        result = None
-    _CACHE[key] = (model, result)
-    return result
+    def replay() -> tuple[int, int, int] | None:
+        try:
+            with _gc_paused():
+                return _run(_schedules(model, single, shards, workspace), config, workspace, capacity)
+        except OutOfMemory:
+            return None
+
+    return _CACHE.get(model, (single, shards, config, workspace, capacity), replay)
 
 
 @contextmanager
@@ -144,7 +139,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-_SCHEDULES: dict[tuple, tuple[ModelSpec, tuple[list[int], list[int], int, int]]] = {}
+_SCHEDULES = ModelCache(5)
 
 
 def _schedules(model: ModelSpec, single: TrainingPlan, shards: int, workspace: int
@@ -155,18 +150,13 @@ def _schedules(model: ModelSpec, single: TrainingPlan, shards: int, workspace: i
     from vramplan.estimator.replay import schedule
     from vramplan.estimator.step_events import step_events_marked
 
-    key = (id(model), single, shards, workspace)
-    hit = _SCHEDULES.get(key)
-    if hit is not None and hit[0] is model:
-        return hit[1]
-    if len(_SCHEDULES) > 4:
-        _SCHEDULES.clear()
-    events, mark = step_events_marked(model, single, shards=shards)
-    events.insert(0, ("blas_workspace", workspace))
-    marks = [len(schedule(events[: mark + 1], lag)) - 1 for lag in (0, 1)]  # -1: its last op may pair later
-    ops = (schedule(events), schedule(events, lag=1), *marks)
-    _SCHEDULES[key] = (model, ops)
-    return ops
+    def build() -> tuple[list[int], list[int], int, int]:
+        events, mark = step_events_marked(model, single, shards=shards)
+        events.insert(0, ("blas_workspace", workspace))
+        marks = [len(schedule(events[: mark + 1], lag)) - 1 for lag in (0, 1)]  # -1: its last op may pair later
+        return (schedule(events), schedule(events, lag=1), *marks)
+
+    return _SCHEDULES.get(model, (single, shards, workspace), build)
 
 
 _SNAPSHOTS: list = []  # replay states at the optimizer's first step, for plans that differ only after it

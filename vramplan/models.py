@@ -7,13 +7,14 @@ folder holding one; an HF hub id, read from the local HF cache (and, when the ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -79,6 +80,38 @@ class ModelSpec(BaseModel):
     @property
     def num_params(self) -> int:
         return self.inventory.total_numel
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """What the model's derived facts depend on: its config (every shape, the inventory, the traits are read
+        from it), as a digest of its canonical JSON. Two specs of one config share `ModelCache` entries."""
+        text = json.dumps(self.config, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+T = TypeVar("T")
+
+
+class ModelCache:
+    """One memo for what is derived from a model and a few plan fields (units, static memory, a step's allocation
+    sequence, an allocator replay): keyed on the model's fingerprint and the caller's key, cleared whole when it
+    holds `max_entries` (the search asks for many plans of one model; a long-lived process moves on)."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, Hashable], Any] = {}
+
+    def get(self, model: ModelSpec, key: Hashable, compute: Callable[[], T]) -> T:
+        """The value for (model, key), computed by `compute()` the first time."""
+        k = (model.fingerprint, key)
+        try:
+            return self._entries[k]
+        except KeyError:
+            pass
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        value = self._entries[k] = compute()
+        return value
 
 
 # Presets ------------------------------------------------------------------------------------------------------

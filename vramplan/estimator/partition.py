@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from vramplan.estimator.optimizer import OptimizerMemory, optimizer_memory
 from vramplan.estimator.weights import ADAPTER_BYTES, non_quantized_dtype_bytes, quantized_layer_bytes, resolve_targets
-from vramplan.models import ModelSpec
+from vramplan.models import ModelCache, ModelSpec
 from vramplan.plan import TrainingPlan
 from vramplan.units import DTYPE_BYTES
 
@@ -148,7 +148,7 @@ class Units:
         return self._sums["full", kind]
 
 
-_CACHE: dict[tuple, tuple[ModelSpec, Units]] = {}
+_CACHE = ModelCache(4096)
 
 
 def build_units(model: ModelSpec, plan: TrainingPlan, gpus: int | None = None) -> Units:
@@ -157,14 +157,7 @@ def build_units(model: ModelSpec, plan: TrainingPlan, gpus: int | None = None) -
     args = (plan.method, plan.param_dtype, plan.storage_dtype, plan.quant_blocksize, plan.double_quant,
             plan.rank or 0, resolve_targets(model, plan) if plan.uses_lora else (), gpus or plan.gpus,
             non_quantized_dtype_bytes(plan))
-    hit = _CACHE.get((id(model), *args))
-    if hit is not None and hit[0] is model:
-        return hit[1]
-    if len(_CACHE) > 4096:
-        _CACHE.clear()
-    units = _build_units(model, *args)
-    _CACHE[(id(model), *args)] = (model, units)
-    return units
+    return _CACHE.get(model, args, lambda: _build_units(model, *args))
 
 
 def _build_units(model: ModelSpec, method: str, param_dtype: str, storage: str, blocksize: int,

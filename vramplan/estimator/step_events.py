@@ -38,7 +38,7 @@ from vramplan.estimator.weights import (
     quantized_layer_bytes,
     static_memory,
 )
-from vramplan.models import ModelSpec
+from vramplan.models import ModelCache, ModelSpec
 from vramplan.plan import TrainingPlan
 from vramplan.traits import traits_of
 from vramplan.units import DTYPE_BYTES
@@ -177,15 +177,16 @@ def step_events_marked(model: ModelSpec, plan: TrainingPlan, steps: int = 2, sha
     return ev, mark
 
 
-_STEPS: dict[tuple, tuple[ModelSpec, tuple[list[Event], list[Event]]]] = {}
+_STEPS = ModelCache(9)
 
 
 def _one_step(model: ModelSpec, s: StepInputs) -> tuple[list[Event], list[Event]]:
     """One step's sequence before the optimizer (the batch, forward and backward of each micro-batch), and after
     its foreach temporaries (`zero_grad`, the batch's release). Cached per (model, inputs): the last few."""
-    hit = _STEPS.get((id(model), s))
-    if hit is not None and hit[0] is model:
-        return hit[1]
+    return _STEPS.get(model, s, lambda: _step_sequence(model, s))
+
+
+def _step_sequence(model: ModelSpec, s: StepInputs) -> tuple[list[Event], list[Event]]:
     body: list[Event] = []
     tp = Tape(events=body)
     data = [tp.new(8 * s.batch * s.seq) for _ in range(2 * s.grad_accum)]
@@ -202,9 +203,6 @@ def _one_step(model: ModelSpec, s: StepInputs) -> tuple[list[Event], list[Event]
     after = _zero_grad(body, 0)
     tp.events = after
     tp.drop(*data)
-    if len(_STEPS) > 8:
-        _STEPS.clear()
-    _STEPS[(id(model), s)] = (model, (body, after))
     return body, after
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from vramplan.errors import PlanError
 from vramplan.estimator.trainers import adapter_bytes
 from vramplan.inventory import Inventory, LinearGroup
-from vramplan.models import ModelSpec
+from vramplan.models import ModelCache, ModelSpec
 from vramplan.plan import TrainingPlan
 from vramplan.traits import traits_of
 from vramplan.units import DTYPE_BYTES
@@ -195,22 +195,15 @@ def rotary_buffer_bytes(model: ModelSpec) -> int:
     return tables * 2 * (dim // 2) * 4
 
 
-_STATIC_CACHE: dict[tuple, tuple[ModelSpec, StaticMemory]] = {}
+_STATIC_CACHE = ModelCache(4096)
 _STATIC_FIELDS = ("method", "param_dtype", "quant_blocksize", "double_quant", "kbit_upcast", "rank", "targets",
                   "trainer", "use_dora", "trainable_tokens", "modules_to_save", "transformers", "load_in_8bit")
 
 
 def static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
     """Cached per model object and the plan fields that matter (the advisor asks for many plans)."""
-    key = (id(model), *(getattr(plan, f) for f in _STATIC_FIELDS))
-    hit = _STATIC_CACHE.get(key)
-    if hit is not None and hit[0] is model:
-        return hit[1]
-    if len(_STATIC_CACHE) > 4096:
-        _STATIC_CACHE.clear()
-    result = _static_memory(model, plan)
-    _STATIC_CACHE[key] = (model, result)
-    return result
+    key = tuple(getattr(plan, f) for f in _STATIC_FIELDS)
+    return _STATIC_CACHE.get(model, key, lambda: _static_memory(model, plan))
 
 
 def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
