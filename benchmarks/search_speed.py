@@ -2,7 +2,7 @@
 
     python benchmarks/search_speed.py
 
-Moved here from tests/test_suggest.py (issue 10: no wall-clock assertions in tests). Prints wall and CPU seconds
+Moved here from tests/test_suggest.py (now tests/test_recommend.py) (issue 10: no wall-clock assertions in tests). Prints wall and CPU seconds
 and the machine's load: on a loaded machine, wall time measures the neighbours as much as the search.
 """
 
