@@ -34,11 +34,13 @@ def test_trl_sft_defaults_follow_trl():
     ({"trainer": "trl-grpo"}, "trainer"),
     ({"eval_batch": 2, "gpus": 2, "sharding": "fsdp"}, "one GPU only"),
     ({"packing": True}, "--packing"),
+    ({"trainer": "trl-orpo", "method": "qlora"}, "trl-orpo"),
+    ({"trainer": "trl-orpo", "activation_offloading": True}, "activation.offloading"),
     ({"packing": True, "trainer": "trl-sft", "eval_batch": 2}, "--packing"),
 ])
 def test_bad_trainer_options_are_one_line_errors(opts, word):
     with pytest.raises(PlanError, match=word.lstrip("-").replace("-", "[-_]") if word == "trainer" else word):
-        make_plan(method="lora", **opts)
+        make_plan(**{"method": "lora", **opts})
 
 
 # TRL's constants and the fused head's buffers --------------------------------------------------------------------
@@ -114,6 +116,14 @@ def _phases(plan):
     {"method": "qlora", "seq": 128, "liger": True},
     {"method": "lora", "trainer": "trl-sft", "seq": 128, "liger": True},
     {"method": "lora", "trainer": "loop", "seq": 128, "liger": True},
+    # ORPO: chosen + rejected, the full logits (one pair: no contiguous copy of the chosen logits)
+    {"method": "lora", "trainer": "trl-orpo", "batch": 2, "seq": 128},
+    {"method": "full", "trainer": "trl-orpo", "seq": 128},
+    {"method": "lora", "trainer": "trl-orpo", "seq": 128, "grad_ckpt": False},
+    # KTO: the KL rows' no-grad pass, the policy, the reference's KL and main passes (PEFT: adapters disabled)
+    {"method": "lora", "trainer": "trl-kto", "batch": 2, "seq": 128},
+    {"method": "full", "trainer": "trl-kto", "batch": 2, "seq": 128},
+    {"method": "qlora", "trainer": "trl-kto", "batch": 2, "seq": 128, "precompute_ref_log_probs": True},
 ])
 def test_step_matches_traced_trainer(opts):
     pytest.importorskip("trl")

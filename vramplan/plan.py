@@ -193,7 +193,7 @@ class TrainingPlan(BaseModel):
             # TRL 1.16 SFTTrainer never calls prepare_model_for_kbit_training (it casts the adapters to bf16)
             # (DPOTrainer too: the same model preparation)
             out["kbit_upcast"] = out.get("sharding") not in PARAM_SHARDING and out.get("trainer") not in (
-                "trl-sft", "trl-dpo")
+                "trl-sft", "trl-dpo", "trl-kto")
         return out
 
     @model_validator(mode="after")
@@ -205,13 +205,16 @@ class TrainingPlan(BaseModel):
                              "step yet): drop --gpus/--sharding or --eval-batch")
         if self.packing and (self.trainer != "trl-sft" or self.multi_gpu or self.eval_batch is not None):
             raise ValueError("--packing is modelled for --trainer trl-sft on one GPU without --eval-batch")
-        if self.activation_offloading and (not self.trainer.startswith("trl-") or self.multi_gpu):
+        if self.trainer == "trl-orpo" and (self.method == "qlora" or self.eval_batch is not None):
+            raise ValueError("--trainer trl-orpo is modelled for lora and full without --eval-batch (QLoRA: "
+                             "ORPOTrainer's peft_module_casting_to_bf16 and its autocast region are not modelled)")
+        if self.activation_offloading and (self.trainer not in ("trl-sft", "trl-dpo", "trl-kto") or self.multi_gpu):
             raise ValueError("--activation-offloading is TRL's (activation_offloading=True): modelled for --trainer "
                              "trl-sft/trl-dpo on one GPU")
-        if self.precompute_ref_log_probs and self.trainer != "trl-dpo":
-            raise ValueError("--precompute-ref-log-probs applies to --trainer trl-dpo")
-        if self.trainer == "trl-dpo" and self.eval_batch is not None:
-            raise ValueError("--eval-batch is not modelled for --trainer trl-dpo yet")
+        if self.precompute_ref_log_probs and self.trainer not in ("trl-dpo", "trl-kto"):
+            raise ValueError("--precompute-ref-log-probs applies to --trainer trl-dpo and trl-kto")
+        if self.trainer in ("trl-dpo", "trl-kto") and self.eval_batch is not None:
+            raise ValueError(f"--eval-batch is not modelled for --trainer {self.trainer} yet")
         if self.eval_batch is None and (self.eval_accumulation_steps is not None or not self.prediction_loss_only):
             raise ValueError("--eval-accumulation-steps and --no-prediction-loss-only need --eval-batch")
         if self.eval_batch is not None and self.eval_batch < 1 or (self.eval_accumulation_steps or 1) < 1:

@@ -29,7 +29,7 @@ OPTIMIZERS: tuple[str, ...] = (
     "lion_8bit",
 )
 # The training loop (vramplan/estimator/trainers.py) and TRL SFTConfig.loss_type
-TRAINERS: tuple[str, ...] = ("hf", "loop", "trl-sft", "trl-dpo")
+TRAINERS: tuple[str, ...] = ("hf", "loop", "trl-sft", "trl-dpo", "trl-orpo", "trl-kto")
 LOSS_TYPES: tuple[str, ...] = ("nll", "dft")
 # LoRA target shorthands; anything else is a comma list of module names (peft `target_modules`).
 TARGET_SHORTHANDS: tuple[str, ...] = ("default", "attention", "all-linear")

@@ -29,7 +29,9 @@ TOLERANCE_PCT = 2.0
 def test_trainer_grid_spans_the_trainers():
     opts = [c.opts for c in TRAINER_GRID]
     assert len(TRAINER_GRID) + len(EVAL_GRID) >= 12
-    assert {o["trainer"] for o in opts} == {"trl-sft", "trl-dpo", "loop"}
+    assert {o.get("trainer", "hf") for o in opts} == {"hf", "trl-sft", "trl-dpo", "trl-orpo", "loop"}
+    assert any(o.get("liger") for o in opts) and sum(bool(o.get("activation_offloading")) for o in opts) >= 2
+    assert sum(o.get("trainer") == "trl-orpo" for o in opts) >= 2
     dpo = [o for o in opts if o["trainer"] == "trl-dpo"]
     assert {o["method"] for o in dpo} >= {"full", "lora"} and any(o.get("precompute_ref_log_probs") for o in dpo)
     assert {o.get("loss_type", "nll") for o in opts if o["trainer"] == "trl-sft"} == {"nll", "dft"}

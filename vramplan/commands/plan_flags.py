@@ -166,7 +166,8 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
                    "FSDP CPU offload, ZeRO-3)")
     g.add_argument("--trainer", choices=TRAINERS,
                    help="the training loop: hf (transformers Trainer, default), loop (a custom or accelerate loop "
-                   "that keeps `outputs`), trl-sft (TRL SFTTrainer: fused LM head, no full logits)")
+                   "that keeps `outputs`), trl-sft (TRL SFTTrainer: fused LM head, no full logits), trl-dpo, "
+                   "trl-orpo")
     g.add_argument("--packing", action="store_const", const=True, default=None,
                    help="trl-sft: SFTConfig packing=True ('bfd', padding-free): one row of batch x seq tokens")
     g.add_argument("--liger", "--use-liger-kernel", dest="liger", action="store_const", const=True, default=None,
@@ -177,7 +178,7 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
                    "memory; the estimate notes the host RAM it needs)")
     g.add_argument("--loss-type", choices=LOSS_TYPES, help="trl-sft loss (SFTConfig.loss_type): nll (default) | dft")
     g.add_argument("--precompute-ref-log-probs", action="store_const", const=True, default=None,
-                   help="trl-dpo: reference log-probs computed before training (no reference pass or model)")
+                   help="trl-dpo, trl-kto: reference log-probs computed before training (no reference pass or model)")
     g.add_argument("--eval-batch", "--per-device-eval-batch-size", dest="eval_batch", type=int,
                    help="add the eval step as a phase (Trainer.evaluate, per_device_eval_batch_size)")
     g.add_argument("--eval-accumulation-steps", type=int,

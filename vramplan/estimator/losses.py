@@ -33,8 +33,10 @@ TRL_RUNNING_STATS = 7
 def loss_head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool, trainer: str = "hf", loss_type: str | None = None
               ) -> int:
     """The head of `trainer`: consumes x (the last decoder layer's output), returns the loss."""
-    if trainer in ("trl-sft", "trl-dpo"):  # DPO's sequence losses on top are [pairs]-sized
+    if trainer in ("trl-sft", "trl-dpo", "trl-kto"):  # DPO's and KTO's sequence losses on top are [rows]-sized
         return trl_fused_head(tp, c, x, a, dft=loss_type == "dft")
+    if trainer == "trl-orpo":  # the full logits, whatever Liger patched (ORPO passes no labels)
+        return orpo_head(tp, c, x, a, softcap)
     if "flce" in c.liger:  # Liger's `lce_forward`: fused linear cross-entropy, no logits (liger.py)
         return liger.flce_head(tp, c, x, a)
     return head(tp, c, x, a, softcap=softcap)
@@ -91,5 +93,72 @@ def trl_fused_head(tp: Tape, c: Ctx, x: int, a: int, dft: bool = False) -> int:
         per_token = weighted
     loss = tp.op(4, (per_token,))
     tp.drop(per_token, mask, *outs)  # compute_loss returns only the loss
+    tp.release_cached()
+    return loss
+
+
+def orpo_head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool) -> int:
+    """TRL 1.16 `trl.experimental.orpo.ORPOTrainer.get_batch_loss_metrics` (orpo_trainer.py) on 2 x batch rows
+    (chosen, then rejected: `concatenated_inputs`); consumes x.
+
+    `concatenated_forward`: the concatenated input_ids, attention_mask and labels (int64 [2B, S]); `model(...,
+    use_cache=False)` returns the full logits (lm_head's dtype, no fp32 upcast: no labels are passed); `labels`
+    cloned and masked. The chosen NLL: `all_logits[:B][..., :-1, :].contiguous()` (a copy) -> `CrossEntropyLoss`
+    (log_softmax in the logits' dtype, saved). `get_batch_logps(all_logits[:, :-1], ...)`: `selective_log_softmax`
+    on CUDA is TRL's Triton kernel (trl/kernels/logprob_entropy.py `_LogProbEntropyFunction`): four fp32 [2B, S-1]
+    rows (logprobs, entropy, log_z, expected_logit), saving the logits view, log_z and expected_logit; its backward
+    allocates `grad_logits = empty_like(logits)` [2B, S-1, V]. The odds ratio is [B]-sized. Backward: each slice
+    of the logits allocates a zero tensor of its input's shape (`SliceBackward`): [B, S, V] then [2B, S, V] for the
+    chosen path, [2B, S, V] for the log-probs path, added into one buffer (out of place)."""
+    from vramplan.estimator.programs import autocast_mm
+
+    rows, s, v = c.batch, c.seq, c.vocab
+    b = rows // 2
+    cat = tp.op(3 * rows * s * 8, grad=False)
+    h, ha = rmsnorm(tp, c, x, a, c.hidden)
+    tp.drop(x)
+    trains = c.full or c.head_trainable
+    if c.autocast:
+        la = c.compute
+        logits = autocast_mm(tp, c, h, ha, c.hidden, v, trains, weight_bytes=c.lm_head_w)
+    else:
+        la = max(ha, c.lm_head_w)
+        logits = tp.op(rows * s * v * la, (h,), saves=(h,) if trains else (),
+                       param_grad=v * c.hidden * c.lm_head_w if trains else 0)
+    tp.drop(h)  # the base model's output dies with the model call (ORPO keeps only `outputs.logits`)
+    if softcap:
+        capped = tp.op(rows * s * v * la, (logits,), saves=(logits,))
+        tp.drop(logits)
+        logits = capped
+    labels = tp.op(2 * rows * s * 8, grad=False)  # clone, then torch.where(attention_mask == 1, ...)
+    chosen = b * (s - 1) * v * la
+    # `[:B][..., :-1, :].contiguous()`. Its backward (after the log-probs path's, which made the logits' gradient
+    # buffer): the incoming gradient goes with the inner SliceBackward's zeros [B, S, V], then the outer one's
+    # zeros [2B, S, V] are added to the buffer out of place (InputBuffer: buffer, new and sum at once): beyond the
+    # tape's in-place accumulation, one more [2B, S, V] less the incoming gradient already freed
+    # One pair: `[:1][..., :-1, :]` is contiguous already (size-1 leading dim) and `.contiguous()` copies nothing;
+    # LogSoftmaxBackward's input gradient then has no tensor of its own on the tape (bwd_temp)
+    if b > 1:
+        copy = tp.op(chosen, (logits,), bwd_temp=rows * s * v * la - chosen)
+    else:
+        copy = tp.op(0, (logits,), bwd_temp=rows * s * v * la)
+    lsm = tp.op(chosen, (copy,), saves_out=True, bwd_temp=0 if b > 1 else chosen)
+    tp.drop(copy)
+    target = tp.op(b * (s - 1) * 8, grad=False)
+    nll = tp.op(4, (lsm,), saves=(target,))
+    tp.drop(lsm, target)
+    # get_batch_logps: labels[:, 1:].clone(), the mask, torch.where; the kernel's four fp32 rows
+    index = tp.op(rows * (s - 1) * (8 + 1 + 8), grad=False)
+    stats = tp.op(2 * rows * (s - 1) * 4, grad=False)  # log_z, expected_logit (saved)
+    # entropy (dropped). Backward: `grad_logits` [2B, S-1, V] while the saved logits live; the node then releases
+    # them and SliceBackward's zeros [2B, S, V] take their place: the tape's new input gradient stands for both
+    lp = tp.op(rows * (s - 1) * 4, (logits,), saves=(logits, stats, index), temp=rows * (s - 1) * 4)
+    tp.drop(stats, index)
+    masked = tp.op(rows * (s - 1) * 4, (lp,))  # (per_token_logps * loss_mask).sum(-1) / loss_mask.sum(-1)
+    tp.drop(lp)
+    mean_lp = tp.op(rows * 4, (masked,))
+    tp.drop(masked)
+    loss = tp.op(4, (nll, mean_lp))  # policy_nll_loss - beta * logsigmoid(log_odds).mean()
+    tp.drop(nll, mean_lp, logits, labels, cat)
     tp.release_cached()
     return loss

@@ -18,6 +18,16 @@
   (adapters disabled, no second copy), otherwise a frozen copy loaded like the model (`create_model_from_path`,
   same dtype and quantization). `precompute_ref_log_probs` computes them before training: no reference pass and,
   off FSDP, no reference model.
+- `trl-kto`: TRL 1.16 `KTOTrainer` (trl/trainer/kto_trainer.py): DPO's model preparation, fused LM head and
+  reference model (PEFT: the adapters disabled; else a frozen copy; `precompute_ref_log_probs`), on `batch` rows
+  (unpaired: not doubled). `_compute_loss` runs, with `loss_type="kto"` (`calculate_KL`): a no-grad forward of the
+  mismatched KL rows through the policy (before the policy forward: nothing saved yet, so no moment of its own),
+  the policy forward, then under no_grad with checkpointing disabled the reference's KL forward and forward one
+  after the other, on top of the policy's saved activations (the same moment as DPO's reference pass).
+- `trl-orpo`: TRL 1.16 `trl.experimental.orpo.ORPOTrainer` (no reference model): chosen and rejected rows
+  concatenated into one forward (2 x batch rows) with `use_cache=False`; the model prepared as HF Trainer's
+  (fp32 adapters; `enable_input_require_grads()` under checkpointing); its loss over the full logits
+  (`losses.orpo_head`). QLoRA is refused (`peft_module_casting_to_bf16` and an autocast region: not modelled).
 - `packing` (trl-sft): TRL 1.16 `SFTTrainer.__init__` turns `padding_free` on for packing_strategy 'bfd'
   (`self.padding_free = args.padding_free or (args.packing and ...)`), and `DataCollatorForLanguageModeling`
   then flattens the micro-batch into one row (`torch.cat(input_ids)`) with `position_ids` and no attention_mask
@@ -38,15 +48,19 @@ from vramplan.estimator.programs import Ctx
 from vramplan.plan import TrainingPlan
 
 # int64 tensors in each micro-batch the collator returns: input_ids and labels, plus TRL's attention_mask; DPO:
-# input_ids, attention_mask, completion_mask
-_BATCH_TENSORS = {"hf": 2, "loop": 2, "trl-sft": 3, "trl-dpo": 3}
-FUSED_HEAD = ("trl-sft", "trl-dpo")  # trainers that call `add_fused_lm_head` and prepare the model as TRL does
+# input_ids, attention_mask, completion_mask; ORPO (DPODataCollatorWithPadding): chosen and rejected input_ids,
+# attention_mask and labels plus the prompt's ids and mask, 8 per pair (4 per row of the doubled batch; the prompt
+# counted at the full length); KTO (DataCollatorForUnpairedPreference): input_ids, attention_mask, completion_mask
+# and the mismatched KL rows' three
+_BATCH_TENSORS = {"hf": 2, "loop": 2, "trl-sft": 3, "trl-dpo": 3, "trl-orpo": 4, "trl-kto": 6}
+FUSED_HEAD = ("trl-sft", "trl-dpo", "trl-kto")  # trainers that call `add_fused_lm_head` and prepare the model as TRL does
+REFERENCE = ("trl-dpo", "trl-kto")  # trainers with a reference model (or the adapters disabled)
 
 
 def step_plan(plan: TrainingPlan) -> TrainingPlan:
     """The plan of the rows one micro-batch runs: DPO concatenates chosen and rejected (2 x batch rows); packing
     flattens the batch into one row of batch x seq tokens."""
-    if plan.trainer == "trl-dpo":
+    if plan.trainer in ("trl-dpo", "trl-orpo"):
         return plan.model_copy(update={"batch": 2 * plan.batch})
     if plan.packing:
         return plan.model_copy(update={"batch": 1, "seq": plan.batch * plan.seq})
@@ -54,11 +68,12 @@ def step_plan(plan: TrainingPlan) -> TrainingPlan:
 
 
 def reference_pass(plan: TrainingPlan) -> bool:
-    return plan.trainer == "trl-dpo" and not plan.precompute_ref_log_probs
+    return plan.trainer in REFERENCE and not plan.precompute_ref_log_probs
 
 
 def reference_copy(plan: TrainingPlan) -> bool:
-    """DPOTrainer loads a second, frozen model unless PEFT (adapters disabled) or precomputed log-probs."""
+    """DPOTrainer (and KTOTrainer) load a second, frozen model unless PEFT (adapters disabled) or precomputed
+    log-probs."""
     return reference_pass(plan) and not plan.uses_lora
 
 
@@ -75,12 +90,13 @@ def batch_tensors(plan: TrainingPlan) -> int:
 
 def kv_cache_in_forward(plan: TrainingPlan) -> bool:
     """transformers keeps `use_cache` on without checkpointing (a DynamicCache fills up); TRL's SFT turns it off."""
-    return not plan.grad_ckpt and plan.trainer not in FUSED_HEAD
+    return not plan.grad_ckpt and plan.trainer not in (*FUSED_HEAD, "trl-orpo")  # ORPO: use_cache=False
 
 
 def peft_input_grads(plan: TrainingPlan) -> bool:
-    """SFTTrainer calls `enable_input_require_grads()` on a PEFT model trained with checkpointing."""
-    return plan.trainer in FUSED_HEAD and plan.uses_lora and plan.grad_ckpt
+    """SFTTrainer calls `enable_input_require_grads()` on a PEFT model trained with checkpointing (ORPOTrainer on
+    any model trained with checkpointing; a fully trained embedding's output requires grad anyway)."""
+    return plan.trainer in (*FUSED_HEAD, "trl-orpo") and plan.uses_lora and plan.grad_ckpt
 
 
 def reference_ctx(c: Ctx) -> Ctx:

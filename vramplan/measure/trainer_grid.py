@@ -64,6 +64,14 @@ TRAINER_GRID: tuple = (
        activation_offloading=True, batch=2, seq=1024),
     _c("llama3.1-8b-sft-qlora-offload-nockpt-s1024", "llama3.1-8b", method="qlora", trainer="trl-sft",
        activation_offloading=True, grad_ckpt=False, seq=1024),
+    # ORPO (trl.experimental.orpo): chosen + rejected rows, the full logits, TRL's selective_log_softmax kernel
+    _c("llama3.2-1b-orpo-lora-b2-s1024", "llama3.2-1b", method="lora", trainer="trl-orpo", batch=2, seq=1024),
+    _c("qwen2.5-1.5b-orpo-full-s512", "qwen2.5-1.5b", method="full", trainer="trl-orpo", seq=512),
+    _c("llama3.1-8b-orpo-lora-s1024", "llama3.1-8b", method="lora", trainer="trl-orpo", seq=1024),
+    # KTO: the KL rows through the policy (no grad), the reference's KL and main passes after the policy forward
+    _c("llama3.1-8b-kto-qlora-b2-s1024", "llama3.1-8b", method="qlora", trainer="trl-kto", batch=2, seq=1024),
+    _c("qwen2.5-1.5b-kto-full-b2-s512", "qwen2.5-1.5b", method="full", trainer="trl-kto", batch=2, seq=512),
+    _c("mistral-7b-kto-lora-b2-s1024", "mistral-7b", method="lora", trainer="trl-kto", batch=2, seq=1024),
 )
 
 

@@ -65,7 +65,8 @@ def measure_trainer_step(config: dict, plan: TrainingPlan, *, trace: bool = True
     if plan.attn == "flash_attention_2":
         raise MeasurementError("attn: flash_attention_2 needs CUDA and the flash-attn package; measure eager or sdpa")
     hf_config(config)
-    tiles = triton_tiles() if plan.trainer in ("trl-sft", "trl-dpo") else contextlib.nullcontext()
+    tiles = triton_tiles() if plan.trainer in ("trl-sft", "trl-dpo", "trl-kto") else \
+        trl_loss_kernel() if plan.trainer == "trl-orpo" else contextlib.nullcontext()
     packed = packed_rows() if plan.packing else contextlib.nullcontext()  # before the session patches it
     liger = liger_session(config.get("model_type")) if plan.liger else contextlib.nullcontext()
     offloading = offloading_session() if plan.activation_offloading else contextlib.nullcontext()
@@ -75,7 +76,8 @@ def measure_trainer_step(config: dict, plan: TrainingPlan, *, trace: bool = True
         warnings.simplefilter("ignore")
         with MemoryTracker(record=True) as tracker:
             model = build_model(config, plan, device="cpu", trace=trace)
-            model = prepare_model(model, plan) if plan.trainer in ("hf", "loop") else prepare_sft_model(model, plan)
+            model = prepare_model(model, plan) if plan.trainer in ("hf", "loop", "trl-orpo") else \
+                prepare_sft_model(model, plan)
             if plan.liger:  # Trainer.__init__: use_liger_kernel
                 apply_liger(model, plan)
             ref = _reference_model(config, plan)
@@ -84,8 +86,8 @@ def measure_trainer_step(config: dict, plan: TrainingPlan, *, trace: bool = True
             tracker.name_tensors(named_state(model, optimizer))
             gc.collect(GC_GENERATION)
             load = tracker.current_bytes
-            loss_fn = {"hf": _hf_loss, "loop": _loop_loss, "trl-sft": _sft_loss(plan),
-                       "trl-dpo": _dpo_loss(plan, ref)}[plan.trainer]
+            loss_fn = {"hf": _hf_loss, "loop": _loop_loss, "trl-sft": _sft_loss(plan), "trl-dpo": _dpo_loss(plan, ref),
+                       "trl-orpo": _orpo_loss(), "trl-kto": _kto_loss(plan, ref)}[plan.trainer]
             held: dict = {}  # what the loop keeps between steps (a custom loop's `outputs`)
             if plan.activation_offloading:  # SFTTrainer/DPOTrainer.__init__: get_act_offloading_ctx_manager
                 held["offload"] = offload_context(model)
@@ -121,6 +123,7 @@ def prepare_sft_model(model: torch.nn.Module, plan: TrainingPlan) -> torch.nn.Mo
                 param.data = param.data.to(torch.bfloat16)
     # DPOTrainer asks for mean_logits too (same buffers: the kernel allocates all 7 statistics)
     outputs = ("log_probs", "entropy", "mean_logits", "is_top1") if plan.trainer == "trl-dpo" else \
+        ("log_probs", "entropy", "mean_logits") if plan.trainer == "trl-kto" else \
         ("log_probs", "entropy", "is_top1")
     add_fused_lm_head(model.get_base_model() if plan.uses_lora else model, outputs=outputs)
     if plan.grad_ckpt:  # Trainer.train -> model.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
@@ -220,6 +223,85 @@ def _hf_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
 
 
+def _kto_loss(plan: TrainingPlan, ref_model, beta: float = 0.1):
+    """The allocating part of `KTOTrainer._compute_loss` (TRL 1.16, loss_type "kto", `calculate_KL`), with TRL's own
+    pieces: the KL rows through the policy under no_grad (`_compute_kl_logps`), the policy forward through the fused
+    head, the reference's KL and main forwards under no_grad with checkpointing disabled (PEFT: the adapters off),
+    and the sigmoid losses. Not run: `torch.nonzero(labels)` (data-dependent, no FakeTensor can run it): the rows
+    are split in halves instead ([rows]-sized tensors), and the metrics after the loss."""
+    import torch.nn.functional as F
+    from trl.models.utils import disable_gradient_checkpointing
+    from trl.trainer.utils import use_adapter
+
+    def logps(model, batch: dict, prefix: str) -> torch.Tensor:
+        ids, mask = batch[f"{prefix}input_ids"], batch[f"{prefix}completion_mask"]
+        labels = ids.masked_fill(mask == 0, -100)
+        out = model(input_ids=ids, use_cache=False, labels=labels, fused_lm_head=True)  # the all-ones mask dropped
+        return out.log_probs[:, -(labels.size(1) - 1):].sum(-1)
+
+    def loss(model, batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            kl_logps = logps(model, batch, "KL_")
+        policy = logps(model, batch, "")
+        if plan.precompute_ref_log_probs:
+            ref_kl, ref = torch.zeros_like(kl_logps), torch.zeros_like(policy)
+        else:
+            with torch.no_grad(), disable_gradient_checkpointing(model, {"use_reentrant": plan.ckpt_reentrant}):
+                with use_adapter(model, adapter_name=None) if ref_model is None else contextlib.nullcontext():
+                    reference = model if ref_model is None else ref_model
+                    ref_kl = logps(reference, batch, "KL_")
+                    ref = logps(reference, batch, "")
+        kl = (kl_logps - ref_kl).mean().detach().clamp(min=0)
+        half = policy.shape[0] // 2 or 1
+        chosen, rejected = policy[:half] - ref[:half], policy[half:] - ref[half:]
+        losses = torch.cat((1 - F.sigmoid(beta * (chosen - kl)), 1 - F.sigmoid(beta * (kl - rejected))), 0)
+        return losses.mean()
+
+    return loss
+
+
+def _orpo_loss():
+    """TRL 1.16 `trl.experimental.orpo.ORPOTrainer.compute_loss` (its own `concatenated_forward`,
+    `get_batch_logps`, `odds_ratio_loss`) on a stand-in carrying what they read. Its metrics call
+    `gather_for_metrics(...).mean().item()`: the stand-in returns a constant float FakeTensor (a few bytes)."""
+    from trl.experimental.orpo import ORPOTrainer
+
+    accelerator = types.SimpleNamespace(device=torch.device("cpu"), gather_for_metrics=lambda x: torch.tensor(1.0))
+    stub = types.SimpleNamespace(is_encoder_decoder=False, padding_value=0, label_pad_token_id=-100, beta=0.1,
+                                 accelerator=accelerator, aux_loss_enabled=False, _peft_has_been_casted_to_bf16=False,
+                                 args=types.SimpleNamespace(device=torch.device("cpu")),
+                                 concatenated_inputs=ORPOTrainer.concatenated_inputs,
+                                 get_batch_logps=ORPOTrainer.get_batch_logps, store_metrics=lambda *a, **k: None)
+    for name in ("odds_ratio_loss", "concatenated_forward", "get_batch_loss_metrics"):
+        setattr(stub, name, types.MethodType(getattr(ORPOTrainer, name), stub))
+
+    def loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        def call(*args, **kw):  # the all-ones mask of an unpadded batch: a real run drops it (module docstring)
+            kw.pop("attention_mask", None)
+            return model(*args, **kw)
+
+        return ORPOTrainer.compute_loss(stub, call, batch)
+
+    return loss
+
+
+@contextlib.contextmanager
+def trl_loss_kernel() -> Iterator[None]:
+    """TRL's `selective_log_softmax` on its CUDA path (trl/kernels/logprob_entropy.py): `_supports_trl_loss_kernel`
+    asks for a CUDA device; the Triton launches do nothing (the kernels allocate nothing: the buffers are the
+    Python wrapper's)."""
+    import trl.trainer.utils as tu
+    from triton.runtime import jit
+
+    supports, launch = tu._supports_trl_loss_kernel, jit.KernelInterface.__getitem__
+    tu._supports_trl_loss_kernel = lambda *args, **kwargs: True
+    jit.KernelInterface.__getitem__ = lambda self, grid: (lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        tu._supports_trl_loss_kernel, jit.KernelInterface.__getitem__ = supports, launch
+
+
 def _loop_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, object]:
     out = model(input_ids=batch["input_ids"], labels=batch["labels"])
     return out.loss, out  # the caller keeps `out` through backward
@@ -237,6 +319,14 @@ def _step(model, optimizer, plan: TrainingPlan, tracker: MemoryTracker, config: 
         ids = torch.randint(0, vocab, (rows, plan.seq), dtype=torch.int64)
         if plan.trainer == "trl-dpo":  # DataCollatorForPreference; every token a completion token
             batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": torch.ones_like(ids)}
+        elif plan.trainer == "trl-kto":  # DataCollatorForUnpairedPreference: the rows and their mismatched KL rows
+            batch = {f"{p}{k}": ids.clone() if k == "input_ids" else torch.ones_like(ids) for p in ("", "KL_")
+                     for k in ("input_ids", "attention_mask", "completion_mask")}
+            batch["label"] = torch.arange(plan.batch) % 2 == 0
+        elif plan.trainer == "trl-orpo":  # DPODataCollatorWithPadding: chosen, rejected, prompt (full length)
+            batch = {f"{k}_{f}": ids.clone() if f != "attention_mask" else torch.ones_like(ids)
+                     for k in ("chosen", "rejected") for f in ("input_ids", "attention_mask", "labels")}
+            batch |= {"prompt_input_ids": ids.clone(), "prompt_attention_mask": torch.ones_like(ids)}
         else:
             batch = {"input_ids": ids, "labels": ids.clone()}
         if plan.packing:  # padding-free collator: one row, position_ids restart per packed row, no attention_mask
