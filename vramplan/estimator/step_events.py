@@ -1,7 +1,7 @@
 """The allocation sequence of loading a model and running two training steps, for the allocator simulation.
 
-The same programs the estimator counts with (`programs.decoder_layer`, `programs.head`) run on one recording
-`Tape` per step, so the sequence is the step's real order: every op's output, transient and free, gradients as
+The same programs the estimator counts with (`layers.decoder_layer`, `losses.loss_head`) run on a recording
+`Tape`, so the sequence is the step's real order: every op's output, transient and free, gradients as
 backward creates and drops them, weight gradients kept until `zero_grad(set_to_none=True)`.
 
 Order (HF Trainer, one GPU):
@@ -14,7 +14,8 @@ Order (HF Trainer, one GPU):
    the head and loss; backward (under checkpointing each layer recomputes, then runs its backward); the
    optimizer (states created at the first step, `_init_group`; foreach temporaries); `zero_grad` frees `.grad`.
    Gradient accumulation: the first micro-batch creates the `.grad`s, the second adds into them; the ones after
-   repeat the second's sequence exactly (same sizes, same order), so two are replayed.
+   repeat the second's sequence exactly (same sizes, same order), so two are replayed. Every step is the same
+   program on a fresh tape: one is traced (per `StepInputs`) and repeated under each step's names.
 
 Approximate: weight gradients are one block per node (peft/torch make one per parameter: same bytes, finer
 blocks); the optimizer's foreach temporaries are one per trainable tensor in proportion to its size; nothing
