@@ -1,7 +1,8 @@
 """The trainers' accuracy suite: TRL SFT and custom-loop plans traced at full size and held to the estimator.
 
-Each case of `TRAINER_GRID` (vramplan/measure/trainer_grid.py) runs TRL 1.16's own `SFTTrainer.compute_loss` (or a
-custom loop that keeps `outputs`) on the full-size model under FakeTensorMode and compares every phase with the
+Each case of `TRAINER_GRID` (vramplan/measure/trainer_grid.py) runs TRL 1.16's own `SFTTrainer.compute_loss` (or
+DPO's, KTO's and ORPO's pieces, Liger's kernels' Python, TRL's activation-offloading hooks, a custom loop that keeps
+`outputs`) on the full-size model under FakeTensorMode and compares every phase with the
 estimator's traced phases. Tolerance: 2% on the peak and per phase (issue 12). The eval cases trace
 transformers' `evaluation_loop` pieces (`measure_eval_step`) against the estimate's eval phase.
 """
@@ -29,12 +30,13 @@ TOLERANCE_PCT = 2.0
 def test_trainer_grid_spans_the_trainers():
     opts = [c.opts for c in TRAINER_GRID]
     assert len(TRAINER_GRID) + len(EVAL_GRID) >= 12
-    assert {o.get("trainer", "hf") for o in opts} == {"hf", "trl-sft", "trl-dpo", "trl-orpo", "loop"}
+    assert {o.get("trainer", "hf") for o in opts} == {"hf", "trl-sft", "trl-dpo", "trl-orpo", "trl-kto", "loop"}
     assert any(o.get("liger") for o in opts) and sum(bool(o.get("activation_offloading")) for o in opts) >= 2
-    assert sum(o.get("trainer") == "trl-orpo" for o in opts) >= 2
-    dpo = [o for o in opts if o["trainer"] == "trl-dpo"]
+    for trainer in ("trl-orpo", "trl-kto"):
+        assert sum(o.get("trainer") == trainer for o in opts) >= 2
+    dpo = [o for o in opts if o.get("trainer") == "trl-dpo"]
     assert {o["method"] for o in dpo} >= {"full", "lora"} and any(o.get("precompute_ref_log_probs") for o in dpo)
-    assert {o.get("loss_type", "nll") for o in opts if o["trainer"] == "trl-sft"} == {"nll", "dft"}
+    assert {o.get("loss_type", "nll") for o in opts if o.get("trainer") == "trl-sft"} == {"nll", "dft"}
     assert {o["method"] for o in opts} == {"full", "lora", "qlora"}
 
 
