@@ -255,7 +255,7 @@ def smallest_gpus(probe: Probe, plan: TrainingPlan) -> list[tuple[GpuProfile, in
             cand = probe.evaluate(version, g)
         except PlanError:  # a plan this card cannot run (hardware.check_runs_on)
             continue
-        if probe.on_card(cand, int(g.usable_bytes * (1 - probe.req.headroom))):
+        if probe.on_card(cand, probe.limit_for(g)):
             out.append((g, cand.gpu_bytes, version))
     return out
 

@@ -197,7 +197,7 @@ class Probe:
 
     def __init__(self, req: Request):
         self.req = req
-        self.limit_bytes = int(req.gpu.usable_bytes * (1 - req.headroom))
+        self.limit_bytes = self.limit_for(req.gpu)
         self.evaluated = 0
         self._memo: dict[tuple[TrainingPlan, str], Candidate] = {}
         self._estimates: dict[TrainingPlan, MemoryEstimate] = {}
@@ -249,6 +249,10 @@ class Probe:
             cand = Candidate(plan, e, step_time(self.req.model, plan, gpu), self.req.model, gpu, self.req.calibration)
             self._memo[(plan, gpu.slug)] = cand
         return cand
+
+    def limit_for(self, gpu: GpuProfile) -> int:
+        """The most a plan may take on one `gpu`: its usable memory less the request's headroom."""
+        return int(gpu.usable_bytes * (1 - self.req.headroom))
 
     def fits(self, plan: TrainingPlan) -> bool:
         return self.fits_candidate(self.evaluate(plan))
