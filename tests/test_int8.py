@@ -136,7 +136,8 @@ def test_int8_program_keeps_the_input_only_where_torch_does():
     and nothing otherwise; without checkpointing the node saves it like any saved tensor."""
     from dataclasses import replace
 
-    from vramplan.estimator.programs import Ctx, int8_linear
+    from vramplan.estimator.int8 import int8_linear
+    from vramplan.estimator.programs import Ctx
     from vramplan.estimator.tape import Tape
 
     c = Ctx(tokens=512, batch=1, seq=512, hidden=256, heads=4, kv_heads=2, head_dim=64, vocab=8192, norm_w=4,
