@@ -316,16 +316,22 @@ def saves_module(plan: TrainingPlan, name: str) -> bool:
 def unquantized_experts_note(model: ModelSpec, plan: TrainingPlan) -> str | None:
     """QLoRA of an MoE under transformers 5: the fused 3-D experts are not `nn.Linear`, so bitsandbytes leaves
     them in 16-bit (`replace_with_bnb_linear`) and peft's kbit upcast makes them fp32. Under transformers 4.x
-    each expert was an `nn.Linear` and was quantized. None when it does not apply."""
-    if plan.method != "qlora":
+    each expert was an `nn.Linear` and was quantized. An 8-bit base (`Linear8bitLt`) leaves them alike. None
+    when it does not apply."""
+    if not plan.kbit:
         return None
-    numel = model.inventory.numel_by_role.get("experts", 0)
+    inv = model.inventory
+    numel = inv.numel_by_role.get("experts", 0)
     if not numel:
         return None
     held = numel * non_quantized_dtype_bytes(plan)
-    packed, consts, dq = quantized_layer_bytes(numel, plan.quant_blocksize, plan.double_quant)
     bits = "fp32 (peft's kbit upcast)" if non_quantized_dtype_bytes(plan) == 4 else plan.param_dtype
-    return (f"MoE experts stay {bits} under QLoRA: {held / 2**30:.1f} GiB; transformers 5 stores them as fused "
+    if plan.load_in_8bit:  # int8 CB + fp32 SCB per output row of each expert linear
+        rows = sum(t.numel // t.shape[-1] for t in inv.tensors if t.role == "experts")
+        v4, how, base = numel + rows * 4, "in int8", "an 8-bit base"
+    else:
+        v4, how, base = sum(quantized_layer_bytes(numel, plan.quant_blocksize, plan.double_quant)), "in 4 bits", "QLoRA"
+    return (f"MoE experts stay {bits} under {base}: {held / 2**30:.1f} GiB; transformers 5 stores them as fused "
             f"3-D parameters, which bitsandbytes does not quantize (only nn.Linear); under transformers 4.x each "
-            f"expert was an nn.Linear and took about {(packed + consts + dq) / 2**30:.1f} GiB in 4 bits"
+            f"expert was an nn.Linear and took about {v4 / 2**30:.1f} GiB {how}"
             + ("; --no-kbit-upcast keeps them 16-bit" if non_quantized_dtype_bytes(plan) == 4 else ""))
