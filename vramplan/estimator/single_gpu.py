@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
-from vramplan.estimator.context import attention_dropout, kernel_dequantizes
+from vramplan.estimator.context import attention_dropout, kernel_dequantizes, layer_context
 from vramplan.estimator.offloading import host_offload_bytes, offloading_note
 from vramplan.estimator.optimizer import MIN_8BIT_SIZE, QMAP_BYTES, OptimizerMemory, optimizer_memory
+from vramplan.estimator.programs import Ctx
 from vramplan.estimator.result import MemoryEstimate
-from vramplan.estimator.step import Moment, phase_peaks, step_moments
+from vramplan.estimator.step import Moment, cpu_context, phase_peaks, step_moments
 from vramplan.estimator.step_tensors import batch_bytes
 from vramplan.estimator.trainers import reference_copy, step_plan
 from vramplan.estimator.weights import StaticMemory, static_memory, unquantized_experts_note
@@ -53,13 +54,14 @@ def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
     ref = st.total if reference_copy(plan) else 0  # DPO without PEFT: a frozen copy of the model (trainers.py)
     base = st.total + opt.states_bytes + ref
     step_p = step_plan(plan)  # DPO: chosen and rejected rows
-    moments = step_moments(model, step_p, grads_bytes, opt.step_temp_bytes)
+    context = layer_context(model, step_p)
+    moments = step_moments(model, step_p, grads_bytes, opt.step_temp_bytes, context=context)
     phases = {"load": st.total + ref, **phase_peaks(moments, base)}
     if plan.eval_batch:  # the eval step: a phase of its own (evaluation.py)
         from vramplan.estimator.evaluation import eval_peak
 
         phases["eval"] = eval_peak(model, plan, base)
-    traced = _traced_phases(model, step_p, phases, base, trainable)
+    traced = _traced_phases(model, step_p, phases, base, trainable, context)
     peak_phase = max(phases, key=lambda p: phases[p])
     peak = phases[peak_phase]
     stepping = peak_phase == "optimizer"
@@ -91,7 +93,7 @@ def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
 
 
 def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int], base: int,
-                   trainable: _Trainable) -> dict[str, int] | None:
+                   trainable: _Trainable, context: Ctx) -> dict[str, int] | None:
     """What the CPU tracer counts, where it differs from CUDA's allocator: no dequantize temporary inside
     gemm_4bit, float dropout masks, paged optimizer states as ordinary tensors, and bitsandbytes' two 1 KiB
     quantization maps from the optimizer's construction on (on CUDA they reach the device at step 1)."""
@@ -105,7 +107,8 @@ def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int],
         return None
     step = phases
     if kernel:
-        step = phase_peaks(step_moments(model, plan, trainable.grads_bytes, opt.step_temp_bytes, cuda=False), base)
+        step = phase_peaks(step_moments(model, plan, trainable.grads_bytes, opt.step_temp_bytes, cuda=False,
+                                        context=cpu_context(context)), base)
     # on CPU both maps exist from `fill_qmap` in __init__; the states already count the ones CUDA moves
     moved = QMAP_BYTES * (1 if plan.optimizer == "lion_8bit" else 2) if qmaps and trainable.eight_bit else 0
     traced = {p: step[p] + opt.paged_bytes + qmaps - moved for p in ("forward", "backward", "optimizer")}

@@ -24,7 +24,7 @@ Hook points for what changes the layers or the head (offloading, fused losses): 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -161,11 +161,12 @@ def phase_peaks(moments: tuple[Moment, ...] | list[Moment], base: int) -> dict[s
 
 
 def step_moments(model: ModelSpec, plan: TrainingPlan, grads_bytes: int, step_temp: int,
-                 cuda: bool = True) -> tuple[Moment, ...]:
+                 cuda: bool = True, context: Ctx | None = None) -> tuple[Moment, ...]:
     """The moments of one steady-state step of `plan` (its micro-batch as the step runs it: `trainers.step_plan`)
     on one GPU; `grads_bytes`: every trainable parameter's gradient; `step_temp`: the optimizer step's
-    temporaries. `cuda=False`: what the CPU tracer sees (no dequantize inside gemm_4bit, float dropout masks)."""
-    s = _StepParts.of(model, plan, grads_bytes, cuda)
+    temporaries. `cuda=False`: what the CPU tracer sees (no dequantize inside gemm_4bit, float dropout masks).
+    `context`: `layer_context(model, plan, cuda)` when the caller has it already."""
+    s = _StepParts.of(model, plan, grads_bytes, cuda, context)
     fwd = [*_forward_moments(model, plan, s), *_embedding_forward(model, plan, s)]
     bwd = [*_backward_moments(s), *_embedding_backward(model, plan, s)]
     logits, outside = kept_outputs_bytes(plan, s.c, s.a, s.n, plan.method != "full" and (
@@ -176,6 +177,13 @@ def step_moments(model: ModelSpec, plan: TrainingPlan, grads_bytes: int, step_te
     out.append(Moment("optimizer", "step", -1, s.data + grads_bytes + step_temp + logits + outside, s.layer_grads,
                       held_grads=grads_bytes, temporaries=step_temp))
     return tuple(out)
+
+
+@lru_cache(maxsize=1024)
+def cpu_context(c: Ctx) -> Ctx:
+    """The same plan's Ctx as the CPU tracer sees it: `layer_context(model, plan, cuda=False)`, whose only
+    differing fields are these two."""
+    return replace(c, kernel_dequant=False, cuda=False)
 
 
 def _plus(m: Moment, extra: int) -> Moment:
@@ -217,8 +225,9 @@ class _StepParts(NamedTuple):
         return self.first if k == 0 else self.rest
 
     @classmethod
-    def of(cls, model: ModelSpec, plan: TrainingPlan, grads_bytes: int, cuda: bool) -> _StepParts:
-        c = layer_context(model, plan, cuda)
+    def of(cls, model: ModelSpec, plan: TrainingPlan, grads_bytes: int, cuda: bool, context: Ctx | None = None
+           ) -> _StepParts:
+        c = layer_context(model, plan, cuda) if context is None else context
         a = stream_bytes(plan)
         n = model.num_layers
         accumulate = plan.grad_accum > 1
