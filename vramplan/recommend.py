@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vramplan.errors import PlanError
 from vramplan.estimator import MemoryEstimate
-from vramplan.hardware import GpuProfile, load_profiles
+from vramplan.hardware import GpuProfile, check_runs_on, load_profiles
 from vramplan.plan import TrainingPlan
 from vramplan.search import check_pins, first_true, last_true, least_on_card, search, variants
 from vramplan.search_space import (
@@ -252,9 +252,10 @@ def smallest_gpus(probe: Probe, plan: TrainingPlan) -> list[tuple[GpuProfile, in
         if version is None or (out and g.memory_bytes != out[0][0].memory_bytes):
             continue
         try:
-            cand = probe.evaluate(version, g)
-        except PlanError:  # a plan this card cannot run (hardware.check_runs_on)
+            check_runs_on(version, g)
+        except PlanError:  # a plan this card cannot run (bf16 or flash-attn 2 before Ampere): not a candidate
             continue
+        cand = probe.evaluate(version, g)  # an estimate that fails here is a bug: not swallowed
         if probe.on_card(cand, probe.limit_for(g)):
             out.append((g, cand.gpu_bytes, version))
     return out
