@@ -5,12 +5,13 @@ Plans are read typed (`TrainingPlan`): the advice's alternatives carry a plan's 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vramplan.report.plan_words import as_plan, dist_words, method_words, run_words
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
     from vramplan.plan import TrainingPlan
     from vramplan.recommend import Advice, Contrast, MethodNeeds
@@ -174,7 +175,7 @@ def render_advice(console: Console, a: Advice) -> None:
     console.print(f"[dim]{speed_note}Searched {a.evaluated} plans in {a.seconds:.2f} s.[/dim]")
 
 
-def _plans_table(a: Advice) -> Any:
+def _plans_table(a: Advice) -> Table:
     """The plans that fit, best first: one row each (a rich Table)."""
     from rich.table import Table
 
