@@ -187,8 +187,7 @@ def cpu_context(c: Ctx) -> Ctx:
 
 
 def _plus(m: Moment, extra: int) -> Moment:
-    return m if not extra else Moment(m.phase, m.where, m.layer, m.live + extra, m.layer_grads, m.head_grads,
-                                      m.layers_done, m.held_grads, m.temporaries)
+    return m._replace(live=m.live + extra) if extra else m
 
 
 class _StepParts(NamedTuple):
