@@ -137,15 +137,15 @@ def prefill_mask_bytes(model: ModelSpec, plan: InferencePlan) -> int:
 
 def _sliding_mask(model: ModelSpec, plan: InferencePlan) -> bool:
     """sdpa over a dynamic cache gets an explicit bool [1, 1, P, P] mask once the prompt reaches the sliding
-    window (`_ignore_causal_mask_sdpa` refuses `kv_length >= local_attention_size`; `estimator.core`)."""
+    window (`_ignore_causal_mask_sdpa` refuses `kv_length >= local_attention_size`; `estimator.context`)."""
     window = int(model.config.get("sliding_window") or 0)
     return (attention_of(model, plan) == "sdpa" and "sliding_attention" in layer_types(model)
             and window > 0 and plan.prompt >= window)
 
 
 def attention_of(model: ModelSpec, plan: InferencePlan) -> str:
-    """The attention transformers runs: eager where the class has no sdpa path (`estimator.core`)."""
-    from vramplan.estimator.core import attn_implementation
+    """The attention transformers runs: eager where the class has no sdpa path (`estimator.context`)."""
+    from vramplan.estimator.context import attn_implementation
     from vramplan.plan import make_plan
 
     return attn_implementation(model, make_plan(method="lora", attn=plan.attn))

@@ -75,7 +75,7 @@ class Dtypes:
 
     compute: int  # GEMM inputs: the autocast dtype, else the compute / weight dtype
     layer: int  # activations between a layer's kernels (fp32 after QLoRA's kbit upcast: Linear4bit casts back)
-    stream: int  # the residual stream (estimator.core.stream_bytes)
+    stream: int  # the residual stream (estimator.context.stream_bytes)
     norm_weight: int  # norm weights (fp32 after the kbit upcast)
     attention: int  # q/k/v as sdpa sees them (autocast casts them to 16-bit)
     head_fp32: bool  # lm_head runs as an fp32 GEMM (fp32 weight, no autocast)
@@ -86,7 +86,7 @@ class Dtypes:
 def dtypes(plan: TrainingPlan, autocast: bool | None = None) -> Dtypes:
     """The plan's dtypes; `autocast` overrides whether the forward runs under torch.autocast (default: only with
     `mixed_precision`, as the micro-trainer does; HF Trainer's `bf16=True` turns it on for 16-bit bases too)."""
-    from vramplan.estimator.core import stream_bytes
+    from vramplan.estimator.context import stream_bytes
     from vramplan.estimator.trainers import adapter_bytes
     from vramplan.estimator.weights import non_quantized_dtype_bytes
 

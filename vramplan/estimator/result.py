@@ -20,8 +20,8 @@ OCCASIONAL_COMPONENTS = ("reference_model", "master_weights", "comm_buffers", "u
 class Components(BaseModel):
     """The live bytes at the peak, by what holds them; `total` is their sum (the peak phase's live bytes).
 
-    Field order is the order reports list them. The single-GPU step (estimator/core.py) fills the first eleven;
-    the multi-GPU engines (estimator/sharding.py, estimator/deepspeed.py) add `master_weights` (DeepSpeed's fp32
+    Field order is the order reports list them. The single-GPU step (estimator/single_gpu.py) fills the first eleven;
+    the multi-GPU engines (estimator/engines/ddp_fsdp.py, engines/deepspeed.py) add `master_weights` (DeepSpeed's fp32
     partition), `unsharded_params` (gathered FSDP units / ZeRO-3 parameters) and `comm_buffers` (DDP buckets,
     reduce-scatter and all-gather buffers). A part no named field owns goes in `engine_parts` by name.
     """
