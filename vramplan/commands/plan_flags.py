@@ -97,6 +97,31 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
             g.add_argument(flag, dest="trl_" + flag[2:].replace("-", "_"), nargs="?", const=True, default=None,
                            type=_hf(bool_from_hf), metavar="BOOL", help=f"TRL ModelConfig: {what} (--use-peft = "
                            "--method lora, with --load-in-4bit = qlora, neither = full)")
+    _add_precision_flags(g)
+    _add_adapter_flags(g)
+    _add_step_flags(g)
+    _add_engine_flags(g, p)
+    _add_trainer_flags(g)
+    a = p.add_argument_group("caching allocator (PYTORCH_CUDA_ALLOC_CONF)")
+    a.add_argument("--expandable-segments", action="store_const", const=True, default=None,
+                   help="expandable_segments:True (reserved grows by pages of one segment)")
+    a.add_argument("--max-split-size-mb", type=int, metavar="MB",
+                   help="max_split_size_mb: blocks this large are never split (default unlimited)")
+    c = p.add_argument_group("training config files")
+    c.add_argument("--config", action="append", metavar="FILE", help="read the plan (and the model) from a "
+                   "training config: axolotl, LLaMA-Factory, TRL, TrainingArguments JSON, adapter_config.json, "
+                   "BitsAndBytesConfig, accelerate, DeepSpeed (repeatable: files read together); flags override it")
+    c.add_argument("--config-format", metavar="FORMAT", help="the --config file's format when detection is not "
+                   "enough: axolotl, llamafactory, trl, hf, peft, bnb, accelerate, deepspeed")
+    late = {}
+    if "--gpus" in p._option_string_actions:  # the command's own --gpus default applies after the config's
+        action = p._option_string_actions["--gpus"]
+        late["gpus"], action.default = action.default, None
+    p.set_defaults(plan_flags=True, late_defaults=late)
+
+
+def _add_precision_flags(g: argparse._ArgumentGroup) -> None:
+    """Weight, autocast and quantization dtypes (TrainingArguments, BitsAndBytesConfig)."""
     dtypes = "{bf16,fp16,fp32}"
     g.add_argument("--param-dtype", "--dtype", "--torch-dtype", type=_hf(dtype_from_hf), metavar=dtypes,
                    help="base weight dtype, also bfloat16/float16/float32 (default bf16)")
@@ -120,9 +145,16 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
                "bitsandbytes Linear8bitLt, int8 weights + fp32 row scales; --method lora)")
     g.add_argument("--no-kbit-upcast", dest="kbit_upcast", action="store_const", const=False, default=None,
                    help="skip peft prepare_model_for_kbit_training's fp32 upcast of the weights it did not quantize")
-    g.add_argument("--rank", "--lora-r", "--r", dest="rank", type=int, help=f"LoRA rank, {range_words('rank')} (default 8, as peft)")
-    g.add_argument("--alpha", "--lora-alpha", dest="alpha", type=float, help="LoRA alpha, a finite number above 0 (default 8, as peft)")
-    g.add_argument("--targets", "--target-modules", "--lora-target-modules", dest="targets", nargs="+", metavar="TARGETS",
+
+
+def _add_adapter_flags(g: argparse._ArgumentGroup) -> None:
+    """LoRA and its peft options (LoraConfig), and the transformers major version."""
+    g.add_argument("--rank", "--lora-r", "--r", dest="rank", type=int,
+                   help=f"LoRA rank, {range_words('rank')} (default 8, as peft)")
+    g.add_argument("--alpha", "--lora-alpha", dest="alpha", type=float,
+                   help="LoRA alpha, a finite number above 0 (default 8, as peft)")
+    g.add_argument("--targets", "--target-modules", "--lora-target-modules", dest="targets", nargs="+",
+                   metavar="TARGETS",
                    help="LoRA targets: default | attention | all-linear (all_linear) | module names, comma or "
                    "space separated (q_proj,v_proj)")
     g.add_argument("--lora-dropout", type=float, help="LoRA dropout probability, in [0, 1) (default 0)")
@@ -137,6 +169,10 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     g.add_argument("--modules-to-save", dest="modules_to_save", metavar="NAMES",
                    help="peft modules_to_save: a trainable full copy of embed_tokens and/or lm_head "
                    "(comma list; the model's own input embedding / output head)")
+
+
+def _add_step_flags(g: argparse._ArgumentGroup) -> None:
+    """The step's shape: micro-batch, sequence, accumulation, recompute, attention, optimizer."""
     g.add_argument("--batch", "--per-device-train-batch-size", dest="batch", type=int,
                    help=f"micro-batch size per GPU, {range_words('batch')} (default 1)")
     g.add_argument("--seq", "--max-seq-length", "--max-length", dest="seq", type=int,
@@ -156,14 +192,22 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     g.add_argument("--optimizer", "--optim", dest="optimizer", type=_hf(optimizer_from_hf), metavar="OPTIMIZER",
                    help=f"{', '.join(OPTIMIZERS)}, or a transformers `optim` name (adamw_torch, adamw_bnb_8bit, "
                    "...) (default paged_adamw_8bit for qlora, adamw otherwise)")
+
+
+def _add_engine_flags(g: argparse._ArgumentGroup, p: argparse.ArgumentParser) -> None:
+    """Several GPUs: their count (unless the command has its own --gpus), sharding, offload."""
     if "--gpus" not in p._option_string_actions:  # a command may define --gpus itself (suggest)
-        g.add_argument("--gpus", type=int, help=f"GPUs of a data-parallel job, {range_words('gpus')} (default 1); sizes are then per GPU "
-                       "and --batch is each GPU's micro-batch")
+        g.add_argument("--gpus", type=int, help=f"GPUs of a data-parallel job, {range_words('gpus')} (default 1); "
+                       "sizes are then per GPU and --batch is each GPU's micro-batch")
     g.add_argument("--sharding", choices=SHARDINGS, help="ddp | fsdp (FSDP2, ZeRO-3-like) | fsdp_grad_op "
                    "(ZeRO-2-like) | zero1/zero2/zero3 (DeepSpeed) (default: none on one GPU, ddp on several)")
     g.add_argument("--offload", choices=OFFLOADS,
                    help="state in host RAM: optimizer (DeepSpeed ZeRO-Offload) or params (+ grads + optimizer: "
                    "FSDP CPU offload, ZeRO-3)")
+
+
+def _add_trainer_flags(g: argparse._ArgumentGroup) -> None:
+    """The training loop (Trainer, custom loop, TRL) and its evaluation step."""
     g.add_argument("--trainer", choices=TRAINERS,
                    help="the training loop: hf (transformers Trainer, default), loop (a custom or accelerate loop "
                    "that keeps `outputs`), trl-sft (TRL SFTTrainer: fused LM head, no full logits), trl-dpo, "
@@ -186,22 +230,6 @@ def add_plan_arguments(p: argparse.ArgumentParser, method_default: bool = True) 
     g.add_argument("--prediction-loss-only", action=argparse.BooleanOptionalAction, default=None,
                    help="eval returns the loss only (default: Trainer does so without compute_metrics); "
                    "--no-prediction-loss-only keeps the logits")
-    a = p.add_argument_group("caching allocator (PYTORCH_CUDA_ALLOC_CONF)")
-    a.add_argument("--expandable-segments", action="store_const", const=True, default=None,
-                   help="expandable_segments:True (reserved grows by pages of one segment)")
-    a.add_argument("--max-split-size-mb", type=int, metavar="MB",
-                   help="max_split_size_mb: blocks this large are never split (default unlimited)")
-    c = p.add_argument_group("training config files")
-    c.add_argument("--config", action="append", metavar="FILE", help="read the plan (and the model) from a "
-                   "training config: axolotl, LLaMA-Factory, TRL, TrainingArguments JSON, adapter_config.json, "
-                   "BitsAndBytesConfig, accelerate, DeepSpeed (repeatable: files read together); flags override it")
-    c.add_argument("--config-format", metavar="FORMAT", help="the --config file's format when detection is not "
-                   "enough: axolotl, llamafactory, trl, hf, peft, bnb, accelerate, deepspeed")
-    late = {}
-    if "--gpus" in p._option_string_actions:  # the command's own --gpus default applies after the config's
-        action = p._option_string_actions["--gpus"]
-        late["gpus"], action.default = action.default, None
-    p.set_defaults(plan_flags=True, late_defaults=late)
 
 
 def finish_plan_args(args: argparse.Namespace) -> None:
