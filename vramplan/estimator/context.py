@@ -15,7 +15,7 @@ from vramplan.estimator.programs import Ctx
 from vramplan.estimator.trainers import adapter_bytes, kv_cache_in_forward, peft_input_grads
 from vramplan.estimator.weights import expert_lora_targets, non_quantized_dtype_bytes, resolve_targets, saves_module
 from vramplan.inventory import Inventory
-from vramplan.models import ModelSpec
+from vramplan.models import ModelCache, ModelSpec
 from vramplan.plan import TrainingPlan
 from vramplan.traits import traits_of
 from vramplan.units import DTYPE_BYTES
@@ -80,8 +80,17 @@ def sdpa_sliding_mask(model: ModelSpec, plan: TrainingPlan) -> bool:
     return attn_implementation(model, plan) == "sdpa" and (plan.packing or w is not None and plan.seq >= w)
 
 
+_CONTEXTS = ModelCache(4096)
+
+
 def layer_context(model: ModelSpec, plan: TrainingPlan, cuda: bool = True) -> Ctx:
-    """The `Ctx` the layer programs replay for this plan (`cuda=False`: what the CPU tracer sees)."""
+    """The `Ctx` the layer programs replay for this plan (`cuda=False`: what the CPU tracer sees). One object per
+    (model, plan, cuda): the caches keyed on a Ctx (`step._step_costs`, `step.cpu_context`) then find it by
+    identity instead of comparing its fields, and its ~40 fields are derived once."""
+    return _CONTEXTS.get(model, (plan, cuda), lambda: _layer_context(model, plan, cuda))
+
+
+def _layer_context(model: ModelSpec, plan: TrainingPlan, cuda: bool) -> Ctx:
     nq = non_quantized_dtype_bytes(plan)
     act = DTYPE_BYTES[plan.activation_dtype]
     tr = traits_of(model)
