@@ -3,7 +3,7 @@
 It does what a transformers + peft + bitsandbytes script does, through the libraries' own code:
 
     model = from_config / from_pretrained(quantization_config=...)       (build.py)
-    qlora + kbit_upcast: peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=...)
+    a k-bit base (QLoRA, 8-bit) + kbit_upcast: peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=...)
     otherwise, with checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)
     lora/qlora: model = peft.get_peft_model(model, LoraConfig(...))
     optimizer = <plan.optimizer> over the trainable parameters             (optimizers.py)
@@ -169,7 +169,7 @@ def _session(trace: bool, model_type: str | None) -> contextlib.AbstractContextM
 def prepare_model(model: torch.nn.Module, plan: TrainingPlan) -> torch.nn.Module:
     """Checkpointing, kbit preparation and LoRA adapters, in the order scripts apply them."""
     ckpt_kwargs = {"use_reentrant": plan.ckpt_reentrant}
-    if plan.method == "qlora" and plan.kbit_upcast:
+    if plan.kbit and plan.kbit_upcast:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.grad_ckpt,
