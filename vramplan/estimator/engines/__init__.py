@@ -60,12 +60,14 @@ def per_gpu_estimate(plan: TrainingPlan, single: StepEstimate, engine: Repriced,
     static = engine.static
     phases = {"load": static.load + single.reference_bytes}
     best: dict[str, Priced] = {}
+    best_total: dict[str, int] = {}  # best[phase].total, summed once per moment
     for p in engine.moments:
         if single.reference_bytes:  # the reference copy as a component of every moment
             ref = engine.reference_in_forward if p.where == "reference" else engine.reference_after_load
             p = p._replace(parts={**p.parts, "reference_model": ref})
-        if p.phase not in best or p.total > best[p.phase].total:
-            best[p.phase] = p
+        total = p.total
+        if total > best_total.get(p.phase, -1):
+            best[p.phase], best_total[p.phase] = p, total
     best["optimizer"] = engine.step
     if single.reference_bytes:
         best["optimizer"] = engine.step._replace(parts={**engine.step.parts,

@@ -108,7 +108,8 @@ def _reprice_torch(model: ModelSpec, plan: TrainingPlan, moments: tuple[Moment, 
     offload = plan.offload == "params"
     static = sharded_static(st, units, opt, offload)
     held = units.total("reduce") // plan.gpus if plan.grad_accum > 1 and not offload else 0
-    priced = [_fsdp_moment(m, static, units, mode == "fsdp_grad_op", offload, held) for m in moving]
+    grad_op, parts = mode == "fsdp_grad_op", static.parts()
+    priced = [_fsdp_moment(m, static, units, grad_op, offload, held, parts) for m in moving]
     priced.append(_fsdp_final_reduce(static, units, offload, model.num_layers, step))
     sharded_grads = units.total("reduce") // plan.gpus
     if offload:  # the step runs on the host, on host gradients
@@ -149,9 +150,11 @@ def _replicated_moment(m: Moment, static: Static) -> Priced:
                             "activations": m.activations + m.held_grads}, m.where)
 
 
-def _fsdp_moment(m: Moment, static: Static, units: Units, grad_op: bool, offload: bool, held: int = 0) -> Priced:
+def _fsdp_moment(m: Moment, static: Static, units: Units, grad_op: bool, offload: bool, held: int = 0,
+                 parts: dict[str, int] | None = None) -> Priced:
     """One moment of the step under FSDP2 (see the module docstring for each buffer's lifetime). `held`: the
-    sharded gradients of earlier micro-batches; this micro-batch's reduced shards are added into them in place."""
+    sharded gradients of earlier micro-batches; this micro-batch's reduced shards are added into them in place.
+    `parts`: `static.parts()`, when the caller has it already."""
     n_layers, layer, root = len(units.layers), units.largest_layer, units.root
     ag = layer.padded if root.gpus > 1 else 0  # one flat all-gather output
     gathered = root.padded  # the root stays unsharded through forward and backward
@@ -176,7 +179,8 @@ def _fsdp_moment(m: Moment, static: Static, units: Units, grad_op: bool, offload
     elif m.where == "embedding":  # backward
         buffers += layer.reduce  # layer 0's reduce-scatter input
     grads = m.head_grads + (0 if offload or held else m.layers_done * layer.reduce // root.gpus) + held
-    return Priced(m.phase, {**static.parts(), "unsharded_params": gathered, "comm_buffers": static.buffers + buffers,
+    parts = static.parts() if parts is None else parts
+    return Priced(m.phase, {**parts, "unsharded_params": gathered, "comm_buffers": static.buffers + buffers,
                             "gradients": grads, "activations": m.activations}, m.where)
 
 
