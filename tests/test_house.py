@@ -40,7 +40,6 @@ OPEN: dict[str, set] = {
     "cycles": {
         ("vramplan.estimator.liger", "vramplan.estimator.programs"),
         ("vramplan.measure.meta_inventory", "vramplan.measure.meta_traits", "vramplan.traits"),
-        ("vramplan.estimator.evaluation", "vramplan.estimator.offloading", "vramplan.estimator.step"),
         ("vramplan.inference", "vramplan.prefill"),
     },
     "model_type": {"vramplan/estimator/liger.py", "vramplan/estimator/weights.py"},

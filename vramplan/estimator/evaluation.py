@@ -38,8 +38,8 @@ def eval_peak(model: ModelSpec, plan: TrainingPlan, base: int, cuda: bool = True
     """Peak live bytes of an eval step above nothing; `base`: weights and optimizer states. `cuda=False`: what the
     CPU tracer sees (no dequantized weight inside bitsandbytes' gemm_4bit)."""
     from vramplan.estimator.context import layer_context, stream_bytes
+    from vramplan.estimator.layer_costs import layer_cost
     from vramplan.estimator.losses import loss_head
-    from vramplan.estimator.step import layer_cost
     from vramplan.estimator.step_tensors import attention_mask_bytes, batch_bytes, rope_bytes
     from vramplan.estimator.trainers import logits_bytes
 
@@ -75,8 +75,8 @@ def eval_peak(model: ModelSpec, plan: TrainingPlan, base: int, cuda: bool = True
 def reference_forward_peak(model: ModelSpec, plan: TrainingPlan, c, a: int) -> int:
     """Transient of DPO's reference forward above what is live when it starts (the policy's saved activations):
     its own rotary tables, one layer at a time under no_grad (nothing kept), then the fused head's buffers."""
+    from vramplan.estimator.layer_costs import layer_cost
     from vramplan.estimator.losses import trl_fused_head
-    from vramplan.estimator.step import layer_cost
     from vramplan.estimator.step_tensors import rope_bytes
     from vramplan.estimator.trainers import reference_ctx
 

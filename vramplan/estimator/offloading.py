@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vramplan.estimator.tape import Node, Tape
+from vramplan.estimator.tape import LayerCost, Node, Tape
 
 MIN_OFFLOAD_BYTES = 1024  # OffloadActivations(min_offload_size=1024)
 MAX_FWD_STASH = 5  # OffloadActivations(max_fwd_stash_size=5)
@@ -129,8 +129,8 @@ class OffloadTape(Tape):
 
 
 def offloaded_layer_cost(traits, inter: int, c, a: int, grad_ckpt: bool, input_grad: bool, accumulate: bool):
-    """`step._layer_cost` under activation offloading: one decoder layer in the steady state, as the second of two
-    consecutive layers on one offloading tape (the first fills the stash the second's packs evict).
+    """`layer_costs._layer_cost` under activation offloading: one decoder layer in the steady state, as the second
+    of two consecutive layers on one offloading tape (the first fills the stash the second's packs evict).
 
     - fwd_peak: above the live bytes at the layer's start, the previous layer's stash included (what `keep` does
       not count); keep: what stays on the device (small, duplicate-saved, program-held tensors), the stash not
@@ -141,7 +141,6 @@ def offloaded_layer_cost(traits, inter: int, c, a: int, grad_ckpt: bool, input_g
       worth carried in from the layer above (the hook that frees it runs after this layer's first node).
     Returns (LayerCost, host bytes per layer)."""
     from vramplan.estimator.layers import decoder_layer
-    from vramplan.estimator.step import LayerCost
 
     x_bytes = c.tokens * c.hidden * a
 

@@ -3,7 +3,7 @@
 Steady state (the step `torch.cuda.max_memory_allocated()` is read on): optimizer states exist, gradients were
 set to None by `zero_grad()`, the loop is `loss = model(**batch).loss; loss.backward(); opt.step();
 opt.zero_grad(set_to_none=True)` (HF Trainer's order: the model outputs, logits included, are dropped before
-backward). Each decoder layer and the head are replayed on the tape (`layer_cost`, `head_cost`); the step puts
+backward). Each decoder layer and the head are replayed on the tape (`layer_costs.py`); the step puts
 them in order:
 
 - forward, layer k: the step-wide tensors (batch, rotary tables, attention mask), what layers 0..k-1 keep for
@@ -19,107 +19,27 @@ layer keeps only its input; backward recomputes one layer at a time, then runs i
 
 A phase's peak is the largest moment of that phase (`phase_peaks`). The sharding engines (`engines/`) re-price
 the same moments: they keep each moment's `activations` and replace its gradients, weights and buffers.
-Hook points for what changes the layers or the head (offloading, fused losses): `layer_cost` and `head_cost`.
+Hook points for what changes the layers or the head (offloading, fused losses): `layer_costs.layer_cost` and
+`layer_costs.head_cost`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import lru_cache
 from typing import NamedTuple
 
 from vramplan.estimator.context import embedding_output_requires_grad, layer_context, stream_bytes
-from vramplan.estimator.layers import decoder_layer
-from vramplan.estimator.losses import loss_head
-from vramplan.estimator.offloading import OffloadTape, offloaded_layer_cost
+from vramplan.estimator.layer_costs import step_costs
 from vramplan.estimator.programs import Ctx
 from vramplan.estimator.step_tensors import attention_mask_bytes, batch_bytes, rope_bytes
-from vramplan.estimator.tape import Tape
+from vramplan.estimator.tape import LayerCost
 from vramplan.estimator.trainers import kept_outputs_bytes, reference_pass
 from vramplan.estimator.weights import non_quantized_dtype_bytes, saves_module
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
-from vramplan.traits import Traits, traits_of
+from vramplan.traits import traits_of
 from vramplan.units import DTYPE_BYTES
-
-
-@dataclass(frozen=True)
-class LayerCost:
-    """One decoder layer's memory, from two tape replays. Bytes; "abs" values count from zero live."""
-
-    fwd_peak: int  # forward transient above the live bytes at the layer's start (its input counted there)
-    keep: int  # bytes the layer leaves alive for backward (saved tensors; under checkpointing its input)
-    cache: int  # bytes alive until the forward returns only (the KV cache's copies no node saves)
-    bwd_abs: int  # backward peak of the layer alone: its saved tensors, incoming grad, new grads, temps
-    recompute_peak: int  # checkpointing: recompute transient above its input
-    param_grads: int  # .grad bytes created by the layer's backward
-    stash: int = 0  # activation offloading: the device tensors of the last packs, alive when the head starts
-
-
-def layer_cost(model: ModelSpec, plan: TrainingPlan, c: Ctx, input_grad: bool) -> LayerCost:
-    """One decoder layer of `model` under `plan` (`input_grad`: its input requires grad)."""
-    return _one_layer(traits_of(model), model.intermediate_size, c, stream_bytes(plan), plan.grad_ckpt,
-                      plan.grad_ckpt and plan.ckpt_reentrant, input_grad, plan.grad_accum > 1)
-
-
-def _one_layer(traits: Traits, inter: int, c: Ctx, a: int, grad_ckpt: bool, reentrant: bool, input_grad: bool,
-               accumulate: bool) -> LayerCost:
-    if c.offload_activations:  # TRL activation offloading (offloading.py)
-        return offloaded_layer_cost(traits, inter, c, a, grad_ckpt, input_grad, accumulate)[0]
-    return _layer_cost(traits, inter, c, a, grad_ckpt, reentrant, input_grad, accumulate)
-
-
-@lru_cache(maxsize=4096)
-def _step_costs(traits: Traits, inter: int, c: Ctx, a: int, grad_ckpt: bool, reentrant: bool, first_grad: bool,
-                accumulate: bool, layers: int, softcap: bool) -> tuple[LayerCost, LayerCost, tuple[int, int, int, int]]:
-    """Layer 0, every other layer and the head of one step, in one cached call (hashing a Ctx costs as much as
-    building the moments: once per step instead of three times)."""
-    first = _one_layer(traits, inter, c, a, grad_ckpt, reentrant, first_grad, accumulate)
-    rest = _one_layer(traits, inter, c, a, grad_ckpt, reentrant, True, accumulate) if layers > 1 else first
-    return first, rest, head_cost(c, a, softcap, accumulate)
-
-
-@lru_cache(maxsize=8192)
-def _layer_cost(traits: Traits, inter: int, c: Ctx, a: int, grad_ckpt: bool, reentrant: bool,
-                input_grad: bool, accumulate: bool = False) -> LayerCost:
-    """Two tape replays of one decoder layer; a pure function of its (hashable) arguments, so cached."""
-    x_bytes = c.tokens * c.hidden * a
-
-    def run(tp: Tape) -> tuple[int, int, int]:
-        x = tp.new(x_bytes, input_grad)
-        if grad_ckpt:
-            tp.refs[x] += 1  # torch.utils.checkpoint keeps the layer input for the recompute
-        y = decoder_layer(tp, c, traits, x, a, inter)
-        peak = tp.peak - x_bytes
-        # what only autocast's weight cache or the KV cache holds: alive until the forward (or recompute) ends
-        cached = tp.release_cached()
-        tp.drop(y)  # the next layer (or the head) owns it from here
-        return peak, y, cached
-
-    fwd = Tape(checkpointing=grad_ckpt)  # the step's forward: under checkpointing nothing is saved
-    fwd_peak, _, cached = run(fwd)
-    bwd = Tape()  # the graph backward walks (rebuilt by the recompute under checkpointing)
-    recompute_peak, y, _ = run(bwd)
-    held = bwd.live
-    if reentrant:  # CheckpointFunction.backward holds `outputs` of the recompute through its inner backward
-        held += x_bytes
-    bwd_rel, grads = bwd.backward(y, accumulate)
-    bwd_abs = held + bwd_rel
-    if grad_ckpt:  # the recompute runs while the incoming gradient (x-sized) is already allocated
-        bwd_abs = max(bwd_abs, x_bytes + recompute_peak + x_bytes)
-    return LayerCost(fwd_peak, fwd.live, cached, bwd_abs, recompute_peak, grads)
-
-
-@lru_cache(maxsize=4096)
-def head_cost(c: Ctx, a: int, softcap: bool, accumulate: bool = False) -> tuple[int, int, int, int]:
-    """The final norm, lm_head and loss of `c.trainer` (`losses.loss_head`): (forward peak incl. its input,
-    bytes kept for backward, backward peak above that, param grads)."""
-    th = OffloadTape() if c.offload_activations else Tape()
-    hx = th.new(c.tokens * c.hidden * a, True)
-    loss = loss_head(th, c, hx, a, softcap, c.trainer, c.loss_type)
-    peak, keep = th.peak, th.live
-    rel, grads = th.backward(loss, accumulate)
-    return peak, keep, rel, grads
 
 
 class Moment(NamedTuple):
@@ -230,9 +150,9 @@ class _StepParts(NamedTuple):
         a = stream_bytes(plan)
         n = model.num_layers
         accumulate = plan.grad_accum > 1
-        first, rest, head = _step_costs(traits_of(model), model.intermediate_size, c, a, plan.grad_ckpt,
-                                        plan.grad_ckpt and plan.ckpt_reentrant, embedding_output_requires_grad(plan),
-                                        accumulate, n, bool(model.config.get("final_logit_softcapping")))
+        first, rest, head = step_costs(traits_of(model), model.intermediate_size, c, a, plan.grad_ckpt,
+                                       plan.grad_ckpt and plan.ckpt_reentrant, embedding_output_requires_grad(plan),
+                                       accumulate, n, bool(model.config.get("final_logit_softcapping")))
         data = batch_bytes(plan)
         # The mask lives while the decoder runs; under checkpointing the checkpoints hold it (as an argument of
         # the recompute) until backward ends.

@@ -46,14 +46,14 @@ from vramplan.units import DTYPE_BYTES
 
 
 def _layer_program(model: ModelSpec):
-    """The decoder-layer program the estimator counts with (`step.layer_cost` runs the same one), as the
+    """The decoder-layer program the estimator counts with (`layer_costs.layer_cost` runs the same one), as the
     architecture's traits (`vramplan.traits`) shape it."""
     tr = traits_of(model)
     return lambda tp, c, x, a: decoder_layer(tp, c, tr, x, a, model.intermediate_size)
 
 
 def _head_program(model: ModelSpec, s: StepInputs):
-    """The final norm, LM head and loss of the plan's trainer (`losses.loss_head`, as `step.head_cost`)."""
+    """The final norm, LM head and loss of the plan's trainer (`losses.loss_head`, as `layer_costs.head_cost`)."""
     softcap = bool(model.config.get("final_logit_softcapping"))
     return lambda tp, c, x, a: loss_head(tp, c, x, a, softcap, s.trainer, s.loss_type)
 

@@ -17,6 +17,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class LayerCost:
+    """One decoder layer's memory, from two tape replays (`layer_costs.py`). Bytes; "abs" values count from zero
+    live."""
+
+    fwd_peak: int  # forward transient above the live bytes at the layer's start (its input counted there)
+    keep: int  # bytes the layer leaves alive for backward (saved tensors; under checkpointing its input)
+    cache: int  # bytes alive until the forward returns only (the KV cache's copies no node saves)
+    bwd_abs: int  # backward peak of the layer alone: its saved tensors, incoming grad, new grads, temps
+    recompute_peak: int  # checkpointing: recompute transient above its input
+    param_grads: int  # .grad bytes created by the layer's backward
+    stash: int = 0  # activation offloading: the device tensors of the last packs, alive when the head starts
+
+
 @dataclass
 class Node:
     out: int
