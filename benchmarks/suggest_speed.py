@@ -71,8 +71,9 @@ def _time_one(model, plan, parts: dict[str, list[float]]) -> list:
     """The parts `device._simulate` runs for one plan; returns the two replays' stats."""
     from vramplan.estimator import step_events as se
     from vramplan.estimator.replay import replay, schedule
+    from vramplan.models import ModelCache
 
-    se._STEPS.clear()  # a cold step trace, as for the first plan of each kind in a search
+    se._STEPS = ModelCache(9)  # a cold step trace, as for the first plan of each kind in a search
     t0 = time.process_time()
     events = [("blas_workspace", 8 << 20), *se.step_events(model, plan)]
     t1 = time.process_time()

@@ -19,7 +19,7 @@ from vramplan.errors import VramplanError
 from vramplan.estimator.allocator import AllocatorConfig, OutOfMemory
 from vramplan.estimator.replay import replay, schedule
 from vramplan.estimator.step_events import step_events
-from vramplan.models import preset_config, resolve_model, spec_from_config
+from vramplan.models import ModelCache, preset_config, resolve_model, spec_from_config
 from vramplan.plan import make_plan
 from vramplan.units import MiB
 
@@ -133,7 +133,7 @@ def test_full_size_plans_of_a_search(case):
     assert_same_simulation(model, make_plan(**options), CONFIGS[:1])
 
 
-def test_a_step_traced_for_one_plan_serves_only_plans_with_its_inputs():
+def test_a_step_traced_for_one_plan_serves_only_plans_with_its_inputs(monkeypatch):
     """`_one_step` is cached per `StepInputs`: after many other plans, each plan's sequence is still the one a
     cold cache traces."""
     from vramplan.estimator import step_events as se
@@ -146,7 +146,7 @@ def test_a_step_traced_for_one_plan_serves_only_plans_with_its_inputs():
     warm = [schedule(step_events(model, p)) for p in plans for _ in range(2)]
     cold = []
     for p in plans:
-        se._STEPS.clear()
+        monkeypatch.setattr(se, "_STEPS", ModelCache(9))
         cold += [schedule(step_events(model, p))] * 2
     assert warm == cold
 
