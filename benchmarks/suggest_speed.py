@@ -44,7 +44,9 @@ def plans(n: int) -> list:
     out = []
     for case in range(n):
         batch, seq = ((1, 2048), (4, 1024), (2, 2048), (8, 512))[case // 3 % 4]
-        out.append(make_plan(method=("lora", "qlora", "full")[case % 3], batch=batch, seq=seq,
+        method = ("lora", "qlora", "full")[case % 3]
+        adapter = {} if method == "full" else {"rank": 64, "targets": "all-linear"}  # what suggest picks
+        out.append(make_plan(method=method, batch=batch, seq=seq, **adapter,
                              grad_accum=16 // batch, optimizer=("adamw_fused", "paged_adamw_8bit")[case % 2],
                              grad_ckpt=case % 7 != 6))
     return out

@@ -154,7 +154,7 @@ def test_a_step_traced_for_one_plan_serves_only_plans_with_its_inputs(monkeypatc
 def test_a_replay_resumed_from_another_plans_snapshot_is_the_full_replay():
     """Plans that differ only in the optimizer share the replay up to its first step: resumed from the first
     plan's snapshot, the second gives the stats of its own full replay, free and capped."""
-    from vramplan.estimator.replay import replay_resuming
+    from vramplan.estimator.replay import replay_resuming, schedule_marked
     from vramplan.estimator.step_events import step_events_marked
 
     model = _small("llama3.2-1b")
@@ -162,8 +162,8 @@ def test_a_replay_resumed_from_another_plans_snapshot_is_the_full_replay():
     for opt in ("adamw", "paged_adamw_8bit", "sgd"):
         events, mark = step_events_marked(model, make_plan(method="lora", batch=2, seq=128, optimizer=opt))
         for lag in (0, 1):
-            ops = schedule(events, lag)
-            at = len(schedule(events[:mark], lag)) - 1
+            ops, at = schedule_marked(events, mark, lag)
+            assert ops == schedule(events, lag) and ops[:at] == schedule(events[:mark], lag)[:at]
             full = replay(ops)
             for capacity in (None, full.peak_reserved - 2 * MiB):
                 assert replay_resuming(ops, capacity, snapshots, at) == replay(ops, capacity_bytes=capacity)

@@ -147,14 +147,14 @@ def _schedules(model: ModelSpec, single: TrainingPlan, shards: int, workspace: i
     """The step's allocation sequence as the allocator sees it, frees in order and one allocation late, and in
     each the index where the optimizer's first step begins (the last few kept: a full device replays them a
     second time, capped)."""
-    from vramplan.estimator.replay import schedule
+    from vramplan.estimator.replay import schedule_marked
     from vramplan.estimator.step_events import step_events_marked
 
     def build() -> tuple[list[int], list[int], int, int]:
         events, mark = step_events_marked(model, single, shards=shards)
         events.insert(0, ("blas_workspace", workspace))
-        marks = [len(schedule(events[: mark + 1], lag)) - 1 for lag in (0, 1)]  # -1: its last op may pair later
-        return (schedule(events), schedule(events, lag=1), *marks)
+        (exact, at), (late, late_at) = schedule_marked(events, mark + 1), schedule_marked(events, mark + 1, lag=1)
+        return exact, late, at, late_at
 
     return _SCHEDULES.get(model, (single, shards, workspace), build)
 

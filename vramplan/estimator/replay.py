@@ -56,48 +56,64 @@ def schedule(events: list[Event], lag: int = 0) -> list[int]:
     anything else. `lag`: each free happens `lag` allocations late (a tensor whose last reference dies a little
     after the op that last used it: a Python frame, an autograd node's release); frees still pending at the end
     never happen. A free of a key that holds no allocation is dropped."""
-    if lag:
-        return _lagged(events, lag)
-    live: dict[object, int] = {}  # key -> handle
-    ops: list[int] = []
-    append, pop = ops.append, live.pop
-    handles = 0
-    last = -1  # the handle of the last op when it is an allocation
-    for key, n in events:
-        if n >= 0:
-            live[key] = last = handles
-            handles += 1
-            append(n)
-        else:
-            h = pop(key, -1)
-            if h == last >= 0:
-                ops[-1] += TRANSIENT
-            elif h >= 0:
-                append(~h)
-            last = -1
-    return ops
+    return schedule_marked(events, 0, lag)[0]
 
 
-def _lagged(events: list[Event], lag: int) -> list[int]:
-    """`schedule` with frees `lag` allocations late."""
-    live: dict[object, int] = {}  # key -> handle
-    ops: list[int] = []
-    pending: list[int] = []
-    handles = 0
-    for key, n in events:
-        if n >= 0:
-            live[key] = handles
-            handles += 1
-            ops.append(n)
-            if len(pending) >= lag:  # each pending free has now waited `lag` allocations (or more)
-                due = len(pending) - lag + 1
-                ops += pending[:due]
-                del pending[:due]
-        else:
-            h = live.pop(key, None)
-            if h is not None:
-                pending.append(~h)
-    return ops
+def schedule_marked(events: list[Event], mark: int, lag: int = 0) -> tuple[list[int], int]:
+    """`schedule`, and how many of its first ops `events[:mark]` alone decides (its last allocation may still
+    become a transient, so it is left out)."""
+    s = _Scheduler(lag)
+    s.feed(events[:mark])
+    at = max(0, len(s.ops) - 1)
+    s.feed(events[mark:])
+    return s.ops, at
+
+
+class _Scheduler:
+    def __init__(self, lag: int) -> None:
+        self.lag = lag
+        self.live: dict[object, int] = {}  # key -> handle
+        self.ops: list[int] = []
+        self.pending: list[int] = []  # frees waiting `lag` allocations
+        self.handles = 0
+        self.last = -1  # lag 0: the handle of the last op when it is an allocation
+
+    def feed(self, events: list[Event]) -> None:
+        if self.lag:
+            self._feed_lagged(events)
+            return
+        ops, live = self.ops, self.live
+        append, pop = ops.append, live.pop
+        handles, last = self.handles, self.last
+        for key, n in events:
+            if n >= 0:
+                live[key] = last = handles
+                handles += 1
+                append(n)
+            else:
+                h = pop(key, -1)
+                if h == last >= 0:
+                    ops[-1] += TRANSIENT
+                elif h >= 0:
+                    append(~h)
+                last = -1
+        self.handles, self.last = handles, last
+
+    def _feed_lagged(self, events: list[Event]) -> None:
+        ops, live, pending, lag = self.ops, self.live, self.pending, self.lag
+        for key, n in events:
+            if n >= 0:
+                live[key] = self.handles
+                self.handles += 1
+                ops.append(n)
+                if len(pending) >= lag:  # each pending free has now waited `lag` allocations (or more)
+                    due = len(pending) - lag + 1
+                    ops += pending[:due]
+                    del pending[:due]
+            else:
+                h = live.pop(key, None)
+                if h is not None:
+                    pending.append(~h)
 
 
 def replay(events: list[Event] | list[int], config: AllocatorConfig | None = None,
