@@ -33,14 +33,12 @@ HEAVY = {"torch", "transformers", "peft"}
 OPEN: dict[str, set] = {
     "modules": {"vramplan/measure/trl_trace.py", "vramplan/plan.py"},
     "functions": {
-        "vramplan.commands.plan_flags.add_plan_arguments",
         "vramplan.estimator.offloading.offloaded_layer_cost",
         "vramplan.estimator.weights._static_memory",
     },
     "cycles": {
         ("vramplan.estimator.liger", "vramplan.estimator.programs"),
         ("vramplan.measure.meta_inventory", "vramplan.measure.meta_traits", "vramplan.traits"),
-        ("vramplan.inference", "vramplan.prefill"),
     },
     "model_type": {"vramplan/estimator/liger.py", "vramplan/estimator/weights.py"},
     "exceptions": {"vramplan/estimator/allocator.py", "vramplan/measure/records.py"},

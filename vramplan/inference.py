@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from vramplan.errors import PlanError
 from vramplan.models import ModelSpec
+from vramplan.prefill import layer_types, lora_plan, prefill_activation_bytes
 from vramplan.units import DTYPE_BYTES
 
 Quant = Literal["nf4", "int8", "none", "merged"]
@@ -127,12 +128,6 @@ def make_inference_plan(**options: object) -> InferencePlan:
     return plan
 
 
-def _lora_plan(plan: InferencePlan):
-    from vramplan.plan import make_plan
-
-    return make_plan(method="lora", rank=plan.rank, targets=plan.targets, param_dtype=plan.dtype)
-
-
 def weights_bytes(model: ModelSpec, plan: InferencePlan) -> tuple[int, int]:
     """(base weights, unmerged adapter) as loaded for inference."""
     from vramplan.estimator.weights import (
@@ -151,29 +146,8 @@ def weights_bytes(model: ModelSpec, plan: InferencePlan) -> tuple[int, int]:
         else:
             total += t.numel * d
     total += rotary_buffer_bytes(model)
-    adapter = static_memory(model, _lora_plan(plan)).lora_adapters if plan.has_adapter else 0
+    adapter = static_memory(model, lora_plan(plan)).lora_adapters if plan.has_adapter else 0
     return total, adapter
-
-
-def layer_types(model: ModelSpec) -> list[str]:
-    """'sliding_attention' or 'full_attention' per layer, as transformers' config classes fill `layer_types`
-    (Gemma 2: every other layer from the first; Gemma 3: five sliding then one full; Qwen: only with
-    `use_sliding_window`; others: all sliding when `sliding_window` is set)."""
-    cfg, n = model.config, model.num_layers
-    if cfg.get("layer_types"):
-        return list(cfg["layer_types"])[:n]
-    window = cfg.get("sliding_window")
-    if model.model_type == "gemma2":
-        return ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n)]
-    if model.model_type == "gemma3_text":
-        pattern = int(cfg.get("sliding_window_pattern") or 6)
-        return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
-    if model.model_type.startswith("qwen"):
-        if not cfg.get("use_sliding_window") or not window:
-            return ["full_attention"] * n
-        first = int(cfg.get("max_window_layers") or n)
-        return ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
-    return ["sliding_attention" if window else "full_attention"] * n
 
 
 def kv_bytes(model: ModelSpec, plan: InferencePlan, tokens: int, after_prefill: bool = False) -> int:
@@ -218,8 +192,6 @@ def estimate_inference(model: ModelSpec, plan: InferencePlan) -> InferenceEstima
     per_token = 2 * plan.batch * model.num_kv_heads * model.head_dim * d
     kv_prefill = kv_bytes(model, plan, plan.prompt, after_prefill=True)
     kv_final = kv_bytes(model, plan, plan.context - 1)  # the last token is sampled, never fed back
-    from vramplan.prefill import prefill_activation_bytes
-
     act = prefill_activation_bytes(model, plan)
     vocab = model.vocab_size
     cat = 0 if plan.cache == "static" else per_token // 2  # one layer's old keys during torch.cat (per token)

@@ -92,13 +92,14 @@ def merge_peak_bytes(model: ModelSpec, plan: MergePlan, base: int, adapter_numel
 
 def estimate_merge(model: ModelSpec, plan: MergePlan) -> MergeEstimate:
     from vramplan.estimator.weights import resolve_targets
-    from vramplan.inference import _lora_plan, make_inference_plan, weights_bytes
+    from vramplan.inference import make_inference_plan, weights_bytes
+    from vramplan.prefill import lora_plan
 
     quant = "nf4" if plan.method == "4bit" else "none"
     iplan = make_inference_plan(quant=quant, rank=plan.rank, targets=plan.targets, dtype=plan.dtype,
                                 quant_blocksize=plan.quant_blocksize, double_quant=plan.double_quant)
     base, adapter = weights_bytes(model, iplan)
-    wrapped = set(resolve_targets(model, _lora_plan(iplan)))
+    wrapped = set(resolve_targets(model, lora_plan(iplan)))
     layers = [(t.numel, plan.rank * (t.shape[0] + t.shape[1])) for t in model.inventory.tensors
               if t.role == "linear" and t.module in wrapped]
     peak = merge_peak_bytes(model, plan, base, layers)

@@ -1,12 +1,45 @@
 """The prefill's temporaries: what one layer of generate's prefill forward allocates under no_grad, replayed as
 alloc/free steps (transformers 5.x modeling code, peft 0.21's LoRA forward). `vramplan.inference` adds them to
-the weights and the KV cache; the module docstring there names what is modelled and ignored."""
+the weights and the KV cache; the module docstring there names what is modelled and ignored. The two facts both
+read (which layers slide: `layer_types`; the adapter as a LoRA plan: `lora_plan`) live here, below it."""
 
 from __future__ import annotations
 
-from vramplan.inference import InferencePlan, _lora_plan, layer_types
+from typing import TYPE_CHECKING
+
 from vramplan.models import ModelSpec
 from vramplan.units import DTYPE_BYTES
+
+if TYPE_CHECKING:
+    from vramplan.inference import InferencePlan
+
+
+def lora_plan(plan: InferencePlan):
+    """The LoRA training plan whose targets and adapter bytes an inference plan's adapter has."""
+    from vramplan.plan import make_plan
+
+    return make_plan(method="lora", rank=plan.rank, targets=plan.targets, param_dtype=plan.dtype)
+
+
+def layer_types(model: ModelSpec) -> list[str]:
+    """'sliding_attention' or 'full_attention' per layer, as transformers' config classes fill `layer_types`
+    (Gemma 2: every other layer from the first; Gemma 3: five sliding then one full; Qwen: only with
+    `use_sliding_window`; others: all sliding when `sliding_window` is set)."""
+    cfg, n = model.config, model.num_layers
+    if cfg.get("layer_types"):
+        return list(cfg["layer_types"])[:n]
+    window = cfg.get("sliding_window")
+    if model.model_type == "gemma2":
+        return ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n)]
+    if model.model_type == "gemma3_text":
+        pattern = int(cfg.get("sliding_window_pattern") or 6)
+        return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
+    if model.model_type.startswith("qwen"):
+        if not cfg.get("use_sliding_window") or not window:
+            return ["full_attention"] * n
+        first = int(cfg.get("max_window_layers") or n)
+        return ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+    return ["sliding_attention" if window else "full_attention"] * n
 
 
 def _live_peak(steps: list[tuple[str, int]]) -> int:
@@ -101,7 +134,7 @@ def _wrapped(model: ModelSpec, plan: InferencePlan) -> set[str]:
         return set()
     from vramplan.estimator.weights import resolve_targets
 
-    return set(resolve_targets(model, _lora_plan(plan)))
+    return set(resolve_targets(model, lora_plan(plan)))
 
 
 def prefill_activation_bytes(model: ModelSpec, plan: InferencePlan) -> int:
