@@ -124,13 +124,10 @@ def swiglu_fused(tp: Tape, c, gate_up: int, a: int, inter: int) -> int:
     return h
 
 
-def flce_head(tp: Tape, c, x: int, a: int) -> int:
-    """`lce_forward` with labels (training): the final norm, then `LigerForCausalLMLoss`. Consumes x."""
-    from vramplan.estimator.programs import rmsnorm as norm
-
+def flce_head(tp: Tape, c, h: int, ha: int) -> int:
+    """`lce_forward` with labels (training): `LigerForCausalLMLoss` on the final norm's output h (element size ha;
+    the caller ran the norm: `losses.loss_head`). Consumes h."""
     t, h_dim, v = c.tokens, c.hidden, c.vocab
-    h, ha = norm(tp, c, x, a, h_dim)
-    tp.drop(x)
     padded = tp.op(8 * c.batch * (c.seq + 1), grad=False)  # F.pad(labels, (0, 1), value=ignore_index)
     shifted = tp.op(8 * t, (padded,), grad=False)  # labels[..., 1:].contiguous()
     trains = c.full or c.head_trainable

@@ -37,8 +37,10 @@ def loss_head(tp: Tape, c: Ctx, x: int, a: int, softcap: bool, trainer: str = "h
         return trl_fused_head(tp, c, x, a, dft=loss_type == "dft")
     if trainer == "trl-orpo":  # the full logits, whatever Liger patched (ORPO passes no labels)
         return orpo_head(tp, c, x, a, softcap)
-    if "flce" in c.liger:  # Liger's `lce_forward`: fused linear cross-entropy, no logits (liger.py)
-        return liger.flce_head(tp, c, x, a)
+    if "flce" in c.liger:  # Liger's `lce_forward`: the final norm, then fused linear cross-entropy (liger.py)
+        h, ha = rmsnorm(tp, c, x, a, c.hidden)
+        tp.drop(x)
+        return liger.flce_head(tp, c, h, ha)
     return head(tp, c, x, a, softcap=softcap)
 
 
