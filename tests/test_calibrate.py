@@ -15,10 +15,10 @@ import sys
 import pytest
 from calibration_writer import insert_many
 
-from vramplan.measure.records import CalibrationRecord, Comparison, OutOfMemory
+from vramplan.cli import main
+from vramplan.measure.records import CalibrationRecord, Comparison, OutOfMemoryRecord
 from vramplan.measure.run import calibrate
 from vramplan.measure.store import CalibrationStore
-from vramplan.cli import main
 from vramplan.plan import make_plan
 
 torch = pytest.importorskip("torch")
@@ -54,7 +54,7 @@ def tiny_record(tmp_path_factory) -> CalibrationRecord:
 
 def _oom_record(like: CalibrationRecord) -> CalibrationRecord:
     """What a CUDA run that ran out of memory in backward records (built by hand: no GPU here)."""
-    oom = OutOfMemory(phase="backward", allocated_bytes=23 * 2**30, reserved_bytes=23 * 2**30 + 2**29,
+    oom = OutOfMemoryRecord(phase="backward", allocated_bytes=23 * 2**30, reserved_bytes=23 * 2**30 + 2**29,
                       message="CUDA out of memory. Tried to allocate 1.95 GiB")
     return like.model_copy(update={"id": None, "device": "cuda:0", "status": "oom", "measured": None, "oom": oom,
                                    "by_phase": {}, "by_component": {}})

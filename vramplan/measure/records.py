@@ -72,7 +72,7 @@ class Measured(BaseModel):
         return max(self.phases[p] for p in STEP_PHASES)
 
 
-class OutOfMemory(BaseModel):
+class OutOfMemoryRecord(BaseModel):
     """A real CUDA step that ran out of memory: where, and the allocator's peaks in that phase before it."""
 
     model_config = ConfigDict(frozen=True)
@@ -103,7 +103,7 @@ class CalibrationRecord(BaseModel):
     estimate: dict[str, Any]
     estimate_basis: Literal["phases", "traced_phases"] = "phases"  # the estimate's phases compared with
     measured: Measured | None = None
-    oom: OutOfMemory | None = None
+    oom: OutOfMemoryRecord | None = None
     by_phase: dict[str, Comparison] = {}
     by_component: dict[str, Comparison] = {}
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from vramplan.errors import PlanError
 from vramplan.measure.comparison import compare, estimate_basis, measured_from_step
-from vramplan.measure.records import CalibrationRecord, Measured, OutOfMemory
+from vramplan.measure.records import CalibrationRecord, Measured, OutOfMemoryRecord
 from vramplan.measure.store import CalibrationStore
 from vramplan.plan import TrainingPlan
 
@@ -73,7 +73,7 @@ def _check_single_process(plan: TrainingPlan) -> None:
 
 
 def _measure(config: dict, plan: TrainingPlan, device: str, trace: bool, steps: int, seed: int,
-             on_progress: Callable[[int, int, str], None] | None) -> tuple[Measured | None, OutOfMemory | None]:
+             on_progress: Callable[[int, int, str], None] | None) -> tuple[Measured | None, OutOfMemoryRecord | None]:
     from vramplan.measure.cuda_memory import StepOutOfMemory
     from vramplan.measure.trainer import measure_step
 
@@ -81,8 +81,8 @@ def _measure(config: dict, plan: TrainingPlan, device: str, trace: bool, steps: 
         step = measure_step(config, plan, device=device, trace=trace, steps=steps, seed=seed,
                             on_progress=on_progress)
     except StepOutOfMemory as exc:
-        oom = OutOfMemory(phase=exc.phase, allocated_bytes=exc.allocated_bytes, reserved_bytes=exc.reserved_bytes,
-                          message=exc.message)
+        oom = OutOfMemoryRecord(phase=exc.phase, allocated_bytes=exc.allocated_bytes,
+                                reserved_bytes=exc.reserved_bytes, message=exc.message)
     else:
         return measured_from_step(step), None
     _release_cuda_memory()  # the failed step's tensors died with the exception's traceback
