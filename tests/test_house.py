@@ -33,7 +33,6 @@ HEAVY = {"torch", "transformers", "peft"}
 OPEN: dict[str, set] = {
     "modules": {"vramplan/measure/trl_trace.py", "vramplan/plan.py"},
     "functions": {
-        "vramplan.estimator.offloading.offloaded_layer_cost",
         "vramplan.estimator.weights._static_memory",
     },
     "cycles": {

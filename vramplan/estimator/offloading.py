@@ -172,6 +172,16 @@ def offloaded_layer_cost(traits, inter: int, c, a: int, grad_ckpt: bool, input_g
     stash = (MAX_FWD_STASH + 1) * x_bytes if grad_ckpt else fwd._stash_bytes()
     host = fwd.host - host0
 
+    bwd_abs, recompute_peak, grads = _offloaded_backward(traits, inter, c, a, grad_ckpt, input_grad, accumulate)
+    return LayerCost(fwd_peak, keep, cached, bwd_abs, recompute_peak, grads, stash), host
+
+
+def _offloaded_backward(traits, inter: int, c, a: int, grad_ckpt: bool, input_grad: bool, accumulate: bool
+                        ) -> tuple[int, int, int]:
+    """The backward half of `offloaded_layer_cost`: (backward peak from zero, recompute peak, param grads)."""
+    from vramplan.estimator.layers import decoder_layer
+
+    x_bytes = c.tokens * c.hidden * a
     bwd = (Tape if grad_ckpt else OffloadTape)()
     x = bwd.new(x_bytes, input_grad)
     if grad_ckpt:
@@ -189,7 +199,7 @@ def offloaded_layer_cost(traits, inter: int, c, a: int, grad_ckpt: bool, input_g
     bwd_abs = held + bwd_rel
     if grad_ckpt:  # the recompute runs while the incoming gradient (x-sized) is already allocated
         bwd_abs = max(bwd_abs, x_bytes + recompute_peak + x_bytes)
-    return LayerCost(fwd_peak, keep, cached, bwd_abs, recompute_peak, grads, stash), host
+    return bwd_abs, recompute_peak, grads
 
 
 def host_offload_bytes(model, plan) -> int:
