@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vramplan.errors import PlanError
 from vramplan.estimator import MemoryEstimate
+from vramplan.estimator.liger import liger_kernels
 from vramplan.hardware import GpuProfile, check_runs_on, load_profiles
 from vramplan.plan import TrainingPlan
 from vramplan.search import check_pins, first_true, last_true, least_on_card, search, variants
@@ -177,6 +178,8 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
                         {"optimizer": "adamw_fused" if eight_bit else "paged_adamw_8bit"}))
     if p.method == "qlora":
         changes.append((f"double quant {'off' if p.double_quant else 'on'}", {"double_quant": not p.double_quant}))
+    if not p.liger and liger_kernels(probe.req.model.model_type, p.trainer):  # estimator/liger.py
+        changes.append(("Liger kernels (use_liger_kernel)", {"liger": True}))
     if p.trainer != "trl-sft":  # TRL's fused LM head never builds the fp32 logits (estimator/losses.py)
         changes.append(("TRL SFTTrainer (fused LM-head loss)", {"trainer": "trl-sft", "loss_type": "nll", **(
             {"kbit_upcast": False} if p.method == "qlora" else {})}))

@@ -46,7 +46,8 @@ def dtype_short(plan: TrainingPlan) -> str:
 def step_short(plan: TrainingPlan) -> str:
     """'batch 1 x seq 1024, grad-ckpt, sdpa, paged_adamw_8bit'."""
     ckpt = "grad-ckpt" if plan.grad_ckpt else "no grad-ckpt"
-    return f"batch {plan.batch} x seq {plan.seq}, {ckpt}, {plan.attn}, {plan.optimizer}"
+    kernels = (", liger" if plan.liger else "") + (", activation offloading" if plan.activation_offloading else "")
+    return f"batch {plan.batch} x seq {plan.seq}, {ckpt}, {plan.attn}, {plan.optimizer}{kernels}"
 
 
 def plan_summary(plan: TrainingPlan, dtypes: bool = True) -> str:
