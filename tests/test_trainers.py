@@ -63,7 +63,7 @@ def test_chunked_logprob_buffers(dtype, weight_grad):
     from trl.kernels import ChunkedLogProbFunction
 
     from vramplan.measure.tracker import MemoryTracker
-    from vramplan.measure.trl_trace import triton_tiles
+    from vramplan.measure.trl_kernels import triton_tiles
 
     dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     n, h, v = 300, 32, 70_000  # three vocabulary tiles

@@ -21,7 +21,8 @@ from vramplan.measure.build import build_model, hf_config
 from vramplan.measure.optimizers import build_optimizer
 from vramplan.measure.tracker import MemoryTracker
 from vramplan.measure.trainer import GC_GENERATION, _autocast, _session, prepare_model
-from vramplan.measure.trl_trace import _loop_loss, _sft_loss, _sft_stub, _step, prepare_sft_model, triton_tiles
+from vramplan.measure.trl_kernels import triton_tiles
+from vramplan.measure.trl_trace import _loop_loss, _sft_loss, _sft_stub, _step, prepare_sft_model
 from vramplan.plan import TrainingPlan
 
 
