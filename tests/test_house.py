@@ -8,7 +8,8 @@
   to `vramplan.x.y` when that is a module, else to `vramplan.x`; importing `vramplan.x.y` runs the package
   `vramplan.x`'s `__init__` first, so that is an edge too);
 - no `model_type` string tests in vramplan/estimator/ (a comparison of a name or attribute `model_type` against a
-  str constant or a tuple/list/set of them, or a lookup keyed by `model_type`): architecture differences are traits;
+  str constant or a tuple/list/set of them, `model_type.startswith(...)`, or a lookup keyed by `model_type`:
+  `table[model_type]`, `table.get(model_type)`): architecture differences are traits;
 - no `_drift` anywhere in vramplan/; `vramplan/cli.py` under 80 lines;
 - every exception class is defined in vramplan/errors.py (as a `VramplanError`) or is private (a leading `_`);
 - the core (vramplan/ outside measure/) imports no torch, transformers or peft at module level.
@@ -203,6 +204,9 @@ def model_type_tests() -> list[str]:
                 found.append(f"{_rel(path)}:{node.lineno}: {ast.unparse(node)}")
             elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
                   and node.args and _is_model_type(node.args[0])):
+                found.append(f"{_rel(path)}:{node.lineno}: {ast.unparse(node)}")
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr in ("startswith", "endswith") and _is_model_type(node.func.value)):
                 found.append(f"{_rel(path)}:{node.lineno}: {ast.unparse(node)}")
     return found
 
