@@ -9,7 +9,6 @@ from importlib import metadata
 
 import pytest
 
-from vramplan.errors import PlanError
 from vramplan.plan import installed_transformers, make_plan
 
 
@@ -52,12 +51,13 @@ def test_installed_library_default_matches_the_plan():
     assert make_plan(transformers=installed_transformers()).ckpt_reentrant is library
 
 
-def test_moe_under_transformers_4_is_refused_by_name():
+def test_moe_under_transformers_4_quantizes_the_experts():
+    """Each expert an nn.Linear under 4.x, quantized under QLoRA (the rules: tests/test_moe_v4.py)."""
     from vramplan.api import estimate
     from vramplan.models import resolve_model
 
-    with pytest.raises(PlanError, match="one nn.Linear each"):
-        estimate(resolve_model("mixtral-8x7b"), make_plan(method="qlora", transformers=4))
+    v4 = estimate(resolve_model("mixtral-8x7b"), make_plan(method="qlora", transformers=4))
+    assert v4.components.quantized_weights > 20 * 2**30 and not v4.notes
 
 
 def test_cli_flags(capsys):

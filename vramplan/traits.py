@@ -49,10 +49,17 @@ class MoELayout:
     # each expert's (gate, up, down) nn.Linear names under transformers 4.x, which transformers 5 fused into 3-D
     # `experts.gate_up_proj` / `experts.down_proj` (peft maps targets naming them: weights.expert_lora_targets)
     v4_linears: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+    # transformers 4.x: the same names in the order the expert module defines them (`named_parameters()`), and the
+    # decoder layer's attribute holding the sparse block (4.57 Mixtral `block_sparse_moe`, Qwen-MoE `mlp`)
+    v4_order: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+    v4_block: str = "mlp"
+    # the config flag that renormalises the top-k routing weights (Qwen `norm_topk_prob`, default False); "" always
+    norm_topk_key: str = "norm_topk_prob"
 
 
 MIXTRAL_MOE = MoELayout("num_local_experts", "intermediate_size", fp32_routing_weights=True,
-                        v4_linears=("w1", "w3", "w2"))
+                        v4_linears=("w1", "w3", "w2"), v4_order=("w1", "w2", "w3"), v4_block="block_sparse_moe",
+                        norm_topk_key="")
 QWEN_MOE = MoELayout("num_experts", "moe_intermediate_size", "shared_expert_intermediate_size")
 
 

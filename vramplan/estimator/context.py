@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from vramplan.errors import UnsupportedArchitectureError
+from vramplan.estimator.experts_v4 import fused_inventory
 from vramplan.estimator.liger import plan_kernels
 from vramplan.estimator.programs import Ctx
 from vramplan.estimator.trainers import adapter_bytes, kv_cache_in_forward, peft_input_grads
@@ -156,7 +157,7 @@ def _moe_fields(model: ModelSpec, plan: TrainingPlan, nq: int) -> dict:
     moe = traits_of(model).moe
     if moe is None:
         return {}
-    sparse = sparse_layers(model.inventory)
+    sparse = sparse_layers(fused_inventory(model))  # --transformers 4: the same layers (experts_v4.py)
     if not sparse:  # no experts configured: every MLP is dense, as the inventory builds it
         return {}
     if len(sparse) != model.num_layers:
@@ -165,11 +166,13 @@ def _moe_fields(model: ModelSpec, plan: TrainingPlan, nq: int) -> dict:
             "(decoder_sparse_step / mlp_only_layers): a mix of dense and sparse MoE layers is not modelled")
     cfg = model.config
     experts, router = expert_lora_targets(model, plan)
+    v4 = plan.transformers == 4  # 4.57: the top-k weights go back to the hidden dtype in every MoE block
     return {"experts": int(cfg[moe.experts_key]), "top_k": int(cfg["num_experts_per_tok"]),
             "moe_inter": int(cfg[moe.inter_key]),
             "shared_inter": int(cfg.get(moe.shared_inter_key) or 0) if moe.shared_inter_key else 0,
-            "weights_fp32_scores": moe.fp32_routing_weights, "expert_w": nq,
-            "expert_lora": experts, "router_lora": router}
+            "weights_fp32_scores": moe.fp32_routing_weights and not v4, "expert_w": nq,
+            "expert_lora": experts, "router_lora": router, "experts_v4": moe.v4_linears if v4 else (),
+            "norm_topk": not moe.norm_topk_key or bool(cfg.get(moe.norm_topk_key))}
 
 
 @lru_cache(maxsize=64)

@@ -5,13 +5,18 @@ Qwen2-MoE's shared expert. Split from `programs.py` (the linears, norms and atte
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vramplan.estimator.programs import Ctx, linear
 from vramplan.estimator.tape import Tape
 
 
 def moe(tp: Tape, c: Ctx, x: int, a: int) -> int:
     """transformers' sparse MoE block with the default `grouped_mm` experts (integrations/moe.py
-    `grouped_mm_experts_forward`): S = tokens x top_k rows, sorted by expert, two grouped matmuls."""
+    `grouped_mm_experts_forward`): S = tokens x top_k rows, sorted by expert, two grouped matmuls.
+    Under `--transformers 4` the per-expert loop of 4.x (`moe_v4`)."""
+    if c.experts_v4:
+        return moe_v4(tp, c, x, a)
     t, h, e, k = c.tokens, c.hidden, c.experts, c.top_k
     s_rows, wd = t * k, c.expert_w
     # router: F.linear(x, weight) -> softmax(fp32) (saves its output) -> topk (saves its indices)
@@ -78,17 +83,92 @@ def moe(tp: Tape, c: Ctx, x: int, a: int) -> int:
         tp.drop(out)
         out = oc
     tp.drop(*cached_w)
-    if c.shared_inter:  # qwen2_moe: sigmoid(shared_expert_gate(x)) * shared_expert(x), added
-        sh = _dense_mlp(tp, c, x, a, c.shared_inter)
-        g = linear(tp, c, x, a, "shared_expert_gate", h, 1)[0]
-        sg = tp.op(t * a, (g,), saves_out=True)
-        tp.drop(g)
-        shw = tp.op(t * h * a, (sg, sh), saves=(sg, sh))
-        tp.drop(sg, sh)
-        tot = tp.op(t * h * a, (out, shw))
-        tp.drop(out, shw)
-        out = tot
-    return out
+    return _shared_expert(tp, c, x, a, out)
+
+
+def _shared_expert(tp: Tape, c: Ctx, x: int, a: int, out: int) -> int:
+    """qwen2_moe: `out + sigmoid(shared_expert_gate(x)) * shared_expert(x)` (out consumed); else out."""
+    if not c.shared_inter:
+        return out
+    t, h = c.tokens, c.hidden
+    sh = _dense_mlp(tp, c, x, a, c.shared_inter)
+    g = linear(tp, c, x, a, "shared_expert_gate", h, 1)[0]
+    sg = tp.op(t * a, (g,), saves_out=True)
+    tp.drop(g)
+    shw = tp.op(t * h * a, (sg, sh), saves=(sg, sh))
+    tp.drop(sg, sh)
+    tot = tp.op(t * h * a, (out, shw))
+    tp.drop(out, shw)
+    return tot
+
+
+def expert_rows(tokens: int, top_k: int, experts: int) -> tuple[int, ...]:
+    """Rows each expert of a transformers 4.x MoE block gets, in loop order. The real split is data-dependent
+    (the router's top-k); the bound used: the last expert takes every token, the most one expert can get (a
+    token's top-k experts are distinct), the others share the remaining tokens x (top_k - 1) evenly. The rows
+    sum to tokens x top_k whatever the split, so the saved activations are exact; what the split changes is the
+    one expert's transient (its MLP's intermediates, the next expert's overlap), which this bound maximises
+    and the balanced split (tokens x top_k / experts each) would undercount when the router is skewed."""
+    if experts == 1:
+        return (tokens,)
+    base, extra = divmod(tokens * (top_k - 1), experts - 1)
+    return tuple(base + (i < extra) for i in range(experts - 1)) + (tokens,)
+
+
+def moe_v4(tp: Tape, c: Ctx, x: int, a: int) -> int:
+    """transformers 4.57 `MixtralSparseMoeBlock.forward` (Qwen2-MoE / Qwen3-MoE alike): the router `gate` is an
+    nn.Linear (4-bit under QLoRA, LoRA when targeted: `linear`); softmax(fp32) saves its output, topk its
+    indices; Mixtral (and Qwen with `norm_topk_prob`) divides them by their sum in place; they go back to the
+    hidden dtype (`.to(hidden_states.dtype)`); `final` = zeros;
+    `one_hot(selected, E)` [T, k, E] int64 masks the experts; then for each expert hit (`expert_hit`, in index
+    order) `torch.where` picks its (idx, top_x), `hidden_states[None, top_x]` gathers its rows (saves top_x),
+    the expert MLP runs on them, `* routing_weights[top_x, idx, None]` (saves both factors) and
+    `final.index_add_(0, top_x, ...)` (saves top_x and the added rows: derivatives.yaml `index_add`'s source
+    gradient is `grad.index_select(dim, index).expand_as(source)`). Locals live until rebound by the next expert."""
+    t, h, e, k = c.tokens, c.hidden, c.experts, c.top_k
+    logits, la = linear(tp, c, x, a, "gate", h, e)
+    l32 = tp.op(t * e * 4, (logits,)) if la != 4 else tp.op(0, (logits,), alias=logits)
+    tp.drop(logits)
+    probs = tp.op(t * e * 4, (l32,), saves_out=True)
+    tp.drop(l32)
+    idx = tp.op(t * k * 8, grad=False)
+    topv = tp.op(t * k * 4, (probs, idx), saves=(idx,))
+    tp.drop(probs)
+    if c.norm_topk:  # routing_weights /= sum(-1, keepdim): div_ saves the divisor and a clone of the original
+        sums = tp.op(t * 4, (topv,))
+        orig = tp.op(t * k * 4, (topv,), grad=False)
+        tp.drop(topv)  # in place: the same storage
+        topv = tp.op(t * k * 4, (topv, sums), saves=(orig, sums))
+        tp.drop(orig, sums)
+    rw = tp.op(t * k * a, (topv,)) if a != 4 else tp.op(0, (topv,), alias=topv)
+    tp.drop(topv, idx)
+    final = tp.op(t * h * a, grad=False)  # torch.zeros
+    mask = tp.op(t * k * e * 8, grad=False)  # one_hot(...).permute(2, 1, 0): a view
+    hit = tp.op(e * 8 + e + e * 8, (mask,), grad=False)  # sum(dim=(-1, -2)), greater, nonzero
+    prev: tuple[int, ...] = ()
+    for n in (r for r in expert_rows(t, k, e) if r):
+        final, prev = _expert_v4(tp, replace(c, tokens=n), t, x, a, rw, final, prev)
+    tp.drop(*prev, rw, mask, hit)
+    return _shared_expert(tp, c, x, a, final)
+
+
+def _expert_v4(tp: Tape, c: Ctx, t: int, x: int, a: int, rw: int, final: int,
+               prev: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    """One expert of `moe_v4` on its `c.tokens` rows (of t). `prev`: the previous expert's (where, gathered
+    rows, weighted output), freed as this one rebinds them. Returns (final after index_add_, this one's)."""
+    n, h, k = c.tokens, c.hidden, c.top_k
+    em = tp.op(t * k * 8, grad=False)  # expert_mask[expert_idx]: an advanced index, a copy
+    nz = tp.op(n * 2 * 8, (em,), grad=False)  # torch.where -> nonzero [n, 2]: idx, top_x are its columns
+    tp.drop(em, *prev[:1])
+    cs = tp.op(n * h * a, (x, nz), saves=(nz,))  # hidden_states[None, top_x]
+    tp.drop(*prev[1:2])
+    out = _dense_mlp(tp, c, cs, a, c.moe_inter, c.experts_v4)
+    rws = tp.op(n * a, (rw, nz), saves=(nz,))  # routing_weights[top_x, idx, None]
+    cur = tp.op(n * h * a, (out, rws), saves=(out, rws))
+    tp.drop(out, rws, *prev[2:])
+    tp.drop(final)  # index_add_ writes in place: the same storage (its backward passes the gradient through)
+    final = tp.op(t * h * a, (final, cur), saves=(nz, cur))  # its backward expands to `source`: saved
+    return final, (nz, cs, cur)
 
 
 def _lora_weight(tp: Tape, c: Ctx, e: int, n_out: int, n_in: int, fused: int) -> int:
@@ -115,15 +195,18 @@ def _lora_weight(tp: Tape, c: Ctx, e: int, n_out: int, n_in: int, fused: int) ->
     return w
 
 
-def _dense_mlp(tp: Tape, c: Ctx, x: int, a: int, inter: int) -> int:
-    """gate_proj / up_proj / down_proj with a gated activation (also qwen2_moe's shared expert)."""
+def _dense_mlp(tp: Tape, c: Ctx, x: int, a: int, inter: int,
+               names: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")) -> int:
+    """gate_proj / up_proj / down_proj with a gated activation (also qwen2_moe's shared expert, and a 4.x expert:
+    Mixtral's `w2(act(w1(x)) * w3(x))`)."""
     t = c.tokens
-    gate, a2 = linear(tp, c, x, a, "gate_proj", c.hidden, inter)
+    gate_name, up_name, down_name = names
+    gate, a2 = linear(tp, c, x, a, gate_name, c.hidden, inter)
     act = tp.op(t * inter * a2, (gate,), saves=(gate,))  # silu / gelu save their input
     tp.drop(gate)
-    up, _ = linear(tp, c, x, a, "up_proj", c.hidden, inter)
+    up, _ = linear(tp, c, x, a, up_name, c.hidden, inter)
     h = tp.op(t * inter * a2, (act, up), saves=(act, up))
     tp.drop(act, up)
-    out, _ = linear(tp, c, h, a2, "down_proj", inter, c.hidden)
+    out, _ = linear(tp, c, h, a2, down_name, inter, c.hidden)
     tp.drop(h)
     return out

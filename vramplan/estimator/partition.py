@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from vramplan.estimator.experts_v4 import transformers_model
 from vramplan.estimator.optimizer import OptimizerMemory, optimizer_memory
 from vramplan.estimator.weights import ADAPTER_BYTES, non_quantized_dtype_bytes, quantized_layer_bytes, resolve_targets
 from vramplan.models import ModelCache, ModelSpec
@@ -153,7 +154,9 @@ _CACHE = ModelCache(4096)
 
 def build_units(model: ModelSpec, plan: TrainingPlan, gpus: int | None = None) -> Units:
     """The plan's parameters grouped into units and sized for `gpus` ranks (default: the plan's).
-    Cached per model object and the fields that matter (the advisor asks for many plans)."""
+    Cached per model object and the fields that matter (the advisor asks for many plans).
+    `--transformers 4`: the model as 4.x builds it (MoE experts are nn.Linears: experts_v4.py)."""
+    model = transformers_model(model, plan)
     args = (plan.method, plan.param_dtype, plan.storage_dtype, plan.quant_blocksize, plan.double_quant,
             plan.rank or 0, resolve_targets(model, plan) if plan.uses_lora else (), gpus or plan.gpus,
             non_quantized_dtype_bytes(plan))

@@ -67,6 +67,9 @@ class Ctx:
     expert_w: int = 2  # bytes of the fused 3-D expert weights (never quantized: fp32 after the kbit upcast)
     expert_lora: tuple[str, ...] = ()  # fused expert parameters peft wraps (ParamWrapper): gate_up_proj, down_proj
     router_lora: bool = False  # the router weight too (peft maps the v4 `gate` linear to `gate.weight`)
+    # --transformers 4: each expert its own nn.Linears, run in a loop (moe.moe_v4); their (gate, up, down) names
+    experts_v4: tuple[str, ...] = ()
+    norm_topk: bool = True  # the top-k routing weights are renormalised (Mixtral; Qwen's `norm_topk_prob`)
     dora: bool = False  # LoraConfig(use_dora=True): dora.py
     dora_bias: frozenset[str] = frozenset()  # DoRA-wrapped linears with a bias
     trainer: str = "hf"  # plan.trainer: which head and loss (losses.py)

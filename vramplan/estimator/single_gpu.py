@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import NamedTuple
 
 from vramplan.estimator.context import attention_dropout, kernel_dequantizes, layer_context
+from vramplan.estimator.experts_v4 import transformers_model
 from vramplan.estimator.offloading import host_offload_bytes, offloading_note
 from vramplan.estimator.optimizer import MIN_8BIT_SIZE, QMAP_BYTES, OptimizerMemory, optimizer_memory
 from vramplan.estimator.programs import Ctx
@@ -48,6 +49,7 @@ def estimate_single_gpu(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
 
 def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
     """`estimate_single_gpu` with the moments its phases are the maxima of."""
+    model = transformers_model(model, plan)  # --transformers 4: MoE experts are nn.Linears (experts_v4.py)
     st = static_memory(model, plan)
     trainable = _trainable(st, plan)
     opt, grads_bytes = trainable.opt, trainable.grads_bytes

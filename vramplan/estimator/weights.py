@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vramplan.errors import PlanError
+from vramplan.estimator.experts_v4 import transformers_model
 from vramplan.estimator.trainers import adapter_bytes
 from vramplan.inventory import Inventory, LinearGroup
 from vramplan.models import ModelCache, ModelSpec
@@ -71,10 +72,11 @@ def _v4_expert_names(model: ModelSpec) -> tuple[str, ...]:
 
 
 def expert_lora_targets(model: ModelSpec, plan: TrainingPlan) -> tuple[tuple[str, ...], bool]:
-    """(fused expert parameters LoRA reaches, whether the router weight gets LoRA) under peft 0.21."""
+    """(fused expert parameters LoRA reaches, whether the router weight gets LoRA) under peft 0.21. None under
+    transformers 4.x: its experts and router are `nn.Linear`s that peft wraps by name (`experts_v4.py`)."""
     names = _v4_expert_names(model)
     spec = plan.targets or "default"
-    if not names or not plan.uses_lora or spec in ("default", "attention"):
+    if not names or not plan.uses_lora or spec in ("default", "attention") or plan.transformers == 4:
         return (), False
     listed = {*names, "gate"} if spec == "all-linear" else set(spec.split(","))
     gate, up, down = names
@@ -88,9 +90,9 @@ def _ceil_div(a: int, b: int) -> int:
 
 def resolve_targets(model: ModelSpec, plan: TrainingPlan) -> tuple[str, ...]:
     """The leaf module names LoRA wraps: 'default', 'attention', 'all-linear' or an explicit list."""
-    groups = model.inventory.linear_groups
+    groups = transformers_model(model, plan).inventory.linear_groups
     spec = plan.targets or "default"
-    v4 = _v4_expert_names(model)
+    v4 = _v4_expert_names(model) if plan.transformers == 5 else ()  # under 4.x peft matches the names as they are
     moved = {*v4, "gate"} if v4 else set()
     if spec == "all-linear":  # peft: every nn.Linear but the output layer (MoE: less the names it moves)
         return tuple(n for n in groups if n not in moved)
@@ -207,11 +209,9 @@ def static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
 
 
 def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
-    inv: Inventory = model.inventory
-    if plan.transformers == 4 and inv.numel_by_role.get("experts"):
-        raise PlanError(f"--transformers 4: {model.name}'s experts are one nn.Linear each there (quantized under "
-                        "QLoRA, LoRA per expert), which is not modelled yet; vramplan models transformers 5's "
-                        "fused 3-D experts (--transformers 5)")
+    # --transformers 4: each expert an nn.Linear (experts_v4.transformers_model): quantized and wrapped as such
+    spec = transformers_model(model, plan)
+    inv: Inventory = spec.inventory
     groups = inv.linear_groups
     targets = resolve_targets(model, plan) if plan.uses_lora else ()
     q_w = q_c = q_dq = 0
@@ -239,11 +239,15 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
     lora_numels: list[int] = []
     lora_shapes: list[tuple[int, ...]] = []
     r = plan.rank or 0
-    for g in lora_groups:
+    for g in lora_groups if spec is model else ():
         per_in, per_out = g.in_features // g.count, g.out_features // g.count
         for _ in range(g.count):
             lora_numels += [r * per_in, per_out * r]
             lora_shapes += [(r, per_in), (per_out, r)]
+    for t in inv.tensors if spec is not model else ():  # 4.x experts: Qwen-MoE's shared expert has their names
+        if t.role == "linear" and t.module in targets:  # but not their sizes, so one tensor at a time
+            lora_numels += [r * t.shape[1], t.shape[0] * r]
+            lora_shapes += [(r, t.shape[1]), (t.shape[0], r)]
     if plan.use_dora:  # peft DoraLinearLayer.update_layer: a magnitude vector, the fp32 norm of each output row
         for g in lora_groups:
             lora_numels += [g.out_features // g.count] * g.count
@@ -320,7 +324,7 @@ def unquantized_experts_note(model: ModelSpec, plan: TrainingPlan) -> str | None
     when it does not apply."""
     if not plan.kbit:
         return None
-    inv = model.inventory
+    inv = transformers_model(model, plan).inventory  # none under transformers 4.x: each expert an nn.Linear
     numel = inv.numel_by_role.get("experts", 0)
     if not numel:
         return None
