@@ -66,10 +66,11 @@ class Moment(NamedTuple):
         return self.live - self.gradients - self.temporaries
 
 
-def layers_to_visit(n_layers: int) -> list[int]:
+@lru_cache(maxsize=256)
+def layers_to_visit(n_layers: int) -> tuple[int, ...]:
     """The layers whose moments bound every layer's: the two ends and their neighbours (moments are linear in
     the layer index between them, since each layer keeps and adds the same bytes)."""
-    return sorted({0, min(1, n_layers - 1), max(n_layers - 2, 0), n_layers - 1})
+    return tuple(sorted({0, min(1, n_layers - 1), max(n_layers - 2, 0), n_layers - 1}))
 
 
 def phase_peaks(moments: tuple[Moment, ...] | list[Moment], base: int) -> dict[str, int]:
