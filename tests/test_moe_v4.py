@@ -184,3 +184,17 @@ def test_v4_lora_step_traced_with_transformers_4(arch, kw, tol):
     assert ph["load"] == pytest.approx(load, rel=1e-3) and ph["optimizer"] == pytest.approx(opt, rel=1e-3)
     assert 0 <= (ph["forward"] - fwd) / fwd + 0.002 <= tol[0] + 0.002
     assert 0 <= (ph["backward"] - bwd) / bwd + 0.002 <= tol[1] + 0.002
+
+
+def test_v4_speed_and_suggest_take_the_expert_linears():
+    """The step-time model reads the same targets (the experts' adapters counted once each) and suggest passes
+    --transformers through to its plans."""
+    from vramplan.commands.suggest import PLAN_FIELDS
+    from vramplan.hardware import resolve_gpu
+    from vramplan.speed import step_time, trainable_adapters
+
+    model = preset_spec("mixtral-8x7b")
+    plan = make_plan(method="qlora", transformers=4, targets="all-linear", rank=8)
+    assert trainable_adapters(model, plan) == sum(8 * (o + i) for o, i in _mixtral_linears())
+    assert step_time(model, plan, resolve_gpu("a100-80gb")).tokens_per_s > 0
+    assert "transformers" in PLAN_FIELDS

@@ -95,9 +95,10 @@ def trainable_adapters(model: ModelSpec, plan: TrainingPlan) -> int:
     by the memory model's one rule (estimator.weights.resolve_targets)."""
     if not plan.uses_lora:
         return 0
+    from vramplan.estimator.experts_v4 import transformers_model
     from vramplan.estimator.weights import resolve_targets
 
-    groups = model.inventory.linear_groups
+    groups = transformers_model(model, plan).inventory.linear_groups  # --transformers 4: each expert's linears
     return sum((plan.rank or 8) * (groups[n].in_features + groups[n].out_features)
                for n in resolve_targets(model, plan))
 

@@ -169,7 +169,9 @@ def _lora_s(model: ModelSpec, plan: TrainingPlan, d: Dtypes, r: Rates, tokens: i
     rank, w, fp32 = plan.rank or 8, d.adapter, d.adapter == 4 and d.compute != 4
     groups = model.inventory.linear_groups
     gf = gb = ef = eb = 0.0
-    for name in _targets(model, plan):
+    # (`--transformers 4` experts and router: nn.Linears named in the targets that the fused inventory lacks; their
+    # adapters are not timed, as transformers 5's ParamWrapper experts are not)
+    for name in (n for n in _targets(model, plan) if n in groups):
         g = groups[name]
         n_in, n_out = g.in_features // g.count, g.out_features // g.count
         fa, ba = linear_s(tokens, n_in, rank, r, weight_grad=True, elem_bytes=w, fp32=fp32)

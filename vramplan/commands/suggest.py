@@ -14,7 +14,7 @@ import time
 OBJECTIVE_CHOICES = ("quality", "speed", "memory")  # vramplan.search_space.OBJECTIVES, kept here so import stays light
 PLAN_FIELDS = ("param_dtype", "mixed_precision", "quant", "double_quant", "compute_dtype", "kbit_upcast", "rank",
                "alpha", "targets", "lora_dropout", "batch", "grad_accum", "grad_ckpt", "ckpt_reentrant", "attn",
-               "optimizer", "sharding", "offload", "quant_storage", "load_in_8bit")
+               "optimizer", "sharding", "offload", "quant_storage", "load_in_8bit", "transformers")
 NO_PLAN_FITS = 1  # exit code when nothing fits (the output says what would)
 HOST_RAM_GIB_MAX = 1_048_576  # 1 PiB: --host-ram's range is (0, this]
 
