@@ -13,6 +13,13 @@ So a v4 plan is priced on the model as 4.x builds it: `transformers_model` gives
 each expert linear (role `linear`, leaf names `MoELayout.v4_linears`) and the router as a `gate` linear; every
 consumer of the inventory (static memory, load events, FSDP units) then quantizes and wraps them as it does
 every other linear. The layer program is `moe.moe_v4` (the per-expert loop).
+
+Limits (tests/test_moe_v4.py says what was measured): the loop cannot be traced under FakeTensorMode
+(`torch.where` -> `nonzero` has a data-dependent shape), so it is checked by real CPU steps under transformers
+4.57 at small size, not at full size; vramplan.measure cannot build a 4-bit model under 4.57 (it calls the 5.x
+quantizer API), so QLoRA is checked on the module tree only (which linears become `Linear4bit`). Other 4.x-only
+code outside the MoE block is not modelled: 4.57's Qwen2-MoE keeps its own attention classes
+(`Qwen2MoeSdpaAttention`: `repeat_kv` materialises K and V before SDPA), about 2% more forward memory at tiny size.
 """
 
 from __future__ import annotations
