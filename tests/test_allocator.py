@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from vramplan.errors import AllocatorOutOfMemory
 from vramplan.estimator.allocator import (
     AllocatorConfig,
     CachingAllocator,
-    OutOfMemory,
     allocation_size,
     round_size,
 )
@@ -129,7 +129,7 @@ def test_full_device_frees_cache_and_retries():
     a.free(a.malloc(60 * MiB))
     a.malloc(70 * MiB)  # 60 + 70 > 100: release the free 60 MiB segment, retry
     assert a.reserved == 70 * MiB and a.retries == 1
-    with pytest.raises(OutOfMemory):
+    with pytest.raises(AllocatorOutOfMemory):
         a.malloc(40 * MiB)
 
 

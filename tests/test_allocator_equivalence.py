@@ -15,8 +15,8 @@ import random
 import allocator_reference as ref
 import pytest
 
-from vramplan.errors import VramplanError
-from vramplan.estimator.allocator import AllocatorConfig, OutOfMemory
+from vramplan.errors import AllocatorOutOfMemory, VramplanError
+from vramplan.estimator.allocator import AllocatorConfig
 from vramplan.estimator.replay import replay, schedule
 from vramplan.estimator.step_events import step_events
 from vramplan.models import ModelCache, preset_config, resolve_model, spec_from_config
@@ -46,7 +46,7 @@ def _reference(events, config: dict, capacity: int | None, lag: int):
 def _fast(ops, config: dict, capacity: int | None):
     try:
         return _stats(replay(ops, AllocatorConfig(**config), capacity))
-    except OutOfMemory:
+    except AllocatorOutOfMemory:
         return "oom"
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from vramplan.api import estimate
 from vramplan.device import driver_context_bytes, nccl_buffer_bytes, reserve_interval
-from vramplan.estimator.allocator import AllocatorConfig, OutOfMemory
+from vramplan.errors import AllocatorOutOfMemory
+from vramplan.estimator.allocator import AllocatorConfig
 from vramplan.estimator.replay import replay
 from vramplan.estimator.step_events import step_events
 from vramplan.hardware import blas_workspace_bytes, resolve_gpu
@@ -85,6 +86,6 @@ def test_full_device_frees_cache_or_runs_out(small):
     room = free.peak_reserved - 20 * MiB
     try:
         capped = replay(events, capacity_bytes=room)
-    except OutOfMemory:
+    except AllocatorOutOfMemory:
         return
     assert capped.peak_reserved <= room and capped.retries > 0

@@ -40,7 +40,7 @@ OPEN: dict[str, set] = {
         ("vramplan.measure.meta_inventory", "vramplan.measure.meta_traits", "vramplan.traits"),
     },
     "model_type": {"vramplan/estimator/liger.py", "vramplan/estimator/weights.py"},
-    "exceptions": {"vramplan/estimator/allocator.py"},
+    "exceptions": set(),
 }
 
 

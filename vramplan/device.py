@@ -35,9 +35,9 @@ from contextlib import contextmanager
 
 from pydantic import BaseModel, ConfigDict
 
+from vramplan.errors import AllocatorOutOfMemory
 from vramplan.estimator.allocator import (
     AllocatorConfig,
-    OutOfMemory,
     allocation_size,
     round_size,
 )
@@ -120,7 +120,7 @@ def _simulate(model: ModelSpec, plan: TrainingPlan, config: AllocatorConfig, wor
         try:
             with _gc_paused():
                 return _run(_schedules(model, single, shards, workspace), config, workspace, capacity)
-        except OutOfMemory:
+        except AllocatorOutOfMemory:
             return None
 
     return _CACHE.get(model, (single, shards, config, workspace, capacity), replay)

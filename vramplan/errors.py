@@ -49,6 +49,12 @@ class PlanError(InputError):
     """Training-plan options that make no sense alone or together."""
 
 
+class AllocatorOutOfMemory(VramplanError):
+    """The caching-allocator simulation (estimator/allocator.py, replay.py) cannot place a request: it fits neither
+    a cached block nor a new segment, even after freeing the cache. device.py catches it (the plan does not fit
+    on that card's capacity): a verdict, never shown to the user as an error."""
+
+
 class MeasurementError(VramplanError):
     """The measuring part (micro-trainer, tracer) could not run: missing packages, no CUDA, ..."""
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from vramplan.errors import AllocatorOutOfMemory
 from vramplan.units import MiB
 
 K_MIN_BLOCK = 512
@@ -48,10 +49,6 @@ class AllocatorConfig:
     expandable_segments: bool = False
     max_split_size_bytes: int | None = None  # `max_split_size_mb`; None: unlimited (the default)
     garbage_collection_threshold: float | None = None
-
-
-class OutOfMemory(Exception):
-    """The request fits neither a cached block nor a new segment, even after freeing the cache."""
 
 
 def round_size(nbytes: int) -> int:
@@ -217,7 +214,7 @@ class CachingAllocator:
             self.empty_cache()
             self.retries += 1
             if not self._room(seg):
-                raise OutOfMemory(f"{size} bytes: {self.allocated} allocated, {self.reserved} reserved")
+                raise AllocatorOutOfMemory(f"{size} bytes: {self.allocated} allocated, {self.reserved} reserved")
         return self._new_segment(seg, small, stream)
 
     def _new_segment(self, seg: int, small: bool, stream: int) -> Block:
@@ -241,7 +238,7 @@ class CachingAllocator:
             self.empty_cache()
             self.retries += 1
             if not self._room(need):
-                raise OutOfMemory(f"{size} bytes: {self.allocated} allocated, {self.reserved} reserved")
+                raise AllocatorOutOfMemory(f"{size} bytes: {self.allocated} allocated, {self.reserved} reserved")
         self._grow(need)
         if tail is not None and tail.free:
             self._unlist(tail)

@@ -20,12 +20,12 @@ import copy
 from bisect import bisect_left, insort
 from dataclasses import dataclass
 
+from vramplan.errors import AllocatorOutOfMemory
 from vramplan.estimator.allocator import (
     K_MIN_BLOCK,
     K_SMALL_SIZE,
     AllocatorConfig,
     CachingAllocator,
-    OutOfMemory,
     allocation_size,
 )
 
@@ -266,7 +266,7 @@ class FlatAllocator:
             self._empty_cache()
             self.retries += 1
             if self.reserved + seg > self.capacity:
-                raise OutOfMemory(f"{size} bytes: {self.allocated} allocated, {self.reserved} reserved")
+                raise AllocatorOutOfMemory(f"{size} bytes: {self.allocated} allocated, {self.reserved} reserved")
         addr = self._next | (_SMALL_POOL if small else 0)
         self._next += seg + _GAP
         self._segments[addr] = seg
