@@ -214,28 +214,69 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
     inv: Inventory = spec.inventory
     groups = inv.linear_groups
     targets = resolve_targets(model, plan) if plan.uses_lora else ()
+    q_w, q_c, q_dq, quantized_numel = _quantized_bytes(inv, plan)
+    quantized: tuple[LinearGroup, ...] = tuple(groups.values()) if plan.kbit else ()
+    base = (inv.total_numel - quantized_numel) * non_quantized_dtype_bytes(plan) + rotary_buffer_bytes(model)
+    base += inv.buffer_bytes
+    if plan.trainable_tokens:  # TrainableTokensLayer.trainable_tokens_original: the original rows, a buffer that
+        base += plan.trainable_tokens * model.hidden_size * adapter_bytes(plan)  # peft casts with the adapters
+    lora_groups = tuple(groups[n] for n in targets)
+    lora_numels, lora_shapes = _adapter_tensors(model, spec, plan, targets, lora_groups)
+    dtypes: tuple[int, ...] = ()
+    saved = saved_tensors(model, plan)
+    if plan.method == "full":
+        trainable = tuple(t.numel for t in inv.tensors)
+        shapes = tuple(t.shape for t in inv.tensors)
+        trainable_bytes = DTYPE_BYTES[plan.param_dtype]
+    else:
+        trainable, shapes, trainable_bytes = tuple(lora_numels), tuple(lora_shapes), adapter_bytes(plan)
+        if saved:  # the copies keep the original's dtype (ModulesToSaveWrapper: deepcopy, no adapter cast)
+            nq = non_quantized_dtype_bytes(plan)
+            dtypes = (trainable_bytes,) * len(trainable) + (nq,) * len(saved)
+            trainable += tuple(t.numel for t in saved)
+            shapes += tuple(t.shape for t in saved)
+    return StaticMemory(
+        quantized_weights=q_w,
+        quant_constants=q_c,
+        double_quant_constants=q_dq,
+        base_weights=base,
+        # the adapters and the modules_to_save copies: the trainable weights peft adds
+        lora_adapters=sum(lora_numels) * adapter_bytes(plan) + sum(t.numel for t in saved) * (
+            non_quantized_dtype_bytes(plan)),
+        trainable_numels=trainable,
+        trainable_dtype_bytes=trainable_bytes,
+        trainable_shapes=shapes,
+        quantized_groups=quantized,
+        lora_groups=lora_groups,
+        trainable_dtypes=dtypes,
+    )
+
+
+def _quantized_bytes(inv: Inventory, plan: TrainingPlan) -> tuple[int, int, int, int]:
+    """(packed weights, quant constants, double-quant constants, quantized elements) of a k-bit base: every linear
+    4-bit (QLoRA: bitsandbytes Linear4bit) or int8 with fp32 row scales (Linear8bitLt)."""
     q_w = q_c = q_dq = 0
     quantized_numel = 0
-    quantized: tuple[LinearGroup, ...] = ()
     if plan.method == "qlora":
-        quantized = tuple(groups.values())
         for t in inv.tensors:
             if t.role == "linear":
                 w, c, dq = quantized_layer_bytes(t.numel, plan.quant_blocksize, plan.double_quant)
                 q_w, q_c, q_dq = q_w + w, q_c + c, q_dq + dq
                 quantized_numel += t.numel
     elif plan.load_in_8bit:  # Linear8bitLt: the same linears, int8 + fp32 row scales
-        quantized = tuple(groups.values())
         for t in inv.tensors:
             if t.role == "linear":
                 w, c = int8_layer_bytes(t.shape[0], t.numel // t.shape[0])
                 q_w, q_c = q_w + w, q_c + c
                 quantized_numel += t.numel
-    base = (inv.total_numel - quantized_numel) * non_quantized_dtype_bytes(plan) + rotary_buffer_bytes(model)
-    base += inv.buffer_bytes
-    if plan.trainable_tokens:  # TrainableTokensLayer.trainable_tokens_original: the original rows, a buffer that
-        base += plan.trainable_tokens * model.hidden_size * adapter_bytes(plan)  # peft casts with the adapters
-    lora_groups = tuple(groups[n] for n in targets)
+    return q_w, q_c, q_dq, quantized_numel
+
+
+def _adapter_tensors(model: ModelSpec, spec: ModelSpec, plan: TrainingPlan, targets, lora_groups
+                     ) -> tuple[list[int], list[tuple[int, ...]]]:
+    """(numels, shapes) of every trainable tensor peft adds: LoRA's A and B per wrapped linear (`spec`: the model
+    as `--transformers` builds it), DoRA's magnitudes, trainable tokens' delta, the experts' ParamWrapper."""
+    inv = spec.inventory
     lora_numels: list[int] = []
     lora_shapes: list[tuple[int, ...]] = []
     r = plan.rank or 0
@@ -266,34 +307,7 @@ def _static_memory(model: ModelSpec, plan: TrainingPlan) -> StaticMemory:
             rr = r * e * (2 if t.name.endswith("gate_up_proj") else 1)
             lora_numels += [rr * n_in, n_out * rr]
             lora_shapes += [(rr, n_in), (n_out, rr)]
-    dtypes: tuple[int, ...] = ()
-    saved = saved_tensors(model, plan)
-    if plan.method == "full":
-        trainable = tuple(t.numel for t in inv.tensors)
-        shapes = tuple(t.shape for t in inv.tensors)
-        trainable_bytes = DTYPE_BYTES[plan.param_dtype]
-    else:
-        trainable, shapes, trainable_bytes = tuple(lora_numels), tuple(lora_shapes), adapter_bytes(plan)
-        if saved:  # the copies keep the original's dtype (ModulesToSaveWrapper: deepcopy, no adapter cast)
-            nq = non_quantized_dtype_bytes(plan)
-            dtypes = (trainable_bytes,) * len(trainable) + (nq,) * len(saved)
-            trainable += tuple(t.numel for t in saved)
-            shapes += tuple(t.shape for t in saved)
-    return StaticMemory(
-        quantized_weights=q_w,
-        quant_constants=q_c,
-        double_quant_constants=q_dq,
-        base_weights=base,
-        # the adapters and the modules_to_save copies: the trainable weights peft adds
-        lora_adapters=sum(lora_numels) * adapter_bytes(plan) + sum(t.numel for t in saved) * (
-            non_quantized_dtype_bytes(plan)),
-        trainable_numels=trainable,
-        trainable_dtype_bytes=trainable_bytes,
-        trainable_shapes=shapes,
-        quantized_groups=quantized,
-        lora_groups=lora_groups,
-        trainable_dtypes=dtypes,
-    )
+    return lora_numels, lora_shapes
 
 
 _SAVED_ROLES = {"embed_tokens": "embedding", "lm_head": "lm_head"}
