@@ -50,6 +50,30 @@ def last_true(holds: Callable[[int], bool], lo: int, hi: int, *, gallop: bool = 
     return good
 
 
+def last_true_bounded(holds: Callable[[int], bool], may_hold: Callable[[int], bool], lo: int, hi: int,
+                      *, gallop: bool = False) -> int | None:
+    """`last_true(holds, lo, hi)` for an expensive `holds` with a cheap necessary condition `may_hold` (a plan's
+    device floor before its allocator simulation): bisect on `may_hold`, test its answer with `holds`, and when that
+    fails gallop down from it (1, 2, 4, ... below) and bisect the last step. The same answer wherever both grow
+    monotonically false; a simulation or two when the floor is tight, instead of one per bisection step."""
+    top = last_true(may_hold, lo, hi, gallop=gallop)
+    if top is None or holds(top):
+        return top
+    bad, step = top, 1
+    while True:
+        n = max(top - step, lo)
+        if holds(n):
+            good = n
+            break
+        if n == lo:
+            return None
+        bad, step = n, step * 2
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if holds(mid) else (good, mid)
+    return good
+
+
 def first_true(holds: Callable[[int], bool], lo: int, hi: int) -> int | None:
     """The smallest n in [lo, hi] for which `holds(n)`, where `holds` is false below some n and true from it (per-GPU
     memory falls as the GPUs grow): lo, 2 lo, 4 lo, ... until it holds, then bisection; None when it never does."""
@@ -66,8 +90,10 @@ def first_true(holds: Callable[[int], bool], lo: int, hi: int) -> int | None:
 
 
 def largest_batch(probe: Probe, build: Callable[[int], TrainingPlan], choices: list[int]) -> int | None:
-    """The largest micro-batch among `choices` (ascending) whose plan fits, by bisection; None if none does."""
-    i = last_true(lambda i: probe.fits(build(choices[i])), 0, len(choices) - 1)
+    """The largest micro-batch among `choices` (ascending) whose plan fits; None if none does (the device floor
+    bounds it before any allocator simulation: `last_true_bounded`)."""
+    i = last_true_bounded(lambda i: probe.fits(build(choices[i])), lambda i: probe.may_fit(build(choices[i])),
+                          0, len(choices) - 1)
     return None if i is None else choices[i]
 
 

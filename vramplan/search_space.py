@@ -260,6 +260,11 @@ class Probe:
     def fits_candidate(self, cand: Candidate) -> bool:
         return self.host_fits(cand) and self.on_card(cand, self.limit_bytes)
 
+    def may_fit(self, plan: TrainingPlan) -> bool:
+        """Could the plan fit? Its host RAM and its device floor (no simulation): false means it cannot."""
+        cand = self.evaluate(plan)
+        return self.host_fits(cand) and cand.floor_bytes <= self.limit_bytes
+
     @staticmethod
     def on_card(cand: Candidate, limit_bytes: int) -> bool:
         """Does the plan stay within `limit_bytes` on its GPU? The floor prunes without simulating; a plan that
