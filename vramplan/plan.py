@@ -33,8 +33,9 @@ from pydantic import (
     model_validator,
 )
 
-from vramplan import vocab
+from vramplan import plan_rules, vocab
 from vramplan.errors import PlanError
+from vramplan.plan_rules import PARAM_SHARDING, ZERO, allowed_offloads  # noqa: F401  (re-exported)
 from vramplan.vocab import (  # noqa: F401  (SHARDINGS, OPTIMIZERS, TRAINERS, TARGET_SHORTHANDS: re-exported)
     ATTENTIONS,
     DTYPES,
@@ -83,14 +84,6 @@ QuantStorage = Literal[QUANT_STORAGES]  # type: ignore[valid-type]
 # through backward), TRL's SFTTrainer (fused LM head, no full logits). Owner: vramplan/estimator/trainers.py.
 Trainer = Literal[TRAINERS]  # type: ignore[valid-type]
 LossType = Literal[LOSS_TYPES]  # type: ignore[valid-type]  # TRL 1.16 SFTConfig.loss_type
-# Engines that shard the parameters themselves (and so can shard 4-bit weights stored in a float dtype).
-PARAM_SHARDING = ("fsdp", "fsdp_grad_op", "zero3")
-ZERO = ("zero1", "zero2", "zero3")  # DeepSpeed: ZeRO-Offload moves the optimizer to the host at any stage
-
-
-def allowed_offloads(sharding: str) -> tuple[str, ...]:
-    """The `offload` values an engine takes: optimizer states with DeepSpeed, parameters with FSDP and ZeRO-3."""
-    return ("none", *(("optimizer",) if sharding in ZERO else ()), *(("params",) if sharding in PARAM_SHARDING else ()))
 
 Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
 
@@ -198,30 +191,7 @@ class TrainingPlan(BaseModel):
 
     @model_validator(mode="after")
     def _trainer_options(self) -> TrainingPlan:
-        if self.loss_type is not None and self.trainer != "trl-sft":
-            raise ValueError(f"--loss-type applies to --trainer trl-sft, not '{self.trainer}'")
-        if self.multi_gpu and self.eval_batch is not None:
-            raise ValueError("--eval-batch is modelled on one GPU only for now (the engines do not price the eval "
-                             "step yet): drop --gpus/--sharding or --eval-batch")
-        if self.packing and (self.trainer != "trl-sft" or self.multi_gpu or self.eval_batch is not None):
-            raise ValueError("--packing is modelled for --trainer trl-sft on one GPU without --eval-batch")
-        if self.trainer == "trl-orpo" and (self.method == "qlora" or self.eval_batch is not None):
-            raise ValueError("--trainer trl-orpo is modelled for lora and full without --eval-batch (QLoRA: "
-                             "ORPOTrainer's peft_module_casting_to_bf16 and its autocast region are not modelled)")
-        if self.activation_offloading and (self.trainer not in ("trl-sft", "trl-dpo", "trl-kto") or self.multi_gpu):
-            raise ValueError("--activation-offloading is TRL's (activation_offloading=True): modelled for --trainer "
-                             "trl-sft/trl-dpo on one GPU")
-        if self.precompute_ref_log_probs and self.trainer not in ("trl-dpo", "trl-kto"):
-            raise ValueError("--precompute-ref-log-probs applies to --trainer trl-dpo and trl-kto")
-        if self.trainer in ("trl-dpo", "trl-kto") and self.eval_batch is not None:
-            raise ValueError(f"--eval-batch is not modelled for --trainer {self.trainer} yet")
-        if self.eval_batch is None and (self.eval_accumulation_steps is not None or not self.prediction_loss_only):
-            raise ValueError("--eval-accumulation-steps and --no-prediction-loss-only need --eval-batch")
-        if self.eval_batch is not None and self.eval_batch < 1 or (self.eval_accumulation_steps or 1) < 1:
-            raise ValueError("--eval-batch and --eval-accumulation-steps: must be positive integers")
-        if not self.prediction_loss_only and self.eval_accumulation_steps is None:
-            raise ValueError("--no-prediction-loss-only keeps every eval batch's logits on the GPU until evaluation "
-                             "ends (Trainer evaluation_loop): give --eval-accumulation-steps N")
+        plan_rules.check_trainer(self)
         return self
 
     @field_validator(*INT_RANGES, mode="before")
@@ -287,14 +257,14 @@ class TrainingPlan(BaseModel):
         if self.modules_to_save and (self.parallelism != "none" or self.offload != "none"):
             raise ValueError("--modules-to-save on several GPUs or with offload is not modelled yet (that "
                              "composition keeps one dtype for every trainable tensor)")
-        self._check_8bit()
+        plan_rules.check_8bit(self)
         if self.mixed_precision and self.param_dtype != "fp32":
             raise ValueError("--mixed-precision needs --param-dtype fp32 (fp32 master weights)")
         if self.method == "qlora" and self.param_dtype == "fp32" and self.mixed_precision:
             raise ValueError("qlora keeps 4-bit base weights; use --param-dtype bf16/fp16 instead of mixed precision")
         if self.ckpt_reentrant and not self.grad_ckpt:
             raise ValueError("--ckpt-reentrant needs gradient checkpointing on")
-        self._check_parallel()
+        plan_rules.check_parallel(self)
         return self
 
     def _check_method_fields(self) -> None:
@@ -310,40 +280,6 @@ class TrainingPlan(BaseModel):
         fields = {**self.model_dump(), **changes, "method": method}
         fields.update(dict.fromkeys(vocab.fields_outside(method, bool(fields.get("load_in_8bit")))))
         return make_plan(**fields)
-
-    def _check_8bit(self) -> None:
-        """LLM.int8 trains through adapters only (transformers `Trainer` refuses a purely quantized model;
-        BitsAndBytesConfig refuses 4 and 8 bits together); what is not modelled with it is refused."""
-        if not self.load_in_8bit:
-            return
-        if self.method != "lora":
-            raise ValueError(f"--load-in-8bit is a LoRA base (method lora), not '{self.method}'"
-                             + (": QLoRA is the 4-bit base" if self.method == "qlora" else ""))
-        if self.mixed_precision:
-            raise ValueError("--load-in-8bit keeps int8 base weights; use --param-dtype bf16/fp16 instead of "
-                             "mixed precision")
-        if self.parallelism != "none":
-            raise ValueError("--load-in-8bit is modelled on one GPU only (bitsandbytes' Int8Params cannot be "
-                             "sharded by FSDP/ZeRO-3; DDP is not modelled with it yet)")
-        if self.use_dora:
-            raise ValueError("--dora over an 8-bit base (peft dequantizes Int8Params per forward) is not modelled "
-                             "yet")
-
-    def _check_parallel(self) -> None:
-        sharding = self.parallelism
-        if sharding == "none" and self.gpus > 1:
-            raise ValueError(f"--sharding none trains on one GPU; with --gpus {self.gpus} choose ddp (replicas), "
-                             "fsdp, fsdp_grad_op, zero1, zero2 or zero3")
-        if self.offload not in allowed_offloads(sharding):
-            if self.offload == "optimizer":
-                hint = "use --offload params (FSDP offloads parameters, gradients and optimizer states together)" \
-                    if sharding.startswith("fsdp") else "use --sharding zero1, zero2 or zero3 (DeepSpeed ZeRO-Offload)"
-                raise ValueError(f"--offload optimizer needs DeepSpeed ZeRO: {hint}")
-            raise ValueError("--offload params needs --sharding fsdp, fsdp_grad_op or zero3 "
-                             "(DeepSpeed offloads parameters only at stage 3)")
-        if self.method == "qlora" and sharding == "zero3" and self.quant_storage == "uint8":
-            raise ValueError("--sharding zero3 partitions 4-bit weights only when they are stored in the model's "
-                             "float dtype: use --quant-storage bf16 (bnb_4bit_quant_storage)")
 
     # Resolved views -------------------------------------------------------------------------------------
     @property
