@@ -37,7 +37,7 @@ OPEN: dict[str, set] = {
     "cycles": {
         ("vramplan.measure.meta_inventory", "vramplan.measure.meta_traits", "vramplan.traits"),
     },
-    "model_type": {"vramplan/estimator/liger.py", "vramplan/estimator/weights.py"},
+    "model_type": set(),
     "exceptions": set(),
 }
 

@@ -14,10 +14,11 @@ import importlib.util
 
 import pytest
 
-from vramplan.estimator.liger import LIGER_KERNELS, chunk_rows, liger_kernels
+from vramplan.estimator.liger import chunk_rows, liger_kernels
 from vramplan.estimator.tape import Tape
 from vramplan.models import spec_from_config
 from vramplan.plan import make_plan
+from vramplan.traits import LIGER_KERNELS, Traits, native_traits
 
 TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 512}
@@ -33,9 +34,10 @@ def _estimate(**opts):
 # The plan and the estimator --------------------------------------------------------------------------------------
 def test_trl_trainers_keep_their_fused_head():
     """SFTTrainer/DPOTrainer.__init__ set liger_kernel_config fused_linear_cross_entropy=False."""
-    assert "flce" in liger_kernels("llama", "hf") and "flce" in liger_kernels("llama", "loop")
-    assert "flce" not in liger_kernels("llama", "trl-sft") and "rms_norm" in liger_kernels("llama", "trl-dpo")
-    assert liger_kernels("gpt_neox", "hf") == frozenset()  # no `apply_liger_kernel_to_gpt_neox`: nothing applies
+    llama = native_traits("llama")
+    assert "flce" in liger_kernels(llama, "hf") and "flce" in liger_kernels(llama, "loop")
+    assert "flce" not in liger_kernels(llama, "trl-sft") and "rms_norm" in liger_kernels(llama, "trl-dpo")
+    assert liger_kernels(Traits(), "hf") == frozenset()  # no `apply_liger_kernel_to_gpt_neox`: nothing applies
 
 
 def test_liger_saves_memory_and_never_costs_any():

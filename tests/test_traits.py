@@ -22,7 +22,8 @@ NATIVE_PRESETS = {"llama": "llama3.2-1b", "qwen2": "qwen2.5-0.5b", "qwen3": "qwe
                   "phi3": "phi3-mini", "mistral": "mistral-7b"}
 # what the module tree cannot show: GemmaRMSNorm's (1 + weight) is in its forward, not its type; the attention
 # dispatch (`_supports_sdpa`, a window on every layer, the eager masks) and the MoE config keys are class/config facts
-NOT_STRUCTURAL = ("native", "gemma_norm", "sdpa", "sliding_window_every_layer", "attention_mask_kinds", "moe")
+NOT_STRUCTURAL = ("native", "gemma_norm", "sdpa", "sliding_window_every_layer", "attention_mask_kinds", "moe",
+                  "peft_default_targets", "liger_kernels")  # the last two: library tables keyed by model_type
 
 
 def _small(cfg: dict) -> dict:

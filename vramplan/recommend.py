@@ -33,6 +33,7 @@ from vramplan.search_space import (
     takes_bnb_optimizers,
 )
 from vramplan.speed import DEQUANT_BANDWIDTH_FRACTION
+from vramplan.traits import traits_of
 from vramplan.vocab import engine_words
 
 BATCH_CAP = 1024
@@ -178,7 +179,7 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
                         {"optimizer": "adamw_fused" if eight_bit else "paged_adamw_8bit"}))
     if p.method == "qlora":
         changes.append((f"double quant {'off' if p.double_quant else 'on'}", {"double_quant": not p.double_quant}))
-    if not p.liger and liger_kernels(probe.req.model.model_type, p.trainer):  # estimator/liger.py
+    if not p.liger and liger_kernels(traits_of(probe.req.model), p.trainer):  # estimator/liger.py
         changes.append(("Liger kernels (use_liger_kernel)", {"liger": True}))
     if p.trainer != "trl-sft":  # TRL's fused LM head never builds the fp32 logits (estimator/losses.py)
         changes.append(("TRL SFTTrainer (fused LM-head loss)", {"trainer": "trl-sft", "loss_type": "nll", **(

@@ -24,7 +24,7 @@ meta device (`measure/meta_traits.py`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 # "layer_fp32": a LayerNorm written as fp32 tensor ops, no bias (Cohere's CohereLayerNorm)
@@ -104,6 +104,9 @@ class Traits:
     sliding_window_every_layer: bool = False  # every layer attends within `sliding_window` (Mistral, Phi-3)
     # model-level masks eager attention builds when the config has no `layer_types` (Gemma 2/3: sliding + full)
     attention_mask_kinds: int = 1
+    # library tables keyed by model_type, filled in from PEFT_DEFAULT_TARGETS and LIGER_KERNELS below
+    peft_default_targets: tuple[str, ...] = ()  # peft's default LoRA targets (empty: none, the q/v fallback)
+    liger_kernels: tuple[str, ...] = ()  # what Liger's apply_liger_kernel_to_<type> patches (sorted)
 
     @property
     def attention_names(self) -> tuple[str, ...]:
@@ -116,9 +119,42 @@ class Traits:
         return (self.gate_up, self.down) if self.fused_gate_up else (self.gate, self.up, self.down)
 
 
+# peft utils/constants.py TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING (0.21), for the native families.
+# Where peft has no default (phi3, MoE families), vramplan targets the same query/value projections.
+PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    "llama": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"),
+    "mixtral": ("q_proj", "v_proj"),
+    "qwen2": ("q_proj", "v_proj"),
+    "qwen3": ("q_proj", "v_proj"),
+    "gemma": ("q_proj", "v_proj"),
+    "gemma2": ("q_proj", "v_proj"),
+    "gemma3_text": ("q_proj", "v_proj"),
+    # architectures read on the meta device (peft 0.21's entries; none for olmo2, starcoder2, granite, cohere)
+    "gpt_neox": ("query_key_value",),
+    "falcon": ("query_key_value",),
+    "phi": ("q_proj", "v_proj", "fc1", "fc2"),
+    "stablelm": ("q_proj", "v_proj"),
+    "gpt_bigcode": ("c_attn",),
+}
+
+# liger_kernel/transformers/monkey_patch.py: the `apply_liger_kernel_to_<type>` defaults of the model types
+# vramplan has presets or traits for ("flce": fused_linear_cross_entropy; "rms_norm_copy": the norms are patched
+# with in_place=False). Checked against the installed package by tests/test_liger.py.
+_DENSE = frozenset({"rope", "rms_norm", "swiglu", "flce"})
+LIGER_KERNELS: dict[str, frozenset[str]] = {
+    "llama": _DENSE, "mistral": _DENSE, "mixtral": _DENSE, "qwen2": _DENSE, "qwen3": _DENSE,
+    "qwen3_moe": _DENSE, "phi3": _DENSE, "olmo2": _DENSE | {"rms_norm_copy"},
+    "gemma": frozenset({"rope", "rms_norm", "geglu", "flce"}),
+    "gemma2": frozenset({"rope", "rms_norm", "rms_norm_copy", "geglu", "flce"}),
+    "gemma3_text": frozenset({"rope", "rms_norm", "rms_norm_copy", "geglu", "flce"}),
+    "granite": frozenset({"rope", "rms_norm", "swiglu", "cross_entropy"}),
+}
+
+
 _LLAMA = Traits()
 _GEMMA = Traits(gemma_norm=True, activation="gelu_pytorch_tanh")
-NATIVE_TRAITS: dict[str, Traits] = {
+NATIVE_TRAITS: dict[str, Traits] = {  # with_library_tables fills peft and Liger below
     "llama": _LLAMA,
     "mistral": Traits(sliding_window_every_layer=True),
     "mixtral": Traits(sliding_window_every_layer=True, moe=MIXTRAL_MOE),
@@ -136,6 +172,16 @@ NATIVE_TRAITS: dict[str, Traits] = {
 }
 
 
+def with_library_tables(model_type: str, traits: Traits) -> Traits:
+    """The record with the libraries' own per-model_type tables filled in (peft's default targets, Liger's
+    kernels): the one place an architecture's name selects a fact."""
+    return replace(traits, peft_default_targets=PEFT_DEFAULT_TARGETS.get(model_type, ()),
+                   liger_kernels=tuple(sorted(LIGER_KERNELS.get(model_type, ()))))
+
+
+NATIVE_TRAITS = {k: with_library_tables(k, v) for k, v in NATIVE_TRAITS.items()}
+
+
 def native_traits(model_type: str, config: Mapping[str, Any] | None = None) -> Traits | None:
     """The hand-written record of a native architecture (None for others)."""
     return NATIVE_TRAITS.get(model_type)
@@ -151,4 +197,4 @@ def traits_of(model) -> Traits:
         traits_from_meta,  # torch: only for other architectures
     )
 
-    return traits_from_meta(model.config)
+    return with_library_tables(model.model_type, traits_from_meta(model.config))

@@ -138,7 +138,7 @@ def _layer_context(model: ModelSpec, plan: TrainingPlan, cuda: bool) -> Ctx:
         # LLM.int8: MatMul8bitLt keeps its input as a ctx attribute, which non-reentrant checkpointing keeps
         int8=plan.load_in_8bit, int8_fp16=plan.activation_dtype == "fp16",
         int8_ctx_keeps=plan.load_in_8bit and plan.grad_ckpt and not plan.ckpt_reentrant,
-        liger=plan_kernels(model.model_type, plan),
+        liger=plan_kernels(tr, plan),
         offload_activations=plan.activation_offloading,
         dora_bias=_dora_bias(model) if plan.use_dora else frozenset(),
         **_moe_fields(model, plan, nq),

@@ -2,9 +2,10 @@
 
 Which kernels a model gets: transformers 5 `Trainer.__init__` -> `integrations.liger.apply_liger_kernel` ->
 liger's `_apply_liger_kernel_to_instance(model, **liger_kernel_config)`, which calls
-`MODEL_TYPE_TO_APPLY_LIGER_FN[model_type]` with its defaults (`LIGER_KERNELS` below); a model type missing from
-that table gets nothing. TRL 1.16's `SFTTrainer`/`DPOTrainer.__init__` force `fused_linear_cross_entropy=False`
-(it would replace the forward that `add_fused_lm_head` patches): under `trl-*` only the layer kernels apply.
+`MODEL_TYPE_TO_APPLY_LIGER_FN[model_type]` with its defaults (`LIGER_KERNELS` in vramplan/traits.py); a model
+type missing from that table gets nothing. TRL 1.16's `SFTTrainer`/`DPOTrainer.__init__` force
+`fused_linear_cross_entropy=False` (it would replace the forward that `add_fused_lm_head` patches): under
+`trl-*` only the layer kernels apply.
 
 What each kernel allocates and saves, from liger_kernel/ops (the Triton kernels write into buffers the Python
 wrapper allocated; they allocate nothing themselves):
@@ -38,35 +39,24 @@ above released what it saved: the same bytes at the same moment.
 from __future__ import annotations
 
 from vramplan.estimator.tape import Tape
+from vramplan.traits import Traits
 
-# liger_kernel/transformers/monkey_patch.py: the `apply_liger_kernel_to_<type>` defaults of the model types
-# vramplan has presets or traits for ("flce": fused_linear_cross_entropy; "rms_norm_copy": the norms are patched
-# with in_place=False). Checked against the installed package by tests/test_liger.py.
-_DENSE = frozenset({"rope", "rms_norm", "swiglu", "flce"})
-LIGER_KERNELS: dict[str, frozenset[str]] = {
-    "llama": _DENSE, "mistral": _DENSE, "mixtral": _DENSE, "qwen2": _DENSE, "qwen3": _DENSE,
-    "qwen3_moe": _DENSE, "phi3": _DENSE, "olmo2": _DENSE | {"rms_norm_copy"},
-    "gemma": frozenset({"rope", "rms_norm", "geglu", "flce"}),
-    "gemma2": frozenset({"rope", "rms_norm", "rms_norm_copy", "geglu", "flce"}),
-    "gemma3_text": frozenset({"rope", "rms_norm", "rms_norm_copy", "geglu", "flce"}),
-    "granite": frozenset({"rope", "rms_norm", "swiglu", "cross_entropy"}),
-}
 # SMs of the largest GPU the partial weight gradient of the RMSNorm backward is sized for (H100 SXM: 132): the
 # real count is the device's `multi_processor_count`; the buffer is [sm_count, width] fp32, a few MB at most
 LIGER_SM_COUNT = 132
 
 
-def liger_kernels(model_type: str, trainer: str) -> frozenset[str]:
-    """The kernels `use_liger_kernel=True` applies to this model under this trainer."""
-    kernels = LIGER_KERNELS.get(model_type, frozenset())
+def liger_kernels(traits: Traits, trainer: str) -> frozenset[str]:
+    """The kernels `use_liger_kernel=True` applies to this architecture under this trainer."""
+    kernels = frozenset(traits.liger_kernels)
     if trainer.startswith("trl-"):  # SFTTrainer/DPOTrainer: liger_kernel_config fused_linear_cross_entropy=False
         kernels -= {"flce"}
     return kernels
 
 
-def plan_kernels(model_type: str, plan) -> frozenset[str]:
+def plan_kernels(traits: Traits, plan) -> frozenset[str]:
     """`Ctx.liger` of a plan: nothing without `--liger`."""
-    return liger_kernels(model_type, plan.trainer) if plan.liger else frozenset()
+    return liger_kernels(traits, plan.trainer) if plan.liger else frozenset()
 
 
 def next_power_of_2(n: int) -> int:

@@ -40,24 +40,6 @@ DQ_BLOCKSIZE = 256
 ADAPTER_BYTES = 4  # LoRA A/B are fp32 whatever the base dtype (peft autocast_adapter_dtype=True)
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
 
-# peft utils/constants.py TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING (0.21), for the native families.
-# Where peft has no default (phi3, MoE families), vramplan targets the same query/value projections.
-PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "llama": ("q_proj", "v_proj"),
-    "mistral": ("q_proj", "v_proj"),
-    "mixtral": ("q_proj", "v_proj"),
-    "qwen2": ("q_proj", "v_proj"),
-    "qwen3": ("q_proj", "v_proj"),
-    "gemma": ("q_proj", "v_proj"),
-    "gemma2": ("q_proj", "v_proj"),
-    "gemma3_text": ("q_proj", "v_proj"),
-    # architectures read on the meta device (peft 0.21's entries; none for olmo2, starcoder2, granite, cohere)
-    "gpt_neox": ("query_key_value",),
-    "falcon": ("query_key_value",),
-    "phi": ("q_proj", "v_proj", "fc1", "fc2"),
-    "stablelm": ("q_proj", "v_proj"),
-    "gpt_bigcode": ("c_attn",),
-}
 
 
 # peft 0.21 `utils/transformers_weight_conversion.py` (`_convert_peft_config_moe`): transformers 5 fused the v4
@@ -101,7 +83,7 @@ def resolve_targets(model: ModelSpec, plan: TrainingPlan) -> tuple[str, ...]:
         return tuple(n for n in groups if n in ATTENTION_NAMES or n in tr.attention_names)
     if spec == "default":
         # where peft has no default, the query/value projections (a fused qkv where there is one)
-        names = PEFT_DEFAULT_TARGETS.get(model.model_type) or ((tr.qkv,) if tr.fused_qkv else (tr.q, tr.v))
+        names = tr.peft_default_targets or ((tr.qkv,) if tr.fused_qkv else (tr.q, tr.v))
         return tuple(n for n in names if n in groups)
     names = tuple(n for n in spec.split(",") if n not in moved)
     unknown = [n for n in names if n not in groups]
