@@ -34,9 +34,7 @@ HEAVY = {"torch", "transformers", "peft"}
 OPEN: dict[str, set] = {
     "modules": set(),
     "functions": set(),
-    "cycles": {
-        ("vramplan.measure.meta_inventory", "vramplan.measure.meta_traits", "vramplan.traits"),
-    },
+    "cycles": set(),
     "model_type": set(),
     "exceptions": set(),
 }

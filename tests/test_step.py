@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from vramplan.architecture import traits_of
 from vramplan.errors import UnsupportedArchitectureError
 from vramplan.estimator import estimate_memory, step
 from vramplan.estimator.context import layer_context, sparse_layers
 from vramplan.estimator.single_gpu import estimate_single_gpu
 from vramplan.models import preset_config, presets, resolve_model, spec_from_config
 from vramplan.plan import make_plan
-from vramplan.traits import traits_of
 
 MOE_PRESETS = ("mixtral-8x7b", "qwen3-30b-a3b")
 

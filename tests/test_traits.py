@@ -8,14 +8,15 @@ import dataclasses
 
 import pytest
 
+from vramplan.architecture import traits_of
 from vramplan.models import preset_config, spec_from_config
-from vramplan.traits import NATIVE_TRAITS, Traits, traits_of
+from vramplan.traits import NATIVE_TRAITS, Traits
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from vramplan.measure.arch_configs import ARCH_CONFIGS
-from vramplan.measure.meta_traits import traits_from_meta
+from vramplan.measure.meta_inventory import traits_from_meta
 
 # a dense preset per native architecture (MoE blocks have no dense MLP to read)
 NATIVE_PRESETS = {"llama": "llama3.2-1b", "qwen2": "qwen2.5-0.5b", "qwen3": "qwen3-0.6b", "gemma2": "gemma2-2b",

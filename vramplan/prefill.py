@@ -79,7 +79,7 @@ def _mlp_steps(model: ModelSpec, plan: InferencePlan, tokens: int, wrapped: set[
     """The MLP of one layer under no_grad: LlamaMLP `down(act(gate(x)) * up(x))` (the gate output dies once the
     activation returns), Phi-3's fused `gate_up_proj` (its storage lives while both chunks do), or a plain
     fc1 -> act -> fc2."""
-    from vramplan.traits import traits_of
+    from vramplan.architecture import traits_of
 
     tr, d, h, inter = traits_of(model), DTYPE_BYTES[plan.dtype], model.hidden_size, model.intermediate_size
     r, q4 = plan.rank if plan.has_adapter else None, plan.quant == "nf4"
@@ -100,7 +100,7 @@ def _attention_steps(model: ModelSpec, plan: InferencePlan, wrapped: set[str]) -
     """The prefill attention of one layer: q/k/v projections, `apply_rotary_pos_emb` (q*cos + rotate_half(q)*sin:
     four q-sized tensors at its peak), the cache's `torch.cat` copies, then sdpa (its output and fp32 logsumexp,
     `transpose(1, 2).contiguous()` copies it) or eager (`repeat_kv`, scores + mask, fp32 softmax, cast back)."""
-    from vramplan.traits import traits_of
+    from vramplan.architecture import traits_of
 
     tr, d, h = traits_of(model), DTYPE_BYTES[plan.dtype], model.hidden_size
     b, p, nq, nkv, hd = plan.batch, plan.prompt, model.num_heads, model.num_kv_heads, model.head_dim

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from vramplan.architecture import traits_of
 from vramplan.errors import PlanError
 from vramplan.estimator import MemoryEstimate
 from vramplan.estimator.liger import liger_kernels
@@ -33,7 +34,6 @@ from vramplan.search_space import (
     takes_bnb_optimizers,
 )
 from vramplan.speed import DEQUANT_BANDWIDTH_FRACTION
-from vramplan.traits import traits_of
 from vramplan.vocab import engine_words
 
 BATCH_CAP = 1024
@@ -160,7 +160,8 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
     ]
     bigger = next((d for d in range(p.batch + 1, b + 1) if b % d == 0), None)
     if bigger:
-        changes.append((f"micro-batch {bigger} x {b // bigger} accumulation", {"batch": bigger, "grad_accum": b // bigger}))
+        changes.append((f"micro-batch {bigger} x {b // bigger} accumulation",
+                        {"batch": bigger, "grad_accum": b // bigger}))
     if p.seq * 2 <= model_max_seq(probe.req.model):
         changes.append((f"sequence length {p.seq * 2}", {"seq": p.seq * 2}))
     labels = {"full": "full fine-tuning", "lora": "LoRA on the 16-bit base", "qlora": "QLoRA (NF4 + double quant)"}
@@ -172,7 +173,8 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
         i = ADAPTERS.index((p.targets, p.rank))
         for j in (i + 1, i - 1):
             if 0 <= j < len(ADAPTERS):
-                changes.append((f"LoRA {ADAPTERS[j][0]} r={ADAPTERS[j][1]}", {"targets": ADAPTERS[j][0], "rank": ADAPTERS[j][1]}))
+                changes.append((f"LoRA {ADAPTERS[j][0]} r={ADAPTERS[j][1]}",
+                                {"targets": ADAPTERS[j][0], "rank": ADAPTERS[j][1]}))
     eight_bit = "8bit" in (p.optimizer or "")
     if takes_bnb_optimizers(p.parallelism):
         changes.append(("AdamW 32-bit (fused)" if eight_bit else "paged AdamW 8-bit",

@@ -185,16 +185,3 @@ NATIVE_TRAITS = {k: with_library_tables(k, v) for k, v in NATIVE_TRAITS.items()}
 def native_traits(model_type: str, config: Mapping[str, Any] | None = None) -> Traits | None:
     """The hand-written record of a native architecture (None for others)."""
     return NATIVE_TRAITS.get(model_type)
-
-
-def traits_of(model) -> Traits:
-    """The traits of a ModelSpec: hand-written for native architectures, else derived on the meta device
-    (torch and transformers needed, as for the fallback's inventory)."""
-    known = native_traits(model.model_type)
-    if known is not None:
-        return known
-    from vramplan.measure.meta_traits import (
-        traits_from_meta,  # torch: only for other architectures
-    )
-
-    return with_library_tables(model.model_type, traits_from_meta(model.config))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from vramplan.architecture import traits_of
 from vramplan.errors import UnsupportedArchitectureError
 from vramplan.estimator.experts_v4 import fused_inventory
 from vramplan.estimator.liger import plan_kernels
@@ -18,7 +19,6 @@ from vramplan.estimator.weights import expert_lora_targets, non_quantized_dtype_
 from vramplan.inventory import Inventory
 from vramplan.models import ModelCache, ModelSpec
 from vramplan.plan import TrainingPlan
-from vramplan.traits import traits_of
 from vramplan.units import DTYPE_BYTES
 
 # bitsandbytes' CUDA gemm_4bit dequantizes the weight and calls F.linear above this many rows (M = tokens) for

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from vramplan.architecture import traits_of
 from vramplan.inventory import Inventory, ParamTensor
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
-from vramplan.traits import MoELayout, traits_of
+from vramplan.traits import MoELayout
 
 
 def v4_tensors(tensors: list[ParamTensor], moe: MoELayout) -> list[ParamTensor]:

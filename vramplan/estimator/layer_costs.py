@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from vramplan.architecture import traits_of
 from vramplan.estimator.context import stream_bytes
 from vramplan.estimator.layers import decoder_layer
 from vramplan.estimator.losses import loss_head
@@ -16,7 +17,7 @@ from vramplan.estimator.programs import Ctx
 from vramplan.estimator.tape import LayerCost, Tape
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
-from vramplan.traits import Traits, traits_of
+from vramplan.traits import Traits
 
 
 def layer_cost(model: ModelSpec, plan: TrainingPlan, c: Ctx, input_grad: bool) -> LayerCost:

@@ -207,10 +207,10 @@ def host_offload_bytes(model, plan) -> int:
     the head's); 0 without `plan.activation_offloading`."""
     if not plan.activation_offloading:
         return 0
+    from vramplan.architecture import traits_of
     from vramplan.estimator.context import embedding_output_requires_grad, layer_context, stream_bytes
     from vramplan.estimator.losses import loss_head
     from vramplan.estimator.trainers import step_plan
-    from vramplan.traits import traits_of
 
     p = step_plan(plan)
     c, a = layer_context(model, p), stream_bytes(p)

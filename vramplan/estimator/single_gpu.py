@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
+from vramplan.architecture import traits_of
 from vramplan.estimator.context import attention_dropout, kernel_dequantizes, layer_context
 from vramplan.estimator.experts_v4 import transformers_model
 from vramplan.estimator.offloading import host_offload_bytes, offloading_note
@@ -22,7 +23,6 @@ from vramplan.estimator.trainers import reference_copy, step_plan
 from vramplan.estimator.weights import StaticMemory, static_memory, unquantized_experts_note
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
-from vramplan.traits import traits_of
 
 
 @dataclass(frozen=True)

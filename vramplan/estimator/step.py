@@ -29,6 +29,7 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import NamedTuple
 
+from vramplan.architecture import traits_of
 from vramplan.estimator.context import embedding_output_requires_grad, layer_context, stream_bytes
 from vramplan.estimator.layer_costs import step_costs
 from vramplan.estimator.programs import Ctx
@@ -38,7 +39,6 @@ from vramplan.estimator.trainers import kept_outputs_bytes, reference_pass
 from vramplan.estimator.weights import non_quantized_dtype_bytes, saves_module
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
-from vramplan.traits import traits_of
 from vramplan.units import DTYPE_BYTES
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vramplan.architecture import traits_of
 from vramplan.estimator.context import embedding_output_requires_grad, layer_context, stream_bytes
 from vramplan.estimator.layers import decoder_layer
 from vramplan.estimator.losses import loss_head
@@ -41,7 +42,6 @@ from vramplan.estimator.weights import (
 )
 from vramplan.models import ModelCache, ModelSpec
 from vramplan.plan import TrainingPlan
-from vramplan.traits import traits_of
 from vramplan.units import DTYPE_BYTES
 
 

@@ -3,12 +3,12 @@ model-level attention mask. `step.py` puts them into every moment they are alive
 
 from __future__ import annotations
 
+from vramplan.architecture import traits_of
 from vramplan.estimator.context import attn_implementation, sdpa_sliding_mask, stream_bytes
 from vramplan.estimator.trainers import batch_tensors
 from vramplan.estimator.weights import rotary_embeddings
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
-from vramplan.traits import traits_of
 
 
 def rope_bytes(model: ModelSpec, plan: TrainingPlan) -> int:

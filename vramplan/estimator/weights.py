@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vramplan.architecture import traits_of
 from vramplan.errors import PlanError
 from vramplan.estimator.experts_v4 import transformers_model
 from vramplan.estimator.trainers import adapter_bytes
 from vramplan.inventory import Inventory, LinearGroup
 from vramplan.models import ModelCache, ModelSpec
 from vramplan.plan import TrainingPlan
-from vramplan.traits import traits_of
 from vramplan.units import DTYPE_BYTES
 
 CODE_4BIT_BYTES = 16 * 4  # get_4bit_type: 16 fp32 values, one tensor per quantized layer

@@ -28,6 +28,7 @@ from typing import Any
 
 from vramplan.errors import UnsupportedArchitectureError
 from vramplan.inventory import Inventory, ParamTensor
+from vramplan.traits import Traits
 
 RECORD_VERSION = 4  # bump when the record's layout or the derivation changes
 
@@ -262,3 +263,22 @@ def _status(message: str) -> Iterator[None]:
 
     with Console(stderr=True).status(message):
         yield
+
+
+def traits_from_meta(cfg: Mapping[str, Any]) -> Traits:
+    """Read from the fallback's on-disk record (`traits_record` below: derived with the inventory from
+    one meta build); a record written by another version of `Traits` is derived again here."""
+    return _traits(json.dumps(dict(cfg), sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=64)
+def _traits(cfg_json: str) -> Traits:
+    from dataclasses import fields
+
+    cfg = json.loads(cfg_json)
+    record = traits_record(cfg)
+    if set(record) == {f.name for f in fields(Traits)}:
+        return Traits(**record)
+    from vramplan.measure.meta_traits import derive_traits, meta_model
+
+    return derive_traits(meta_model(cfg), cfg)

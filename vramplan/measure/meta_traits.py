@@ -22,9 +22,7 @@ A layer that does not fit these shapes raises UnsupportedArchitectureError, neve
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 from vramplan.errors import UnsupportedArchitectureError
@@ -33,25 +31,6 @@ from vramplan.traits import SINGLE_OP_ACTIVATIONS, Traits
 _ACT_FIELDS = ("hidden_act", "activation_function", "hidden_activation")
 _DROPOUT_FIELDS = ("residual_dropout", "resid_pdrop", "hidden_dropout")
 _ATTN_DROPOUT_FIELDS = ("attention_dropout", "attn_pdrop")
-
-
-def traits_from_meta(cfg: Mapping[str, Any]) -> Traits:
-    """Read from the fallback's on-disk record (`meta_inventory.traits_record`: derived with the inventory from
-    one meta build); a record written by another version of `Traits` is derived again here."""
-    return _traits(json.dumps(dict(cfg), sort_keys=True, default=str))
-
-
-@lru_cache(maxsize=64)
-def _traits(cfg_json: str) -> Traits:
-    from dataclasses import fields
-
-    from vramplan.measure.meta_inventory import traits_record
-
-    cfg = json.loads(cfg_json)
-    record = traits_record(cfg)
-    if set(record) == {f.name for f in fields(Traits)}:
-        return Traits(**record)
-    return derive_traits(meta_model(cfg), cfg)
 
 
 def meta_model(cfg: Mapping[str, Any]):
