@@ -28,16 +28,6 @@ MAX_FUNCTION_LINES = 60
 MAX_CLI_LINES = 80
 HEAVY = {"torch", "transformers", "peft"}
 
-# Violations open when these checks were written (issue 11, 30 Nov 2026), each named here so that nothing new joins
-# them: a check fails on any violation not listed. This is the lead's to-do list, not a waiver; delete an entry
-# when it is fixed (a stale entry is harmless but should go). Cycles are listed as their sorted members.
-OPEN: dict[str, set] = {
-    "modules": set(),
-    "functions": set(),
-    "cycles": set(),
-    "model_type": set(),
-    "exceptions": set(),
-}
 
 
 def _module_name(path: Path) -> str:
@@ -277,25 +267,20 @@ def heavy_module_level_imports() -> list[str]:
     return found
 
 
-def _names(found: list[str]) -> set[str]:
-    """A violation's identity without its count or line (`path: 424 lines` -> `path`)."""
-    return {f.split(":")[0].split(" (")[0] for f in found}
-
-
 def test_no_module_over_400_lines():
-    assert _names(long_modules()) <= OPEN["modules"], long_modules()
+    assert not long_modules(), long_modules()
 
 
 def test_no_function_over_60_lines_except_layer_replays():
-    assert _names(long_functions()) <= OPEN["functions"], long_functions()
+    assert not long_functions(), long_functions()
 
 
 def test_no_import_cycles():
-    assert {tuple(c) for c in import_cycles()} <= OPEN["cycles"], import_cycles()
+    assert not import_cycles(), import_cycles()
 
 
 def test_no_model_type_string_tests_in_estimator():
-    assert _names(model_type_tests()) <= OPEN["model_type"], model_type_tests()
+    assert not model_type_tests(), model_type_tests()
 
 
 def test_no_drift():
@@ -308,7 +293,7 @@ def test_cli_is_a_short_registrar():
 
 
 def test_every_exception_class_lives_in_errors():
-    assert _names(stray_exceptions()) <= OPEN["exceptions"], stray_exceptions()
+    assert not stray_exceptions(), stray_exceptions()
     assert errors_outside_hierarchy() == []
 
 
