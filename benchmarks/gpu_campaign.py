@@ -105,7 +105,8 @@ def device_used_bytes(index: int = 0) -> int | None:
 
         return int(torch.cuda.device_memory_used(index))
     with contextlib.suppress(Exception):
-        out = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+        out = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=memory.used",
+                              "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=10, check=True).stdout
         return int(float(out.strip().splitlines()[0]) * 2**20)  # MiB
     return None

@@ -2,8 +2,9 @@
 
     python benchmarks/search_speed.py
 
-Moved here from tests/test_suggest.py (now tests/test_recommend.py) (issue 10: no wall-clock assertions in tests). Prints wall and CPU seconds
-and the machine's load: on a loaded machine, wall time measures the neighbours as much as the search.
+Moved here from tests/test_suggest.py (now tests/test_recommend.py) (issue 10: no wall-clock assertions in tests).
+Prints wall and CPU seconds and the machine's load: on a loaded machine, wall time measures the neighbours as much as
+the search.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ def cold(model: str, gpu: str, objective: str, gpus: int) -> tuple[float, float]
 
 def warm(model: str, gpu: str, objective: str, gpus: int, repeat: int = 3) -> tuple[float, float]:
     """(wall s, CPU s), best of `repeat` searches in this process after a first one."""
-    from vramplan.recommend import recommend
-    from vramplan.search_space import Request
     from vramplan.hardware import resolve_gpu
     from vramplan.models import resolve_model
+    from vramplan.recommend import recommend
+    from vramplan.search_space import Request
 
     r = Request(model=resolve_model(model), gpu=resolve_gpu(gpu), objective=objective, gpus=gpus)
     recommend(r)

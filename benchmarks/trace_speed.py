@@ -32,4 +32,5 @@ if __name__ == "__main__":
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
     print(f"Llama-2-7B QLoRA seq 1024 traced step: {wall:.1f} s wall, {cpu:.1f} s CPU "
-          f"(imports included), peak RSS growth {format_bytes(rss_growth, 'MiB')}, peak {format_bytes(step.peak_bytes)}")
+          f"(imports included), peak RSS growth {format_bytes(rss_growth, 'MiB')}, "
+          f"peak {format_bytes(step.peak_bytes)}")

@@ -127,8 +127,8 @@ def test_a_minimum_sequence_beyond_the_model_is_an_input_error_not_nothing_fits(
 def test_the_micro_batch_ladder_is_bounded_at_the_largest_effective_batch():
     """The micro-batch ladder is the divisors of the per-GPU batch, found up to its square root (not by trial up
     to the batch): at most 240 of them within --effective-batch's range, so every search stays bounded."""
-    from vramplan.search_space import EFFECTIVE_BATCH_RANGE, Probe, Request, divisors
     from vramplan.hardware import resolve_gpu
+    from vramplan.search_space import EFFECTIVE_BATCH_RANGE, Probe, Request, divisors
 
     assert divisors(720720) == [d for d in range(1, 720721) if 720720 % d == 0]
     assert divisors(1) == [1] and divisors(49) == [1, 7, 49]
@@ -221,8 +221,8 @@ def test_seq_beyond_the_model_context_is_a_warning_not_an_error(capsys):
 def test_a_blocker_sentence_gives_each_plan_its_own_size():
     """'full fine-tuning needs at least 79.7 GiB (smallest GPU that fits: rtx-a6000)' mixed the T4's fp32+fp16
     plan with the bf16 plan that fits the 48 GB card: each size now goes with its own version and GPU."""
-    from vramplan.report.advice import _blocker_words
     from vramplan.plan import make_plan
+    from vramplan.report.advice import _blocker_words
 
     fp32 = make_plan(method="full", param_dtype="fp32", mixed_precision="fp16").model_dump()
     bf16 = make_plan(method="full").model_dump()

@@ -14,11 +14,11 @@ from functools import cache
 import pytest
 
 from vramplan.api import estimate
-from vramplan.measure.records import CalibrationRecord, Measured
-from vramplan.measure.store import CalibrationStore
-from vramplan.measure.learning import correct
 from vramplan.cli import main
 from vramplan.hardware import resolve_gpu
+from vramplan.measure.learning import correct
+from vramplan.measure.records import CalibrationRecord, Measured
+from vramplan.measure.store import CalibrationStore
 from vramplan.plan import make_plan
 
 GPU = "NVIDIA GeForce RTX 4090"
@@ -182,4 +182,5 @@ def test_suggest_uses_the_same_stored_runs_as_estimate(capsys, tmp_path, monkeyp
     assert first["total_gpu_bytes"] == learned.total_gpu_bytes
     assert main([*argv, "--no-calibration"]) == 0
     plain = json.loads(capsys.readouterr().out)["plans"][0]
-    assert plain["total_gpu_bytes"] == estimate("qwen2.5-0.5b", make_plan(**plain["plan"]), gpu="rtx4090").total_gpu_bytes
+    plain_estimate = estimate("qwen2.5-0.5b", make_plan(**plain["plan"]), gpu="rtx4090")
+    assert plain["total_gpu_bytes"] == plain_estimate.total_gpu_bytes

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(not CUDA_OK, reason="no GPU campaign data commit
 
 
 def _spec_plan(row: dict):
-    spec = spec_from_config(row["config"], "tiny", "campaign") if row["model"] == "tiny" else resolve_model(row["model"])
+    spec = (spec_from_config(row["config"], "tiny", "campaign") if row["model"] == "tiny"
+            else resolve_model(row["model"]))
     return spec, TrainingPlan(**row["plan"])
 
 

@@ -154,7 +154,8 @@ def test_fallback_architecture_is_cached_on_disk(tmp_path):
     assert first["torch"] and first["cached"] and not second["torch"]
     assert (second["numel"], second["traits"]) == (first["numel"], first["traits"])
     assert len(list((tmp_path / "cache" / "specs").glob("*.json"))) == 1
-    cli = ("import contextlib, io, sys\nfrom vramplan.cli import main\nwith contextlib.redirect_stdout(io.StringIO()):\n"
+    cli = ("import contextlib, io, sys\nfrom vramplan.cli import main\n"
+           "with contextlib.redirect_stdout(io.StringIO()):\n"
            f"    code = main(['estimate', '--model', {str(config)!r}, '--seq', '128', '--json'])\n"
            "assert code == 0 and 'torch' not in sys.modules, (code, 'torch imported')")
     subprocess.run([sys.executable, "-c", cli], env=env, check=True, timeout=600)  # the estimate reads the record

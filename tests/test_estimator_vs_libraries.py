@@ -17,7 +17,10 @@ transformers = pytest.importorskip("transformers")
 
 from vramplan.estimator.optimizer import optimizer_memory  # noqa: E402
 from vramplan.estimator.weights import (  # noqa: E402
-    CODE_4BIT_BYTES, DYNAMIC_CODE_BYTES, quantized_layer_bytes, static_memory,
+    CODE_4BIT_BYTES,
+    DYNAMIC_CODE_BYTES,
+    quantized_layer_bytes,
+    static_memory,
 )
 from vramplan.models import spec_from_config  # noqa: E402
 from vramplan.plan import make_plan  # noqa: E402

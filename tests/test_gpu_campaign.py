@@ -12,10 +12,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_campaign
+import gpu_campaign  # noqa: E402
 
-from vramplan.models import resolve_model
-from vramplan.plan import make_plan
+from vramplan.models import resolve_model  # noqa: E402
+from vramplan.plan import make_plan  # noqa: E402
 
 
 def test_the_campaign_covers_what_it_promises():

@@ -23,8 +23,8 @@ from vramplan.inference import (
 from vramplan.models import resolve_model, spec_from_config
 
 SMALL = {"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 3, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 4096, "tie_word_embeddings": False,
-             "pad_token_id": 0}
+             "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 4096,
+             "tie_word_embeddings": False, "pad_token_id": 0}
 
 CASES = {
     # a long generation: the last decode step (KV + torch.cat + fp32 logits) is the peak
@@ -34,18 +34,21 @@ CASES = {
     "llama-sampling": (dict(SMALL, model_type="llama", num_hidden_layers=1, hidden_size=32, intermediate_size=86,
                             vocab_size=30000), {"quant": "none", "batch": 8, "context": 24, "new_tokens": 8}),
     "llama-lora-all-linear": (dict(SMALL, model_type="llama"),
-                              {"quant": "none", "batch": 2, "context": 130, "new_tokens": 4, "rank": 8, "targets": "all-linear"}),
-    "llama-merged": (dict(SMALL, model_type="llama"), {"quant": "merged", "batch": 2, "context": 130, "new_tokens": 4, "rank": 8}),
+                              {"quant": "none", "batch": 2, "context": 130, "new_tokens": 4, "rank": 8,
+                               "targets": "all-linear"}),
+    "llama-merged": (dict(SMALL, model_type="llama"),
+                     {"quant": "merged", "batch": 2, "context": 130, "new_tokens": 4, "rank": 8}),
     "llama-eager": (dict(SMALL, model_type="llama"), {"quant": "none", "batch": 2, "context": 100, "new_tokens": 4,
                                                           "attn": "eager"}),
-    "llama-static-cache": (dict(SMALL, model_type="llama"), {"quant": "none", "batch": 2, "context": 100, "new_tokens": 4,
-                                                                 "cache": "static"}),
+    "llama-static-cache": (dict(SMALL, model_type="llama"),
+                           {"quant": "none", "batch": 2, "context": 100, "new_tokens": 4, "cache": "static"}),
     "mistral-sliding": (dict(SMALL, model_type="mistral", sliding_window=16),
                         {"quant": "none", "batch": 2, "context": 60, "new_tokens": 30}),
     "qwen3-fp32-lora": (dict(SMALL, model_type="qwen3", head_dim=32),
                         {"quant": "none", "batch": 2, "context": 60, "new_tokens": 3, "dtype": "fp32", "rank": 4}),
     "phi3-fused-lora": (dict(SMALL, model_type="phi3", num_key_value_heads=4),
-                        {"quant": "none", "batch": 2, "context": 60, "new_tokens": 3, "rank": 4, "targets": "all-linear"}),
+                        {"quant": "none", "batch": 2, "context": 60, "new_tokens": 3, "rank": 4,
+                         "targets": "all-linear"}),
     "gemma2-eager-sliding": (dict(SMALL, model_type="gemma2", head_dim=32, sliding_window=16, tie_word_embeddings=True),
                              {"quant": "none", "batch": 2, "context": 60, "new_tokens": 30}),
 }

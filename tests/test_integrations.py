@@ -43,8 +43,8 @@ def _trainer(tmp_path, plan, callback, steps=2):
 
 @pytest.mark.slow
 def test_callback_records_a_real_trainer_run_like_the_tracker(tmp_path):
-    from vramplan.measure.store import CalibrationStore
     from vramplan.integrations import VramplanCallback
+    from vramplan.measure.store import CalibrationStore
     from vramplan.measure.trainer import measure_step
     from vramplan.plan import make_plan
 

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-import readme_examples
+import readme_examples  # noqa: E402
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -62,14 +62,16 @@ def test_values_are_read_from_the_json_and_formatted_as_quoted():
             "m = vramplan estimate --json :: model\n-->\n")
     data = '{"phases": [1, 3221225472], "count": 12345, "model": "llama-7b"}'
     fresh = readme_examples.render(text, {"vramplan estimate --json": data})
-    assert fresh.startswith("a <!--v:peak-->3.00 GiB<!--/v--> b <!--v:n-->12,345<!--/v--> c <!--v:m-->llama-7b<!--/v-->")
+    assert fresh.startswith("a <!--v:peak-->3.00 GiB<!--/v--> b <!--v:n-->12,345<!--/v--> "
+                            "c <!--v:m-->llama-7b<!--/v-->")
     with pytest.raises(readme_examples.ExampleError, match="no field"):
         readme_examples.render(text.replace("phases.1", "phases.9"), {"vramplan estimate --json": data})
 
 
 def test_the_search_time_is_not_written():
     pattern, replacement = readme_examples.VARYING[0]
-    assert pattern.sub(replacement, "the forward. Searched 1,069 plans in 12.04 s.") == "the forward. Searched 1,069 plans."
+    assert (pattern.sub(replacement, "the forward. Searched 1,069 plans in 12.04 s.")
+            == "the forward. Searched 1,069 plans.")
 
 
 def test_a_command_that_is_not_vramplan_is_refused():

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from vramplan.recommend import recommend
-from vramplan.search_space import Request
 from vramplan.api import estimate
 from vramplan.cli import main
 from vramplan.hardware import load_profiles, resolve_gpu
 from vramplan.models import resolve_model
 from vramplan.plan import TrainingPlan, make_plan
+from vramplan.recommend import recommend
+from vramplan.search_space import Request
 from vramplan.speed import flops_per_token, matmul_params, step_time
 
 GiB = 2**30

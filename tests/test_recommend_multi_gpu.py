@@ -9,14 +9,14 @@ import json
 
 import pytest
 
-from vramplan.recommend import recommend
-from vramplan.search_space import Request
 from vramplan.api import estimate
 from vramplan.cli import main
 from vramplan.estimator import estimate_memory
 from vramplan.hardware import resolve_gpu
 from vramplan.models import resolve_model
 from vramplan.plan import TrainingPlan, make_plan
+from vramplan.recommend import recommend
+from vramplan.search_space import Request
 from vramplan.speed import step_time
 from vramplan.vocab import engine_words
 
@@ -67,7 +67,7 @@ def test_one_card_is_not_enough_for_70b_and_the_gpu_count_is_exact():
     for o in a.nearest.options:
         for n, offload in ((o.fsdp_gpus, "none"), (o.fsdp_offload_gpus, "params")):
             assert n is not None and n >= 2
-            def gpu_bytes(k: int) -> int:
+            def gpu_bytes(k: int, o=o, offload=offload) -> int:
                 plan = {**o.plan, "gpus": k, "sharding": "fsdp", "offload": offload, "optimizer": "adamw_fused",
                         "grad_accum": max(1, -(-16 // (k * o.plan["batch"]))), "quant_storage": None,
                         "kbit_upcast": False if o.method == "qlora" else o.plan["kbit_upcast"]}

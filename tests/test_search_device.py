@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from vramplan.recommend import recommend
-from vramplan.search import least_on_card
-from vramplan.search_space import Probe, Request
 from vramplan.api import estimate
 from vramplan.hardware import resolve_gpu
 from vramplan.models import resolve_model
 from vramplan.plan import make_plan
+from vramplan.recommend import recommend
+from vramplan.search import least_on_card
+from vramplan.search_space import Probe, Request
 
 
 def on_card(model: str, plan: dict, gpu: str) -> int:
@@ -76,7 +76,9 @@ def test_least_on_card_is_the_plain_minimum():
     probe = Probe(Request(model=spec, gpu=gpu))
     cands = [probe.evaluate(make_plan(method=m, seq=s, batch=b, grad_ckpt=c))
              for m in ("lora", "full") for s in (512, 2048) for b in (1, 4) for c in (False, True)]
-    key = (lambda c: (c.gpu_bytes, c.peak_bytes))
+    def key(c):
+        return (c.gpu_bytes, c.peak_bytes)
+
     assert least_on_card(cands, lambda c: (c.peak_bytes,)) is min(cands, key=key)
     fitting = [c for c in cands if c.gpu_bytes <= 6 * 2**30]
     assert least_on_card(cands, lambda c: (c.peak_bytes,), 6 * 2**30) is (min(fitting, key=key) if fitting else None)

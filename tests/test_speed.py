@@ -22,7 +22,7 @@ from vramplan.step_kernels import OPTIMIZER_BYTES, dtypes
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import published_speed
+import published_speed  # noqa: E402
 
 _NO_COPY = {"aten::_unsafe_view", "aten::expand", "aten::view", "aten::reshape", "aten::alias"}
 

@@ -222,7 +222,8 @@ def on_gpu(result: InferenceEstimate, profile) -> InferenceEstimate:
 
     return result.model_copy(update={
         "gpu": profile.slug, "gpu_usable_bytes": profile.usable_bytes,
-        "cuda_context_bytes": driver_context_bytes(profile), "reserve_bytes": allocator_reserve_bytes(result.peak_bytes),
+        "cuda_context_bytes": driver_context_bytes(profile),
+        "reserve_bytes": allocator_reserve_bytes(result.peak_bytes),
     })
 
 

@@ -3,8 +3,8 @@
 The grid (vramplan/measure/grid.py) spans 8 architectures (llama, mistral, qwen2, qwen3, phi3, gemma2, and the
 Mixtral and Qwen3-MoE mixtures of experts), the three methods, ranks 8-64, four target sets, seq 512-4096,
 batch 1-8, checkpointing on/off (non-reentrant and reentrant), double quant on/off, the kbit upcast on/off,
-LoRA dropout on/off, gradient accumulation, fp32 + bf16 autocast, sdpa and eager, and eight optimizers. Each case runs the real
-transformers + peft + bitsandbytes step under FakeTensorMode (measure_step(trace=True)) and compares with the
+LoRA dropout on/off, gradient accumulation, fp32 + bf16 autocast, sdpa and eager, and eight optimizers. Each case runs
+the real transformers + peft + bitsandbytes step under FakeTensorMode (measure_step(trace=True)) and compares with the
 estimator's `traced_phases` (what a dispatcher-level tracer sees; `phases` adds the CUDA-only temporaries).
 Tolerances: 3% on the peak, 5% per phase. `python -m vramplan.measure.grid` prints the table.
 """

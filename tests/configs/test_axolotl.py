@@ -16,8 +16,8 @@ def test_defaults_are_axolotls_not_vramplans(read):
     optimizer adamw_torch_fused; gradient_checkpointing False; no bf16/fp16 -> float32 (resolve_dtype)."""
     r = read(BASE)
     assert r.model == "meta-llama/Llama-3.1-8B" and r.format == "axolotl"
-    assert r.plan_options == {"trainer": "hf", "method": "full", "param_dtype": "fp32", "seq": 512, "batch": 1, "grad_accum": 1,
-                              "grad_ckpt": False, "attn": "sdpa", "optimizer": "adamw_fused"}
+    assert r.plan_options == {"trainer": "hf", "method": "full", "param_dtype": "fp32", "seq": 512, "batch": 1,
+                              "grad_accum": 1, "grad_ckpt": False, "attn": "sdpa", "optimizer": "adamw_fused"}
 
 
 @pytest.mark.parametrize("text, field, value", [
@@ -59,7 +59,8 @@ def test_qlora_quantization_config(read):
     opts = read(QLORA + "bf16: true\n").plan_options
     assert {k: opts[k] for k in ("quant", "double_quant", "compute_dtype", "quant_storage")} == {
         "quant": "nf4", "double_quant": True, "compute_dtype": "bf16", "quant_storage": "bf16"}
-    opts = read(QLORA + "bnb_config_kwargs: {bnb_4bit_quant_type: fp4, bnb_4bit_use_double_quant: false}\n").plan_options
+    opts = read(QLORA + "bnb_config_kwargs: {bnb_4bit_quant_type: fp4, "
+                        "bnb_4bit_use_double_quant: false}\n").plan_options
     assert opts["quant"] == "fp4" and opts["double_quant"] is False and opts["compute_dtype"] == "fp32"
 
 

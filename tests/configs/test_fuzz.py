@@ -32,10 +32,12 @@ KEYS = sorted({*axolotl.REFUSED, *llamafactory.REFUSED, *trl.REFUSED, "base_mode
                "val_set_size", "eval_batch_size", "per_device_eval_batch_size", "learning_rate",
                *accelerate.__dict__.get("_STRATEGIES", {})})
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 70000), st.floats(allow_nan=False, width=32),
-                    st.sampled_from(["auto", "none", "lora", "qlora", "cpu", "nvme", "bf16", "fp32", "FSDP", "DEEPSPEED",
-                                     "MULTI_GPU", "sft", "dpo", "all", "nf4", "x", "q_proj,v_proj", "adamw_torch"]))
+                    st.sampled_from(["auto", "none", "lora", "qlora", "cpu", "nvme", "bf16", "fp32", "FSDP",
+                                     "DEEPSPEED", "MULTI_GPU", "sft", "dpo", "all", "nf4", "x", "q_proj,v_proj",
+                                     "adamw_torch"]))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.sampled_from(["stage", "device", "offload_optimizer",
+                                                       st.dictionaries(st.sampled_from(["stage", "device",
+                                                                                        "offload_optimizer",
                                                                                         "use_reentrant", "fsdp_version",
                                                                                         "reshard_after_forward"]),
                                                                        inner, max_size=3)), max_leaves=6)

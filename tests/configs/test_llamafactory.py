@@ -16,9 +16,10 @@ def test_defaults_are_llamafactorys(read):
     per_device_train_batch_size 8 and adamw_torch_fused; checkpointing on and reentrant (use_reentrant_gc)."""
     r = read(BASE + "bf16: true\n")
     assert r.format == "llamafactory" and r.model == "Qwen/Qwen2.5-7B"
-    assert r.plan_options == {"trainer": "hf", "method": "lora", "batch": 8, "grad_accum": 1, "optimizer": "adamw_fused",
-                              "grad_ckpt": True, "param_dtype": "bf16", "rank": 8, "alpha": 16.0, "lora_dropout": 0.0,
-                              "targets": "all-linear", "seq": 2048, "ckpt_reentrant": True, "attn": "sdpa"}
+    assert r.plan_options == {"trainer": "hf", "method": "lora", "batch": 8, "grad_accum": 1,
+                              "optimizer": "adamw_fused", "grad_ckpt": True, "param_dtype": "bf16", "rank": 8,
+                              "alpha": 16.0, "lora_dropout": 0.0, "targets": "all-linear", "seq": 2048,
+                              "ckpt_reentrant": True, "attn": "sdpa"}
 
 
 @pytest.mark.parametrize("text, field, value", [

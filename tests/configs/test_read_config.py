@@ -80,7 +80,8 @@ def test_the_package_imports_no_torch():
     ("base_model: x\nadapter: lora\nlora_alpha: abc\n", "lora_alpha: expected a number, got 'abc'"),
     ("base_model: x\nmicro_batch_size: two\n", "micro_batch_size: expected an integer, got 'two'"),
     ("base_model: x\ngradient_checkpointing: maybe\n", "gradient_checkpointing: expected true or false"),
-    ("base_model: x\nbnb_config_kwargs: [1]\nadapter: qlora\nload_in_4bit: true\n", "bnb_config_kwargs: expected a mapping"),
+    ("base_model: x\nbnb_config_kwargs: [1]\nadapter: qlora\nload_in_4bit: true\n",
+     "bnb_config_kwargs: expected a mapping"),
     ("base_model: x\ndeepspeed: missing.json\n", "deepspeed: file missing.json not found"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_field(tmp_path, text, needle):

@@ -139,7 +139,8 @@ HF = '{"output_dir": "o", "per_device_train_batch_size": 2, %s}'
     ('"optim": "adamw_torch"', "optimizer", "adamw"),
     ('"activation_checkpointing": true', "grad_ckpt", True),
     ('"gradient_checkpointing": true', "ckpt_reentrant", False),  # transformers 5: use_reentrant False
-    ('"gradient_checkpointing": true, "gradient_checkpointing_kwargs": {"use_reentrant": true}', "ckpt_reentrant", True),
+    ('"gradient_checkpointing": true, "gradient_checkpointing_kwargs": {"use_reentrant": true}',
+     "ckpt_reentrant", True),
     ('"fsdp": "full_shard auto_wrap"', "sharding", "fsdp"),
     ('"fsdp": "shard_grad_op"', "sharding", "fsdp_grad_op"),
     ('"fsdp": "full_shard offload"', "offload", "params"),
@@ -236,7 +237,7 @@ def test_bnb_unmodelled(read, fields, field):
 ])
 def test_bnb_8bit_unmodelled(read, fields, field):
     with pytest.raises(ConfigReadError, match=field):
-        read('{"quant_method": "bitsandbytes", "load_in_8bit": true%s}' % fields, "bnb.json")
+        read(f'{{"quant_method": "bitsandbytes", "load_in_8bit": true{fields}}}', "bnb.json")
 
 
 def test_bnb_8bit_is_lora_on_an_int8_base(read):

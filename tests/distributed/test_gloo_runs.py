@@ -82,7 +82,8 @@ def _check(config: dict, world: int, cases: list[tuple[str, str]]) -> None:
                 err = (want - got) / got
                 effect_err = (effect_want - effect_got) / got
                 rows.append(f"{plan.method:5} {plan.parallelism:12} ga{plan.grad_accum} rank {rank} {phase:9} "
-                            f"measured {got:9d} estimated {want:9d} {100 * err:+6.2f}%  effect {100 * effect_err:+6.2f}%")
+                            f"measured {got:9d} estimated {want:9d} {100 * err:+6.2f}%  "
+                            f"effect {100 * effect_err:+6.2f}%")
                 if abs(err) > 0.05 or abs(effect_err) > 0.01:
                     bad.append(rows[-1])
     assert not bad, "\n".join(["off:", *bad, "all:", *rows])

@@ -86,7 +86,8 @@ def test_every_plan_flag_is_a_knob() -> None:
 
 
 @pytest.mark.parametrize("query,flags", [
-    ({"grad-ckpt": "false", "use-dora": "true", "method": "lora"}, ["--no-grad-ckpt", "--use-dora", "--method", "lora"]),
+    ({"grad-ckpt": "false", "use-dora": "true", "method": "lora"},
+     ["--no-grad-ckpt", "--use-dora", "--method", "lora"]),
     ({"ckpt-reentrant": "1", "double-quant": "false"}, ["--ckpt-reentrant", "--no-double-quant"]),
     ({"gpus": "2", "sharding": "fsdp", "method": "lora"}, ["--gpus", "2", "--sharding", "fsdp", "--method", "lora"]),
 ])

@@ -80,7 +80,8 @@ def read(reader: FieldReader, base: Path) -> None:
         _qlora(reader, dtype)
     reader.set("seq", as_int(reader, "sequence_len", reader.take("sequence_len", 512)), "sequence_len")
     reader.set("batch", as_int(reader, "micro_batch_size", reader.take("micro_batch_size", 1)), "micro_batch_size")
-    reader.set("grad_accum", as_int(reader, "gradient_accumulation_steps", reader.take("gradient_accumulation_steps", 1)),
+    reader.set("grad_accum",
+               as_int(reader, "gradient_accumulation_steps", reader.take("gradient_accumulation_steps", 1)),
                "gradient_accumulation_steps")
     reader.take("sample_packing"), reader.take("pad_to_sequence_len")  # see the module docstring
     _evaluation(reader)

@@ -2,7 +2,8 @@
 
 Mapped: `zero_optimization.stage` 1-3 -> sharding zero1/zero2/zero3; `offload_optimizer.device: cpu` -> offload
 optimizer (ZeRO-Offload), `offload_param.device: cpu` -> offload params (stage 3 only); the batch fields when
-they are numbers (HF's integration fills "auto" from TrainingArguments: `HfTrainerDeepSpeedConfig.trainer_config_process`).
+they are numbers (HF's integration fills "auto" from TrainingArguments:
+`HfTrainerDeepSpeedConfig.trainer_config_process`).
 The estimator models the bucket sizes HF fills for "auto" (vramplan.estimator.deepspeed); a number there is refused.
 """
 
@@ -58,7 +59,8 @@ def read(reader: FieldReader) -> None:
     reader.set("batch", as_int(reader, "train_micro_batch_size_per_gpu", reader.take("train_micro_batch_size_per_gpu"),
                                   auto=True),
                "train_micro_batch_size_per_gpu")
-    reader.set("grad_accum", as_int(reader, "gradient_accumulation_steps", reader.take("gradient_accumulation_steps"), auto=True),
+    reader.set("grad_accum",
+               as_int(reader, "gradient_accumulation_steps", reader.take("gradient_accumulation_steps"), auto=True),
                "gradient_accumulation_steps")
 
 
@@ -71,5 +73,6 @@ def _offload(zero: FieldReader, key: str) -> bool:
     if device == "nvme":
         zero.refuse(f"{key}.device", "nvme (ZeRO-Infinity)")
     if device not in ("cpu", "none"):
-        raise ConfigReadError(f"{zero.source}: {zero.prefix}{key}.device: {device!r}; DeepSpeed takes cpu, nvme or none")
+        raise ConfigReadError(f"{zero.source}: {zero.prefix}{key}.device: {device!r}; "
+                              "DeepSpeed takes cpu, nvme or none")
     return device == "cpu"

@@ -38,7 +38,8 @@ def read_training_args(reader: FieldReader, base: Path, *, checkpointing: bool =
     knows what dtype the weights are loaded in."""
     for key, why in REFUSED_TRAINING_ARGS.items():
         reader.refuse_if_on(key, why)
-    reader.set("batch", as_int(reader, "per_device_train_batch_size", reader.take("per_device_train_batch_size", batch)),
+    reader.set("batch",
+               as_int(reader, "per_device_train_batch_size", reader.take("per_device_train_batch_size", batch)),
                "per_device_train_batch_size")
     reader.set("grad_accum", as_int(reader, "gradient_accumulation_steps",
                                     reader.take("gradient_accumulation_steps", 1)), "gradient_accumulation_steps")

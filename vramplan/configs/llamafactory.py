@@ -37,7 +37,8 @@ _ATTENTION = {"auto": "sdpa", "disabled": "eager", "sdpa": "sdpa", "fa2": "flash
 
 
 def looks_like(data: dict) -> bool:
-    return any(k in data for k in ("stage", "finetuning_type", "cutoff_len", "lora_target", "quantization_bit", "template"))
+    return any(k in data
+               for k in ("stage", "finetuning_type", "cutoff_len", "lora_target", "quantization_bit", "template"))
 
 
 def read(reader: FieldReader, base: Path) -> None:
@@ -77,7 +78,8 @@ def read(reader: FieldReader, base: Path) -> None:
     reader.set("seq", as_int(reader, "cutoff_len", reader.take("cutoff_len", 2048)), "cutoff_len")
     reader.take("packing"), reader.take("neat_packing")  # see the module docstring
     off = reader.take("disable_gradient_checkpointing", False)
-    reader.set("grad_ckpt", not as_bool(reader, "disable_gradient_checkpointing", off), "disable_gradient_checkpointing")
+    reader.set("grad_ckpt", not as_bool(reader, "disable_gradient_checkpointing", off),
+               "disable_gradient_checkpointing")
     if not off:
         reentrant = reader.take("use_reentrant_gc", True)
         reader.set("ckpt_reentrant", as_bool(reader, "use_reentrant_gc", reentrant), "use_reentrant_gc")
@@ -109,7 +111,8 @@ def _lora(reader: FieldReader, method: str, compute: str) -> None:
     if as_bool(reader, "use_dora", reader.take("use_dora", False)):  # DoRA is modelled (estimator/dora.py)
         reader.set("use_dora", True, "use_dora")
     target = str(reader.take("lora_target", "all"))
-    reader.set("targets", "all-linear" if target == "all" else names.targets(reader, "lora_target", target), "lora_target")
+    reader.set("targets", "all-linear" if target == "all" else names.targets(reader, "lora_target", target),
+               "lora_target")
     # LLaMA-Factory `additional_target` -> LoraConfig(modules_to_save=...) (model/adapter.py)
     saved = names.modules_to_save(reader, "additional_target", reader.take("additional_target"))
     reader.set("modules_to_save", saved, "additional_target")

@@ -3,7 +3,8 @@ mapping. Its TrainingArguments fields go through `hf.read_training_args`, with T
 
 - `SFTConfig` (trl 1.16 `trainer/sft_config.py`, `base_config.py`): `max_length` 1024, `gradient_checkpointing`
   on, `bf16` on unless `fp16` (`_BaseConfig.__post_init__`), `packing` bins of max_length tokens (batch x
-  max_length tokens at most; 'bfd' and `padding_free` flatten them into one row: the plan's `packing`), `per_device_train_batch_size` 8;
+  max_length tokens at most; 'bfd' and `padding_free` flatten them into one row: the plan's `packing`),
+  `per_device_train_batch_size` 8;
 - `ModelConfig` (`trainer/model_config.py`): `dtype` float32 (so bf16 is autocast over fp32 weights),
   `attn_implementation` (else transformers' default, sdpa), `use_peft` with `lora_r` 16, `lora_alpha` 32,
   `lora_dropout` 0.05, `lora_target_modules` (else peft's default for the architecture);

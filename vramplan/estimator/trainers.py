@@ -53,7 +53,8 @@ from vramplan.plan import TrainingPlan
 # counted at the full length); KTO (DataCollatorForUnpairedPreference): input_ids, attention_mask, completion_mask
 # and the mismatched KL rows' three
 _BATCH_TENSORS = {"hf": 2, "loop": 2, "trl-sft": 3, "trl-dpo": 3, "trl-orpo": 4, "trl-kto": 6}
-FUSED_HEAD = ("trl-sft", "trl-dpo", "trl-kto")  # trainers that call `add_fused_lm_head` and prepare the model as TRL does
+# trainers that call `add_fused_lm_head` and prepare the model as TRL does
+FUSED_HEAD = ("trl-sft", "trl-dpo", "trl-kto")
 REFERENCE = ("trl-dpo", "trl-kto")  # trainers with a reference model (or the adapters disabled)
 
 

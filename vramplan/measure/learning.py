@@ -79,7 +79,8 @@ def _plan_key(plan: dict) -> str:
     return json.dumps(plan, sort_keys=True)
 
 
-def learn(estimate: Any, records: Sequence[Any], profile: Any, versions: dict[str, str] | None = None) -> Learned | None:
+def learn(estimate: Any, records: Sequence[Any], profile: Any,
+          versions: dict[str, str] | None = None) -> Learned | None:
     """What the runs on this GPU say about `estimate` (None when there is none)."""
     runs = _same_build([r for r in records if same_gpu(r, profile)], versions or {})
     if not runs:

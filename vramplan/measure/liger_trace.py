@@ -53,10 +53,9 @@ def liger_session(model_type: str | None) -> Iterator[None]:
     """The patches of the module docstring; enter it before the fake session (Liger's imports make tensors)."""
     import liger_kernel.ops.fused_linear_cross_entropy as flce
     import liger_kernel.transformers  # noqa: F401 - imports every wrapper before anything is faked
+    from liger_kernel.backends import registry
     from torch._subclasses.fake_tensor import FakeTensor
     from triton.runtime import jit
-
-    from liger_kernel.backends import registry
 
     for op in list(registry._DISCOVERY_MAP):  # import every backend now (see the module docstring)
         registry._discover(op)

@@ -61,7 +61,8 @@ class CalibrationStore:
         peak = record.by_phase.get("peak")
         estimated = peak.estimate_bytes if peak else record.estimate["peak_bytes"]  # the figure compared with
         row = (record.created_at, record.model, record.plan.get("method", ""), record.device, int(record.traced),
-               record.status, m.peak_bytes if m else None, estimated, record.error_pct.get("peak"), json.dumps(record.plan), json.dumps(record.versions),
+               record.status, m.peak_bytes if m else None, estimated, record.error_pct.get("peak"),
+               json.dumps(record.plan), json.dumps(record.versions),
                record.model_dump_json(exclude={"id"}))
         with self._connect(create=True) as conn:
             conn.execute("BEGIN IMMEDIATE")

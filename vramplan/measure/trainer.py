@@ -3,7 +3,8 @@
 It does what a transformers + peft + bitsandbytes script does, through the libraries' own code:
 
     model = from_config / from_pretrained(quantization_config=...)       (build.py)
-    a k-bit base (QLoRA, 8-bit) + kbit_upcast: peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=...)
+    a k-bit base (QLoRA, 8-bit) + kbit_upcast:
+        peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=...)
     otherwise, with checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)
     lora/qlora: model = peft.get_peft_model(model, LoraConfig(...))
     optimizer = <plan.optimizer> over the trainable parameters             (optimizers.py)
@@ -41,8 +42,8 @@ from vramplan.measure.build import (
 )
 from vramplan.measure.cuda_memory import CudaMemory, paged_bytes
 from vramplan.measure.optimizers import build_optimizer
-from vramplan.measure.tracker import Allocation, MemoryTracker
 from vramplan.measure.tracing import fake_session, warm_caches
+from vramplan.measure.tracker import Allocation, MemoryTracker
 from vramplan.plan import TrainingPlan
 
 PHASES = ("forward", "backward", "optimizer")

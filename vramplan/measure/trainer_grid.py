@@ -87,11 +87,10 @@ EVAL_GRID: tuple = (
 
 def run_eval_case(case) -> dict:
     from vramplan.api import estimate
+    from vramplan.estimator.evaluation import eval_peak
     from vramplan.measure.grid import error_pct
     from vramplan.models import preset_config, resolve_model
     from vramplan.plan import make_plan
-
-    from vramplan.estimator.evaluation import eval_peak
 
     plan = make_plan(**case.opts)
     traced = measure_eval_step(preset_config(case.model), plan)
