@@ -19,11 +19,13 @@ EXPECTED = json.loads(golden.GOLDEN.read_text())
 @pytest.mark.parametrize("argv", golden.invocations(), ids=" ".join)
 def test_estimate_and_compare_print_the_same_numbers(argv: list[str]) -> None:
     code, nums = golden.run(argv)
-    assert golden.same(EXPECTED[" ".join(argv)], {"exit": code, "numbers": nums}), " ".join(argv)
+    got = {"exit": code, "numbers": nums}
+    assert golden.same(EXPECTED[" ".join(argv)], got), golden.moved(EXPECTED[" ".join(argv)], got)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("argv", [list(a) for a in golden.SLOW], ids=" ".join)
 def test_suggest_and_calibrate_print_the_same_numbers(argv: list[str]) -> None:
     code, nums = golden.run(argv)
-    assert golden.same(EXPECTED[" ".join(argv)], {"exit": code, "numbers": nums}), " ".join(argv)
+    got = {"exit": code, "numbers": nums}
+    assert golden.same(EXPECTED[" ".join(argv)], got), golden.moved(EXPECTED[" ".join(argv)], got)

@@ -14,6 +14,7 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -89,8 +90,15 @@ def run(argv: list[str]) -> tuple[int, object]:
     from vramplan.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
+    # the width of a piped output (commands/plan_flags.console): tables wrap, and so order their numbers, by width;
+    # a test runner may set COLUMNS (pytest-xdist workers do), which the console would follow
+    columns = os.environ.pop("COLUMNS", None)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        if columns is not None:
+            os.environ["COLUMNS"] = columns
     if code == 2:  # an input error: its one line is the output
         return code, err.getvalue().strip()
     return code, numbers(argv, out.getvalue())
@@ -105,6 +113,19 @@ def same(expected: object, got: dict) -> bool:
     if isinstance(old, dict) and isinstance(new, dict):
         return all(k in new and new[k] == v for k, v in old.items())
     return old == new
+
+
+def moved(expected: dict, got: dict) -> list[str]:
+    """What differs, for a failing test's message: exit codes, or the positions/keys whose numbers moved."""
+    if expected["exit"] != got["exit"]:
+        return [f"exit {expected['exit']} -> {got['exit']}"]
+    old, new = expected["numbers"], got["numbers"]
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [f"{k}: {v} -> {new.get(k)}" for k, v in old.items() if new.get(k) != v]
+    if isinstance(old, list) and isinstance(new, list):
+        return [f"#{i}: {a} -> {b}" for i, (a, b) in enumerate(zip(old, new)) if a != b] + (
+            [f"{len(old)} numbers -> {len(new)}"] if len(old) != len(new) else [])
+    return [f"{old} -> {new}"]
 
 
 def record(argvs: list[list[str]]) -> dict[str, object]:
