@@ -33,7 +33,7 @@ def check_trainer(plan: TrainingPlan) -> None:
                          "ORPOTrainer's peft_module_casting_to_bf16 and its autocast region are not modelled)")
     if plan.activation_offloading and (plan.trainer not in ("trl-sft", "trl-dpo", "trl-kto") or plan.multi_gpu):
         raise ValueError("--activation-offloading is TRL's (activation_offloading=True): modelled for --trainer "
-                         "trl-sft/trl-dpo on one GPU")
+                         "trl-sft, trl-dpo or trl-kto on one GPU")
     if plan.precompute_ref_log_probs and plan.trainer not in ("trl-dpo", "trl-kto"):
         raise ValueError("--precompute-ref-log-probs applies to --trainer trl-dpo and trl-kto")
     if plan.trainer in ("trl-dpo", "trl-kto") and plan.eval_batch is not None:
