@@ -224,8 +224,8 @@ def test_a_blocker_sentence_gives_each_plan_its_own_size():
     from vramplan.plan import make_plan
     from vramplan.report.advice import _blocker_words
 
-    fp32 = make_plan(method="full", param_dtype="fp32", mixed_precision="fp16").model_dump()
-    bf16 = make_plan(method="full").model_dump()
+    fp32 = make_plan(method="full", param_dtype="fp32", mixed_precision="fp16").to_dict()
+    bf16 = make_plan(method="full").to_dict()
 
     class Blocker:
         plan, gpu_bytes, host_bytes, host_fits = fp32, 80 * 2**30, 0, True

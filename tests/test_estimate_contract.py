@@ -70,25 +70,28 @@ def test_the_json_plan_builds_the_same_plan(capsys, method):
     """QLoRA's options are None off QLoRA, so `make_plan(**plan)` takes a plan's JSON back for every method."""
     assert main(["estimate", "--model", "llama-7b", "--method", method, "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
-    assert make_plan(**plan).model_dump() == plan
+    assert make_plan(**plan).to_dict() == plan
     assert (plan["double_quant"] is None) == (method != "qlora") == (plan["kbit_upcast"] is None)
 
 
 def test_results_are_typed():
     """issue 11: the plan is the `TrainingPlan`, components a model with named fields that refuses an unknown
     one, and a copy with new values is validated like the constructor's arguments."""
-    from pydantic import ValidationError
-
+    from vramplan.errors import RecordError
     from vramplan.estimator.result import Components, MemoryEstimate
     from vramplan.plan import TrainingPlan
 
     e = estimate("llama2-7b", make_plan(method="lora", gpus=2, sharding="fsdp"))
     assert isinstance(e.plan, TrainingPlan) and isinstance(e.components, Components)
     assert e.plan.sharding == "fsdp" and e.components.unsharded_params > 0 and e.components.quantized_weights == 0
-    with pytest.raises(ValidationError):
+    with pytest.raises(TypeError):
         Components(not_a_component=1)
-    copy = e.model_copy(update={"components": {"activations": 5}, "plan": e.plan.model_dump()})
+    with pytest.raises(RecordError, match="not_a_component: unknown field"):
+        Components.from_dict({"not_a_component": 1})
+    with pytest.raises(RecordError, match="activations: must be an integer"):
+        e.replace(components={"activations": "5"})
+    copy = e.replace(components={"activations": 5}, plan=e.plan.to_dict())
     assert isinstance(copy, MemoryEstimate) and isinstance(copy.plan, TrainingPlan)
     assert copy.components.activations == 5 and copy.components.base_weights == 0
-    stored = Components.from_json(e.model_dump(mode="json")["components"])
+    stored = Components.from_json(e.to_dict()["components"])
     assert stored == e.components

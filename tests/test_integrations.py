@@ -90,6 +90,6 @@ def test_callback_reads_a_qlora_model(tmp_path):
     plan = make_plan(method="qlora", seq=SEQ, batch=BATCH, optimizer="adamw", param_dtype="bf16", grad_ckpt=True)
     callback = VramplanCallback(save=False, printer=lambda s: None)
     _trainer(tmp_path, plan, callback).train()
-    expected = plan.model_dump(mode="json") | {"targets": "q_proj,v_proj", "quant_storage": "uint8"}  # explicit
+    expected = plan.to_dict() | {"targets": "q_proj,v_proj", "quant_storage": "uint8"}  # explicit
     assert callback.record.plan == expected
     assert callback.record.by_phase["peak"].error_pct is not None

@@ -69,6 +69,6 @@ def test_for_method_resets_what_the_new_method_does_not_take():
     lora = qlora.for_method("lora")
     assert (lora.method, lora.rank, lora.quant_storage, lora.quant, lora.double_quant) == ("lora", 32, None, None, None)
     full = qlora.for_method("full", optimizer="adamw")
-    assert all(getattr(full, f) == TrainingPlan.model_fields[f].default for f in fields_outside("full"))
+    assert all(getattr(full, f) == TrainingPlan.default_of(f) for f in fields_outside("full"))
     back = full.for_method("qlora")  # make_plan fills QLoRA's defaults again
     assert (back.quant, back.double_quant, back.rank) == ("nf4", True, 8)

@@ -146,7 +146,7 @@ def test_every_recommended_plan_fits_with_the_headroom(model, gpu, objective):
 ])
 def test_max_seq_and_batch_are_exact(model, gpu, objective):
     a = advise(model, gpu, objective=objective)
-    plan, lim = a.plans[0].estimate.plan.model_dump(), a.limits
+    plan, lim = a.plans[0].estimate.plan.to_dict(), a.limits
     assert fits(model, {**plan, "seq": lim.max_seq}, gpu)
     assert lim.max_seq == lim.seq_cap or not fits(model, {**plan, "seq": lim.max_seq + 1}, gpu)
     assert fits(model, {**plan, "batch": lim.max_batch}, gpu)

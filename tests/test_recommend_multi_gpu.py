@@ -29,7 +29,7 @@ def advise(model: str, gpu: str, gpus: int, host_gib: float | None = 128, **kw):
 
 
 def per_gpu_bytes(model: str, plan: dict | TrainingPlan, gpu: str) -> int:
-    e = estimate(model, TrainingPlan.model_validate(plan), gpu=gpu)
+    e = estimate(model, TrainingPlan.from_dict(plan), gpu=gpu)
     return e.total_gpu_bytes + e.paged_bytes
 
 

@@ -51,7 +51,7 @@ def test_small_model_shown_plans_and_knobs_are_estimates_numbers(model, gpu, gpu
 def test_shown_plans_and_knobs_are_estimates_numbers(model, gpu, gpus, objective):
     a = recommend(Request(model=resolve_model(model), gpu=resolve_gpu(gpu), gpus=gpus, objective=objective))
     check_shown_plans(a, model, gpu)
-    lim, plan = a.limits, a.plans[0].estimate.plan.model_dump()
+    lim, plan = a.limits, a.plans[0].estimate.plan.to_dict()
     assert on_card(model, {**plan, "batch": lim.max_batch}, gpu) <= a.limit_bytes
     assert on_card(model, {**plan, "batch": lim.max_batch + 1}, gpu) > a.limit_bytes
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vramplan.estimator import MemoryEstimate, estimate_memory
-from vramplan.estimator.allocator import AllocatorConfig
 from vramplan.models import ModelSpec, resolve_model
 from vramplan.plan import TrainingPlan
 from vramplan.vocab import METHODS
 
 if TYPE_CHECKING:
+    from vramplan.estimator.allocator import AllocatorConfig
     from vramplan.hardware import GpuProfile
 
 
@@ -66,7 +66,7 @@ def with_device(spec: ModelSpec, plan: TrainingPlan, result: MemoryEstimate, pro
     from vramplan.hardware import blas_workspace_bytes
 
     reserve = reserve_interval(spec, plan, result.peak_bytes, profile, plan_allocator_config(plan))
-    return result.model_copy(update={
+    return result.replace(**{
         "gpu": profile.slug,
         "gpu_usable_bytes": profile.usable_bytes,
         "cuda_context_bytes": driver_context_bytes(profile),
@@ -80,6 +80,8 @@ def with_device(spec: ModelSpec, plan: TrainingPlan, result: MemoryEstimate, pro
 
 def plan_allocator_config(plan: TrainingPlan) -> AllocatorConfig:
     """The plan's `PYTORCH_CUDA_ALLOC_CONF` knobs (defaults where the plan has none)."""
+    from vramplan.estimator.allocator import AllocatorConfig  # with a GPU only: no estimate without one needs it
+
     split = plan.max_split_size_mb
     return AllocatorConfig(expandable_segments=plan.expandable_segments,
                            max_split_size_bytes=None if split is None else split * 2**20)

@@ -189,7 +189,7 @@ def _single_gpu_plan(plan: TrainingPlan) -> TrainingPlan:
     update = {"gpus": 1, "sharding": None, "offload": "none"}
     if plan.method == "qlora" and plan.kbit_upcast is False and plan.sharding in ("fsdp", "fsdp_grad_op", "zero3"):
         update["kbit_upcast"] = False
-    return plan.model_copy(update=update)
+    return plan.derive(**update)
 
 
 def _comm_pool_bytes(model: ModelSpec, plan: TrainingPlan) -> int:

@@ -45,6 +45,10 @@ class ConfigReadError(InputError):
     """A training config file (vramplan.configs) cannot be read, or holds a field vramplan cannot model."""
 
 
+class RecordError(InputError):
+    """A record (vramplan.record) built from values that fail its checks: one line, `field: message`."""
+
+
 class PlanError(InputError):
     """Training-plan options that make no sense alone or together."""
 

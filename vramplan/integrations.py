@@ -300,12 +300,12 @@ class _Callback:
             reserved_bytes=max(meter.reserved.values()) if cuda else None,
             reserved_phases={"load": 0, **meter.reserved} if cuda else None,
             cuda_context_bytes=_context_bytes(meter) if cuda else None)
-        estimate = self.estimate.model_dump(mode="json")
+        estimate = self.estimate.to_dict()
         by_phase, by_component = comparison.compare(estimate, measured)
         device = str(self.args.device)
         record = records.CalibrationRecord(
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=self.spec.name,
-            plan=self.plan.model_dump(mode="json"), device=device, traced=False, steps=self.steps, status="ok",
+            plan=self.plan.to_dict(), device=device, traced=False, steps=self.steps, status="ok",
             versions=library_versions(device if cuda else None), estimate=estimate,
             estimate_basis=comparison.estimate_basis(estimate, measured), measured=measured, by_phase=by_phase,
             by_component=by_component)

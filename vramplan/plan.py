@@ -1,7 +1,7 @@
 """The training plan: every knob that changes how much memory a fine-tuning step takes.
 
-A frozen pydantic model. Defaults that depend on the method (quantization, rank, optimizer) are filled in
-by `make_plan`, which also turns pydantic's validation errors into one-line `PlanError`s.
+A frozen record (vramplan.record): strict types, and each failed check one line raised as a `PlanError`. Defaults
+that depend on the method (quantization, rank, optimizer) are filled in by `make_plan`.
 
 Several GPUs (`gpus`, `sharding`, `offload`): `batch` is the micro-batch of *one* GPU (data parallelism: every
 GPU runs its own batch). `sharding` says which engine splits the training state: `none` (one GPU), `ddp`
@@ -24,18 +24,10 @@ import functools
 import math
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
-
 from vramplan import plan_rules, vocab
 from vramplan.errors import PlanError
 from vramplan.plan_rules import PARAM_SHARDING, ZERO, allowed_offloads  # noqa: F401  (re-exported)
+from vramplan.record import Record
 from vramplan.vocab import (  # noqa: F401  (SHARDINGS, OPTIMIZERS, TRAINERS, TARGET_SHORTHANDS: re-exported)
     ATTENTIONS,
     DTYPES,
@@ -87,10 +79,10 @@ LossType = Literal[LOSS_TYPES]  # type: ignore[valid-type]  # TRL 1.16 SFTConfig
 
 Optimizer = Literal[OPTIMIZERS]  # type: ignore[valid-type]
 
-class TrainingPlan(BaseModel):
+class TrainingPlan(Record):
     """One fine-tuning configuration. Sizes are counts; dtypes are 'bf16' | 'fp16' | 'fp32'."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    error = PlanError
 
     method: Method = "qlora"
     param_dtype: Dtype = "bf16"
@@ -119,7 +111,7 @@ class TrainingPlan(BaseModel):
     grad_accum: int = 1
     # Recompute and kernels
     grad_ckpt: bool = True
-    ckpt_reentrant: bool = False
+    ckpt_reentrant: bool | None = None  # default: reentrant under transformers 4 (see `_defaults`)
     attn: Attn = "sdpa"
     optimizer: Optimizer | None = None
     # Several GPUs (data parallel; `batch` is per GPU)
@@ -148,111 +140,36 @@ class TrainingPlan(BaseModel):
     # PYTORCH_CUDA_ALLOC_CONF knobs of the caching allocator (reserved memory: vramplan/estimator/allocator.py)
     expandable_segments: bool = False
     max_split_size_mb: int | None = None  # None: unlimited (torch's default)
-    # The transformers major version the run uses (default: the installed one, else 5): `_transformers_defaults`
-    transformers: Literal[4, 5] = 5
+    # The transformers major version the run uses (default: the installed one, else 5): `_defaults`
+    transformers: Literal[4, 5] | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _transformers_defaults(cls, data: object) -> object:
+    def _defaults(self) -> None:
         """`transformers` defaults to the installed major version (read from the package metadata, never by
         importing it), else 5. Its checkpointing default: transformers 4.57 `gradient_checkpointing_enable` takes
         `{"use_reentrant": True}` when given no kwargs (peft's `prepare_model_for_kbit_training` passes `{}`:
         torch's own default, reentrant too); 5.x `_activation_checkpointing_enable` takes
-        `{"use_reentrant": False}`, what HF Trainer's call leaves in effect."""
-        if not isinstance(data, dict):
-            return data
-        out = dict(data)
-        if out.get("transformers") is None:
-            out["transformers"] = installed_transformers()
-        if out.get("ckpt_reentrant") is None:
-            out["ckpt_reentrant"] = out["transformers"] == 4 and out.get("grad_ckpt") is not False
-        return out
+        `{"use_reentrant": False}`, what HF Trainer's call leaves in effect.
 
-    @model_validator(mode="before")
-    @classmethod
-    def _qlora_defaults(cls, data: object) -> object:
-        """QLoRA's booleans get their defaults here, so that only a qlora plan carries them and a plan's dump
-        (`estimate --json`) builds the same plan again. kbit upcast: trl's SFTTrainer skips
-        `prepare_model_for_kbit_training` when the 4-bit weights are sharded (FSDP-QLoRA)."""
-        if not isinstance(data, dict):
-            return data
-        method = data.get("method", "qlora")
-        if method != "qlora" and not (method == "lora" and data.get("load_in_8bit")):
-            return data
-        out = dict(data)
-        if out.get("double_quant") is None and method == "qlora":
-            out["double_quant"] = True
-        if out.get("kbit_upcast") is None:  # an 8-bit base goes through the same preparation (peft: loaded_in_kbit)
-            # TRL 1.16 SFTTrainer never calls prepare_model_for_kbit_training (it casts the adapters to bf16)
-            # (DPOTrainer too: the same model preparation)
-            out["kbit_upcast"] = out.get("sharding") not in PARAM_SHARDING and out.get("trainer") not in (
-                "trl-sft", "trl-dpo", "trl-kto")
-        return out
+        QLoRA's booleans get their defaults here, so that only a qlora plan carries them and a plan's dump
+        (`estimate --json`) builds the same plan again. kbit upcast: an 8-bit base goes through the same
+        preparation (peft: loaded_in_kbit); trl's SFTTrainer skips `prepare_model_for_kbit_training` when the 4-bit
+        weights are sharded (FSDP-QLoRA), and TRL 1.16's SFT/DPO/KTO trainers never call it (they cast the
+        adapters to bf16)."""
+        if self.transformers is None:
+            self._set("transformers", installed_transformers())
+        if self.ckpt_reentrant is None:
+            self._set("ckpt_reentrant", self.transformers == 4 and self.grad_ckpt)
+        if not (self.method == "qlora" or (self.method == "lora" and self.load_in_8bit)):
+            return
+        if self.double_quant is None and self.method == "qlora":
+            self._set("double_quant", True)
+        if self.kbit_upcast is None:
+            self._set("kbit_upcast", self.sharding not in PARAM_SHARDING
+                      and self.trainer not in ("trl-sft", "trl-dpo", "trl-kto"))
 
-    @model_validator(mode="after")
-    def _trainer_options(self) -> TrainingPlan:
+    def _validate(self) -> None:
+        self._check_values()
         plan_rules.check_trainer(self)
-        return self
-
-    @field_validator(*INT_RANGES, mode="before")
-    @classmethod
-    def _in_range(cls, v: object, info: ValidationInfo) -> object:
-        """An integer within INT_RANGES (a bool is not a count; 2.0 is 2, 2.5 is refused by the type)."""
-        if v is None:
-            return v
-        if isinstance(v, bool):
-            raise ValueError(f"must be an integer, not {v}")
-        lo, hi = INT_RANGES[info.field_name]
-        if isinstance(v, (int, float)) and not lo <= v <= hi:
-            raise ValueError(f"{v:g} is out of range: give an integer from {lo} to {hi}" if isinstance(v, float)
-                             else f"{v} is out of range: give an integer from {lo} to {hi}")
-        return v
-
-    @field_validator("quant_blocksize")
-    @classmethod
-    def _blocksize(cls, v: int) -> int:
-        if v not in QUANT_BLOCKSIZES:
-            raise ValueError(f"{v}: bitsandbytes takes one of {', '.join(map(str, QUANT_BLOCKSIZES))}")
-        return v
-
-    @field_validator("lora_dropout")
-    @classmethod
-    def _probability(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:  # nan fails both comparisons
-            raise ValueError(f"{v:g} is out of range: give a probability in [0, 1)")
-        return v
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha(cls, v: float | None) -> float | None:
-        """peft scales the adapter by alpha / r: a finite positive number (0 would train nothing)."""
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise ValueError(f"{v:g} is out of range: give a finite number above 0 (peft's default is 8)")
-        return v
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        names = [t.strip() for t in v.split(",") if t.strip()]
-        if not names:
-            raise ValueError("give 'default', 'attention', 'all-linear' or a comma list of module names")
-        return ",".join(names)
-
-    @field_validator("modules_to_save")
-    @classmethod
-    def _modules_to_save(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        names = sorted({t.strip() for t in v.split(",") if t.strip()})
-        bad = [n for n in names if n not in MODULES_TO_SAVE]
-        if not names or bad:
-            raise ValueError(f"{', '.join(bad) or 'nothing'}: give a comma list of {', '.join(MODULES_TO_SAVE)}")
-        return ",".join(names)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TrainingPlan:
         self._check_method_fields()
         if self.modules_to_save and (self.parallelism != "none" or self.offload != "none"):
             raise ValueError("--modules-to-save on several GPUs or with offload is not modelled yet (that "
@@ -265,19 +182,47 @@ class TrainingPlan(BaseModel):
         if self.ckpt_reentrant and not self.grad_ckpt:
             raise ValueError("--ckpt-reentrant needs gradient checkpointing on")
         plan_rules.check_parallel(self)
-        return self
+
+    def _check_values(self) -> None:
+        """One field at a time: counts within INT_RANGES, bitsandbytes' block sizes, a dropout probability, a
+        finite positive alpha (peft scales the adapter by alpha / r; 0 would train nothing), and the module lists
+        (normalized: stripped, modules_to_save sorted)."""
+        for field, (lo, hi) in INT_RANGES.items():
+            v = getattr(self, field)
+            if v is not None and not lo <= v <= hi:
+                raise ValueError(f"{field}: {v} is out of range: give an integer from {lo} to {hi}")
+        if self.quant_blocksize not in QUANT_BLOCKSIZES:
+            raise ValueError(f"quant_blocksize: {self.quant_blocksize}: bitsandbytes takes one of "
+                             f"{', '.join(map(str, QUANT_BLOCKSIZES))}")
+        if not 0.0 <= self.lora_dropout < 1.0:  # nan fails both comparisons
+            raise ValueError(f"lora_dropout: {self.lora_dropout:g} is out of range: give a probability in [0, 1)")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha: {self.alpha:g} is out of range: give a finite number above 0 (peft's default "
+                             f"is {LORA_ALPHA_DEFAULT})")
+        if self.targets is not None:
+            names = [t.strip() for t in self.targets.split(",") if t.strip()]
+            if not names:
+                raise ValueError("targets: give 'default', 'attention', 'all-linear' or a comma list of module names")
+            self._set("targets", ",".join(names))
+        if self.modules_to_save is not None:
+            names = sorted({t.strip() for t in self.modules_to_save.split(",") if t.strip()})
+            bad = [n for n in names if n not in MODULES_TO_SAVE]
+            if not names or bad:
+                raise ValueError(f"modules_to_save: {', '.join(bad) or 'nothing'}: give a comma list of "
+                                 f"{', '.join(MODULES_TO_SAVE)}")
+            self._set("modules_to_save", ",".join(names))
 
     def _check_method_fields(self) -> None:
         """A field the method does not take (`fields_outside`) left at its default; `load_in_8bit` is
         `_check_8bit`'s, which says why."""
         for field in vocab.fields_outside(self.method, self.load_in_8bit):
-            if field not in vocab.INT8_FIELDS and getattr(self, field) != type(self).model_fields[field].default:
+            if field not in vocab.INT8_FIELDS and getattr(self, field) != type(self).default_of(field):
                 raise ValueError(vocab.outside_words(field, self.method))
 
     def for_method(self, method: str, **changes: Any) -> TrainingPlan:
         """This plan as `method` (with `changes`): the fields `method` does not take go back to their defaults,
         and `make_plan` fills the new method's own (rank, quantization, optimizer when unset)."""
-        fields = {**self.model_dump(), **changes, "method": method}
+        fields = {**self.to_dict(), **changes, "method": method}
         fields.update(dict.fromkeys(vocab.fields_outside(method, bool(fields.get("load_in_8bit")))))
         return make_plan(**fields)
 
@@ -330,14 +275,7 @@ def default_optimizer(method: str) -> str:
 
 def make_plan(**options: object) -> TrainingPlan:
     """Validate options (None means 'use the default') and fill the method-dependent defaults."""
-    given = {k: v for k, v in options.items() if v is not None}
-    try:
-        plan = TrainingPlan(**given)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "plan"
-        msg = err["msg"].removeprefix("Value error, ")
-        raise PlanError(f"{field}: {msg}" if err["loc"] else msg) from None
+    plan = TrainingPlan.from_dict({k: v for k, v in options.items() if v is not None})
     fills: dict[str, object] = {}
     if plan.optimizer is None:
         fills["optimizer"] = default_optimizer(plan.method)
@@ -355,4 +293,4 @@ def make_plan(**options: object) -> TrainingPlan:
             fills["quant"] = "nf4"
         if plan.compute_dtype is None:
             fills["compute_dtype"] = plan.param_dtype
-    return plan.model_copy(update=fills) if fills else plan
+    return plan.replace(**fills)

@@ -43,7 +43,7 @@ def plan_factory(args) -> Callable:
 
     def plan_for(method: str, **update: int):
         plan = method_plan(args, method)
-        return plan.model_copy(update=update) if update else plan
+        return plan.replace(**update)
     return plan_for
 
 

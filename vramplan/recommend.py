@@ -148,8 +148,8 @@ def _largest(probe: Probe, build: Callable[[int], TrainingPlan], lo: int, cap: i
 
 def solve_limits(probe: Probe, plan: TrainingPlan) -> Limits:
     cap = model_max_seq(probe.req.model)
-    max_seq = _largest(probe, lambda s: plan.model_copy(update={"seq": s}), min(plan.seq, cap), cap)
-    max_batch = _largest(probe, lambda b: plan.model_copy(update={"batch": b}), plan.batch, BATCH_CAP)
+    max_seq = _largest(probe, lambda s: plan.derive(seq=s), min(plan.seq, cap), cap)
+    max_batch = _largest(probe, lambda b: plan.derive(batch=b), plan.batch, BATCH_CAP)
     return Limits(max_seq=max_seq, seq_cap=cap, max_batch=max_batch, batch_cap=BATCH_CAP)
 
 
@@ -203,7 +203,7 @@ def knob_costs(probe: Probe, best: Candidate) -> list[KnobCost]:
         except PlanError:  # a combination the plan refuses (e.g. --load-in-8bit with DDP): no such knob here
             continue
         alt = probe.evaluate(changed)  # an error here is a bug, not a missing knob: let it through
-        out.append(KnobCost(knob=label, plan=alt.plan.model_dump(), gpu_bytes_delta=alt.gpu_bytes - best.gpu_bytes,
+        out.append(KnobCost(knob=label, plan=alt.plan.to_dict(), gpu_bytes_delta=alt.gpu_bytes - best.gpu_bytes,
                             host_bytes=alt.host_bytes,
                             speed_ratio=alt.tokens_per_s / best.tokens_per_s, fits=probe.fits_candidate(alt)))
     return out
@@ -228,7 +228,7 @@ def contrast(probe: Probe, best: Candidate) -> Contrast | None:
         return None
     alt = probe.evaluate(changed)
     fits = probe.fits_candidate(alt)
-    return Contrast(plan=alt.plan.model_dump(), gpu_bytes=alt.gpu_bytes, host_bytes=alt.host_bytes,
+    return Contrast(plan=alt.plan.to_dict(), gpu_bytes=alt.gpu_bytes, host_bytes=alt.host_bytes,
                     tokens_per_s=alt.tokens_per_s,
                     speed_ratio=alt.tokens_per_s / best.tokens_per_s, fits=fits,
                     limits=solve_limits(probe, alt.plan) if fits else None)
@@ -276,11 +276,11 @@ def method_needs(probe: Probe, cand: Candidate) -> MethodNeeds:
     offloaded = None
     if cand.plan.gpus == 1 and e.components.optimizer_states + e.paged_bytes > 0.05 * cand.gpu_bytes:
         offloaded = probe.evaluate(replan(cand.plan, optimizer="sgd")).gpu_bytes
-    return MethodNeeds(method=cand.plan.method, plan=cand.plan.model_dump(), gpu_bytes=cand.gpu_bytes,
+    return MethodNeeds(method=cand.plan.method, plan=cand.plan.to_dict(), gpu_bytes=cand.gpu_bytes,
                   host_bytes=cand.host_bytes, host_fits=host_fits, weights_bytes=e.phases["load"],
                   smallest_gpu=smallest.slug if smallest else None, same_size_gpus=same,
                   smallest_gpu_bytes=smallest_bytes,
-                  smallest_gpu_plan=version.model_dump() if version is not None and version != cand.plan else None,
+                  smallest_gpu_plan=version.to_dict() if version is not None and version != cand.plan else None,
                   offloaded_gpu_bytes=offloaded, fsdp_gpus=fewest_gpus(probe, cand.plan, "none"),
                   fsdp_offload_gpus=fewest_gpus(probe, cand.plan, "params"))
 
@@ -304,7 +304,7 @@ def nearest(probe: Probe) -> Nearest:
     leanest = min(leanest_per_method, key=lambda c: c.gpu_bytes)
     shorter = None
     if seq > 1:
-        shorter = _largest(probe, lambda s: leanest.plan.model_copy(update={"seq": s}), 1, seq - 1)
+        shorter = _largest(probe, lambda s: leanest.plan.derive(seq=s), 1, seq - 1)
     return Nearest(options=[method_needs(probe, c) for c in leanest_per_method], shorter_seq=shorter,
                    shorter_seq_method=leanest.plan.method if shorter else None)
 

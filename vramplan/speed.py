@@ -148,7 +148,7 @@ def step_time(model: ModelSpec, plan: TrainingPlan, gpu: GpuProfile, *, autocast
     micro-trainer's loop). HF Trainer's `bf16=True` also autocasts 16-bit bases: for QLoRA after the kbit upcast
     that moves attention and lm_head from fp32 to 16-bit kernels (`vramplan.step_kernels`)."""
     low, mid, high = (_one_bound(model, plan, gpu, b, autocast) for b in BOUNDS)
-    no_recompute = plan.model_copy(update={"grad_ckpt": False}) if plan.grad_ckpt else plan
+    no_recompute = plan.derive(grad_ckpt=False) if plan.grad_ckpt else plan
     model_flops = flops_per_token(model, no_recompute) * mid.tokens_per_s
     return StepTime(**{**mid.__dict__, "tokens_per_s_low": low.tokens_per_s, "tokens_per_s_high": high.tokens_per_s,
                        "model_tflops": model_flops / 1e12})

@@ -52,7 +52,7 @@ def _plans(world: int, cases: list[tuple]):
 
 
 def _one_gpu(plan):
-    return plan.model_copy(update={"gpus": 1, "sharding": None})
+    return plan.replace(gpus=1, sharding=None)
 
 
 def _estimate(spec, plan, rank: int):

@@ -38,5 +38,5 @@ def test_multi_gpu_words_use_the_engine_names():
 
 def test_a_plans_json_reads_back_typed():
     plan = make_plan(method="lora", rank=64, targets="all-linear")
-    assert as_plan(plan.model_dump(mode="json")) == plan and as_plan(plan) is plan
+    assert as_plan(plan.to_dict()) == plan and as_plan(plan) is plan
     assert method_words(plan) == "LoRA (r=64 on all-linear targets) on the bf16 base"

@@ -340,7 +340,7 @@ def plan_from_args(args: argparse.Namespace, **override: object):
     """The plan the flags describe: every `TrainingPlan` field read from `args` (None = default), then `override`."""
     from vramplan.plan import TrainingPlan, make_plan
 
-    options = {f: getattr(args, f, None) for f in TrainingPlan.model_fields}
+    options = {f: getattr(args, f, None) for f in TrainingPlan.field_names()}
     options.update(override)
     options.update(_gpu_dtypes(args, options))
     return make_plan(**options)
@@ -354,7 +354,7 @@ def _gpu_dtypes(args: argparse.Namespace, options: dict) -> dict:
     from vramplan.hardware import default_dtypes, resolve_gpu
     from vramplan.plan import TrainingPlan
 
-    method = options.get("method") or TrainingPlan.model_fields["method"].default
+    method = options.get("method") or TrainingPlan.default_of("method")
     return default_dtypes(resolve_gpu(args.gpu, gpu_dirs(args)), method)
 
 

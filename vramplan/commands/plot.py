@@ -14,7 +14,7 @@ KINDS = ("seq", "batch", "breakdown", "timeline")
 
 
 def add_plot_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plot", help="figures: memory vs seq / batch per method, the peak's breakdown, the phases",
+    p = sub.add_parser("plot",
                        description="Draw full vs LoRA vs QLoRA: memory vs sequence length and vs micro-batch with the "
                        "GPU's line, the stacked breakdown of the peak, and the per-phase timeline.")
     p.add_argument("--model", help="preset name, config.json path, model folder or HF hub id (or from --config)")
@@ -41,7 +41,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
     def plan_for(method: str, **update: int):
         plan = method_plan(args, method)
-        return plan.model_copy(update=update) if update else plan
+        return plan.replace(**update)
 
     out = plot(args.model, plan_for, args.gpu, kinds, Path(args.out))
     print(f"wrote {out}")

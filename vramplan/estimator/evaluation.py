@@ -30,8 +30,7 @@ from vramplan.plan import TrainingPlan
 def eval_plan(plan: TrainingPlan) -> TrainingPlan:
     """The plan the eval forward runs: the eval batch, one micro-batch, no dropout; `grad_ckpt` makes
     `layer_cost` replay the layers without saving anything, which is what `torch.no_grad()` does."""
-    return plan.model_copy(update={"batch": plan.eval_batch, "grad_accum": 1, "grad_ckpt": True,
-                                   "ckpt_reentrant": False, "lora_dropout": 0.0})
+    return plan.derive(batch=plan.eval_batch, grad_accum=1, grad_ckpt=True, ckpt_reentrant=False, lora_dropout=0.0)
 
 
 def eval_peak(model: ModelSpec, plan: TrainingPlan, base: int, cuda: bool = True) -> int:
@@ -81,7 +80,7 @@ def reference_forward_peak(model: ModelSpec, plan: TrainingPlan, c, a: int) -> i
     from vramplan.estimator.trainers import reference_ctx
 
     rc = reference_ctx(c)
-    rp = plan.model_copy(update={"grad_ckpt": True, "ckpt_reentrant": False, "grad_accum": 1, "lora_dropout": 0.0})
+    rp = plan.derive(grad_ckpt=True, ckpt_reentrant=False, grad_accum=1, lora_dropout=0.0)
     x = rc.tokens * rc.hidden * a
     layer = layer_cost(model, rp, rc, False)
     tp = Tape(checkpointing=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, computed_field
+from dataclasses import field
 
 from vramplan.plan import TrainingPlan
+from vramplan.record import Record
 
 PHASES = ("load", "forward", "backward", "optimizer")
 # The weights the model holds (the first six components); the compare table sums them.
@@ -17,7 +18,7 @@ WEIGHT_COMPONENTS = ("quantized_weights", "quant_constants", "double_quant_const
 OCCASIONAL_COMPONENTS = ("reference_model", "master_weights", "comm_buffers", "unsharded_params")
 
 
-class Components(BaseModel):
+class Components(Record):
     """The live bytes at the peak, by what holds them; `total` is their sum (the peak phase's live bytes).
 
     Field order is the order reports list them. The single-GPU step (estimator/single_gpu.py) fills the first eleven;
@@ -26,7 +27,7 @@ class Components(BaseModel):
     reduce-scatter and all-gather buffers). A part no named field owns goes in `engine_parts` by name.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    computed = ("total",)
 
     quantized_weights: int = 0  # bitsandbytes Params4bit: packed 4-bit codes
     quant_constants: int = 0  # QuantState.absmax (fp32, or uint8 codes under double quantization)
@@ -42,9 +43,8 @@ class Components(BaseModel):
     unsharded_params: int = 0
     batch: int = 0  # input ids, labels and masks the trainer holds
     activations: int = 0  # activations, logits and loss: the rest of the peak
-    engine_parts: dict[str, int] = {}
+    engine_parts: dict[str, int] = field(default_factory=dict)
 
-    @computed_field
     @property
     def total(self) -> int:
         return sum(self.items_bytes().values())
@@ -52,11 +52,11 @@ class Components(BaseModel):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Components:
         """Read back `estimate --json`'s components (a stored calibration record's too, old flat ones included)."""
-        return cls.model_validate({k: v for k, v in data.items() if k != "total"})
+        return cls.from_dict(data)
 
     def items_bytes(self) -> dict[str, int]:
         """name -> bytes for every component, in report order (named fields, then engine parts)."""
-        named = {k: getattr(self, k) for k in type(self).model_fields if k != "engine_parts"}
+        named = {k: getattr(self, k) for k in type(self).field_names() if k != "engine_parts"}
         return {**named, **self.engine_parts}
 
     def listed(self) -> dict[str, int]:
@@ -68,14 +68,15 @@ class Components(BaseModel):
         return sum(getattr(self, k) for k in WEIGHT_COMPONENTS)
 
 
-class MemoryEstimate(BaseModel):
+class MemoryEstimate(Record):
     """The estimate of one training step. All sizes are bytes.
 
     `components` splits the peak phase's live bytes; `phases` gives each phase's peak live bytes;
     `peak_bytes` is what `torch.cuda.max_memory_allocated()` reports for a steady-state step.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    computed = ("peak_bytes", "reserved_bytes", "reserved_low_bytes", "total_gpu_bytes", "total_gpu_low_bytes",
+                "fits", "paged_spill_bytes", "headroom_bytes")
 
     model: str
     plan: TrainingPlan
@@ -102,27 +103,16 @@ class MemoryEstimate(BaseModel):
     sharding: str = "none"  # none | ddp | fsdp | fsdp_grad_op | zero1 | zero2 | zero3
     host_offload_bytes: int = 0  # host RAM each GPU's process needs for offloaded state (--offload)
 
-    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> MemoryEstimate:
-        """A copy with `update` validated like the constructor's arguments (pydantic's own `model_copy` skips
-        validation, which would leave a dict where a typed field belongs)."""
-        if not update:
-            return super().model_copy(deep=deep)
-        fields = {k: getattr(self, k) for k in type(self).model_fields}
-        return type(self).model_validate({**fields, **update})
-
-    @computed_field
     @property
     def peak_bytes(self) -> int:
         return max(self.phases.values())
 
-    @computed_field
     @property
     def reserved_bytes(self) -> int | None:
         if self.allocator_reserve_bytes is None:
             return None
         return self.peak_bytes + self.allocator_reserve_bytes
 
-    @computed_field
     @property
     def reserved_low_bytes(self) -> int | None:
         """The low end of `max_memory_reserved` (`reserved_bytes` is the high end, which `fits` uses)."""
@@ -131,7 +121,6 @@ class MemoryEstimate(BaseModel):
         low = self.allocator_reserve_low_bytes
         return self.peak_bytes + (self.allocator_reserve_bytes if low is None else low)
 
-    @computed_field
     @property
     def total_gpu_bytes(self) -> int | None:
         """What the process takes on the card (nvidia-smi), high end: reserved + CUDA context + NCCL buffers.
@@ -140,7 +129,6 @@ class MemoryEstimate(BaseModel):
             return None
         return self.reserved_bytes + self.cuda_context_bytes + self.nccl_bytes
 
-    @computed_field
     @property
     def total_gpu_low_bytes(self) -> int | None:
         """The low end of the device total."""
@@ -148,12 +136,10 @@ class MemoryEstimate(BaseModel):
             return None
         return self.reserved_low_bytes + self.cuda_context_bytes + self.nccl_bytes
 
-    @computed_field
     @property
     def fits(self) -> bool | None:
         return None if self.headroom_bytes is None else self.headroom_bytes >= 0
 
-    @computed_field
     @property
     def paged_spill_bytes(self) -> int | None:
         """Paged optimizer states that do not fit beside the rest: bitsandbytes allocates them with
@@ -163,7 +149,6 @@ class MemoryEstimate(BaseModel):
             return None
         return max(0, self.paged_bytes - max(0, self.headroom_bytes))
 
-    @computed_field
     @property
     def headroom_bytes(self) -> int | None:
         if self.total_gpu_bytes is None or self.gpu_usable_bytes is None:

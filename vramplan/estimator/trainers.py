@@ -62,9 +62,9 @@ def step_plan(plan: TrainingPlan) -> TrainingPlan:
     """The plan of the rows one micro-batch runs: DPO concatenates chosen and rejected (2 x batch rows); packing
     flattens the batch into one row of batch x seq tokens."""
     if plan.trainer in ("trl-dpo", "trl-orpo"):
-        return plan.model_copy(update={"batch": 2 * plan.batch})
+        return plan.derive(batch=2 * plan.batch)
     if plan.packing:
-        return plan.model_copy(update={"batch": 1, "seq": plan.batch * plan.seq})
+        return plan.derive(batch=1, seq=plan.batch * plan.seq)
     return plan
 
 

@@ -66,7 +66,7 @@ def measure_distributed(config: dict, plans: list[TrainingPlan], world: int, *, 
             raise MeasurementError("offload: a CPU run has no device apart from the host; measure without offload")
     with tempfile.TemporaryDirectory(prefix="vramplan-dist-") as tmp:
         job = Path(tmp) / "job.json"
-        job.write_text(json.dumps({"config": config, "plans": [p.model_dump() for p in plans], "world": world,
+        job.write_text(json.dumps({"config": config, "plans": [p.to_dict() for p in plans], "world": world,
                                    "steps": steps, "store": str(Path(tmp) / "store"), "out": tmp}))
         run = _forked if fork and "forkserver" in multiprocessing.get_all_start_methods() else _spawned
         failures = run(job, world, timeout_s)

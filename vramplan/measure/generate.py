@@ -89,7 +89,7 @@ def trace_prefill(config: dict, plan: InferencePlan) -> tuple[int, int]:
     if plan.quant in ("nf4", "int8"):
         raise NotImplementedError("traced prefill: 16-bit or merged weights only")
     with fake_session(config.get("model_type")):
-        model = build_for_inference(config, plan.model_copy(update={"quant": "none"}), "cpu", trace=True)
+        model = build_for_inference(config, plan.derive(quant="none"), "cpu", trace=True)
         ids = torch.zeros((plan.batch, plan.prompt), dtype=torch.long)
         tensors = [*model.parameters(), *model.buffers()]
         with torch.no_grad(), MemoryTracker() as tracker:

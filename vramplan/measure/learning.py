@@ -87,7 +87,7 @@ def learn(estimate: Any, records: Sequence[Any], profile: Any,
         return None
     contexts = [r.measured.cuda_context_bytes for r in runs if r.measured.cuda_context_bytes is not None]
     with_reserve = [r for r in runs if r.measured.reserved_bytes is not None and r.measured.peak_bytes > 0]
-    key = _plan_key(estimate.plan.model_dump(mode="json"))
+    key = _plan_key(estimate.plan.to_dict())
     same = [r for r in with_reserve if r.model == estimate.model and _plan_key(r.plan) == key]
     reserve = None
     if same:
@@ -120,7 +120,7 @@ def correct(estimate: Any, records: Sequence[Any], profile: Any,
             update["allocator_reserve_low_bytes"] = min(low, learned.allocator_reserve_bytes)
     if learned.cuda_context_bytes is not None:
         update["cuda_context_bytes"] = learned.cuda_context_bytes
-    corrected = estimate.model_copy(update=update)
+    corrected = estimate.replace(**update)
     return corrected, learned.words(corrected)
 
 

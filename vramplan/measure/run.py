@@ -40,17 +40,17 @@ def calibrate(model: str | Any, plan: TrainingPlan, *, device: str = "cpu", trac
     result = estimate(spec, plan, gpu=gpu, gpu_dirs=gpu_dirs)
     cuda = device.startswith("cuda") and not trace
     if cuda and result.allocator_reserve_bytes is None:  # compare the reserved peak with the reserve model
-        result = result.model_copy(update={"allocator_reserve_bytes": allocator_reserve_bytes(result.peak_bytes)})
+        result = result.replace(allocator_reserve_bytes=allocator_reserve_bytes(result.peak_bytes))
     target = store if isinstance(store, CalibrationStore) else CalibrationStore(store)
     if save:  # a store that cannot be written fails now, not after the measurement
         with target._connect(create=True):
             pass
     measured, oom = _measure(spec.config, plan, device, trace, steps, seed, on_progress)
-    estimate_json = result.model_dump(mode="json")
+    estimate_json = result.to_dict()
     by_phase, by_component = compare(estimate_json, measured) if measured else ({}, {})
     record = CalibrationRecord(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=spec.name,
-        plan=plan.model_dump(mode="json"), device=device, traced=trace, steps=steps,
+        plan=plan.to_dict(), device=device, traced=trace, steps=steps,
         status="oom" if oom else "ok", versions=library_versions(device if cuda else None),
         estimate=estimate_json, estimate_basis=estimate_basis(estimate_json, measured) if measured else "phases",
         measured=measured, oom=oom, by_phase=by_phase,

@@ -238,7 +238,7 @@ def render_nearest(console: Console, a: Advice) -> None:
 
 def advice_json(a: Advice) -> dict:
     """`{"plans": [...]}` best first, each with `plan` (as in `estimate --json`), bytes and tokens/s; and the why."""
-    plans = [{"plan": r.estimate.plan.model_dump(mode="json"), "peak_bytes": r.estimate.peak_bytes,
+    plans = [{"plan": r.estimate.plan.to_dict(), "peak_bytes": r.estimate.peak_bytes,
               "reserved_bytes": r.estimate.reserved_bytes,
               "host_bytes": r.host_bytes,
               "total_gpu_bytes": r.estimate.total_gpu_bytes, "paged_bytes": r.estimate.paged_bytes,

@@ -35,7 +35,7 @@ INT8_LABELS = {"quantized_weights": "int8 weights (LLM.int8)", "quant_constants"
 def estimate_json(e: MemoryEstimate) -> dict:
     """The `estimate --json` contract: peak_bytes, reserved_bytes, components (and their total), phases, fits,
     plan, model."""
-    return e.model_dump(mode="json")
+    return e.to_dict()
 
 
 def where_words(e: MemoryEstimate) -> str:

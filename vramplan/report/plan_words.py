@@ -20,7 +20,7 @@ def as_plan(plan: TrainingPlan | Mapping[str, Any]) -> TrainingPlan:
     """A typed plan from a plan's JSON (a stored calibration record's, a suggest alternative's)."""
     from vramplan.plan import TrainingPlan
 
-    return plan if isinstance(plan, TrainingPlan) else TrainingPlan.model_validate(dict(plan))
+    return plan if isinstance(plan, TrainingPlan) else TrainingPlan.from_dict(plan)
 
 
 def method_short(plan: TrainingPlan) -> str:

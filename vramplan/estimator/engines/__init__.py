@@ -29,7 +29,7 @@ def estimate_memory(model: ModelSpec, plan: TrainingPlan) -> MemoryEstimate:
         # Each micro-batch's backward makes fresh gradients and reduces them into the sharded ones, which hold
         # the sum: the step is priced from a one-micro-batch step, with the held shards added by the engine, and
         # the other micro-batches' batches (fetched before the first forward: `batch_bytes`) on top.
-        one_plan = plan.model_copy(update={"grad_accum": 1})
+        one_plan = plan.derive(grad_accum=1)
         one = estimate_step(model, one_plan)
         batches = batch_bytes(step_plan(plan)) - batch_bytes(step_plan(one_plan))
         return per_gpu_estimate(plan, one, reprice(model, plan, one), other_batches=batches)
