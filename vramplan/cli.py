@@ -1,5 +1,7 @@
-"""The command line: a registrar. Each subcommand lives in `vramplan.commands.<module>` as a parser function
-(`add_<name>_parser`) and a `run_<name>` function; the training-plan flags they share are in
+"""The command line: a registrar. `COMMANDS` names each subcommand, the module of `vramplan.commands` that holds
+its parser function (`add_<name>_parser`) and `run_<name>`, and its one-line help (owned here: the modules do not
+repeat it). Only the invoked subcommand's module is imported and its parser built (`parsing.LazySubcommands`), so
+`vramplan --help` lists them all without building one. The training-plan flags the planning commands share are in
 `vramplan.commands.plan_flags`, argument reading in `vramplan.commands.parsing`, all rendering in `vramplan.report`.
 
 Every `VramplanError` (and every argparse error) ends as one line on stderr and a non-zero exit code.
@@ -12,25 +14,22 @@ import os
 import sys
 from collections.abc import Sequence
 
-from vramplan.commands import calibrate, check, estimate, infer, listing, merge, plot, serve, suggest
-from vramplan.commands.parsing import ClosedPipeGuard, StrictParser, parse_argv
-from vramplan.commands.plan_flags import finish_plan_args
-from vramplan.errors import VramplanError
+from vramplan.commands.parsing import ClosedPipeGuard, LazySubcommands, StrictParser, parse_argv
 
-PARSERS = (
-    listing.add_models_parser,
-    listing.add_gpus_parser,
-    estimate.add_estimate_parser,
-    estimate.add_compare_parser,
-    calibrate.add_calibrate_parser,
-    calibrate.add_calibrations_parser,
-    suggest.add_suggest_parser,
-    check.add_check_parser,
-    infer.add_infer_parser,
-    merge.add_merge_parser,
-    plot.add_plot_parser,
-    serve.add_serve_parser,
-)
+COMMANDS = {  # name: (module in vramplan.commands, the one-line help `vramplan --help` shows)
+    "models": ("listing", "list the built-in model presets"),
+    "gpus": ("listing", "list the GPU profiles"),
+    "estimate": ("estimate", "estimate the peak memory of one training plan"),
+    "compare": ("estimate", "full fine-tuning vs LoRA vs QLoRA, side by side"),
+    "calibrate": ("calibrate", "measure a plan with the micro-trainer and compare it with the estimate"),
+    "calibrations": ("calibrate", "list, export or import the stored calibration records"),
+    "suggest": ("suggest", "recommend the best setups that fit a GPU, and say why"),
+    "check": ("check", "preflight a training config: plan, estimate, verdict, ignored fields"),
+    "infer": ("infer", "memory of generating with a (quantized, adapted or merged) model"),
+    "merge": ("merge", "memory of merging a (Q)LoRA adapter and the merged size on disk"),
+    "plot": ("plot", "figures: memory vs seq / batch per method, the peak's breakdown, the phases"),
+    "serve": ("serve", "a local web page to tune a plan (needs vramplan[web])"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vramplan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=StrictParser)
-    for add in PARSERS:
-        add(sub)
-    parser.set_defaults(subparsers=sub.choices)
+    parser.set_defaults(subparsers=LazySubcommands(sub, COMMANDS))
     return parser
 
 
@@ -57,9 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    from vramplan.errors import VramplanError  # here, not at import: `--help` never needs it (nor its difflib)
+
     stdout, sys.stdout = sys.stdout, ClosedPipeGuard(sys.stdout)
     try:
         if getattr(args, "plan_flags", False):
+            from vramplan.commands.plan_flags import finish_plan_args
+
             finish_plan_args(args)
         code = args.run(args)
         sys.stdout.flush()

@@ -40,7 +40,7 @@ def _add_store_argument(p: argparse.ArgumentParser) -> None:
 def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:
     from vramplan.commands.plan_flags import add_plan_arguments
 
-    p = sub.add_parser("calibrate", help="measure a plan with the micro-trainer and compare it with the estimate",
+    p = sub.add_parser("calibrate",
                        description="Run one real (or traced) fine-tuning step of a plan, print measured vs "
                        "estimated memory per phase and component, and save the record.")
     p.add_argument("--model", help="preset name, config.json path, model folder or HF hub id (or from --config)")
@@ -133,7 +133,7 @@ def _progress(what: str) -> Iterator[Callable[[int, int, str], None] | None]:
 
 
 def add_calibrations_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("calibrations", help="list, export or import the stored calibration records",
+    p = sub.add_parser("calibrations",
                        description="List the calibration records (or print them as JSON); export them as JSON "
                        "lines to share with a team, or import such a file (records already stored are skipped).")
     p.add_argument("action", nargs="?", choices=("list", "export", "import"), default="list",

@@ -24,7 +24,7 @@ from vramplan.commands.plan_flags import (
 
 
 def add_check_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="preflight a training config: plan, estimate, verdict, ignored fields",
+    p = sub.add_parser("check",
                        description="Read a training config (axolotl, LLaMA-Factory, TRL, TrainingArguments JSON, "
                        "adapter_config.json, BitsAndBytesConfig, accelerate, DeepSpeed; several files are read "
                        "together), estimate it, say whether it fits --gpu, and list the fields that do not change "

@@ -20,7 +20,7 @@ DOES_NOT_FIT = 1
 
 
 def add_estimate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("estimate", help="estimate the peak memory of one training plan",
+    p = sub.add_parser("estimate",
                        description="Estimate every byte of a training step: components and phases.")
     p.add_argument("--model", help="preset name, config.json path, model folder or HF hub id (or from --config)")
     add_plan_arguments(p)
@@ -56,7 +56,7 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="full fine-tuning vs LoRA vs QLoRA, side by side",
+    p = sub.add_parser("compare",
                        description="Compare full fine-tuning, LoRA and QLoRA memory for one or more models.")
     p.add_argument("--model", help="one model or a comma list (llama2-7b,llama2-13b) (or from --config)")
     add_plan_arguments(p, method_default=False)

@@ -12,7 +12,7 @@ QUANT_CHOICES = ("nf4", "int8", "none", "merged")
 
 
 def add_infer_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("infer", help="memory of generating with a (quantized, adapted or merged) model",
+    p = sub.add_parser("infer",
                        description="Estimate the GPU memory of transformers' generate: weights, KV cache, prefill, "
                        "the last decode step; with --gpu, the largest batch and context that fit.")
     p.add_argument("--model", required=True, help="preset name, config.json path, model folder or HF hub id")

@@ -11,7 +11,7 @@ DOES_NOT_FIT = 1
 
 
 def add_merge_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("merge", help="memory of merging a (Q)LoRA adapter and the merged size on disk",
+    p = sub.add_parser("merge",
                        description="Estimate merge_and_unload: into the 4-bit model (re-quantized, still 4-bit) or "
                        "into the base reloaded in 16-bit; then save_pretrained's safetensors shards.")
     p.add_argument("--model", required=True, help="preset name, config.json path, model folder or HF hub id")

@@ -6,7 +6,7 @@ import argparse
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="a local web page to tune a plan (needs vramplan[web])",
+    p = sub.add_parser("serve",
                        description="Serve the planner page and its JSON API on this machine.")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

@@ -23,7 +23,7 @@ def add_suggest_parser(sub: argparse._SubParsersAction) -> None:
     from vramplan.commands.plan_flags import add_plan_arguments
 
     p = sub.add_parser(
-        "suggest", help="recommend the best setups that fit a GPU, and say why",
+        "suggest",
         description="Search methods, LoRA targets/rank, sequence length, micro-batch x accumulation, checkpointing, "
         "optimizers and, on several GPUs, sharding (DDP, ZeRO-2, FSDP) and CPU offload for the plans that fit; rank "
         "them by an objective and explain the winner. Plan flags pin a knob (e.g. --rank 16, --no-grad-ckpt, "
