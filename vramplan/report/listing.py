@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TextIO
 
 from vramplan.units import format_bytes
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (3 ms of `vramplan models`)
 if TYPE_CHECKING:
+    from typing import TextIO
+
     from vramplan.hardware import GpuProfile
     from vramplan.presets import PresetEntry
 
