@@ -33,8 +33,6 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pydantic import BaseModel, ConfigDict
-
 from vramplan.errors import AllocatorOutOfMemory
 from vramplan.estimator.allocator import (
     AllocatorConfig,
@@ -44,6 +42,7 @@ from vramplan.estimator.allocator import (
 from vramplan.hardware import GpuProfile, blas_workspace_bytes
 from vramplan.models import ModelCache, ModelSpec
 from vramplan.plan import TrainingPlan
+from vramplan.record import Record
 from vramplan.units import KiB, MiB
 
 NCCL_SIMPLE_BUFFER_BYTES = 4 * MiB  # NCCL_BUFFSIZE default
@@ -51,10 +50,8 @@ NCCL_LL128_BUFFER_BYTES = 4608 * KiB  # approximately, per connection with the d
 NCCL_LL_BUFFER_BYTES = 256 * KiB
 
 
-class ReserveInterval(BaseModel):
+class ReserveInterval(Record):
     """The caching allocator's reserve above the allocated peak, from the simulation (bytes)."""
-
-    model_config = ConfigDict(frozen=True)
 
     low_bytes: int  # sequence in order
     high_bytes: int  # frees one allocation late, plus the communication streams' pools

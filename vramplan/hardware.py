@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -31,20 +32,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib  # type: ignore[no-redef]
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
-
 from vramplan.errors import ConfigFileError, UnknownGpuError, did_you_mean
+from vramplan.record import Record
 from vramplan.units import MiB
 
 if TYPE_CHECKING:
@@ -55,67 +44,72 @@ ENV_VAR = "VRAMPLAN_GPU_DIR"
 _PREFIXES = frozenset({"nvidia", "geforce", "tesla", "amd", "radeon", "instinct"})
 
 
-class GpuProfile(BaseModel):
+# Each number's range: (field, bound, how a message says it). Sizes and rates are above 0; a bridge joins 2 cards.
+_RANGES = tuple((name, 0, "above 0") for name in (
+    "memory_bytes", "usable_bytes", "bandwidth_bytes_per_s", "fp16_tflops_dense", "fp32_tflops", "tdp_watts",
+    "host_link_bytes_per_s", "peer_link_bytes_per_s", "mamf_tflops")) + (
+    ("cuda_context_bytes", 0, "of 0 or more"), ("bf16_tflops_dense", 0, "of 0 or more"),
+    ("peer_link_max_gpus", 2, "of 2 or more"))
+
+
+class GpuProfile(Record):
     """One GPU as a PyTorch process sees it. Sizes in bytes, bandwidth in bytes/s, throughput in TFLOPS."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # inf TFLOPS is not a GPU
+    error = ConfigFileError
+    exact_integers = True  # a byte count written as a float (2.5e10) is refused
 
-    name: StrictStr = Field(min_length=1)
-    slug: StrictStr = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
-    aliases: tuple[StrictStr, ...] = ()
+    name: str
+    slug: str
+    aliases: tuple[str, ...] = ()
     vendor: Literal["nvidia", "amd"]
-    architecture: StrictStr = Field(min_length=1)
+    architecture: str
     form: Literal["consumer", "workstation", "datacenter"]
-    compute_capability: StrictStr | None = Field(default=None, validate_default=True)
-    memory_type: StrictStr = Field(min_length=1)
-    memory_bytes: StrictInt = Field(gt=0)
-    usable_bytes: StrictInt = Field(gt=0)
-    bandwidth_bytes_per_s: StrictInt = Field(gt=0)
-    bf16_supported: StrictBool
-    fp8_supported: StrictBool
-    fp16_tflops_dense: StrictFloat = Field(gt=0)
-    bf16_tflops_dense: StrictFloat | None = Field(default=None, ge=0, validate_default=True)
-    fp32_tflops: StrictFloat = Field(gt=0)
-    cuda_context_bytes: StrictInt = Field(ge=0)
-    interconnect: StrictStr = Field(min_length=1)
+    compute_capability: str | None = None
+    memory_type: str
+    memory_bytes: int
+    usable_bytes: int
+    bandwidth_bytes_per_s: int
+    bf16_supported: bool
+    fp8_supported: bool
+    fp16_tflops_dense: float
+    bf16_tflops_dense: float | None = None
+    fp32_tflops: float
+    cuda_context_bytes: int
+    interconnect: str
     # Per direction, for the multi-GPU speed model: the link to the host (offload traffic), and between two GPUs
     # (collectives; the PCIe link when the cards have no NVLink/Infinity Fabric). None: PCIe 4.0 x16 is assumed.
-    host_link_bytes_per_s: StrictInt | None = Field(default=None, gt=0)
-    peer_link_bytes_per_s: StrictInt | None = Field(default=None, gt=0)
-    peer_link_max_gpus: StrictInt | None = Field(default=None, ge=2)  # a bridge joins 2 cards; None: no limit
-    tdp_watts: StrictInt = Field(gt=0)
+    host_link_bytes_per_s: int | None = None
+    peer_link_bytes_per_s: int | None = None
+    peer_link_max_gpus: int | None = None  # a bridge joins 2 cards; None: no limit
+    tdp_watts: int
     # Maximum achievable matmul TFLOPS (16-bit, dense) measured by a shape search, for the speed model
     # (vramplan.kernels); None: the vendor's typical fraction of the dense peak.
-    mamf_tflops: StrictFloat | None = Field(default=None, gt=0)
+    mamf_tflops: float | None = None
 
-    @field_validator("compute_capability")
-    @classmethod
-    def _capability_matches_vendor(cls, v: str | None, info: ValidationInfo) -> str | None:
-        vendor = info.data.get("vendor")
-        if vendor == "nvidia" and (v is None or not re.fullmatch(r"\d+\.\d+", v)):
-            raise ValueError("an NVIDIA GPU needs its compute capability as 'major.minor', e.g. '8.9'")
-        if vendor == "amd" and v is not None:
-            raise ValueError("AMD GPUs have no CUDA compute capability; leave it out")
-        return v
-
-    @field_validator("usable_bytes")
-    @classmethod
-    def _usable_within_memory(cls, v: int, info: ValidationInfo) -> int:
-        memory = info.data.get("memory_bytes")
-        if memory is not None and v > memory:
-            raise ValueError(f"{v} exceeds memory_bytes ({memory})")
-        return v
-
-    @field_validator("bf16_tflops_dense")
-    @classmethod
-    def _bf16_matches_support(cls, v: float | None, info: ValidationInfo) -> float | None:
-        supported = info.data.get("bf16_supported")
-        if supported and not v:
-            raise ValueError("bf16_supported is true, so give the dense BF16 TFLOPS")
-        if supported is False and v:
-            raise ValueError("bf16_supported is false, so leave this out (or 0)")
-        return v
-
+    def _validate(self) -> None:
+        """Physics: names given, sizes and rates above 0 and finite (inf TFLOPS is not a GPU), usable memory
+        within memory, a compute capability exactly for NVIDIA, bf16 throughput exactly when bf16 is supported."""
+        for name in ("name", "architecture", "memory_type", "interconnect"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: give a non-empty string")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", self.slug):
+            raise ValueError(f"slug: '{self.slug}' must be lower-case letters, digits, '.' and '-'")
+        for name, low, words in _RANGES:
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and (v > low if words == "above 0" else v >= low)):
+                raise ValueError(f"{name}: {v} is out of range: give a finite number {words}")
+        if self.usable_bytes > self.memory_bytes:
+            raise ValueError(f"usable_bytes: {self.usable_bytes} exceeds memory_bytes ({self.memory_bytes})")
+        cc = self.compute_capability
+        if self.vendor == "nvidia" and (cc is None or not re.fullmatch(r"\d+\.\d+", cc)):
+            raise ValueError("compute_capability: an NVIDIA GPU needs its compute capability as 'major.minor', "
+                             "e.g. '8.9'")
+        if self.vendor == "amd" and cc is not None:
+            raise ValueError("compute_capability: AMD GPUs have no CUDA compute capability; leave it out")
+        if self.bf16_supported and not self.bf16_tflops_dense:
+            raise ValueError("bf16_tflops_dense: bf16_supported is true, so give the dense BF16 TFLOPS")
+        if not self.bf16_supported and self.bf16_tflops_dense:
+            raise ValueError("bf16_tflops_dense: bf16_supported is false, so leave this out (or 0)")
 
     @property
     def capability(self) -> tuple[int, int] | None:
@@ -236,11 +230,9 @@ def _parse(text: bytes, where: str, stem: str) -> GpuProfile:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigFileError(f"{where}: invalid TOML: {exc}") from None
     try:
-        profile = GpuProfile(**data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "profile"
-        raise ConfigFileError(f"{where}: {field}: {err['msg'].removeprefix('Value error, ')}") from None
+        profile = GpuProfile.from_dict(data)
+    except ConfigFileError as exc:
+        raise ConfigFileError(f"{where}: {exc}") from None
     if profile.slug != stem:
         raise ConfigFileError(f"{where}: slug: '{profile.slug}' must equal the file name '{stem}'")
     return profile

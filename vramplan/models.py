@@ -11,12 +11,11 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import field
 from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
-
-from pydantic import BaseModel, ConfigDict
 
 from vramplan.config_schema import check_config, text_part
 from vramplan.errors import (
@@ -32,25 +31,26 @@ from vramplan.inventory import (
     head_dim,
     is_tied,
 )
+from vramplan.record import Record
 
 ACCEPTED_FORMS = "a preset name (see `vramplan models`), a config.json path, a model folder, or a cached HF hub id"
 
 
-class Preset(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+class Preset(Record):
+    extra = "ignore"
 
     slug: str
     hub_id: str
-    aliases: list[str] = []
+    aliases: list[str] = field(default_factory=list)
     family: str = ""
     params_b: float = 0.0
     source: str = ""
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(Record):
     """A model's shape facts, read from its config. `inventory` lists every parameter tensor."""
 
-    model_config = ConfigDict(frozen=True, ignored_types=(cached_property,))
+    error = ConfigFileError
 
     name: str
     source: str  # "preset", a file path, or "hf-cache:<id>"
@@ -122,7 +122,7 @@ def presets() -> dict[str, Preset]:
     """slug -> Preset, from vramplan/presets/index.toml (read once, on first use)."""
     from vramplan.presets import read_index
 
-    return {slug: Preset(slug=slug, **entry) for slug, entry in read_index().items()}
+    return {slug: Preset.from_dict({**entry, "slug": slug}) for slug, entry in read_index().items()}
 
 
 @cache

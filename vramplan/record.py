@@ -38,6 +38,7 @@ class Record:
     error: ClassVar[type[Exception]] = RecordError  # raised, with a one-line message, when a check fails
     computed: ClassVar[tuple[str, ...]] = ()  # properties `to_dict` adds (and `from_dict` skips)
     extra: ClassVar[str] = "forbid"  # "forbid": an unknown key in `from_dict` is an error; "ignore": dropped
+    exact_integers: ClassVar[bool] = False  # True: an integer field refuses every float (2.0 too)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -73,7 +74,7 @@ class Record:
     @classmethod
     def _field_checks(cls) -> tuple[tuple[str, Check], ...]:
         hints = typing.get_type_hints(cls)
-        checks = tuple((f.name, checker(hints[f.name])) for f in dataclasses.fields(cls))
+        checks = tuple((f.name, checker(hints[f.name], cls.exact_integers)) for f in dataclasses.fields(cls))
         cls._checks = checks  # type: ignore[attr-defined]
         return checks
 
@@ -146,21 +147,23 @@ def plain(value: Any) -> Any:
 
 
 # Checkers, one per annotation ---------------------------------------------------------------------------------
-def checker(hint: Any) -> Check:
-    """The check for one annotation (a resolved type hint)."""
+def checker(hint: Any, exact_integers: bool = False) -> Check:
+    """The check for one annotation (a resolved type hint); `exact_integers`: no float passes as an integer."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any or hint is object:
         return _anything
     if origin in (Union, types.UnionType):
-        return _union([a for a in args if a is not type(None)], optional=type(None) in args)
+        return _union([checker(a, exact_integers) for a in args if a is not type(None)], optional=type(None) in args)
     if origin is Literal:
         return _literal(args)
     if origin is ClassVar:
         return _anything
     if origin in (tuple, list):
-        return _sequence(origin, args)
+        return _sequence(origin, [checker(a, exact_integers) for a in args if a is not Ellipsis])
     if origin is dict:
-        return _mapping(checker(args[1]) if args else _anything)
+        return _mapping(checker(args[1], exact_integers) if args else _anything)
+    if hint is int and exact_integers:
+        return _exact_integer
     if hint in _SCALARS:
         return _SCALARS[hint]
     if isinstance(hint, type) and issubclass(hint, Record):
@@ -179,6 +182,12 @@ def _integer(value: Any) -> int:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    raise ValueError(f"must be an integer, not {value!r}")
+
+
+def _exact_integer(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return int(value)
     raise ValueError(f"must be an integer, not {value!r}")
@@ -207,8 +216,7 @@ def _string(value: Any) -> str:
 _SCALARS: dict[Any, Check] = {int: _integer, float: _number, bool: _boolean, str: _string}
 
 
-def _union(members: list[Any], optional: bool) -> Check:
-    checks = [checker(m) for m in members]
+def _union(checks: list[Check], optional: bool) -> Check:
 
     def check(value: Any) -> Any:
         if value is None and optional:
@@ -237,10 +245,10 @@ def _literal(choices: tuple[Any, ...]) -> Check:
     return check
 
 
-def _sequence(origin: type, args: tuple[Any, ...]) -> Check:
-    item = checker(args[0]) if args else _anything
-    if origin is tuple and len(args) > 1 and args[1] is not Ellipsis:
+def _sequence(origin: type, items: list[Check]) -> Check:
+    if len(items) > 1:
         raise TypeError("records take tuple[T, ...], not fixed-length tuples")
+    item = items[0] if items else _anything
 
     def check(value: Any) -> Any:
         if not isinstance(value, (list, tuple)):

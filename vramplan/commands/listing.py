@@ -26,11 +26,11 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
 def run_models(args: argparse.Namespace) -> int:
     from vramplan import report
 
-    if args.json:  # validated (pydantic): the JSON lists every field with its default
+    if args.json:  # validated records: the JSON lists every field with its default
         from vramplan.models import presets
 
-        report.print_json([p.model_dump() for p in presets().values()])
-    else:  # the index as written: no pydantic, so `vramplan models` starts as fast as `--help`
+        report.print_json([p.to_dict() for p in presets().values()])
+    else:  # the index as written, unvalidated, so `vramplan models` starts as fast as `--help`
         from vramplan.presets import index
 
         report.render_models(sys.stdout, index())
@@ -57,7 +57,7 @@ def run_gpus(args: argparse.Namespace) -> int:
 
     profiles = list(load_profiles(gpu_dirs(args)).values())  # user files: validated, one line on a bad one
     if args.json:
-        report.print_json([g.model_dump() for g in profiles])
+        report.print_json([g.to_dict() for g in profiles])
     else:
         report.render_gpus(sys.stdout, profiles)
     return 0
