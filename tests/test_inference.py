@@ -96,8 +96,8 @@ def test_largest_batch_is_the_boundary() -> None:
     plan = make_inference_plan(quant="nf4", context=4096)
     best = largest_fitting(spec, plan, gpu, "batch", 4096)
     assert best is not None
-    assert on_gpu(estimate_inference(spec, plan.model_copy(update={"batch": best})), gpu).fits
-    assert not on_gpu(estimate_inference(spec, plan.model_copy(update={"batch": best + 1})), gpu).fits
+    assert on_gpu(estimate_inference(spec, plan.replace(batch=best)), gpu).fits
+    assert not on_gpu(estimate_inference(spec, plan.replace(batch=best + 1)), gpu).fits
 
 
 @pytest.mark.parametrize("options", [{"context": 10, "new_tokens": 10}, {"batch": 0}, {"targets": "q_proj"}])

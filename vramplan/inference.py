@@ -31,11 +31,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
-
 from vramplan.errors import PlanError
 from vramplan.models import ModelSpec
 from vramplan.prefill import layer_types, lora_plan, prefill_activation_bytes
+from vramplan.record import Record
 from vramplan.units import DTYPE_BYTES
 
 Quant = Literal["nf4", "int8", "none", "merged"]
@@ -45,23 +44,29 @@ CACHES: tuple[str, ...] = Cache.__args__  # type: ignore[attr-defined]
 _GEMMA = ("gemma2", "gemma3_text")
 
 
-class InferencePlan(BaseModel):
+class InferencePlan(Record):
     """One `generate` call: weights format, adapter, shapes, cache."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    error = PlanError
 
     quant: Quant = "nf4"
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"  # the load / compute dtype
-    rank: int | None = Field(default=None, gt=0)  # an unmerged LoRA adapter of this rank (None: no adapter)
+    rank: int | None = None  # an unmerged LoRA adapter of this rank (None: no adapter); above 0
     targets: str | None = None
-    batch: int = Field(default=1, gt=0)
-    context: int = Field(default=4096, gt=1)  # prompt + new tokens
-    new_tokens: int = Field(default=256, gt=0)
+    batch: int = 1  # above 0
+    context: int = 4096  # prompt + new tokens; above 1
+    new_tokens: int = 256  # above 0
     cache: Cache = "dynamic"
     greedy: bool = False  # do_sample=False; else sampling with top-k / top-p (most chat models' generation_config)
     attn: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     quant_blocksize: int = 64
     double_quant: bool = True
+
+    def _validate(self) -> None:
+        for field, floor in (("rank", 0), ("batch", 0), ("context", 1), ("new_tokens", 0)):
+            value = getattr(self, field)
+            if value is not None and value <= floor:
+                raise ValueError(f"{field}: Input should be greater than {floor}")
 
     @property
     def prompt(self) -> int:
@@ -72,10 +77,10 @@ class InferencePlan(BaseModel):
         return self.rank is not None and self.quant != "merged"
 
 
-class InferenceEstimate(BaseModel):
+class InferenceEstimate(Record):
     """Bytes of one generate call; `peak_bytes` is the larger of the prefill and the last decode step."""
 
-    model_config = ConfigDict(frozen=True)
+    computed = ("peak_bytes", "device_bytes", "fits")
 
     model: str
     plan: dict
@@ -95,31 +100,26 @@ class InferenceEstimate(BaseModel):
     cuda_context_bytes: int = 0
     reserve_bytes: int = 0
 
-    @computed_field  # type: ignore[prop-decorator]
     @property
     def peak_bytes(self) -> int:
         return max(self.prefill_peak_bytes, self.decode_peak_bytes)
 
-    @computed_field  # type: ignore[prop-decorator]
     @property
     def device_bytes(self) -> int:
         return self.peak_bytes + self.cuda_context_bytes + self.reserve_bytes
 
-    @computed_field  # type: ignore[prop-decorator]
     @property
     def fits(self) -> bool | None:
         return None if self.gpu_usable_bytes is None else self.device_bytes <= self.gpu_usable_bytes
 
 
 def make_inference_plan(**options: object) -> InferencePlan:
-    from pydantic import ValidationError
-
+    """The plan of `options` (None: the default); a bad value is a one-line `PlanError` (`InferencePlan.error`)."""
     given = {k: v for k, v in options.items() if v is not None}
-    try:
-        plan = InferencePlan(**given)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise PlanError(f"{'.'.join(str(p) for p in err['loc']) or 'plan'}: {err['msg']}") from None
+    unknown = set(given).difference(InferencePlan.field_names())
+    if unknown:
+        raise PlanError(f"{sorted(unknown)[0]}: Extra inputs are not permitted")
+    plan = InferencePlan(**given)
     if plan.new_tokens >= plan.context:
         raise PlanError(f"--new-tokens {plan.new_tokens} must be below --context {plan.context} (the prompt is "
                         "context - new tokens)")
@@ -205,7 +205,7 @@ def estimate_inference(model: ModelSpec, plan: InferencePlan) -> InferenceEstima
     ids = plan.batch * plan.context * 8 * 3
     static = weights + adapter + scratch + ids
     return InferenceEstimate(
-        model=model.name, plan=plan.model_dump(), weights_bytes=weights, adapter_bytes=adapter,
+        model=model.name, plan=plan.to_dict(), weights_bytes=weights, adapter_bytes=adapter,
         kv_cache_bytes=kv_final, kv_per_token_bytes=per_token // plan.batch * layer_types(model).count(
             "full_attention"), prefill_kv_bytes=kv_prefill, prefill_activation_bytes=act,
         decode_transient_bytes=decode_transient, dequant_scratch_bytes=scratch, ids_bytes=ids,
@@ -220,11 +220,10 @@ def on_gpu(result: InferenceEstimate, profile) -> InferenceEstimate:
     from vramplan.api import allocator_reserve_bytes
     from vramplan.device import driver_context_bytes
 
-    return result.model_copy(update={
-        "gpu": profile.slug, "gpu_usable_bytes": profile.usable_bytes,
-        "cuda_context_bytes": driver_context_bytes(profile),
-        "reserve_bytes": allocator_reserve_bytes(result.peak_bytes),
-    })
+    return result.replace(
+        gpu=profile.slug, gpu_usable_bytes=profile.usable_bytes, cuda_context_bytes=driver_context_bytes(profile),
+        reserve_bytes=allocator_reserve_bytes(result.peak_bytes),
+    )
 
 
 def largest_fitting(model: ModelSpec, plan: InferencePlan, profile, field: str, cap: int) -> int | None:
@@ -233,7 +232,7 @@ def largest_fitting(model: ModelSpec, plan: InferencePlan, profile, field: str, 
     lo = 1 if field == "batch" else plan.new_tokens + 1
 
     def fits(n: int) -> bool:
-        return bool(on_gpu(estimate_inference(model, plan.model_copy(update={field: n})), profile).fits)
+        return bool(on_gpu(estimate_inference(model, plan.derive(**{field: n})), profile).fits)
 
     if not fits(lo):
         return None

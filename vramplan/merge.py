@@ -24,30 +24,34 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from vramplan.errors import PlanError
 from vramplan.models import ModelSpec
+from vramplan.record import Record
 from vramplan.units import DTYPE_BYTES
 
 MergeMethod = Literal["4bit", "16bit"]
 DEFAULT_SHARD_BYTES = 50 * 10**9  # transformers 5 `save_pretrained(max_shard_size="50GB")`
 
 
-class MergePlan(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class MergePlan(Record):
+    error = PlanError
 
     method: MergeMethod = "16bit"
-    rank: int = Field(default=16, gt=0)
+    rank: int = 16  # above 0
     targets: str | None = None
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
-    max_shard_bytes: int = Field(default=DEFAULT_SHARD_BYTES, gt=0)
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES  # above 0
     quant_blocksize: int = 64
     double_quant: bool = True
     device: Literal["cuda", "cpu"] = "cuda"  # where the model sits while merging
 
+    def _validate(self) -> None:
+        for field in ("rank", "max_shard_bytes"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"{field}: Input should be greater than 0")
 
-class MergeEstimate(BaseModel):
-    model_config = ConfigDict(frozen=True)
+
+class MergeEstimate(Record):
 
     model: str
     plan: dict
@@ -113,7 +117,7 @@ def estimate_merge(model: ModelSpec, plan: MergePlan) -> MergeEstimate:
     host_copy = 4 * largest if plan.method == "4bit" else 0  # w_data.to("cpu")
     host = max(shard, peak if plan.device == "cpu" else host_copy)
     return MergeEstimate(
-        model=model.name, plan=plan.model_dump(), model_bytes=base, adapter_bytes=adapter,
+        model=model.name, plan=plan.to_dict(), model_bytes=base, adapter_bytes=adapter,
         merge_peak_bytes=peak, merged_model_bytes=merged, disk_bytes=disk, shards=shards,
         host_peak_bytes=host, gpu_peak_bytes=peak if plan.device == "cuda" else 0, still_4bit=plan.method == "4bit",
     )

@@ -63,7 +63,7 @@ def infer_result(model: str, plan, gpu: str | None, dirs=()) -> tuple:
 
 
 def infer_json(result, max_batch: int | None, max_context: int | None) -> dict:
-    return {**result.model_dump(), "max_batch": max_batch, "max_context": max_context}
+    return {**result.to_dict(), "max_batch": max_batch, "max_context": max_context}
 
 
 def run_infer(args: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ def run_merge(args: argparse.Namespace) -> int:
                      max_shard_bytes=int(args.max_shard_gb * 10**9))
     result, device, fits = merge_result(args.model, plan, args.gpu, gpu_dirs(args))
     if args.json:
-        report.print_json({**result.model_dump(), "gpu": args.gpu, "device_bytes": device, "fits": fits})
+        report.print_json({**result.to_dict(), "gpu": args.gpu, "device_bytes": device, "fits": fits})
     else:
         report.render_merge(console(args), result, args.gpu, device, fits)
     return DOES_NOT_FIT if fits is False else 0

@@ -25,7 +25,7 @@ def inference_plan(e: InferenceEstimate) -> InferencePlan:
     """The estimate's plan, typed (`InferenceEstimate.plan` holds its JSON)."""
     from vramplan.inference import InferencePlan
 
-    return InferencePlan.model_validate(e.plan)
+    return InferencePlan.from_dict(e.plan)
 
 
 def render_infer(out: Console, e: InferenceEstimate, max_batch: int | None, max_context: int | None) -> None:
@@ -86,7 +86,7 @@ def render_infer_compare(out: Console, rows: Sequence[Served]) -> None:
 def render_merge(out: Console, e: MergeEstimate, gpu: str | None, device: int | None, fits: bool | None) -> None:
     from vramplan.merge import MergePlan
 
-    p = MergePlan.model_validate(e.plan)
+    p = MergePlan.from_dict(e.plan)
     kind = "4-bit model (re-quantized: still 4-bit)" if e.still_4bit else f"{p.dtype} model"
     out.print(f"[bold]{e.model}[/] merge of a LoRA r={p.rank} adapter into the {kind}, on {p.device}")
     out.print(f"  model {format_bytes(e.model_bytes)} + adapter {format_bytes(e.adapter_bytes, 'auto')}; merge peak "
@@ -107,7 +107,7 @@ def render_reading(out: Console, reading: ConfigReading, plan: TrainingPlan, mod
     table = Table(title="Plan read from the config", title_justify="left")
     for col in ("plan field", "value", "from"):
         table.add_column(col)
-    given = plan.model_dump()
+    given = plan.to_dict()
     for field, value in given.items():
         if value is None:
             continue
