@@ -11,7 +11,6 @@ from functools import lru_cache
 
 from vramplan.architecture import traits_of
 from vramplan.errors import UnsupportedArchitectureError
-from vramplan.estimator.experts_v4 import fused_inventory
 from vramplan.estimator.liger import plan_kernels
 from vramplan.estimator.programs import Ctx
 from vramplan.estimator.trainers import adapter_bytes, kv_cache_in_forward, peft_input_grads
@@ -157,7 +156,12 @@ def _moe_fields(model: ModelSpec, plan: TrainingPlan, nq: int) -> dict:
     moe = traits_of(model).moe
     if moe is None:
         return {}
-    sparse = sparse_layers(fused_inventory(model))  # --transformers 4: the same layers (experts_v4.py)
+    inventory = model.inventory
+    if plan.transformers == 4:  # the per-expert spec: the same layers, read from its fused inventory
+        from vramplan.estimator.experts_v4 import fused_inventory  # --transformers 4 plans only (import cost)
+
+        inventory = fused_inventory(model)
+    sparse = sparse_layers(inventory)
     if not sparse:  # no experts configured: every MLP is dense, as the inventory builds it
         return {}
     if len(sparse) != model.num_layers:

@@ -12,7 +12,6 @@ from vramplan.architecture import traits_of
 from vramplan.estimator.context import stream_bytes
 from vramplan.estimator.layers import decoder_layer
 from vramplan.estimator.losses import loss_head
-from vramplan.estimator.offloading import OffloadTape, offloaded_layer_cost
 from vramplan.estimator.programs import Ctx
 from vramplan.estimator.tape import LayerCost, Tape
 from vramplan.models import ModelSpec
@@ -28,7 +27,9 @@ def layer_cost(model: ModelSpec, plan: TrainingPlan, c: Ctx, input_grad: bool) -
 
 def _one_layer(traits: Traits, inter: int, c: Ctx, a: int, grad_ckpt: bool, reentrant: bool, input_grad: bool,
                accumulate: bool) -> LayerCost:
-    if c.offload_activations:  # TRL activation offloading (offloading.py)
+    if c.offload_activations:  # TRL activation offloading (offloading.py: loaded for such plans only)
+        from vramplan.estimator.offloading import offloaded_layer_cost
+
         return offloaded_layer_cost(traits, inter, c, a, grad_ckpt, input_grad, accumulate)[0]
     return _layer_cost(traits, inter, c, a, grad_ckpt, reentrant, input_grad, accumulate)
 
@@ -74,11 +75,17 @@ def _layer_cost(traits: Traits, inter: int, c: Ctx, a: int, grad_ckpt: bool, ree
     return LayerCost(fwd_peak, fwd.live, cached, bwd_abs, recompute_peak, grads)
 
 
+def _offload_tape() -> Tape:
+    from vramplan.estimator.offloading import OffloadTape  # activation offloading plans only (import cost)
+
+    return OffloadTape()
+
+
 @lru_cache(maxsize=4096)
 def head_cost(c: Ctx, a: int, softcap: bool, accumulate: bool = False) -> tuple[int, int, int, int]:
     """The final norm, lm_head and loss of `c.trainer` (`losses.loss_head`): (forward peak incl. its input,
     bytes kept for backward, backward peak above that, param grads)."""
-    th = OffloadTape() if c.offload_activations else Tape()
+    th = _offload_tape() if c.offload_activations else Tape()
     hx = th.new(c.tokens * c.hidden * a, True)
     loss = loss_head(th, c, hx, a, softcap, c.trainer, c.loss_type)
     peak, keep = th.peak, th.live

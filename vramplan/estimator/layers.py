@@ -18,7 +18,6 @@ The parts follow the transformers 5 modeling files:
 from __future__ import annotations
 
 from vramplan.estimator import liger
-from vramplan.estimator.moe import moe
 from vramplan.estimator.programs import Ctx, attention_core, linear, rmsnorm
 from vramplan.estimator.tape import Tape
 from vramplan.traits import SINGLE_OP_ACTIVATIONS, Traits
@@ -199,7 +198,11 @@ def _down(tp: Tape, c: Ctx, tr: Traits, h: int, a2: int, inter: int) -> int:
 
 
 def mlp(tp: Tape, c: Ctx, tr: Traits, x: int, a: int, inter: int) -> int:
-    return moe(tp, c, x, a) if c.experts else dense_mlp(tp, c, tr, x, a, inter)
+    if not c.experts:
+        return dense_mlp(tp, c, tr, x, a, inter)
+    from vramplan.estimator.moe import moe  # the sparse block: loaded for MoE models only (import cost)
+
+    return moe(tp, c, x, a)
 
 
 def _post_norm(tp: Tape, c: Ctx, y: int, a: int) -> int:

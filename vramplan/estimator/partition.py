@@ -18,9 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from vramplan.estimator.experts_v4 import transformers_model
 from vramplan.estimator.optimizer import OptimizerMemory, optimizer_memory
-from vramplan.estimator.weights import ADAPTER_BYTES, non_quantized_dtype_bytes, quantized_layer_bytes, resolve_targets
+from vramplan.estimator.weights import (
+    ADAPTER_BYTES,
+    non_quantized_dtype_bytes,
+    quantized_layer_bytes,
+    resolve_targets,
+    transformers_model,
+)
 from vramplan.models import ModelCache, ModelSpec
 from vramplan.plan import TrainingPlan
 from vramplan.units import DTYPE_BYTES

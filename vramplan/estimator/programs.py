@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vramplan.estimator.dora import dora_delta
-from vramplan.estimator.int8 import int8_linear
 from vramplan.estimator.tape import Tape
 
 
@@ -171,6 +169,8 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
     """A decoder linear (16-bit, or 4-bit), with LoRA when targeted. Returns (output, dtype bytes)."""
     t = c.tokens
     if c.int8:
+        from vramplan.estimator.int8 import int8_linear  # loaded for an 8-bit base only (import cost)
+
         res, res_a = int8_linear(tp, c, x, a, n_in, n_out), a
     elif c.quantized:
         xc = tp.op(t * n_in * c.compute, (x,)) if a != c.compute else tp.op(0, (x,), alias=x)
@@ -216,6 +216,8 @@ def linear(tp: Tape, c: Ctx, x: int, a: int, name: str, n_in: int, n_out: int) -
         tp.drop(xa, mask)
         xa = xd
     if c.dora:  # DoraLinearVariant.forward: result + lora_magnitude_vector(x, ...) (dora.py)
+        from vramplan.estimator.dora import dora_delta  # loaded for DoRA plans only (import cost)
+
         delta = dora_delta(tp, c, res, res_a, xa, n_in, n_out, dropped=c.dropout, bias=name in c.dora_bias)
         total = tp.op(t * n_out * max(4, res_a), (res, delta))
         tp.drop(res, delta)

@@ -12,15 +12,13 @@ from typing import NamedTuple
 
 from vramplan.architecture import traits_of
 from vramplan.estimator.context import attention_dropout, kernel_dequantizes, layer_context
-from vramplan.estimator.experts_v4 import transformers_model
-from vramplan.estimator.offloading import host_offload_bytes, offloading_note
 from vramplan.estimator.optimizer import MIN_8BIT_SIZE, QMAP_BYTES, OptimizerMemory, optimizer_memory
 from vramplan.estimator.programs import Ctx
 from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.step import Moment, cpu_context, phase_peaks, step_moments
 from vramplan.estimator.step_tensors import batch_bytes
 from vramplan.estimator.trainers import reference_copy, step_plan
-from vramplan.estimator.weights import StaticMemory, static_memory, unquantized_experts_note
+from vramplan.estimator.weights import StaticMemory, static_memory, transformers_model, unquantized_experts_note
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
 
@@ -80,6 +78,7 @@ def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
         "batch": batch_bytes(plan) if peak_phase != "load" else 0,
     }
     components["activations"] = peak - sum(components.values())
+    offload_note, host_bytes = _offloading(model, plan)
     fields = dict(
         model=model.name,
         plan=plan,  # the validated plan itself (pydantic does not revalidate an instance)
@@ -88,10 +87,19 @@ def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
         peak_phase=peak_phase,
         paged_bytes=opt.paged_bytes,
         traced_phases=traced,
-        notes=tuple(n for n in (unquantized_experts_note(model, plan), offloading_note(model, plan)) if n),
-        host_offload_bytes=host_offload_bytes(model, plan),
+        notes=tuple(n for n in (unquantized_experts_note(model, plan), offload_note) if n),
+        host_offload_bytes=host_bytes,
     )
     return StepEstimate(fields, moments, ref)
+
+
+def _offloading(model: ModelSpec, plan: TrainingPlan) -> tuple[str | None, int]:
+    """`--activation-offloading`'s note and pinned host bytes (offloading.py, loaded for such plans only)."""
+    if not plan.activation_offloading:
+        return None, 0
+    from vramplan.estimator.offloading import host_offload_bytes, offloading_note
+
+    return offloading_note(model, plan), host_offload_bytes(model, plan)
 
 
 def _traced_phases(model: ModelSpec, plan: TrainingPlan, phases: dict[str, int], base: int,

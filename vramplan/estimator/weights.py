@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 from vramplan.architecture import traits_of
 from vramplan.errors import PlanError
-from vramplan.estimator.experts_v4 import transformers_model
 from vramplan.estimator.trainers import adapter_bytes
 from vramplan.inventory import Inventory, LinearGroup
 from vramplan.models import ModelCache, ModelSpec
@@ -40,6 +39,15 @@ DQ_BLOCKSIZE = 256
 ADAPTER_BYTES = 4  # LoRA A/B are fp32 whatever the base dtype (peft autocast_adapter_dtype=True)
 ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
 
+
+def transformers_model(model: ModelSpec, plan: TrainingPlan) -> ModelSpec:
+    """The model the plan's transformers version builds (`experts_v4.transformers_model`): under transformers 5,
+    `model` itself, so experts_v4 (and its spec class) is loaded for `--transformers 4` plans only."""
+    if plan.transformers != 4:
+        return model
+    from vramplan.estimator.experts_v4 import transformers_model as as_built
+
+    return as_built(model, plan)
 
 
 # peft 0.21 `utils/transformers_weight_conversion.py` (`_convert_peft_config_moe`): transformers 5 fused the v4
