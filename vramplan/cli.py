@@ -1,9 +1,7 @@
-"""The command line: a registrar. `COMMANDS` names each subcommand, the module of `vramplan.commands` that holds
-its parser function (`add_<name>_parser`) and `run_<name>`, and its one-line help (owned here: the modules do not
-repeat it). Only the invoked subcommand's module is imported and its parser built (`parsing.LazySubcommands`), so
-`vramplan --help` lists them all without building one. The training-plan flags the planning commands share are in
-`vramplan.commands.plan_flags`, argument reading in `vramplan.commands.parsing`, all rendering in `vramplan.report`.
-
+"""The command line: a registrar. `COMMANDS` names each subcommand, the module of `vramplan.commands` holding its
+`add_<name>_parser` and `run_<name>`, and its one-line help (owned here, not repeated there). Only the invoked
+command's module is imported and its parser built (`parsing.LazySubcommands`): `vramplan --help` builds none.
+Shared plan flags: `commands.plan_flags`; argv reading: `commands.parsing`; all rendering: `vramplan.report`.
 Every `VramplanError` (and every argparse error) ends as one line on stderr and a non-zero exit code.
 """
 
@@ -54,8 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    from vramplan.errors import VramplanError  # here, not at import: `--help` never needs it (nor its difflib)
-
     stdout, sys.stdout = sys.stdout, ClosedPipeGuard(sys.stdout)
     try:
         if getattr(args, "plan_flags", False):
@@ -65,7 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.run(args)
         sys.stdout.flush()
         return code
-    except VramplanError as exc:
+    except Exception as exc:
+        from vramplan.errors import VramplanError  # here: a command that raises none never loads it (nor difflib)
+
+        if not isinstance(exc, VramplanError):
+            raise
         print(f"vramplan {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

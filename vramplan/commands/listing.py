@@ -38,7 +38,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def add_gpus_parser(sub: argparse._SubParsersAction) -> None:
-    from vramplan.commands.plan_flags import add_gpu_dir_argument
+    from vramplan.commands.parsing import add_gpu_dir_argument
 
     p = sub.add_parser("gpus", description="List the GPU hardware profiles.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -52,7 +52,7 @@ def run_gpus(args: argparse.Namespace) -> int:
     if not args.json and not args.gpu_dir and not os.environ.get(GPU_DIR_ENV):
         report.render_gpus(sys.stdout, builtin_gpus())  # the built-in files, checked by the test suite
         return 0
-    from vramplan.commands.plan_flags import gpu_dirs
+    from vramplan.commands.parsing import gpu_dirs
     from vramplan.hardware import load_profiles
 
     profiles = list(load_profiles(gpu_dirs(args)).values())  # user files: validated, one line on a bad one

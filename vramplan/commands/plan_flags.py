@@ -11,9 +11,10 @@ import argparse
 import sys
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
+# --gpu-dir is defined in parsing (the `gpus` listing needs only it, and parsing imports nothing heavy); used here too
+from vramplan.commands.parsing import add_gpu_dir_argument, gpu_dirs
 from vramplan.hf_names import (
     attention_from_hf,
     bool_from_hf,
@@ -46,16 +47,6 @@ def console(args: argparse.Namespace | None = None) -> Any:
     if not out.is_terminal and "COLUMNS" not in os.environ:
         out = Console(width=120)
     return out
-
-
-def gpu_dirs(args: argparse.Namespace) -> tuple[Path, ...]:
-    """The `--gpu-dir` folders given (extra GPU profile folders)."""
-    return tuple(Path(p) for p in (getattr(args, "gpu_dir", None) or []))
-
-
-def add_gpu_dir_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpu-dir", action="append", metavar="DIR",
-                   help="extra folder of GPU profile .toml files (repeatable; also $VRAMPLAN_GPU_DIR)")
 
 
 def add_gpu_arguments(p: argparse.ArgumentParser) -> None:
