@@ -55,7 +55,7 @@ def run_check(args: argparse.Namespace) -> int:
     result = estimate(args.model, plan, gpu=args.gpu, gpu_dirs=gpu_dirs(args))
     result, words = _calibrated(result, args)
     if args.json:
-        report.print_json({"reading": reading.model_dump(mode="json"), "estimate": report.estimate_json(result),
+        report.print_json({"reading": reading.to_dict(), "estimate": report.estimate_json(result),
                            "calibration": words})
     else:
         out = console(args)

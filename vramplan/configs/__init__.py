@@ -12,22 +12,22 @@ naming it; every other field is listed in `ignored`. This package imports no tor
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from vramplan.configs.fields import ConfigReadError, FieldReader, load_mapping
+from vramplan.record import Record
 
 FORMATS = ("axolotl", "llamafactory", "trl", "hf", "peft", "bnb", "accelerate", "deepspeed")
 
 
-class ConfigReading(BaseModel):
+class ConfigReading(Record):
     """What one config (or a set of files read together) says about the training run."""
 
-    model_config = ConfigDict(frozen=True)
+    error = ConfigReadError
 
     format: str  # one of FORMATS; "+"-joined when several files are read together
     source: str  # the file path(s), comma-joined
@@ -35,8 +35,10 @@ class ConfigReading(BaseModel):
     plan_options: dict[str, Any]  # keywords of vramplan.plan.make_plan
     origin: dict[str, str]  # plan option -> the config field it came from
     ignored: list[str]  # config fields that do not change memory
-    notes: list[str] = []  # how a field was read where the framework decides at run time
-    files: list[str] = []  # every file read, the ones the config points to (DeepSpeed JSON) included
+    # how a field was read where the framework decides at run time
+    notes: list[str] = dataclasses.field(default_factory=list)
+    # every file read, the ones the config points to (DeepSpeed JSON) included
+    files: list[str] = dataclasses.field(default_factory=list)
 
 
 def _readers() -> dict[str, Any]:
