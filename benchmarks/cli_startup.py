@@ -6,24 +6,33 @@ round), so a load spike hits all of them alike, and each is summarised by its me
 before and after: wall-clock ratios mean little on a machine whose load is far above its core count, so the
 CPU time of each child process (user + system, `getrusage(RUSAGE_CHILDREN)`) is shown beside them.
 
-    python benchmarks/cli_startup.py [--runs 15] [--check] [--breakdown]
+    python benchmarks/cli_startup.py [--runs 15] [--venv DIR | --current] [--check] [--breakdown]
+
+Which install is measured. By default a fresh virtual environment is made in a temporary folder and the working
+tree is installed into it as the README says (`pip install <tree>`: a built wheel, dependencies from the package
+index), then removed. `--venv DIR` keeps that environment in DIR (made and installed the first time; later runs
+reinstall only the tree, `--force-reinstall --no-deps`, so they need no index). `--current` measures the
+interpreter running this script instead. That is the wrong baseline when it is the development venv: the
+editable install puts a `.pth` file in site-packages that imports setuptools' finder at every interpreter start,
+`python -c pass` included (15-25 ms on 2 cores), so every ratio is flattered by a slower denominator; and the
+editable finder resolves vramplan's modules differently from an installed wheel. Users run a wheel.
 
 `--check` exits 1 when a ratio misses its target (for a person to run; no test times anything). `--breakdown`
-adds where `estimate --json`'s CPU time goes, stage by stage in fresh processes (median over the rounds):
-importing pydantic, its first model (of any kind: pydantic loads its schema machinery then), the plan model,
-the model/GPU specs, the estimator, one estimate, its JSON.
+adds where `estimate --json`'s CPU time goes, stage by stage in fresh processes of the measured interpreter
+(median over the rounds), and whether pydantic or rich were imported on the way.
 
 Bytecode: an installed package has its .pyc files (pip compiles them at install), so the children run with
 `PYTHONPYCACHEPREFIX` pointed at a temporary folder and without `PYTHONDONTWRITEBYTECODE`: the warm-up run writes
-the .pyc there (the source tree is not touched) and the measured runs load them instead of compiling every module.
+the .pyc there (and the model index's parsed form, vramplan.presets.read_toml; the install is not touched) and
+the measured runs load them instead of compiling every module.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -32,21 +41,28 @@ import time
 from pathlib import Path
 
 TARGETS = {"--help": 2.5, "models": 2.5, "estimate --json": 4.0}
+TREE = Path(__file__).resolve().parent.parent
 
 
-def _vramplan() -> list[str]:
-    """The installed console script next to this interpreter (what a user runs), else `python -m vramplan`."""
-    script = Path(sys.executable).with_name("vramplan")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("vramplan")
-    return [found] if found else [sys.executable, "-m", "vramplan"]
+def prepare_venv(folder: Path) -> Path:
+    """The bin folder of a virtual environment in `folder` holding the working tree as a non-editable install."""
+    python = folder / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    if python.exists():
+        print(f"reinstalling {TREE} into {folder} (--force-reinstall --no-deps)", flush=True)
+        subprocess.run([*pip, "--force-reinstall", "--no-deps", str(TREE)], check=True)
+    else:
+        print(f"making a venv in {folder} and installing {TREE} into it (pip install <tree>)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        subprocess.run([*pip, str(TREE)], check=True)
+    return folder / "bin"
 
 
-def commands() -> dict[str, list[str]]:
-    cli = _vramplan()
+def commands(bindir: Path) -> dict[str, list[str]]:
+    python, script = bindir / "python", bindir / "vramplan"
+    cli = [str(script)] if script.exists() else [str(python), "-m", "vramplan"]
     return {
-        "python -c pass": [sys.executable, "-c", "pass"],
+        "python -c pass": [str(python), "-c", "pass"],
         "--help": [*cli, "--help"],
         "models": [*cli, "models"],
         "estimate --json": [*cli, "estimate", "--model", "llama2-7b", "--json"],
@@ -68,11 +84,15 @@ def time_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return elapsed, _cpu_s() - cpu
 
 
-def measure(runs: int, pycache: str) -> dict[str, tuple[float, float]]:
-    """name -> (median wall seconds, median CPU seconds)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+def child_env(pycache: str) -> dict[str, str]:
+    """This environment, writing bytecode under `pycache`, with no virtual environment of ours activated."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV", "PYTHONPATH")}
     env["PYTHONPYCACHEPREFIX"] = pycache
-    cmds = commands()
+    return env
+
+
+def measure(cmds: dict[str, list[str]], runs: int, env: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """name -> (median wall seconds, median CPU seconds)."""
     for argv in cmds.values():  # warm the page cache and the .pyc files: "cold" means a new process, not a new disk
         time_once(argv, env)
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in cmds}
@@ -84,13 +104,9 @@ def measure(runs: int, pycache: str) -> dict[str, tuple[float, float]]:
 
 
 BREAKDOWN = """
-import json, time
+import json, sys, time
 t = [time.process_time()]
-import pydantic
-t.append(time.process_time())
-class First(pydantic.BaseModel):  # pydantic loads its schema machinery at the first model of any kind
-    x: int = 0
-First()
+import argparse, vramplan.cli
 t.append(time.process_time())
 import vramplan.plan
 t.append(time.process_time())
@@ -104,37 +120,31 @@ t.append(time.process_time())
 from vramplan.report import estimate_json
 json.dumps(estimate_json(e), indent=2)
 t.append(time.process_time())
-print(json.dumps([b - a for a, b in zip(t, t[1:])]))
+print(json.dumps({"stages": [b - a for a, b in zip(t, t[1:])],
+                  "heavy": [m for m in ("pydantic", "rich") if m in sys.modules]}))
 """
-STAGES = ("import pydantic", "first model (any: pydantic)", "build TrainingPlan", "models + hardware",
-          "estimator (vramplan.api)", "one estimate", "its JSON")
+STAGES = ("argparse + vramplan.cli", "vramplan.plan", "models + hardware", "estimator (vramplan.api)",
+          "one estimate", "its JSON")
 
 
-def breakdown(runs: int, env: dict[str, str]) -> None:
+def breakdown(python: Path, runs: int, env: dict[str, str]) -> None:
     """Median CPU seconds of each stage of `estimate --json`, each run a fresh process."""
-    import json
-
-    samples = []
+    samples, heavy = [], []
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", BREAKDOWN], capture_output=True, text=True, check=True, env=env)
-        samples.append(json.loads(out.stdout))
+        out = subprocess.run([str(python), "-c", BREAKDOWN], capture_output=True, text=True, check=True, env=env)
+        found = json.loads(out.stdout)
+        samples.append(found["stages"])
+        heavy = found["heavy"]
     for i, name in enumerate(STAGES):
         print(f"  {name:28s} cpu {statistics.median(s[i] for s in samples) * 1000:6.1f} ms")
+    print(f"  imported on the way: {', '.join(heavy) or 'neither pydantic nor rich'}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15, help="rounds (default 15)")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a ratio misses its target")
-    parser.add_argument("--breakdown", action="store_true", help="also: estimate --json's CPU time by stage")
-    opts = parser.parse_args()
-    load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="vramplan-pyc-") as pycache:
-        medians = measure(opts.runs, pycache)
-    load_after = os.getloadavg()
+def report(medians: dict[str, tuple[float, float]], load: tuple[float, float], runs: int) -> list[str]:
+    """Print the table; the names of the commands that miss their target."""
     base_wall, base_cpu = medians["python -c pass"]
-    print(f"cores {os.cpu_count()}, load average before {load_before[0]:.2f} / after {load_after[0]:.2f} "
-          f"(1 min), {opts.runs} rounds, medians")
+    print(f"cores {os.cpu_count()}, load average before {load[0]:.2f} / after {load[1]:.2f} (1 min), "
+          f"{runs} rounds, medians")
     missed = []
     for name, (wall, cpu) in medians.items():
         ratio = wall / base_wall
@@ -144,10 +154,45 @@ def main() -> int:
             missed.append(name)
         print(f"{name:18s} wall {wall * 1000:7.1f} ms {ratio:5.2f}x   cpu {cpu * 1000:6.1f} ms "
               f"{cpu / base_cpu:5.2f}x{verdict}")
-    if opts.breakdown:
-        print("estimate --json, by stage (fresh processes, medians):")
-        breakdown(opts.runs, {**os.environ, "PYDANTIC_DISABLE_PLUGINS": "__all__"})
+    return missed
+
+
+def run(bindir: Path, opts: argparse.Namespace) -> int:
+    python = bindir / "python"
+    version = subprocess.run([str(python), "-c", "import sys; print(sys.version.split()[0], sys.prefix)"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    print(f"measured: {bindir / 'vramplan'} (Python {version[0]}, environment {version[1]})")
+    with tempfile.TemporaryDirectory(prefix="vramplan-pyc-") as pycache:
+        env = child_env(pycache)
+        load_before = os.getloadavg()[0]
+        medians = measure(commands(bindir), opts.runs, env)
+        missed = report(medians, (load_before, os.getloadavg()[0]), opts.runs)
+        if Path(sys.executable).parent != bindir:  # the interpreter running this script, for comparison
+            wall, cpu = measure({"pass": [sys.executable, "-c", "pass"]}, opts.runs, env)["pass"]
+            print(f"(this script's interpreter {sys.executable}: python -c pass wall {wall * 1000:.1f} ms, "
+                  f"cpu {cpu * 1000:.1f} ms)")
+        if opts.breakdown:
+            print("estimate --json, by stage (fresh processes, medians):")
+            breakdown(python, opts.runs, env)
     return 1 if opts.check and missed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15, help="rounds (default 15)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--venv", type=Path, metavar="DIR",
+                       help="keep the clean venv in DIR (made the first time; the tree reinstalled each run)")
+    where.add_argument("--current", action="store_true", help="measure this interpreter (not a clean install)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a ratio misses its target")
+    parser.add_argument("--breakdown", action="store_true", help="also: estimate --json's CPU time by stage")
+    opts = parser.parse_args()
+    if opts.current:
+        return run(Path(sys.executable).parent, opts)
+    if opts.venv:
+        return run(prepare_venv(opts.venv.resolve()), opts)
+    with tempfile.TemporaryDirectory(prefix="vramplan-venv-") as folder:
+        return run(prepare_venv(Path(folder)), opts)
 
 
 if __name__ == "__main__":
