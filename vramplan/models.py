@@ -7,13 +7,11 @@ folder holding one; an HF hub id, read from the local HF cache (and, when the ne
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import field
 from functools import cache, cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,9 +82,9 @@ class ModelSpec(Record):
     @cached_property
     def fingerprint(self) -> str:
         """What the model's derived facts depend on: its config (every shape, the inventory, the traits are read
-        from it), as a digest of its canonical JSON. Two specs of one config share `ModelCache` entries."""
-        text = json.dumps(self.config, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()
+        from it), as its canonical JSON text (a key within this process: no digest, so no hashlib import on a cold
+        start). Two specs of one config share `ModelCache` entries."""
+        return json.dumps(self.config, sort_keys=True, default=str)
 
 
 T = TypeVar("T")
@@ -135,7 +133,7 @@ def _alias_table() -> dict[str, str]:
 
 
 def preset_config(slug: str) -> dict[str, Any]:
-    return json.loads(resources.files("vramplan.presets").joinpath(f"{slug}.json").read_text())
+    return json.loads((Path(__file__).parent / "presets" / f"{slug}.json").read_text())
 
 
 @cache

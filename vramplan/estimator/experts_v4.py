@@ -89,7 +89,7 @@ def transformers_model(model: ModelSpec, plan: TrainingPlan) -> ModelSpec:
     if spec is None:
         if len(_V4) >= 64:
             _V4.clear()
-        spec = _V4[model.fingerprint] = TransformersV4Spec(**dict(model))
+        spec = _V4[model.fingerprint] = TransformersV4Spec(**{f: getattr(model, f) for f in model.field_names()})
     return spec
 
 
