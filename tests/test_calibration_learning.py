@@ -8,8 +8,10 @@ figures (what torch.cuda.max_memory_reserved/max_memory_allocated and the contex
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from functools import cache
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +19,8 @@ from vramplan.api import estimate
 from vramplan.cli import main
 from vramplan.hardware import resolve_gpu
 from vramplan.measure.learning import correct
-from vramplan.measure.records import CalibrationRecord, Measured
-from vramplan.measure.store import CalibrationStore
+from vramplan.measure.records import CalibrationRecord, Measured, record_json
+from vramplan.measure.store import CalibrationStore, read_jsonl
 from vramplan.plan import make_plan
 
 GPU = "NVIDIA GeForce RTX 4090"
@@ -41,10 +43,10 @@ def cuda_record(seq: int = 256, *, allocated: int | None = None, reserve: int = 
                         after_step_bytes=peak // 2, trainable_params=1, components={}, top_allocations=[],
                         reserved_bytes=peak + reserve, cuda_context_bytes=context)
     return CalibrationRecord(created_at="2026-11-30T08:00:00+00:00", model=est.model,
-                             plan=est.plan.model_dump(mode="json"),
+                             plan=est.plan.to_dict(),
                              device="cuda:0", traced=traced, steps=2, status="ok",
                              versions={"gpu": gpu, "torch": torch, "cuda": "12.8"},
-                             estimate=est.model_dump(mode="json"), measured=measured)
+                             estimate=est.to_dict(), measured=measured)
 
 
 def _profile():
@@ -123,8 +125,8 @@ def test_export_import_round_trip(capsys, tmp_path):
     assert main(["calibrations", "import", str(lines), "--store", target]) == 0
     out = capsys.readouterr().out
     assert "imported 2 records" in out and "imported 0 records" in out and "(2 already there)" in out
-    assert [r.model_dump(exclude={"id"}) for r in CalibrationStore(target).records()] == \
-        [r.model_dump(exclude={"id"}) for r in CalibrationStore(source).records()]
+    assert [r.replace(id=None) for r in CalibrationStore(target).records()] == \
+        [r.replace(id=None) for r in CalibrationStore(source).records()]
     assert main(["calibrations", "export", "--store", source]) == 0  # stdout
     assert capsys.readouterr().out == lines.read_text()
 
@@ -137,10 +139,29 @@ def test_a_broken_row_or_line_is_one_line(capsys, tmp_path):
     _, err = capsys.readouterr()
     assert err.count("\n") == 1 and "row 1 is not a calibration record" in err
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(cuda_record().model_dump_json() + "\n{not json\n")
+    bad.write_text(record_json(cuda_record()) + "\n{not json\n")
     assert main(["calibrations", "import", str(bad), "--store", str(tmp_path / "x.sqlite3")]) == 2
     _, err = capsys.readouterr()
     assert err.count("\n") == 1 and "bad.jsonl:2: not a calibration record" in err
+
+
+PYDANTIC_ROW = Path(__file__).parent / "golden" / "calibration_row_pydantic.jsonl"  # written by vramplan <= b77da3f
+
+
+def test_rows_written_by_pydantic_still_read(capsys, tmp_path):
+    """A row and an export line as the pydantic records wrote them (computed fields included, floats in serde's
+    spelling) read back; importing the same record into a store holding that row skips it as already there."""
+    text = PYDANTIC_ROW.read_text(encoding="utf-8").strip()
+    path = tmp_path / "old.sqlite3"
+    CalibrationStore(path).add(CalibrationRecord.from_dict(json.loads(text)))
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE calibrations SET record = ?", (text[:-1] + ',"field_of_a_later_version":1}',))
+    (old,) = CalibrationStore(path).records()
+    assert old.id == 1 and old.measured.top_allocations[0].shape == (4, 8) and old.error_pct["peak"] == 0.25
+    assert old.versions["gpu"].endswith("é") and old.estimate["speed"] == 1e-05
+    assert read_jsonl(PYDANTIC_ROW) == [old.replace(id=None)]
+    assert CalibrationStore(path).add_many(read_jsonl(PYDANTIC_ROW)) == (0, 1)
+    assert json.loads(record_json(old)) == json.loads(text)  # the same JSON, read as JSON
 
 
 def test_api_estimate_takes_a_store(tmp_path):

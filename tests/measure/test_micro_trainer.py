@@ -5,6 +5,7 @@ The runs are traced (FakeTensorMode, fast); test_trace_matches_real.py shows tra
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -17,7 +18,7 @@ from expected_bytes import llama_linears, lora_bytes, optimizer_state_bytes, qlo
 
 from vramplan.errors import MeasurementError  # noqa: E402
 from vramplan.measure.build import resolve_targets  # noqa: E402
-from vramplan.measure.trainer import PHASES, measure_step  # noqa: E402
+from vramplan.measure.trainer import PHASES, MeasuredStep, measure_step  # noqa: E402
 from vramplan.plan import make_plan  # noqa: E402
 
 TINY = dict(
@@ -92,6 +93,14 @@ def test_snapshots_add_up_to_their_phase_peaks():
         assert sum(a.nbytes for a in step.snapshots[phase]) == getattr(step, f"{phase}_peak_bytes")
     assert step.peak_bytes == max(step.forward_peak_bytes, step.backward_peak_bytes, step.optimizer_peak_bytes)
     assert step.peak_snapshot is step.snapshots[step.peak_phase]
+
+
+def test_a_step_reads_back_from_its_json():
+    """Gloo ranks hand their steps to the parent as JSON (vramplan.measure.distributed): the same step comes back."""
+    step = traced(method="lora")
+    text = json.dumps(step.to_dict())
+    assert MeasuredStep.from_dict(json.loads(text)) == step
+    assert json.loads(text)["peak_bytes"] == step.peak_bytes and step.peak_snapshot
 
 
 def test_loss_upcasts_logits_to_fp32():

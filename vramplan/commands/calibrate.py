@@ -74,7 +74,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         record = calibrate(args.model, plan, device=args.device, trace=args.trace, steps=args.steps, gpu=args.gpu,
                            gpu_dirs=_gpu_dirs(args), store=store, save=not args.no_save, on_progress=on_progress)
     if args.json:
-        report.print_json(record.model_dump(mode="json"))
+        report.print_json(record.to_dict())
     else:
         console = _console(args)
         report.render_calibration(console, record)
@@ -160,7 +160,7 @@ def run_calibrations(args: argparse.Namespace) -> int:
     if args.action == "export":
         return _export(args, records)
     if args.json:
-        report.print_json([r.model_dump(mode="json") for r in records])
+        report.print_json([r.to_dict() for r in records])
     elif not records:
         _console(args).print(f"no calibrations in {store.path}")
     else:
@@ -173,7 +173,9 @@ def _export(args: argparse.Namespace, records: Sequence[Any]) -> int:
     import sys
     from pathlib import Path
 
-    text = "".join(r.model_dump_json(exclude={"id"}) + "\n" for r in records)
+    from vramplan.measure.records import record_json
+
+    text = "".join(record_json(r) + "\n" for r in records)
     if args.file:
         try:
             Path(args.file).write_text(text, encoding="utf-8")

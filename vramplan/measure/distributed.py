@@ -123,7 +123,7 @@ def _rank_main(job: str, rank: int) -> None:
 def _load(path: Path):
     from vramplan.measure.trainer import MeasuredStep
 
-    return MeasuredStep.model_validate_json(path.read_text())
+    return MeasuredStep.from_dict(json.loads(path.read_text()))
 
 
 # The rank process -----------------------------------------------------------------------------------------------
@@ -145,8 +145,8 @@ def run_rank(job: dict, rank: int) -> None:
     dist.init_process_group("gloo", init_method=f"file://{job['store']}", rank=rank, world_size=job["world"])
     try:
         for i, fields in enumerate(job["plans"]):
-            step = measure_rank(job["config"], TrainingPlan(**fields), job["steps"], seed=rank)
-            Path(job["out"], f"rank{rank}.plan{i}.json").write_text(step.model_dump_json())
+            step = measure_rank(job["config"], TrainingPlan.from_dict(fields), job["steps"], seed=rank)
+            Path(job["out"], f"rank{rank}.plan{i}.json").write_text(json.dumps(step.to_dict()))
             dist.barrier()
     finally:
         dist.destroy_process_group()

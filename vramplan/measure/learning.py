@@ -24,15 +24,12 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
+from vramplan.record import Record
 from vramplan.units import format_bytes
 
 
-class Learned(BaseModel):
+class Learned(Record):
     """What stored runs on one GPU say about an estimate."""
-
-    model_config = ConfigDict(frozen=True)
 
     gpu: str  # the GPU's name as torch reports it
     runs: int  # CUDA runs on this GPU model

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vramplan.errors import InputError, StoreError
-from vramplan.measure.records import CalibrationRecord
+from vramplan.measure.records import CalibrationRecord, record_json
 
 BUSY_TIMEOUT_S = 60.0
 
@@ -63,7 +63,7 @@ class CalibrationStore:
         row = (record.created_at, record.model, record.plan.get("method", ""), record.device, int(record.traced),
                record.status, m.peak_bytes if m else None, estimated, record.error_pct.get("peak"),
                json.dumps(record.plan), json.dumps(record.versions),
-               record.model_dump_json(exclude={"id"}))
+               record_json(record))
         with self._connect(create=True) as conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(_SCHEMA)
@@ -72,7 +72,7 @@ class CalibrationStore:
                 " estimate_peak_bytes, peak_error_pct, plan, versions, record) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 row)
             conn.execute("COMMIT")
-        return record.model_copy(update={"id": cur.lastrowid})
+        return record.replace(id=cur.lastrowid)
 
     def records(self, model: str | None = None, limit: int | None = None) -> list[CalibrationRecord]:
         """Stored records, oldest first (the last `limit` of them); an absent database holds none."""
@@ -94,10 +94,10 @@ class CalibrationStore:
     def add_many(self, records: Iterable[CalibrationRecord]) -> tuple[int, int]:
         """Import records (`calibrations import`): (added, skipped as already stored). A record is already
         stored when one with the same content (all but its row id) is."""
-        stored = {r.model_dump_json(exclude={"id"}) for r in self.records()}
+        stored = {record_json(r) for r in self.records()}
         added = skipped = 0
         for record in records:
-            text = record.model_dump_json(exclude={"id"})
+            text = record_json(record)
             if text in stored:
                 skipped += 1
                 continue
@@ -112,21 +112,14 @@ class CalibrationStore:
 
 def _record_of_row(path: Path, row_id: int, text: str) -> CalibrationRecord:
     """One stored row as a record; a row that is not a valid record is a one-line StoreError naming it."""
-    from pydantic import ValidationError
-
     try:
-        return CalibrationRecord.model_validate_json(text).model_copy(update={"id": row_id})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise StoreError(f"store: {path}: row {row_id} is not a calibration record: "
-                         f"{where + ': ' if where else ''}{err['msg']}") from None
+        return parse_record(text, row_id)
+    except InputError as exc:
+        raise StoreError(f"store: {path}: row {row_id} is not a calibration record: {exc}") from None
 
 
 def read_jsonl(path: Path) -> list[CalibrationRecord]:
     """Records from a JSON-lines file (`calibrations export`); a bad line is a one-line error naming it."""
-    from pydantic import ValidationError
-
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -136,13 +129,22 @@ def read_jsonl(path: Path) -> list[CalibrationRecord]:
         if not line.strip():
             continue
         try:
-            out.append(CalibrationRecord.model_validate_json(line).model_copy(update={"id": None}))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise InputError(f"{path}:{number}: not a calibration record: {where + ': ' if where else ''}"
-                             f"{err['msg']}") from None
+            out.append(parse_record(line, None))
+        except InputError as exc:
+            raise InputError(f"{path}:{number}: not a calibration record: {exc}") from None
     return out
+
+
+def parse_record(text: str, row_id: int | None) -> CalibrationRecord:
+    """A record from its JSON text (`record_json`'s, or pydantic's in stores written before), with this row id
+    (a text's own "id" is ignored); raises an InputError of one line: the JSON error or `field: problem`."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if isinstance(data, dict):
+        data = {**data, "id": row_id}
+    return CalibrationRecord.from_dict(data)
 
 
 class _Connection:

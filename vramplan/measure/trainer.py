@@ -25,12 +25,13 @@ running out of memory raises `StepOutOfMemory` (a result to record, not a failur
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, computed_field
 
 from vramplan.errors import MeasurementError
 from vramplan.measure.build import (
@@ -45,6 +46,7 @@ from vramplan.measure.optimizers import build_optimizer
 from vramplan.measure.tracing import fake_session, warm_caches
 from vramplan.measure.tracker import Allocation, MemoryTracker
 from vramplan.plan import TrainingPlan
+from vramplan.record import Record, plain
 
 PHASES = ("forward", "backward", "optimizer")
 # Collect the young generations (what a run creates); a full collection of the heap that transformers builds
@@ -52,10 +54,11 @@ PHASES = ("forward", "backward", "optimizer")
 GC_GENERATION = 1
 
 
-class MeasuredStep(BaseModel):
-    """Live storage bytes of one steady-state training step (exact counts, no allocator rounding)."""
+class MeasuredStep(Record):
+    """Live storage bytes of one steady-state training step (exact counts, no allocator rounding). Its `to_dict`
+    is JSON (the snapshots' allocations as tables) that `from_dict` reads back: gloo ranks hand steps over so."""
 
-    model_config = ConfigDict(frozen=True)
+    computed = ("peak_bytes", "reserved_bytes")
 
     load_bytes: int  # model + adapters + optimizer object, before step 1
     forward_peak_bytes: int
@@ -73,12 +76,10 @@ class MeasuredStep(BaseModel):
     cuda_context_bytes: int | None = None
     paged_bytes: int | None = None  # paged optimizer states in CUDA managed memory (not in the allocator)
 
-    @computed_field  # type: ignore[prop-decorator]
     @property
     def peak_bytes(self) -> int:
         return max(self.forward_peak_bytes, self.backward_peak_bytes, self.optimizer_peak_bytes)
 
-    @computed_field  # type: ignore[prop-decorator]
     @property
     def reserved_bytes(self) -> int | None:
         """The caching allocator's reserved peak over the step (CUDA only)."""
@@ -88,6 +89,27 @@ class MeasuredStep(BaseModel):
     def peak_snapshot(self) -> list[Allocation]:
         """What was live at the step's peak (the snapshot of `peak_phase`)."""
         return self.snapshots[self.peak_phase]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["snapshots"] = {phase: [plain(dataclasses.asdict(a)) for a in allocs]
+                            for phase, allocs in self.snapshots.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MeasuredStep:
+        snapshots = data.get("snapshots") if isinstance(data, Mapping) else None
+        if isinstance(snapshots, Mapping):
+            data = {**data, "snapshots": {phase: [_allocation(a) for a in allocs]
+                                          for phase, allocs in snapshots.items()}}
+        return super().from_dict(data)
+
+
+def _allocation(table: Any) -> Any:
+    """An `Allocation` from its `to_dict` table (anything else is left for the field check to refuse)."""
+    if not isinstance(table, Mapping):
+        return table
+    return Allocation(**{**table, "shape": tuple(table.get("shape", ()))})
 
 
 def measure_step(config: dict, plan: TrainingPlan, *, device: str = "cpu", trace: bool = False, steps: int = 2,
