@@ -17,6 +17,7 @@ OPTIONAL = {
     "vramplan.estimator.int8": ("llama2-7b", {"method": "lora", "load_in_8bit": True}),
     "vramplan.estimator.dora": ("llama2-7b", {"method": "lora", "use_dora": True}),
     "vramplan.estimator.evaluation": ("llama2-7b", {"method": "qlora", "eval_batch": 1}),
+    "vramplan.estimator.engines.pricing": ("llama2-7b", {"method": "lora", "gpus": 2, "sharding": "ddp"}),
 }
 # loaded by other paths (a GPU, sharding, the allocator replay), never by an estimate without them
 NEVER = ("vramplan.estimator.allocator", "vramplan.estimator.replay", "vramplan.estimator.partition",

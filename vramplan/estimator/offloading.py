@@ -30,26 +30,25 @@ of the view's size), the CUDA caching of the second stream's blocks (allocator.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from vramplan.estimator.tape import LayerCost, Node, Tape
 
 MIN_OFFLOAD_BYTES = 1024  # OffloadActivations(min_offload_size=1024)
 MAX_FWD_STASH = 5  # OffloadActivations(max_fwd_stash_size=5)
 
 
-@dataclass
 class OffloadTape(Tape):
     """A tape whose saved tensors go through `OffloadActivations`' pack and unpack rules (module docstring)."""
 
-    host: int = 0  # pinned host bytes of the offloaded copies
-    packs: int = 0
-    stash: list[tuple[int, int]] = field(default_factory=list)  # (pack id, tensor) of `fwd_stash`
-    tracked: set[int] = field(default_factory=set)  # tensors whose storage key is tracked
-    pinned: set[int] = field(default_factory=set)  # tracked until backward (saved again while tracked)
-    offloaded: dict[int, tuple[int, ...]] = field(default_factory=dict)  # id(node) -> its offloaded saves
-    _prev: int = 0  # bytes the previous bringing node brought back (freed after the next one runs)
-    _stash_cleared: bool = False
+    def __init__(self, checkpointing: bool = False, events: list | None = None) -> None:
+        super().__init__(checkpointing, events)
+        self.host = 0  # pinned host bytes of the offloaded copies
+        self.packs = 0
+        self.stash: list[tuple[int, int]] = []  # (pack id, tensor) of `fwd_stash`
+        self.tracked: set[int] = set()  # tensors whose storage key is tracked
+        self.pinned: set[int] = set()  # tracked until backward (saved again while tracked)
+        self.offloaded: dict[int, tuple[int, ...]] = {}  # id(node) -> its offloaded saves
+        self._prev = 0  # bytes the previous bringing node brought back (freed after the next one runs)
+        self._stash_cleared = False
 
     def op(self, nbytes: int, inputs: tuple[int, ...] = (), saves: tuple[int, ...] = (), **kw) -> int:
         """Autograd packs an op's saved inputs before the op runs (the generated `VariableType` code builds the

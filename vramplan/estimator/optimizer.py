@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vramplan.plan import TrainingPlan
 
@@ -26,8 +26,7 @@ BNB_BLOCK = 256
 QMAP_BYTES = 256 * 4
 
 
-@dataclass(frozen=True)
-class OptimizerMemory:
+class OptimizerMemory(NamedTuple):  # not a dataclass: see weights.StaticMemory
     states_bytes: int  # in the torch allocator
     paged_bytes: int  # CUDA managed memory (paged optimizers): can spill to host RAM
     step_temp_bytes: int  # transient during optimizer.step()

@@ -6,7 +6,6 @@ one step (`step.py`), composed into phase peaks and the components of the larges
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
@@ -23,13 +22,14 @@ from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
 
 
-@dataclass(frozen=True)
 class StepEstimate:
-    """The single-GPU estimate and the moments of the step it was read from."""
+    """The single-GPU estimate and the moments of the step it was read from (a plain class: a dataclass's
+    generated methods would cost ~0.6 ms of every cold start)."""
 
-    fields: dict  # the MemoryEstimate's arguments (the engines build theirs from them: one validation)
-    moments: tuple[Moment, ...]
-    reference_bytes: int  # DPO without PEFT: the frozen reference model (a weight outside the trained model)
+    def __init__(self, fields: dict, moments: tuple[Moment, ...], reference_bytes: int) -> None:
+        self.fields = fields  # the MemoryEstimate's arguments (the engines build theirs from them: one validation)
+        self.moments = moments
+        self.reference_bytes = reference_bytes  # DPO without PEFT: the frozen reference model (outside the model)
 
     @cached_property
     def estimate(self) -> MemoryEstimate:

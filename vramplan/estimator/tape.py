@@ -14,11 +14,13 @@ never changes the counting.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
+
+# No @dataclass here: a dataclass execs its generated methods when the class is made, 0.4-0.7 ms each of a cold
+# `vramplan estimate` (benchmarks/estimate_cold.py); a NamedTuple or a written-out class costs a fraction.
 
 
-@dataclass(frozen=True)
-class LayerCost:
+class LayerCost(NamedTuple):
     """One decoder layer's memory, from two tape replays (`layer_costs.py`). Bytes; "abs" values count from zero
     live."""
 
@@ -31,29 +33,36 @@ class LayerCost:
     stash: int = 0  # activation offloading: the device tensors of the last packs, alive when the head starts
 
 
-@dataclass
 class Node:
-    out: int
-    grad_inputs: tuple[int, ...]
-    saved: tuple[int, ...]
-    bwd_temp: int = 0  # transient during this node's backward beyond the input gradients
-    param_grad: int = 0  # bytes of a trainable weight's .grad created by this node (kept until zero_grad)
+    """One autograd node: its output, the inputs that get gradients, the tensors it saves for backward."""
+
+    __slots__ = ("out", "grad_inputs", "saved", "bwd_temp", "param_grad")
+
+    def __init__(self, out: int, grad_inputs: tuple[int, ...], saved: tuple[int, ...], bwd_temp: int = 0,
+                 param_grad: int = 0) -> None:
+        self.out = out
+        self.grad_inputs = grad_inputs
+        self.saved = saved
+        self.bwd_temp = bwd_temp  # transient during this node's backward beyond the input gradients
+        self.param_grad = param_grad  # bytes of a trainable weight's .grad created by this node (until zero_grad)
 
 
-@dataclass
 class Tape:
-    checkpointing: bool = False  # saved tensors hold no memory (non-reentrant checkpoint's pack hook)
-    live: int = 0
-    peak: int = 0
-    size: dict[int, int] = field(default_factory=dict)
-    grad: dict[int, bool] = field(default_factory=dict)
-    refs: dict[int, int] = field(default_factory=dict)
-    saved_by: dict[int, int] = field(default_factory=dict)
-    nodes: list[Node] = field(default_factory=list)
-    freed: set[int] = field(default_factory=set)
-    cached: list[int] = field(default_factory=list)  # autocast's weight-cast cache (held until the region ends)
-    events: list | None = None  # the allocation sequence, when recorded (see the module docstring)
-    _next: int = 0
+    """The tape of one program: tensor sizes, references, which nodes save which tensors, live and peak bytes."""
+
+    def __init__(self, checkpointing: bool = False, events: list | None = None) -> None:
+        self.checkpointing = checkpointing  # saved tensors hold no memory (non-reentrant checkpoint's pack hook)
+        self.live = 0
+        self.peak = 0
+        self.size: dict[int, int] = {}
+        self.grad: dict[int, bool] = {}
+        self.refs: dict[int, int] = {}
+        self.saved_by: dict[int, int] = {}
+        self.nodes: list[Node] = []
+        self.freed: set[int] = set()
+        self.cached: list[int] = []  # autocast's weight-cast cache (held until the region ends)
+        self.events = events  # the allocation sequence, when recorded (see the module docstring)
+        self._next = 0
 
     def _log(self, key: object, nbytes: int) -> None:
         if self.events is not None:

@@ -9,13 +9,17 @@ moment. `sharding='none'` returns the single-GPU estimate untouched.
 
 from __future__ import annotations
 
-from vramplan.estimator.engines.pricing import WEIGHT_KEYS, Priced, Repriced
+from typing import TYPE_CHECKING
+
 from vramplan.estimator.result import MemoryEstimate
 from vramplan.estimator.single_gpu import StepEstimate, estimate_step
 from vramplan.estimator.step_tensors import batch_bytes
 from vramplan.estimator.trainers import step_plan
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
+
+if TYPE_CHECKING:  # pricing.py (and the engines) load for multi-GPU plans only
+    from vramplan.estimator.engines.pricing import Priced, Repriced
 
 # Engines that reduce every micro-batch's gradients into the sharded ones (FSDP2's default
 # `set_requires_gradient_sync(True)`; DeepSpeed ZeRO-2/3 reduce in backward at every micro-batch), so gradient
@@ -57,6 +61,8 @@ def per_gpu_estimate(plan: TrainingPlan, single: StepEstimate, engine: Repriced,
     (`Repriced.reference_*`). `other_batches`: the batches of the other micro-batches when `single` is one
     micro-batch of an accumulating step (added to every phase after load; the components stay those of the one
     micro-batch, and no traced phases are given)."""
+    from vramplan.estimator.engines.pricing import WEIGHT_KEYS
+
     static = engine.static
     phases = {"load": static.load + single.reference_bytes}
     best: dict[str, Priced] = {}
