@@ -24,8 +24,9 @@ adds where `estimate --json`'s CPU time goes, stage by stage in fresh processes 
 
 Bytecode: an installed package has its .pyc files (pip compiles them at install), so the children run with
 `PYTHONPYCACHEPREFIX` pointed at a temporary folder and without `PYTHONDONTWRITEBYTECODE`: the warm-up run writes
-the .pyc there (and the model index's parsed form, vramplan.presets.read_toml; the install is not touched) and
-the measured runs load them instead of compiling every module.
+the .pyc there (the install is not touched) and the measured runs load them instead of compiling every module.
+Likewise `VRAMPLAN_CACHE_DIR` points into that folder, where the warm-up run keeps the TOML files' parsed form
+(vramplan.datafiles.read_toml), as a user's first call of `vramplan models` does in ~/.cache/vramplan.
 """
 
 from __future__ import annotations
@@ -87,9 +88,10 @@ def time_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 
 def child_env(pycache: str) -> dict[str, str]:
-    """This environment, writing bytecode under `pycache`, with no virtual environment of ours activated."""
+    """This environment, writing bytecode and vramplan's cache under `pycache`, with no venv of ours activated."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV", "PYTHONPATH")}
     env["PYTHONPYCACHEPREFIX"] = pycache
+    env["VRAMPLAN_CACHE_DIR"] = os.path.join(pycache, "vramplan-cache")
     return env
 
 

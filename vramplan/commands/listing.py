@@ -1,7 +1,7 @@
 """`vramplan models` and `vramplan gpus`: list the built-in model presets and the GPU profiles.
 
 Both tables start as fast as `--help` (issue 10; benchmarks/cli_startup.py): they read the data files as written
-(`vramplan.presets.read_toml`: tomllib once per edit of a file, then its marshal cache), without pydantic, rich or
+(`vramplan.datafiles.read_toml`: tomllib once per edit of a file, then its marshal cache), without pydantic, rich or
 the validated models. What they list is what the validated loaders hold (tests/report/test_listing.py,
 tests/test_cli_startup_imports.py). `--json` and user GPU folders go through the validated loaders.
 """
@@ -66,7 +66,7 @@ def run_gpus(args: argparse.Namespace) -> int:
 def builtin_gpus() -> list[SimpleNamespace]:
     """The built-in GPU profiles as their files are written, in `vramplan.hardware.load_profiles`' order (file
     name), each with the fields the table reads (a profile without BF16 leaves `bf16_tflops_dense` out: None)."""
-    from vramplan.presets import read_toml
+    from vramplan.datafiles import read_toml
 
     folder = _builtin_gpu_dir()
     names = sorted(n for n in os.listdir(folder) if n.endswith(".toml"))

