@@ -1,6 +1,6 @@
 """How the CLI reads its command line and writes its output: argparse made strict, subcommand parsers built only
-when invoked, Hugging Face's underscore spelling of flags, and a stdout that survives a closed pipe. `vramplan.cli`
-(the registrar) uses them.
+when invoked, Hugging Face's underscore spelling of flags, `--gpu-dir`, and a stdout that survives a closed pipe.
+`vramplan.cli` (the registrar) uses them.
 
 Start-up: `vramplan --help` imports only this module, argparse and the registrar, so nothing here imports `typing`
 or `vramplan.errors` (difflib) at import time; they load where an error is reported.
@@ -68,7 +68,9 @@ class LazySubcommands(Mapping):
     `choices`) of argparse's `_SubParsersAction`, whose `__call__` looks the invoked name up: so `vramplan --help`
     lists every command from the registrar's table and builds none, and `vramplan estimate ...` imports
     `vramplan.commands.estimate` and builds that one parser (`add_estimate_parser`). Membership, iteration (the
-    invalid-choice message and its did-you-mean) see every name without building anything."""
+    invalid-choice message and its did-you-mean) see every name without building anything. It relies on the
+    action's `_name_parser_map`, `_choices_actions` and `_ChoicesPseudoAction`, the same in argparse from Python 3.10
+    to 3.13 (checked: --help, a subcommand, an unknown one under each)."""
 
     def __init__(self, action: argparse._SubParsersAction, commands: Mapping[str, tuple[str, str]]) -> None:
         """`commands`: name -> (module under `vramplan.commands`, the one-line help `vramplan --help` shows)."""
