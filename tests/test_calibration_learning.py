@@ -9,7 +9,10 @@ figures (what torch.cuda.max_memory_reserved/max_memory_allocated and the contex
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -169,6 +172,17 @@ def test_api_estimate_takes_a_store(tmp_path):
     plan = make_plan(method="lora", seq=256, batch=1)
     assert estimate("qwen2.5-0.5b", plan, gpu="rtx4090", calibration=store).cuda_context_bytes == 999 * MiB
     assert estimate("qwen2.5-0.5b", plan, gpu="rtx4090").cuda_context_bytes != 999 * MiB
+
+
+def test_estimate_gpu_without_a_store_loads_no_store_code(tmp_path):
+    """Most machines have no store: `estimate --gpu` then asks for none of sqlite3, statistics or the records."""
+    code = ("import sys; from vramplan.cli import main; main(['estimate', '--model', 'qwen2.5-0.5b', '--gpu', "
+            "'rtx4090', '--json']); loaded = [m for m in ('sqlite3', 'statistics', 'vramplan.measure.records') "
+            "if m in sys.modules]; assert not loaded, loaded")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("VRAMPLAN_CALIBRATION_DB", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("argv", [["calibrations", "import"], ["calibrations", "list", "x.jsonl"]])

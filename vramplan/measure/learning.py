@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 from vramplan.record import Record
@@ -79,6 +78,8 @@ def _plan_key(plan: dict) -> str:
 def learn(estimate: Any, records: Sequence[Any], profile: Any,
           versions: dict[str, str] | None = None) -> Learned | None:
     """What the runs on this GPU say about `estimate` (None when there is none)."""
+    from statistics import median  # here, not at import: statistics loads decimal and fractions (~5 ms)
+
     runs = _same_build([r for r in records if same_gpu(r, profile)], versions or {})
     if not runs:
         return None

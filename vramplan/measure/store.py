@@ -3,18 +3,25 @@
 Location: the `path` given, else `$VRAMPLAN_CALIBRATION_DB`, else `$XDG_CACHE_HOME/vramplan/calibrations.sqlite3`
 (`~/.cache/...`). Concurrent runs are safe: WAL journal, a busy timeout, and every write in a `BEGIN IMMEDIATE`
 transaction. Also `read_jsonl` for the files `vramplan calibrations --json` exports. No torch.
+
+sqlite3 and the record classes load at the first read of an existing store or the first write: `estimate --gpu`
+asks the default store on every run, and most machines have none.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vramplan.errors import InputError, StoreError
-from vramplan.measure.records import CalibrationRecord, record_json
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from vramplan.measure.records import CalibrationRecord
 
 BUSY_TIMEOUT_S = 60.0
 
@@ -57,6 +64,8 @@ class CalibrationStore:
 
     def add(self, record: CalibrationRecord) -> CalibrationRecord:
         """Insert the record; returns it with its row id."""
+        from vramplan.measure.records import record_json
+
         m = record.measured
         peak = record.by_phase.get("peak")
         estimated = peak.estimate_bytes if peak else record.estimate["peak_bytes"]  # the figure compared with
@@ -78,6 +87,8 @@ class CalibrationStore:
         """Stored records, oldest first (the last `limit` of them); an absent database holds none."""
         if not self.path.exists():
             return []
+        import sqlite3
+
         query = "SELECT id, record FROM calibrations" + (" WHERE model = ?" if model else "") + " ORDER BY id DESC"
         params: tuple = (model,) if model else ()
         if limit is not None:
@@ -94,6 +105,8 @@ class CalibrationStore:
     def add_many(self, records: Iterable[CalibrationRecord]) -> tuple[int, int]:
         """Import records (`calibrations import`): (added, skipped as already stored). A record is already
         stored when one with the same content (all but its row id) is."""
+        from vramplan.measure.records import record_json
+
         stored = {record_json(r) for r in self.records()}
         added = skipped = 0
         for record in records:
@@ -138,6 +151,8 @@ def read_jsonl(path: Path) -> list[CalibrationRecord]:
 def parse_record(text: str, row_id: int | None) -> CalibrationRecord:
     """A record from its JSON text (`record_json`'s, or pydantic's in stores written before), with this row id
     (a text's own "id" is ignored); raises an InputError of one line: the JSON error or `field: problem`."""
+    from vramplan.measure.records import CalibrationRecord
+
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -154,6 +169,8 @@ class _Connection:
         self.path, self.create = path, create
 
     def __enter__(self) -> sqlite3.Connection:
+        import sqlite3
+
         try:
             if self.create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +186,8 @@ class _Connection:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if kind is not None and self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+        import sqlite3
+
         self.conn.close()
         if isinstance(exc, sqlite3.Error):
             raise StoreError(f"store: {self.path}: {exc}") from None
