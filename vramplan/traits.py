@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 # "layer_fp32": a LayerNorm written as fp32 tensor ops, no bias (Cohere's CohereLayerNorm)
 NormKind = Literal["rms", "layer", "layer_fp32"]
@@ -35,9 +35,9 @@ QKNorm = Literal["none", "head", "proj"]
 SINGLE_OP_ACTIVATIONS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu")
 
 
-@dataclass(frozen=True)
-class MoELayout:
+class MoELayout(NamedTuple):
     """Where a sparse MoE block's sizes live in the config, and how it routes (read by `estimator/context.py`).
+    A NamedTuple, not a dataclass: made at every import, where a dataclass's generated methods cost ~0.6 ms.
 
     The inventory decides which layers are sparse (`inventory._is_moe_layer`: Qwen's `decoder_sparse_step` and
     `mlp_only_layers`); the layer replay assumes every layer is, as in every released config."""
@@ -154,7 +154,7 @@ LIGER_KERNELS: dict[str, frozenset[str]] = {
 
 _LLAMA = Traits()
 _GEMMA = Traits(gemma_norm=True, activation="gelu_pytorch_tanh")
-NATIVE_TRAITS: dict[str, Traits] = {  # with_library_tables fills peft and Liger below
+NATIVE_TRAITS: dict[str, Traits] = {  # as written: native_traits fills in peft's and Liger's tables
     "llama": _LLAMA,
     "mistral": Traits(sliding_window_every_layer=True),
     "mixtral": Traits(sliding_window_every_layer=True, moe=MIXTRAL_MOE),
@@ -179,9 +179,16 @@ def with_library_tables(model_type: str, traits: Traits) -> Traits:
                    liger_kernels=tuple(sorted(LIGER_KERNELS.get(model_type, ()))))
 
 
-NATIVE_TRAITS = {k: with_library_tables(k, v) for k, v in NATIVE_TRAITS.items()}
+_FILLED: dict[str, Traits] = {}  # model_type -> its record with the library tables, filled at first use
 
 
 def native_traits(model_type: str, config: Mapping[str, Any] | None = None) -> Traits | None:
-    """The hand-written record of a native architecture (None for others)."""
-    return NATIVE_TRAITS.get(model_type)
+    """The hand-written record of a native architecture with the library tables filled in (None for others).
+    Filled when first asked for, not at import: an estimate needs one architecture's record."""
+    known = _FILLED.get(model_type)
+    if known is None:
+        written = NATIVE_TRAITS.get(model_type)
+        if written is None:
+            return None
+        known = _FILLED[model_type] = with_library_tables(model_type, written)
+    return known
