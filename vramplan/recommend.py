@@ -13,14 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from vramplan.architecture import traits_of
 from vramplan.errors import PlanError
 from vramplan.estimator import MemoryEstimate
 from vramplan.estimator.liger import liger_kernels
 from vramplan.hardware import GpuProfile, check_runs_on, load_profiles
 from vramplan.plan import TrainingPlan
+from vramplan.record import Record
 from vramplan.search import check_pins, first_true, last_true, least_on_card, search, variants
 from vramplan.search_space import (
     ADAPTERS,
@@ -40,11 +39,7 @@ BATCH_CAP = 1024
 GPU_COUNT_CAP = 1024  # the largest data-parallel job the nothing-fits advice searches
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class Recommendation(_Frozen):
+class Recommendation(Record):
     """One recommended plan: its estimate on the GPU (`vramplan.api.estimate`), paged states, and speed."""
 
     estimate: MemoryEstimate
@@ -55,14 +50,14 @@ class Recommendation(_Frozen):
     dequant_share: float  # fraction of a micro-batch spent dequantizing 4-bit weights
 
 
-class Limits(_Frozen):
+class Limits(Record):
     max_seq: int | None  # the largest sequence length that fits at the plan's micro-batch (None: not even 1)
     seq_cap: int  # the model's positions: max_seq == seq_cap means the model, not memory, stops it
     max_batch: int | None  # the largest micro-batch that fits at the plan's sequence length
     batch_cap: int
 
 
-class KnobCost(_Frozen):
+class KnobCost(Record):
     knob: str
     plan: dict
     gpu_bytes_delta: int
@@ -71,7 +66,7 @@ class KnobCost(_Frozen):
     fits: bool
 
 
-class Contrast(_Frozen):
+class Contrast(Record):
     """The other adapter method next to the winner: LoRA on a 16-bit base vs QLoRA."""
 
     plan: dict
@@ -83,7 +78,7 @@ class Contrast(_Frozen):
     limits: Limits | None
 
 
-class MethodNeeds(_Frozen):
+class MethodNeeds(Record):
     """What one method would need when nothing fits."""
 
     method: str
@@ -101,13 +96,13 @@ class MethodNeeds(_Frozen):
     fsdp_offload_gpus: int | None  # the same with FSDP's CPU offload of parameters, gradients and states
 
 
-class Nearest(_Frozen):
+class Nearest(Record):
     options: list[MethodNeeds]
     shorter_seq: int | None  # the longest sequence below the asked one at which the leanest plan fits
     shorter_seq_method: str | None
 
 
-class Advice(_Frozen):
+class Advice(Record):
     model: str
     gpu: str
     gpus: int

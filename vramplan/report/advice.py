@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vramplan.record import plain
 from vramplan.report.plan_words import as_plan, dist_words, method_words, run_words
 
 if TYPE_CHECKING:
@@ -244,5 +245,5 @@ def advice_json(a: Advice) -> dict:
               "total_gpu_bytes": r.estimate.total_gpu_bytes, "paged_bytes": r.estimate.paged_bytes,
               "gpu_bytes": r.gpu_bytes, "headroom_bytes": a.usable_bytes - r.gpu_bytes,
               "tokens_per_s": round(r.tokens_per_s, 1), "step_time_s": round(r.step_time_s, 4)} for r in a.plans]
-    out = a.model_dump(mode="json", exclude={"plans", "seconds"})
+    out = {name: plain(getattr(a, name)) for name in a.field_names() if name not in ("plans", "seconds")}
     return {"plans": plans, **out, "explanation": explain(a), "search_seconds": round(a.seconds, 3)}
