@@ -27,11 +27,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
-    import tomli as tomllib  # type: ignore[no-redef]
-
 from vramplan.errors import ConfigFileError, UnknownGpuError, did_you_mean
 from vramplan.record import Record
 from vramplan.units import MiB
@@ -225,6 +220,10 @@ def _display(path: Path) -> str:
 
 
 def _parse(text: bytes, where: str, stem: str) -> GpuProfile:
+    try:  # imported here: a plan without --gpu never parses a profile (tomllib is ~8 ms of a cold start)
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
+        import tomli as tomllib  # type: ignore[no-redef]
     try:
         data = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

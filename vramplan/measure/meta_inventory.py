@@ -34,11 +34,10 @@ RECORD_VERSION = 4  # bump when the record's layout or the derivation changes
 
 
 def cache_dir() -> Path:
-    """Where derived records live: $VRAMPLAN_CACHE_DIR, else $XDG_CACHE_HOME/vramplan, else ~/.cache/vramplan."""
-    if os.environ.get("VRAMPLAN_CACHE_DIR"):
-        return Path(os.environ["VRAMPLAN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vramplan"
+    """Where derived records live (vramplan.datafiles.cache_dir: the one rule for vramplan's cache folder)."""
+    from vramplan.datafiles import cache_dir as folder
+
+    return Path(folder())
 
 
 def _transformers_version() -> str:
