@@ -100,10 +100,37 @@ def test_largest_batch_is_the_boundary() -> None:
     assert not on_gpu(estimate_inference(spec, plan.replace(batch=best + 1)), gpu).fits
 
 
-@pytest.mark.parametrize("options", [{"context": 10, "new_tokens": 10}, {"batch": 0}, {"targets": "q_proj"}])
-def test_bad_plans_are_plan_errors(options: dict) -> None:
-    with pytest.raises(PlanError):
+@pytest.mark.parametrize("options, line", [
+    ({"context": 10, "new_tokens": 10}, "--new-tokens 10 must be below --context 10 (the prompt is context - new "
+                                        "tokens)"),
+    ({"targets": "q_proj"}, "--targets needs --adapter-rank"),
+    # the range lines pydantic's Field(gt=...) printed, kept word for word by the record
+    ({"batch": 0}, "batch: Input should be greater than 0"),
+    ({"rank": -3}, "rank: Input should be greater than 0"),
+    ({"context": 1, "new_tokens": 1}, "context: Input should be greater than 1"),
+    ({"new_tokens": 0}, "new_tokens: Input should be greater than 0"),
+    ({"quant": "nf5"}, "quant: 'nf5' is not one of: nf4, int8, none, merged"),
+    ({"batch": True}, "batch: must be an integer, not True"),
+    ({"beams": 4}, "beams: Extra inputs are not permitted"),
+])
+def test_bad_plans_are_one_line_plan_errors(options: dict, line: str) -> None:
+    with pytest.raises(PlanError) as exc:
         make_inference_plan(**options)
+    assert str(exc.value).startswith(line) and "\n" not in str(exc.value)
+
+
+def test_estimate_json_reads_back_as_the_same_records() -> None:
+    """`infer --json` is the estimate's `to_dict` (with the computed peak, device total and verdict): it reads
+    back, plan included, as the records it came from."""
+    from vramplan.hardware import resolve_gpu
+    from vramplan.inference import InferenceEstimate, InferencePlan
+
+    plan = make_inference_plan(quant="int8", rank=8, targets="all-linear", batch=3, context=1024, cache="static")
+    est = on_gpu(estimate_inference(resolve_model("qwen2.5-0.5b"), plan), resolve_gpu("rtx4090"))
+    data = json.loads(json.dumps(est.to_dict()))
+    assert data["peak_bytes"] == max(est.prefill_peak_bytes, est.decode_peak_bytes) and data["fits"] is True
+    assert data["device_bytes"] == est.peak_bytes + est.cuda_context_bytes + est.reserve_bytes
+    assert InferenceEstimate.from_dict(data) == est and InferencePlan.from_dict(data["plan"]) == plan
 
 
 def test_cli_json_and_verdict(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from vramplan.merge import MergePlan, estimate_merge
+from vramplan.errors import PlanError
+from vramplan.merge import MergeEstimate, MergePlan, estimate_merge
 from vramplan.models import resolve_model, spec_from_config
 
 SMALL = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 3,
@@ -53,3 +54,21 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["fits"] is False and out["gpu_peak_bytes"] > out["model_bytes"]
     assert main(["merge", "--model", "llama2-7b", "--max-shard-gb", "0"]) == 2
+
+
+@pytest.mark.parametrize("options, line", [
+    ({"rank": 0}, "rank: Input should be greater than 0"),
+    ({"max_shard_bytes": -1}, "max_shard_bytes: Input should be greater than 0"),
+    ({"method": "8bit"}, "method: '8bit' is not one of: 4bit, 16bit"),
+])
+def test_bad_merge_plans_are_one_line_plan_errors(options: dict, line: str) -> None:
+    with pytest.raises(PlanError) as exc:
+        MergePlan(**options)
+    assert str(exc.value).startswith(line) and "\n" not in str(exc.value)
+
+
+def test_estimate_json_reads_back_as_the_same_records() -> None:
+    plan = MergePlan(method="4bit", rank=8, targets="attention", max_shard_bytes=10**8)
+    est = estimate_merge(resolve_model("qwen2.5-0.5b"), plan)
+    data = json.loads(json.dumps(est.to_dict()))
+    assert est.shards > 1 and MergeEstimate.from_dict(data) == est and MergePlan.from_dict(data["plan"]) == plan

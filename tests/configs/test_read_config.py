@@ -23,6 +23,19 @@ def test_every_example_is_detected_and_read(name, fmt):
     assert r.format == fmt and r.source.endswith(name)
 
 
+def test_a_reading_is_json_and_reads_back():
+    """`check --json`'s "reading" (`ConfigReading.to_dict`) reads back as the reading, for one file and a set."""
+    import json
+
+    from vramplan.configs import ConfigReading
+
+    names = ("hf-training-args.json", "adapter_config.json", "bnb_config.json", "accelerate-fsdp2.yaml")
+    for r in (read_config(EXAMPLES / "llamafactory-qwen25-7b-qlora.yaml"), read_config([EXAMPLES / n for n in names])):
+        data = json.loads(json.dumps(r.to_dict()))
+        assert ConfigReading.from_dict(data) == r and data["plan_options"] == r.plan_options
+    assert ConfigReading(format="hf", source="x", model=None, plan_options={}, origin={}, ignored=[]).notes == []
+
+
 def test_malformed_yaml_names_file_and_line(tmp_path):
     path = tmp_path / "bad.yml"
     path.write_text("base_model: x\nadapter: [lora\nlora_r: 8\n")
