@@ -220,7 +220,7 @@ def run_plan(plan_id: str, model: str, options: dict, device: str, timed_steps: 
     plan = make_plan(**options)
     config = model_config(model)
     row = {"id": plan_id, "model": model, "config": config if model == "tiny" else None,
-           "plan": plan.model_dump(mode="json"), "device": device, "status": "ok"}
+           "plan": plan.to_dict(), "device": device, "status": "ok"}
     start = time.perf_counter()
     try:
         row.update(measure_memory(config, plan, device))

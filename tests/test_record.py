@@ -61,6 +61,8 @@ def test_nested_records_read_mappings_and_errors_name_the_path():
     assert isinstance(outer.inner, Inner) and outer.total == 7
     with pytest.raises(PlanError, match=r"^inner: count: must be an integer, not 'x'$"):
         Outer(inner={"count": "x"})
+    with pytest.raises(PlanError, match=r"^parts: x: must be an integer, not 'y'$"):
+        Outer(inner=Inner(), parts={"x": "y"})
     with pytest.raises(PlanError, match="the total is negative"):
         Outer(inner=Inner(), parts={"x": -5})
 

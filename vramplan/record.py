@@ -262,7 +262,13 @@ def _mapping(item: Check) -> Check:
     def check(value: Any) -> dict[str, Any]:
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
             raise ValueError(f"must be a table of names to values, not {value!r}")
-        return {k: item(v) for k, v in value.items()}
+        out = {}
+        for key, v in value.items():
+            try:
+                out[key] = item(v)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        return out
 
     return check
 
