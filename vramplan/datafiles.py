@@ -8,8 +8,9 @@ time are those it was made from and the interpreter's bytecode tag is the same. 
 read-only home) or read (damaged) only costs the parse. This module imports neither `typing` nor `pathlib`
 (about 3 ms each).
 
-The cache folder: `$VRAMPLAN_CACHE_DIR`, else `$XDG_CACHE_HOME/vramplan`, else `~/.cache/vramplan` (the rule of
-`vramplan.measure.meta_inventory.cache_dir`, whose derived specs live there too), here under `toml/`.
+The cache folder: `$VRAMPLAN_CACHE_DIR`, else `$XDG_CACHE_HOME/vramplan`, else `~/.cache/vramplan` (also where
+`vramplan.measure.meta_inventory` keeps derived specs), here under `toml/`. `builtin_gpu_dir` is where the built-in
+GPU profiles are.
 """
 
 from __future__ import annotations
@@ -77,3 +78,14 @@ def _keep(cached: str, payload: tuple) -> None:
             os.remove(partial)
         except OSError:
             pass
+
+
+def builtin_gpu_dir() -> str:
+    """The built-in GPU profiles' folder: the installed package-data folder `vramplan.hardware_profiles` (its
+    `__init__.py` makes it importable), else, in a source checkout run in place, the repository's
+    `hardware_profiles/`. Found without importlib.resources (its zipfile and tempfile imports: ~14 ms)."""
+    try:
+        module = __import__("vramplan.hardware_profiles", fromlist=["_"])
+        return os.path.dirname(os.path.abspath(module.__file__))
+    except ModuleNotFoundError:
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hardware_profiles")

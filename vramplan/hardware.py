@@ -19,20 +19,16 @@ Two figures in every profile follow rules kept here, in one place:
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import math
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from vramplan.errors import ConfigFileError, UnknownGpuError, did_you_mean
 from vramplan.record import Record
 from vramplan.units import MiB
-
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
 
 ENV_VAR = "VRAMPLAN_GPU_DIR"
 # Leading words people add to a GPU name that never tell two profiles apart.
@@ -205,11 +201,10 @@ def name_key(text: str) -> str:
     return "".join(words)
 
 
-def _builtin_dir() -> Traversable:
-    try:
-        return importlib.resources.files("vramplan.hardware_profiles")
-    except ModuleNotFoundError:  # source checkout without an install: the folder next to the package
-        return Path(__file__).resolve().parent.parent / "hardware_profiles"
+def _builtin_dir() -> Path:
+    from vramplan.datafiles import builtin_gpu_dir
+
+    return Path(builtin_gpu_dir())
 
 
 def _display(path: Path) -> str:
@@ -245,7 +240,7 @@ def _user_dirs(extra_dirs: Sequence[str | os.PathLike[str]]) -> tuple[tuple[str,
 
 @functools.cache
 def _load(user_dirs: tuple[tuple[str, Path], ...]) -> dict[str, tuple[GpuProfile, str]]:
-    sources: list[tuple[str, Traversable]] = []
+    sources: list[tuple[str, Path]] = []
     builtin = _builtin_dir()
     sources += [(f"hardware_profiles/{f.name}", f) for f in sorted(builtin.iterdir(), key=lambda f: f.name)]
     for origin, folder in user_dirs:

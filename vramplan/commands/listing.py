@@ -66,19 +66,8 @@ def run_gpus(args: argparse.Namespace) -> int:
 def builtin_gpus() -> list[SimpleNamespace]:
     """The built-in GPU profiles as their files are written, in `vramplan.hardware.load_profiles`' order (file
     name), each with the fields the table reads (a profile without BF16 leaves `bf16_tflops_dense` out: None)."""
-    from vramplan.datafiles import read_toml
+    from vramplan.datafiles import builtin_gpu_dir, read_toml
 
-    folder = _builtin_gpu_dir()
+    folder = builtin_gpu_dir()
     names = sorted(n for n in os.listdir(folder) if n.endswith(".toml"))
     return [SimpleNamespace(**{"bf16_tflops_dense": None, **read_toml(os.path.join(folder, n))}) for n in names]
-
-
-def _builtin_gpu_dir() -> str:
-    """`vramplan.hardware._builtin_dir` without importlib.resources: the installed package-data folder
-    `vramplan.hardware_profiles`, else (a source checkout run in place) the repository's `hardware_profiles/`."""
-    try:
-        module = __import__("vramplan.hardware_profiles", fromlist=["_"])
-        return os.path.dirname(os.path.abspath(module.__file__))
-    except ModuleNotFoundError:
-        return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                            "hardware_profiles")
