@@ -72,7 +72,7 @@ def test_non_editable_install_runs(wheel, tmp_path):
     python = bin_dir / "python"
     target_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                  capture_output=True, text=True, check=True).stdout.strip()
-    # pydantic, rich, pyyaml come from this environment's site-packages: appended to sys.path after the venv's own,
+    # rich and pyyaml come from this environment's site-packages: appended to sys.path after the venv's own,
     # so the installed vramplan wins; a .pth path line loads no other .pth file (no editable finder).
     pathlib.Path(target_site, "outer_site.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "-q",

@@ -8,7 +8,6 @@ Every `VramplanError` (and every argparse error) ends as one line on stderr and 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -45,8 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # pydantic scans every installed distribution's entry points for plugins at its first model: the CLI uses none
-    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     parser = build_parser()
     args = parse_argv(parser, sys.argv[1:] if argv is None else argv)
     if not getattr(args, "run", None):

@@ -1,5 +1,5 @@
 """Hugging Face's spellings of the plan's names: the one owner of the tables the CLI flags and the config readers
-(`vramplan.configs`) share. Torch-free and light (no pydantic): the CLI's parser calls these as argparse types.
+(`vramplan.configs`) share. Torch-free and light (no records): the CLI's parser calls these as argparse types.
 
 - Optimizers: transformers `training_args.OptimizerNames` (5.24). Each value maps to the plan optimizer that
   builds the same states, as `trainer_optimizer._OPTIMIZER_HANDLERS` does (adamw_torch = `torch.optim.AdamW`,

@@ -72,7 +72,7 @@ def installed_transformers() -> int:
     return 5
 
 
-# The names each field takes are owned by vramplan.vocab (plain tuples, so the CLI parser needs no pydantic).
+# The names each field takes are owned by vramplan.vocab (plain tuples, so the CLI parser needs no plan record).
 Method = Literal[METHODS]  # type: ignore[valid-type]
 Dtype = Literal[DTYPES]  # type: ignore[valid-type]
 MixedPrecision = Literal[MIXED_PRECISIONS]  # type: ignore[valid-type]

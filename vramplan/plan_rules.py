@@ -1,6 +1,6 @@
 """The cross-field rules of a training plan: which combinations of engine, offload, trainer, 8-bit base and
 evaluation are modelled, each refusal one line that says how to fix the input. `TrainingPlan`'s validators call
-them (pydantic turns the ValueError into a validation error, `make_plan` into a PlanError)."""
+them (the record turns each ValueError into a one-line PlanError)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The training plan's vocabulary: the names each plan field takes, as plain tuples.
 
 One owner: `vramplan.plan` builds its `Literal` types from these, and the CLI's parser takes its choices from
-here, so that building the parser (and `vramplan --help`) never imports pydantic. Hugging Face's spellings of
+here, so that building the parser (and `vramplan --help`) never imports the plan record. Hugging Face's spellings of
 the same things (`adamw_torch`, `bfloat16`, `all_linear`) are mapped in `vramplan.hf_names`.
 """
 

@@ -1,8 +1,8 @@
 """`vramplan models` and `vramplan gpus`: list the built-in model presets and the GPU profiles.
 
 Both tables start as fast as `--help` (issue 10; benchmarks/cli_startup.py): they read the data files as written
-(`vramplan.datafiles.read_toml`: tomllib once per edit of a file, then its marshal cache), without pydantic, rich or
-the validated models. What they list is what the validated loaders hold (tests/report/test_listing.py,
+(`vramplan.datafiles.read_toml`: tomllib once per edit of a file, then its marshal cache), without rich or
+the validated records. What they list is what the validated loaders hold (tests/report/test_listing.py,
 tests/test_cli_startup_imports.py). `--json` and user GPU folders go through the validated loaders.
 """
 
@@ -13,7 +13,7 @@ import os
 import sys
 from types import SimpleNamespace
 
-# vramplan.hardware.ENV_VAR, spelled here so the listing need not import hardware (pydantic); a test ties the two
+# vramplan.hardware.ENV_VAR, spelled here so the listing need not import hardware (its records); a test ties the two
 GPU_DIR_ENV = "VRAMPLAN_GPU_DIR"
 
 

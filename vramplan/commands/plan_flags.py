@@ -1,7 +1,7 @@
 """The training-plan flags every planning command shares (estimate, compare, suggest, calibrate), in one list.
 
 A flag's default is None, meaning "the plan's default": that is how `plan_from_args` tells a given flag from an
-absent one. The parser imports nothing heavy (no pydantic): `vramplan --help` stays fast; the plan model is
+absent one. The parser imports nothing heavy (no plan record): `vramplan --help` stays fast; the plan record is
 built only when a command runs.
 """
 

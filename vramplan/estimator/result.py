@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from dataclasses import field
+from typing import Any
 
 from vramplan.plan import TrainingPlan
 from vramplan.record import Record

@@ -81,7 +81,7 @@ def estimate_step(model: ModelSpec, plan: TrainingPlan) -> StepEstimate:
     offload_note, host_bytes = _offloading(model, plan)
     fields = dict(
         model=model.name,
-        plan=plan,  # the validated plan itself (pydantic does not revalidate an instance)
+        plan=plan,  # the checked plan itself (a record field takes an instance as it is)
         components=components,
         phases=phases,
         peak_phase=peak_phase,

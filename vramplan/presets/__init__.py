@@ -1,7 +1,7 @@
 """The built-in model presets: `index.toml` (one table per slug) and one `<slug>.json` config per preset.
 
-`index()` reads the index without pydantic, for `vramplan models` (which must start as fast as `--help`);
-`vramplan.models.presets()` validates the same entries into `Preset` models for everything else. The file is read
+`index()` reads the index without the records, for `vramplan models` (which must start as fast as `--help`);
+`vramplan.models.presets()` validates the same entries into `Preset` records for everything else. The file is read
 through `vramplan.datafiles.read_toml` (parsed once per edit). This module imports neither `typing` nor `pathlib`.
 """
 

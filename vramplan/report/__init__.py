@@ -2,7 +2,7 @@
 
 Every renderer takes the `Console` (or text stream) to print on, so tests can record output at a fixed width,
 and reads typed results (`MemoryEstimate`, `TrainingPlan`): no string-keyed lookups. Importing this package
-imports neither rich nor pydantic (rich loads when a table is drawn; results are typed under TYPE_CHECKING).
+imports neither rich nor the records (rich loads when a table is drawn; results are typed under TYPE_CHECKING).
 
     plan_words   the one description of a plan (and the engine names, from `vramplan.vocab`)
     estimate     `estimate`: the component table, the phases, the GPU verdict; `estimate --json`
