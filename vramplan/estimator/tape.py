@@ -75,18 +75,17 @@ class Tape:
             self.events.append((key, nbytes))
             self.events.append((key, -1))
 
-    # Forward -----------------------------------------------------------------------------------------------
-    def _touch(self, extra: int = 0) -> None:
-        self.peak = max(self.peak, self.live + extra)
-
+    # Forward (the peak is raised inline, not by a helper: these lines run for every tensor of every replay) ----
     def new(self, nbytes: int, grad: bool = False) -> int:
         """An input that exists before the program (its bytes count from now)."""
         t = self._next
         self._next += 1
         self.size[t], self.grad[t], self.refs[t], self.saved_by[t] = nbytes, grad, 1, 0
         self.live += nbytes
-        self._log(t, nbytes)
-        self._touch()
+        if self.events is not None:  # `_log`, inlined
+            self.events.append((t, nbytes))
+        if self.live > self.peak:
+            self.peak = self.live
         return t
 
     def op(self, nbytes: int, inputs: tuple[int, ...] = (), saves: tuple[int, ...] = (), *,
@@ -97,7 +96,8 @@ class Tape:
         if alias is not None:
             self.refs[alias] += 1
             return alias
-        self._touch(nbytes + temp)
+        if self.live + nbytes + temp > self.peak:  # the output and the transient, on top of what is live
+            self.peak = self.live + nbytes + temp
         if temp and self.events is not None:  # e.g. a dequantized weight: alive while the output is written
             key = ("t", len(self.events))
             self._log(key, temp)
