@@ -1,7 +1,9 @@
 """Cold start of the CLI, side by side with a bare interpreter (issue 10, "Fast where users feel it").
 
 Targets: `vramplan --help` and `vramplan models` at most 2.5x `python -c pass`; `vramplan estimate --model
-llama2-7b --json` at most 4x (`vramplan gpus` is shown beside them). Each run is a fresh process; the commands are
+llama2-7b --json` at most 4x (`vramplan gpus` is shown beside them, and "stdlib floor": a bare interpreter importing
+argparse, dataclasses, json and typing, the standard library the estimate path is written with, so the part of a
+ratio that is vramplan's own shows). Each run is a fresh process; the commands are
 run round-robin (one of each per round), so a load spike hits all of them alike, and each is summarised by its
 median. Prints the load average before and after: wall-clock ratios mean little on a machine whose load is far
 above its core count, so the CPU time of each child process (user + system, `getrusage(RUSAGE_CHILDREN)`) is shown
@@ -69,6 +71,9 @@ def commands(bindir: Path) -> dict[str, list[str]]:
         "models": [*cli, "models"],
         "gpus": [*cli, "gpus"],  # no target in issue 10; as light as --help is the aim (it reads TOML files too)
         "estimate --json": [*cli, "estimate", "--model", "llama2-7b", "--json"],
+        # The standard library an estimate cannot do without as written (argparse for the flags, json for the
+        # output, typing and dataclasses for the records and the estimator's tables): no vramplan code at all.
+        "stdlib floor": [str(python), "-c", "import argparse, dataclasses, json, typing"],
     }
 
 
