@@ -91,7 +91,6 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     with tempfile.TemporaryDirectory(prefix="vramplan-pyc-") as pycache:
         env["PYTHONPYCACHEPREFIX"] = pycache  # .pyc as an installed package has them (see cli_startup.py)
-        env["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
         run_child(opts.model, opts.method, env)  # warm-up: writes the .pyc files
         samples, whole = [], []
         for _ in range(opts.runs):  # alternated, so a load spike hits both alike
