@@ -95,3 +95,76 @@ def test_frozen_replace_checks_and_derive_does_not():
 
 def test_non_finite_floats_dump_as_null():
     assert Inner(share=float("inf")).to_dict()["share"] is None
+
+
+def _record_classes() -> list[type[Record]]:
+    """Every record the package defines (importing the modules that hold them, none of which needs torch)."""
+    import importlib
+
+    for name in ("vramplan.plan", "vramplan.estimator.result", "vramplan.models", "vramplan.hardware",
+                 "vramplan.device", "vramplan.inference", "vramplan.merge", "vramplan.recommend", "vramplan.configs",
+                 "vramplan.measure.records", "vramplan.measure.learning", "vramplan.measure.trainer"):
+        importlib.import_module(name)
+    found, todo = [], list(Record.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return [c for c in found if c.__module__.startswith("vramplan.")]
+
+
+def test_every_record_refuses_any_garbage_with_an_input_error():
+    """A stored row, a TOML profile, a config reading or a JSON plan may hold anything: whatever a mapping holds,
+    reading it as any record gives the record or an InputError (exit 2), never another exception."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    classes = _record_classes()
+    assert len(classes) >= 20
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(), st.text(max_size=8))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+
+    @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.sampled_from(classes), st.data())
+    def read(cls, data):
+        names = list(cls.field_names())
+        keys = st.one_of(st.sampled_from(names), st.text(max_size=8)) if names else st.text(max_size=8)
+        given_fields = data.draw(st.dictionaries(keys, values, max_size=6))
+        try:
+            cls.from_dict(given_fields)
+        except InputError:
+            pass
+
+    read()
+
+
+def test_one_wrong_field_in_a_real_record_is_an_input_error():
+    """A real plan, estimate, GPU profile and model spec with one field replaced by anything: read back, each is
+    the record or an InputError, never another exception (and a record read back is checked again)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from vramplan.api import estimate
+    from vramplan.hardware import resolve_gpu
+    from vramplan.models import resolve_model
+    from vramplan.plan import make_plan
+
+    e = estimate("llama2-7b", make_plan(method="qlora"), gpu="rtx4090")
+    real = [e, e.plan, e.components, resolve_gpu("a100-80gb"), resolve_model("mixtral-8x7b")]
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**15, 10**15), st.floats(), st.text(max_size=6))
+    values = st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.text(max_size=4), scalars,
+                                                                                max_size=2))
+
+    @settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.sampled_from(real), st.data())
+    def mutate(record, data):
+        fields = record.to_dict()
+        fields[data.draw(st.sampled_from(type(record).field_names()))] = data.draw(values)
+        try:
+            again = type(record).from_dict(fields)
+        except InputError:
+            return
+        assert type(again).from_dict(again.to_dict()) == again
+
+    mutate()
