@@ -27,6 +27,7 @@ from vramplan.estimator.allocator import (
     AllocatorConfig,
     CachingAllocator,
     allocation_size,
+    round_size,
 )
 
 Event = tuple[object, int]  # (key, nbytes) allocates; (key, -1) frees
@@ -100,20 +101,22 @@ class _Scheduler:
         self.handles, self.last = handles, last
 
     def _feed_lagged(self, events: list[Event]) -> None:
-        ops, live, pending, lag = self.ops, self.live, self.pending, self.lag
+        ops, live, pending, lag, handles = self.ops, self.live, self.pending, self.lag, self.handles
+        append, pop, wait = ops.append, live.pop, pending.append
         for key, n in events:
             if n >= 0:
-                live[key] = self.handles
-                self.handles += 1
-                ops.append(n)
+                live[key] = handles
+                handles += 1
+                append(n)
                 if len(pending) >= lag:  # each pending free has now waited `lag` allocations (or more)
                     due = len(pending) - lag + 1
                     ops += pending[:due]
                     del pending[:due]
             else:
-                h = live.pop(key, None)
+                h = pop(key, None)
                 if h is not None:
-                    pending.append(~h)
+                    wait(~h)
+        self.handles = handles
 
 
 def replay(events: list[Event] | list[int], config: AllocatorConfig | None = None,
@@ -157,6 +160,9 @@ def replay_resuming(ops: list[int], capacity_bytes: int | None, snapshots: list[
 
 
 def _run(alloc: FlatAllocator | CachingAllocator, handles: list[int], ops: list[int]) -> None:
+    if isinstance(alloc, FlatAllocator):
+        _run_flat(alloc, handles, ops)
+        return
     malloc, free, transient = alloc.malloc, alloc.free, alloc.transient  # bound once: ~70k ops on a 7B model
     add = handles.append
     for op in ops:
@@ -169,6 +175,83 @@ def _run(alloc: FlatAllocator | CachingAllocator, handles: list[int], ops: list[
             add(-1)  # a transient's handle is never freed again
 
 
+def _run_flat(alloc: FlatAllocator, handles: list[int], ops: list[int]) -> None:
+    """`_run` on a `FlatAllocator`: `malloc` (best fit from the pool, `get_free_block`, or a new segment,
+    `alloc_block`; then `should_split`), `free_block` with `try_merge_blocks` (coalesce with a free block ending
+    here and one starting after) and a transient written out in one loop on local names, each distinct request
+    sized once (`_kind`): a method call per op and its attribute loads were a seventh of a replay."""
+    pools, free_at, free_end, used = alloc._pools, alloc._free_at, alloc._free_end, alloc._used
+    allocated, requested, peak_allocated, peak_requested = (
+        alloc.allocated, alloc.requested, alloc.peak_allocated, alloc.peak_requested)
+    add, kinds = handles.append, {}
+    for op in ops:
+        if op < 0:  # free_block
+            addr = handles[~op]
+            block, nbytes, small = used.pop(addr)
+            allocated -= block
+            requested -= nbytes
+            pool, end = pools[small], addr + block
+            prev = free_end.pop(addr, None)
+            if prev is not None:
+                del pool[bisect_left(pool, free_at.pop(prev) << _BITS | prev)]
+                addr = prev
+            after = free_at.pop(end, None)
+            if after is not None:
+                del free_end[end + after]
+                del pool[bisect_left(pool, after << _BITS | end)]
+                end += after
+            free_at[addr], free_end[end] = end - addr, addr
+            insort(pool, (end - addr) << _BITS | addr)
+            continue
+        nbytes, size, key, small, least = kinds.get(op) or kinds.setdefault(op, _kind(op))
+        pool = pools[small]
+        i = bisect_left(pool, key)
+        if op >= TRANSIENT:  # malloc then free: from the cache, the pool ends as it was (the split part merges back)
+            if i == len(pool):  # from a new segment: run as the malloc and free it is
+                alloc.allocated, alloc.requested, alloc.peak_allocated, alloc.peak_requested = (
+                    allocated, requested, peak_allocated, peak_requested)
+                _run_flat(alloc, [], [nbytes, ~0])
+                allocated, requested, peak_allocated, peak_requested = (
+                    alloc.allocated, alloc.requested, alloc.peak_allocated, alloc.peak_requested)
+            else:
+                rest = (pool[i] >> _BITS) - size
+                peak_allocated = max(peak_allocated, allocated + (size if rest >= least else size + rest))
+                peak_requested = max(peak_requested, requested + nbytes)
+            add(-1)  # a transient's handle is never freed again
+            continue
+        if i < len(pool):
+            entry = pool.pop(i)
+            addr, block = entry & _MASK, entry >> _BITS
+            del free_at[addr], free_end[addr + block]
+        else:
+            alloc.allocated = allocated  # for the out-of-memory message
+            addr, block = alloc._new_segment(size, small)
+        if block - size >= least:  # should_split
+            tail = addr + size
+            free_at[tail], free_end[addr + block] = block - size, tail
+            insort(pool, (block - size) << _BITS | tail)
+            block = size
+        used[addr] = (block, nbytes, small)
+        allocated += block
+        requested += nbytes
+        if allocated > peak_allocated:
+            peak_allocated = allocated
+        if requested > peak_requested:
+            peak_requested = requested
+        add(addr)
+    alloc.allocated, alloc.requested, alloc.peak_allocated, alloc.peak_requested = (
+        allocated, requested, peak_allocated, peak_requested)
+
+
+def _kind(op: int) -> tuple[int, int, int, bool, int]:
+    """A scheduled allocation's (requested bytes, `round_size`, the first pool key of that size, small pool, the
+    least remainder `should_split` splits off: kMinBlockSize in the small pool, more than kSmallSize in the large)."""
+    nbytes = op if op < TRANSIENT else op - TRANSIENT
+    size = round_size(nbytes)
+    small = size <= K_SMALL_SIZE
+    return nbytes, size, size << _BITS, small, K_MIN_BLOCK if small else K_SMALL_SIZE + 1
+
+
 def _stats(alloc: FlatAllocator | CachingAllocator) -> ReplayStats:
     return ReplayStats(peak_reserved=alloc.peak_reserved, peak_allocated=alloc.peak_allocated,
                        peak_requested=alloc.peak_requested, reserved=alloc.reserved, allocated=alloc.allocated,
@@ -176,15 +259,16 @@ def _stats(alloc: FlatAllocator | CachingAllocator) -> ReplayStats:
 
 
 class FlatAllocator:
-    """`CachingAllocator` with the default configuration on one stream, blocks as ints (see the module docstring).
-    Handles are block addresses; `free` needs no size: the allocated block's size and request are kept by it."""
+    """`CachingAllocator` with the default configuration on one stream, blocks as ints (see the module docstring),
+    run by `_run_flat`. Handles are block addresses; a free needs no size: the allocated block's size, request and
+    pool are kept by it."""
 
     def __init__(self, capacity_bytes: int | None = None) -> None:
         self.capacity = capacity_bytes
         self._pools: tuple[list[int], list[int]] = ([], [])  # [large, small]: sorted size << 64 | addr
         self._free_at: dict[int, int] = {}  # free block start -> size
         self._free_end: dict[int, int] = {}  # free block end -> start
-        self._used: dict[int, tuple[int, int]] = {}  # allocated block start -> (size, requested bytes)
+        self._used: dict[int, tuple[int, int, bool]] = {}  # allocated block start -> (size, requested, small)
         self._segments: dict[int, int] = {}  # segment start -> size
         self._next = 0
         self.allocated = self.requested = self.reserved = 0
@@ -197,67 +281,6 @@ class FlatAllocator:
         new._free_at, new._free_end = self._free_at.copy(), self._free_end.copy()
         new._used, new._segments = self._used.copy(), self._segments.copy()
         return new
-
-    def malloc(self, nbytes: int) -> int:
-        """`malloc`: best fit from the pool (`get_free_block`) or a new segment (`alloc_block`), then split."""
-        size = K_MIN_BLOCK if nbytes < K_MIN_BLOCK else -(-nbytes // K_MIN_BLOCK) * K_MIN_BLOCK  # round_size
-        small = size <= K_SMALL_SIZE
-        pool = self._pools[small]
-        i = bisect_left(pool, size << _BITS)
-        if i < len(pool):
-            entry = pool.pop(i)
-            addr, block = entry & _MASK, entry >> _BITS
-            del self._free_at[addr], self._free_end[addr + block]
-        else:
-            addr, block = self._new_segment(size, small)
-        rest = block - size
-        if rest >= K_MIN_BLOCK if small else rest > K_SMALL_SIZE:  # `should_split`
-            tail = addr + size
-            self._free_at[tail], self._free_end[tail + rest] = rest, tail
-            insort(pool, rest << _BITS | tail)
-            block = size
-        self._used[addr] = (block, nbytes)
-        self.allocated += block
-        self.requested += nbytes
-        if self.allocated > self.peak_allocated:
-            self.peak_allocated = self.allocated
-        if self.requested > self.peak_requested:
-            self.peak_requested = self.requested
-        return addr
-
-    def free(self, addr: int) -> None:
-        """`free_block` with `try_merge_blocks`: coalesce with a free block ending here and one starting after."""
-        block, nbytes = self._used.pop(addr)
-        self.allocated -= block
-        self.requested -= nbytes
-        pool = self._pools[addr >= _SMALL_POOL]
-        start, end = addr, addr + block
-        prev = self._free_end.pop(start, None)
-        if prev is not None:
-            del pool[bisect_left(pool, self._free_at.pop(prev) << _BITS | prev)]
-            start = prev
-        after = self._free_at.pop(end, None)
-        if after is not None:
-            del self._free_end[end + after]
-            del pool[bisect_left(pool, after << _BITS | end)]
-            end += after
-        self._free_at[start], self._free_end[end] = end - start, start
-        insort(pool, (end - start) << _BITS | start)
-
-    def transient(self, nbytes: int) -> None:
-        """`malloc` then `free` of the same block: served from the cache, the pools end as they were (the split
-        remainder merges back) and only the peaks move."""
-        size = K_MIN_BLOCK if nbytes < K_MIN_BLOCK else -(-nbytes // K_MIN_BLOCK) * K_MIN_BLOCK
-        small = size <= K_SMALL_SIZE
-        pool = self._pools[small]
-        i = bisect_left(pool, size << _BITS)
-        if i == len(pool):
-            self.free(self.malloc(nbytes))
-            return
-        rest = (pool[i] >> _BITS) - size
-        split = rest >= K_MIN_BLOCK if small else rest > K_SMALL_SIZE
-        self.peak_allocated = max(self.peak_allocated, self.allocated + (size if split else size + rest))
-        self.peak_requested = max(self.peak_requested, self.requested + nbytes)
 
     def _new_segment(self, size: int, small: bool) -> tuple[int, int]:
         """`alloc_block`: cudaMalloc `allocation_size`; a full device frees the cache and retries once."""
