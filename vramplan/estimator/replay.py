@@ -176,10 +176,9 @@ def _run(alloc: FlatAllocator | CachingAllocator, handles: list[int], ops: list[
 
 
 def _run_flat(alloc: FlatAllocator, handles: list[int], ops: list[int]) -> None:
-    """`_run` on a `FlatAllocator`: `malloc` (best fit from the pool, `get_free_block`, or a new segment,
-    `alloc_block`; then `should_split`), `free_block` with `try_merge_blocks` (coalesce with a free block ending
-    here and one starting after) and a transient written out in one loop on local names, each distinct request
-    sized once (`_kind`): a method call per op and its attribute loads were a seventh of a replay."""
+    """`_run` on a `FlatAllocator`: `malloc` (best fit from the pool, `get_free_block`, or a new segment, then
+    `should_split`), `free_block` with `try_merge_blocks` (coalesce with the free blocks ending here and starting
+    after) and transients in one loop on local names, each distinct request sized once (`_kind`)."""
     pools, free_at, free_end, used = alloc._pools, alloc._free_at, alloc._free_end, alloc._used
     allocated, requested, peak_allocated, peak_requested = (
         alloc.allocated, alloc.requested, alloc.peak_allocated, alloc.peak_requested)
@@ -188,8 +187,7 @@ def _run_flat(alloc: FlatAllocator, handles: list[int], ops: list[int]) -> None:
         if op < 0:  # free_block
             addr = handles[~op]
             block, nbytes, small = used.pop(addr)
-            allocated -= block
-            requested -= nbytes
+            allocated, requested = allocated - block, requested - nbytes
             pool, end = pools[small], addr + block
             prev = free_end.pop(addr, None)
             if prev is not None:
@@ -207,12 +205,9 @@ def _run_flat(alloc: FlatAllocator, handles: list[int], ops: list[int]) -> None:
         pool = pools[small]
         i = bisect_left(pool, key)
         if op >= TRANSIENT:  # malloc then free: from the cache, the pool ends as it was (the split part merges back)
-            if i == len(pool):  # from a new segment: run as the malloc and free it is
-                alloc.allocated, alloc.requested, alloc.peak_allocated, alloc.peak_requested = (
-                    allocated, requested, peak_allocated, peak_requested)
-                _run_flat(alloc, [], [nbytes, ~0])
-                allocated, requested, peak_allocated, peak_requested = (
-                    alloc.allocated, alloc.requested, alloc.peak_allocated, alloc.peak_requested)
+            if i == len(pool):
+                allocated, requested, peak_allocated, peak_requested = _transient_from_new_segment(
+                    alloc, nbytes, allocated, requested, peak_allocated, peak_requested)
             else:
                 rest = (pool[i] >> _BITS) - size
                 peak_allocated = max(peak_allocated, allocated + (size if rest >= least else size + rest))
@@ -232,8 +227,7 @@ def _run_flat(alloc: FlatAllocator, handles: list[int], ops: list[int]) -> None:
             insort(pool, (block - size) << _BITS | tail)
             block = size
         used[addr] = (block, nbytes, small)
-        allocated += block
-        requested += nbytes
+        allocated, requested = allocated + block, requested + nbytes
         if allocated > peak_allocated:
             peak_allocated = allocated
         if requested > peak_requested:
@@ -241,6 +235,14 @@ def _run_flat(alloc: FlatAllocator, handles: list[int], ops: list[int]) -> None:
         add(addr)
     alloc.allocated, alloc.requested, alloc.peak_allocated, alloc.peak_requested = (
         allocated, requested, peak_allocated, peak_requested)
+
+
+def _transient_from_new_segment(alloc: FlatAllocator, nbytes: int, *counters: int) -> tuple[int, int, int, int]:
+    """A transient no cached block serves, run as the malloc and free it is; `counters` (allocated, requested and
+    their peaks) in and out."""
+    alloc.allocated, alloc.requested, alloc.peak_allocated, alloc.peak_requested = counters
+    _run_flat(alloc, [], [nbytes, ~0])
+    return alloc.allocated, alloc.requested, alloc.peak_allocated, alloc.peak_requested
 
 
 def _kind(op: int) -> tuple[int, int, int, bool, int]:
