@@ -5,7 +5,7 @@
 1. Each command runs `--runs` times in a fresh process; the median of its CPU seconds (user + system, from
    `resource.getrusage(RUSAGE_CHILDREN)`) is printed with the load average before and after: CPU seconds
    inflate less than wall seconds on a shared machine, but not zero (caches, frequency).
-2. One simulation, in-process: the step's events (`step_events`), their two schedules and the two replays
+2. One simulation, in-process: the step's events (`step_runs`), their two schedules and the two replays
    `vramplan.device` runs per plan, for full-size plans of the kinds `suggest --model llama-7b --gpu rtx4090`
    prices; the median per plan of each part. `--reference` also times the frozen pre-fast-path simulation
    (tests/allocator_reference.py: old step loop and keyed replay) on the same plans and checks equal results.
@@ -72,14 +72,15 @@ def time_simulations(n: int, reference: bool) -> None:
 def _time_one(model, plan, parts: dict[str, list[float]]) -> list:
     """The parts `device._simulate` runs for one plan; returns the two replays' stats."""
     from vramplan.estimator import step_events as se
-    from vramplan.estimator.replay import replay, schedule
+    from vramplan.estimator.replay import replay, schedule_runs
     from vramplan.models import ModelCache
 
     se._STEPS = ModelCache(9)  # a cold step trace, as for the first plan of each kind in a search
     t0 = time.process_time()
-    events = [("blas_workspace", 8 << 20), *se.step_events(model, plan)]
+    runs, mark = se.step_runs(model, plan)  # as device._schedules
+    runs.insert(0, (None, [("blas_workspace", 8 << 20)]))
     t1 = time.process_time()
-    ops = (schedule(events), schedule(events, lag=1))
+    ops = (schedule_runs(runs, mark + 1)[0], schedule_runs(runs, mark + 1, lag=1)[0])
     t2 = time.process_time()
     fast = [replay(o) for o in ops]
     t3 = time.process_time()

@@ -144,13 +144,13 @@ def _schedules(model: ModelSpec, single: TrainingPlan, shards: int, workspace: i
     """The step's allocation sequence as the allocator sees it, frees in order and one allocation late, and in
     each the index where the optimizer's first step begins (the last few kept: a full device replays them a
     second time, capped)."""
-    from vramplan.estimator.replay import schedule_marked
-    from vramplan.estimator.step_events import step_events_marked
+    from vramplan.estimator.replay import schedule_runs
+    from vramplan.estimator.step_events import step_runs
 
     def build() -> tuple[list[int], list[int], int, int]:
-        events, mark = step_events_marked(model, single, shards=shards)
-        events.insert(0, ("blas_workspace", workspace))
-        (exact, at), (late, late_at) = schedule_marked(events, mark + 1), schedule_marked(events, mark + 1, lag=1)
+        runs, mark = step_runs(model, single, shards=shards)
+        runs.insert(0, (None, [("blas_workspace", workspace)]))
+        (exact, at), (late, late_at) = schedule_runs(runs, mark + 1), schedule_runs(runs, mark + 1, lag=1)
         return exact, late, at, late_at
 
     return _SCHEDULES.get(model, (single, shards, workspace), build)

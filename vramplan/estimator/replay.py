@@ -31,6 +31,7 @@ from vramplan.estimator.allocator import (
 )
 
 Event = tuple[object, int]  # (key, nbytes) allocates; (key, -1) frees
+Run = tuple[object, list[Event]]  # (name, events): the keys stand for `(name, key)`; name None: the keys as they are
 TRANSIENT = 1 << 62  # a scheduled op at or above it: allocate and at once free (op - TRANSIENT) bytes
 _BITS = 64  # a pool entry is `size << 64 | addr`: the int order is the (size, address) order
 _MASK = (1 << _BITS) - 1
@@ -63,27 +64,35 @@ def schedule(events: list[Event], lag: int = 0) -> list[int]:
 def schedule_marked(events: list[Event], mark: int, lag: int = 0) -> tuple[list[int], int]:
     """`schedule`, and how many of its first ops `events[:mark]` alone decides (its last allocation may still
     become a transient, so it is left out)."""
-    s = _Scheduler(lag)
-    s.feed(events[:mark])
-    at = max(0, len(s.ops) - 1)
-    s.feed(events[mark:])
-    return s.ops, at
+    return schedule_runs([(None, events[:mark]), (None, events[mark:])], 1, lag)
+
+
+def schedule_runs(runs: list[Run], mark: int, lag: int = 0) -> tuple[list[int], int]:
+    """`schedule_marked` of the events `runs` stand for, `mark` counted in runs: each name keeps its own live
+    keys (`(name, key)` never meets a key of another name), so a step's events are scheduled as recorded, never
+    rebuilt under its name."""
+    s, at = _Scheduler(lag), 0
+    for i, (name, events) in enumerate(runs):
+        if i == mark:
+            at = max(0, len(s.ops) - 1)
+        s.feed(events, s.lives.setdefault(name, {}))
+    return s.ops, (at if mark < len(runs) else max(0, len(s.ops) - 1))
 
 
 class _Scheduler:
     def __init__(self, lag: int) -> None:
         self.lag = lag
-        self.live: dict[object, int] = {}  # key -> handle
+        self.lives: dict[object, dict[object, int]] = {}  # run name -> its live keys -> handle
         self.ops: list[int] = []
         self.pending: list[int] = []  # frees waiting `lag` allocations
         self.handles = 0
         self.last = -1  # lag 0: the handle of the last op when it is an allocation
 
-    def feed(self, events: list[Event]) -> None:
+    def feed(self, events: list[Event], live: dict[object, int]) -> None:
         if self.lag:
-            self._feed_lagged(events)
+            self._feed_lagged(events, live)
             return
-        ops, live = self.ops, self.live
+        ops = self.ops
         append, pop = ops.append, live.pop
         handles, last = self.handles, self.last
         for key, n in events:
@@ -100,8 +109,8 @@ class _Scheduler:
                 last = -1
         self.handles, self.last = handles, last
 
-    def _feed_lagged(self, events: list[Event]) -> None:
-        ops, live, pending, lag, handles = self.ops, self.live, self.pending, self.lag, self.handles
+    def _feed_lagged(self, events: list[Event], live: dict[object, int]) -> None:
+        ops, pending, lag, handles = self.ops, self.pending, self.lag, self.handles
         append, pop, wait = ops.append, live.pop, pending.append
         for key, n in events:
             if n >= 0:

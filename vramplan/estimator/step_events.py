@@ -31,7 +31,7 @@ from vramplan.estimator.context import embedding_output_requires_grad, layer_con
 from vramplan.estimator.layers import decoder_layer
 from vramplan.estimator.losses import loss_head
 from vramplan.estimator.programs import Ctx
-from vramplan.estimator.replay import Event
+from vramplan.estimator.replay import Event, Run
 from vramplan.estimator.single_gpu import optimizer_for
 from vramplan.estimator.step_tensors import attention_mask_bytes, rope_bytes
 from vramplan.estimator.tape import Tape
@@ -158,24 +158,34 @@ def step_events(model: ModelSpec, plan: TrainingPlan, steps: int = 2, shards: in
 def step_events_marked(model: ModelSpec, plan: TrainingPlan, steps: int = 2, shards: int = 1
                        ) -> tuple[list[Event], int]:
     """`step_events`, and the index of the first event of the first step's optimizer (what precedes it, loading
-    and the forward and backward passes, does not depend on the optimizer).
-    Every step runs the same program on a fresh tape, so one step is recorded and repeated under each step's
-    own names (`(step, key)`); only the first step creates the optimizer states (`_init_group`)."""
-    ev = load_events(model, plan, shards)
+    and the forward and backward passes, does not depend on the optimizer): `step_runs` written out."""
+    runs, at = step_runs(model, plan, steps, shards)
+    ev: list[Event] = []
+    for name, events in runs:
+        ev += events if name is None else [((name, k), n) for k, n in events]
+        at -= 1
+        if at == 0:
+            mark = len(ev)
+    return ev, mark
+
+
+def step_runs(model: ModelSpec, plan: TrainingPlan, steps: int = 2, shards: int = 1) -> tuple[list[Run], int]:
+    """`step_events` as runs of events, and how many runs precede the first step's optimizer. Every step runs the
+    same program on a fresh tape, so one step is recorded and repeated under each step's own name (the run's
+    name: its keys are `(step, key)`, shared lists, no event rebuilt); only the first step creates the optimizer
+    states (`_init_group`)."""
     st = static_memory(model, plan)
     opt = optimizer_for(st, plan)
     body, after = _one_step(model, step_inputs(model, plan))
     total = sum(st.trainable_numels) or 1
     temps = [(("tmp", i), opt.step_temp_bytes * n // total) for i, n in enumerate(st.trainable_numels)]
     tail = [e for e in temps if e[1] > 0] + [(k, -1) for k, n in temps if n > 0] + after
-    mark = len(ev) + len(body)
+    states = [(("state", i), -(-opt.states_bytes * n // (total * shards))) for i, n in
+              enumerate(st.trainable_numels) if opt.states_bytes]
+    runs: list[Run] = [(None, load_events(model, plan, shards))]
     for step in range(steps):
-        ev += [((step, k), n) for k, n in body]
-        if step == 0:
-            ev += [(("state", i), -(-opt.states_bytes * n // (total * shards))) for i, n in
-                   enumerate(st.trainable_numels) if opt.states_bytes]
-        ev += [((step, k), n) for k, n in tail]
-    return ev, mark
+        runs += [(step, body), (None, states), (step, tail)] if step == 0 else [(step, body), (step, tail)]
+    return runs, 2
 
 
 _STEPS = ModelCache(9)
