@@ -172,19 +172,31 @@ class Snapshot:
 def replay_resuming(ops: list[int], capacity_bytes: int | None, snapshots: list[Snapshot], mark: int) -> ReplayStats:
     """`replay` of a schedule under the default configuration, resumed from the furthest of `snapshots` whose
     ops begin `ops`; a snapshot at `mark` is added for the schedules after (plans of a search that differ only
-    after that point, e.g. in the optimizer, share the replay up to it)."""
-    start = max((s for s in snapshots if s.capacity == capacity_bytes and _begins(ops, s)), key=lambda s: s.at,
+    after that point, e.g. in the optimizer, share the replay up to it). A snapshot serves another capacity while
+    its own never mattered (`_serves`): a full device's second, capped replay resumes from the free one."""
+    start = max((s for s in snapshots if _serves(s, capacity_bytes) and _begins(ops, s)), key=lambda s: s.at,
                 default=None)
     if start is None:
         alloc, handles, at = FlatAllocator(capacity_bytes), [], 0
     else:
         alloc, handles, at = start.alloc.copy(), start.handles.copy(), start.at
+        alloc.capacity = capacity_bytes
     if at < mark <= len(ops):
         _run(alloc, handles, ops[at:mark])
         snapshots.append(Snapshot(ops, mark, capacity_bytes, alloc.copy(), handles.copy()))
         at = mark
     _run(alloc, handles, ops[at:])
     return _stats(alloc)
+
+
+def _serves(snapshot: Snapshot, capacity: int | None) -> bool:
+    """Is the snapshot's state the one a replay under `capacity` reaches at the same op? Yes under its own
+    capacity; and under any other while no capacity ever mattered: a capacity acts only in `_new_segment`, when
+    reserved + segment would exceed it, and without an emptied cache (no retry) reserved only grows, so every
+    segment so far fits in any capacity at or above the snapshot's reserved (and in none: unconstrained)."""
+    if snapshot.capacity == capacity:
+        return True
+    return snapshot.alloc.retries == 0 and (capacity is None or snapshot.alloc.reserved <= capacity)
 
 
 def _begins(ops: list[int], snapshot: Snapshot) -> bool:
