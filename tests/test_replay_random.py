@@ -37,9 +37,10 @@ def _events(seed: int, n: int = 600) -> list[tuple[object, int]]:
     return events
 
 
-def _outcome(run) -> tuple | str:
+def _outcome(run, *args, **kwargs) -> tuple | str:
+    """`run(*args, **kwargs)`'s statistics, or "oom"."""
     try:
-        stats = run()
+        stats = run(*args, **kwargs)
     except (AllocatorOutOfMemory, ref.OutOfMemory):
         return "oom"
     return tuple(getattr(stats, k) for k in STATS)
@@ -50,19 +51,19 @@ def test_random_sequences_replay_as_the_reference(seed):
     events = _events(seed)
     for lag in (0, 1):
         ops, at = schedule_marked(events, len(events) // (2 + seed % 4), lag)
-        free = _outcome(lambda: ref.replay(events, ref.AllocatorConfig(), None, lag=lag))
-        assert _outcome(lambda: replay(ops)) == free, lag
+        free = _outcome(ref.replay, events, ref.AllocatorConfig(), None, lag=lag)
+        assert _outcome(replay, ops) == free, lag
         shared: list = []  # snapshots of every capacity: one serves another while its capacity never mattered
-        assert _outcome(lambda: replay_resuming(ops, None, shared, at)) == free
+        assert _outcome(replay_resuming, ops, None, shared, at) == free
         for squeeze in (free[0] // 6, free[0] // 3, 2 * MiB):  # empty the cache and retry, or run out
             cap = free[0] - squeeze
-            expected = _outcome(lambda: ref.replay(events, ref.AllocatorConfig(), cap, lag=lag))
-            assert _outcome(lambda: replay(ops, capacity_bytes=cap)) == expected, (lag, squeeze)
-            assert _outcome(lambda: replay_resuming(ops, cap, shared, at)) == expected, (lag, squeeze)
+            expected = _outcome(ref.replay, events, ref.AllocatorConfig(), cap, lag=lag)
+            assert _outcome(replay, ops, capacity_bytes=cap) == expected, (lag, squeeze)
+            assert _outcome(replay_resuming, ops, cap, shared, at) == expected, (lag, squeeze)
             own: list = []
             for _ in range(2):  # the second resumes from the first's snapshot
-                assert _outcome(lambda: replay_resuming(ops, cap, own, at)) == expected, (lag, squeeze)
-        assert _outcome(lambda: replay_resuming(ops, None, shared, at)) == free
+                assert _outcome(replay_resuming, ops, cap, own, at) == expected, (lag, squeeze)
+        assert _outcome(replay_resuming, ops, None, shared, at) == free
 
 
 def test_a_snapshot_serves_a_capacity_only_while_its_own_never_mattered():
@@ -74,6 +75,6 @@ def test_a_snapshot_serves_a_capacity_only_while_its_own_never_mattered():
     snapshots: list = []
     replay_resuming(ops, None, snapshots, at)
     below = snapshots[0].alloc.reserved - 2 * MiB  # less than the snapshot already holds
-    expected = _outcome(lambda: ref.replay(events, ref.AllocatorConfig(), below))
-    assert _outcome(lambda: replay_resuming(ops, below, snapshots, at)) == expected
-    assert _outcome(lambda: replay_resuming(ops, full.peak_reserved, snapshots, at)) == _outcome(lambda: full)
+    expected = _outcome(ref.replay, events, ref.AllocatorConfig(), below)
+    assert _outcome(replay_resuming, ops, below, snapshots, at) == expected
+    assert _outcome(replay_resuming, ops, full.peak_reserved, snapshots, at) == _outcome(lambda s: s, full)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from vramplan import device
-from vramplan.estimator.replay import schedule_marked, schedule_runs
+from vramplan.estimator.schedule import schedule_marked, schedule_runs
 from vramplan.estimator.step_events import step_events_marked, step_runs
 from vramplan.models import preset_config, spec_from_config
 from vramplan.plan import make_plan
@@ -40,3 +40,37 @@ def test_runs_schedule_as_the_written_out_events(slug, options):
         for lag in (0, 1):
             assert (built[lag], built[2 + lag]) == schedule_marked(events, mark + 1, lag), (shards, lag)
             assert schedule_runs([(None, events)], 1, lag) == schedule_marked(events, len(events), lag)
+
+
+def _random_runs(rng) -> list:
+    """Runs under a few names, some names again (a tail after its body), the same event list under several names
+    (as each step's body), frees of keys never live or of another run's keys, empty runs, runs with no allocation."""
+    shared = [(k % 7, rng.choice((512, 2 * MiB, 30 * MiB))) if rng.random() < 0.6 else (k % 7, -1) for k in range(40)]
+    runs = []
+    for _ in range(rng.randrange(1, 8)):
+        name = rng.choice((None, 0, 1, 2, "x"))
+        pick = rng.random()
+        if pick < 0.35:
+            events = shared
+        elif pick < 0.45:
+            events = []
+        elif pick < 0.55:
+            events = [(rng.randrange(9), -1) for _ in range(3)]
+        else:
+            events = [(rng.randrange(9), -1 if rng.random() < 0.4 else rng.choice((512, 3 * MiB)))
+                      for _ in range(rng.randrange(1, 30))]
+        runs.append((name, events))
+    return runs
+
+
+def test_random_runs_schedule_as_their_written_out_events():
+    import random
+
+    rng = random.Random(5)
+    for _ in range(400):
+        runs = _random_runs(rng)
+        events = [e for name, run in runs for e in (run if name is None else [((name, k), n) for k, n in run])]
+        mark = rng.randrange(len(runs) + 1)
+        cut = sum(len(run) for _, run in runs[:mark])
+        for lag in (0, 1, 2):
+            assert schedule_runs(runs, mark, lag) == schedule_marked(events, cut, lag), (runs, mark, lag)

@@ -144,7 +144,7 @@ def _schedules(model: ModelSpec, single: TrainingPlan, shards: int, workspace: i
     """The step's allocation sequence as the allocator sees it, frees in order and one allocation late, and in
     each the index where the optimizer's first step begins (the last few kept: a full device replays them a
     second time, capped)."""
-    from vramplan.estimator.replay import schedule_runs
+    from vramplan.estimator.schedule import schedule_runs
     from vramplan.estimator.step_events import step_runs
 
     def build() -> tuple[list[int], list[int], int, int]:

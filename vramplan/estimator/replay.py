@@ -1,11 +1,11 @@
 """Replaying an allocation sequence through the caching-allocator simulation, fast enough for a search.
 
-`step_events` records a step as `(key, nbytes)` pairs; `schedule` turns them into one int per allocator call
-(the order the allocator sees, with frees delayed by `lag` allocations); `replay` runs that through the
-allocator. With the default `PYTORCH_CUDA_ALLOC_CONF` (what every search prices), the run uses `FlatAllocator`:
-the rules of `allocator.CachingAllocator` (best fit in a size-ordered pool, split, merge with free neighbours,
-new segments of `allocation_size`, empty the cache and retry when the device is full) on plain ints and dicts
-instead of linked `Block` objects. tests/test_allocator_equivalence.py holds it, and the class, byte-identical
+`step_events` records a step as `(key, nbytes)` pairs; `schedule` (vramplan.estimator.schedule) turns them into
+one int per allocator call (the order the allocator sees, with frees delayed by `lag` allocations); `replay` runs
+that through the allocator. With the default `PYTORCH_CUDA_ALLOC_CONF` (what every search prices), the run uses
+`FlatAllocator`: the rules of `allocator.CachingAllocator` (best fit in a size-ordered pool, split, merge with free
+neighbours, new segments of `allocation_size`, empty the cache and retry when the device is full) on plain ints and
+dicts instead of linked `Block` objects. tests/test_allocator_equivalence.py holds it, and the class, byte-identical
 to the simulation as it was before either existed (tests/allocator_reference.py) over many plans.
 
 Why the flat form can drop the links: blocks of one segment tile it, so a block's neighbours are the blocks
@@ -29,10 +29,11 @@ from vramplan.estimator.allocator import (
     allocation_size,
     round_size,
 )
+from vramplan.estimator.schedule import TRANSIENT, Event, Run, schedule, schedule_marked, schedule_runs
 
-Event = tuple[object, int]  # (key, nbytes) allocates; (key, -1) frees
-Run = tuple[object, list[Event]]  # (name, events): the keys stand for `(name, key)`; name None: the keys as they are
-TRANSIENT = 1 << 62  # a scheduled op at or above it: allocate and at once free (op - TRANSIENT) bytes
+__all__ = ["TRANSIENT", "Event", "Run", "ReplayStats", "replay", "replay_resuming", "schedule", "schedule_marked",
+           "schedule_runs"]  # the schedules live in vramplan.estimator.schedule; their names stay importable here
+
 _BITS = 64  # a pool entry is `size << 64 | addr`: the int order is the (size, address) order
 _MASK = (1 << _BITS) - 1
 _SMALL_POOL = 1 << 60  # address bit of small-pool segments (one address space per pool, order kept in each)
@@ -50,101 +51,6 @@ class ReplayStats:
     allocated: int
     requested: int
     retries: int  # `num_alloc_retries`: allocations that succeeded only after the cache was freed
-
-
-def schedule(events: list[Event], lag: int = 0) -> list[int]:
-    """The events as the allocator sees them, one int each: `n >= 0` allocates n bytes (the k-th allocation makes
-    handle k), `~k` frees handle k, `TRANSIENT + n` allocates n bytes (a handle too) and frees them before
-    anything else. `lag`: each free happens `lag` allocations late (a tensor whose last reference dies a little
-    after the op that last used it: a Python frame, an autograd node's release); frees still pending at the end
-    never happen. A free of a key that holds no allocation is dropped."""
-    return schedule_marked(events, 0, lag)[0]
-
-
-def schedule_marked(events: list[Event], mark: int, lag: int = 0) -> tuple[list[int], int]:
-    """`schedule`, and how many of its first ops `events[:mark]` alone decides (its last allocation may still
-    become a transient, so it is left out)."""
-    return schedule_runs([(None, events[:mark]), (None, events[mark:])], 1, lag)
-
-
-def schedule_runs(runs: list[Run], mark: int, lag: int = 0) -> tuple[list[int], int]:
-    """`schedule_marked` of the events `runs` stand for, `mark` counted in runs: each name keeps its own live
-    keys (`(name, key)` never meets a key of another name), so a step's events are scheduled as recorded, never
-    rebuilt under its name."""
-    s, at = _Scheduler(lag), 0
-    for i, (name, events) in enumerate(runs):
-        if i == mark:
-            at = max(0, len(s.ops) - 1)
-        s.feed(events, s.lives.setdefault(name, {}))
-    return s.ops, (at if mark < len(runs) else max(0, len(s.ops) - 1))
-
-
-class _Scheduler:
-    def __init__(self, lag: int) -> None:
-        self.lag = lag
-        self.lives: dict[object, dict[object, int]] = {}  # run name -> its live keys -> handle
-        self.ops: list[int] = []
-        self.pending: list[int] = []  # frees waiting `lag` allocations
-        self.handles = 0
-        self.last = -1  # lag 0: the handle of the last op when it is an allocation
-
-    def feed(self, events: list[Event], live: dict[object, int]) -> None:
-        if self.lag:
-            (self._feed_one_late if self.lag == 1 else self._feed_lagged)(events, live)
-            return
-        ops = self.ops
-        append, pop = ops.append, live.pop
-        handles, last = self.handles, self.last
-        for key, n in events:
-            if n >= 0:
-                live[key] = last = handles
-                handles += 1
-                append(n)
-            else:
-                h = pop(key, -1)
-                if h == last >= 0:
-                    ops[-1] += TRANSIENT
-                elif h >= 0:
-                    append(~h)
-                last = -1
-        self.handles, self.last = handles, last
-
-    def _feed_one_late(self, events: list[Event], live: dict[object, int]) -> None:
-        """`_feed_lagged` with lag 1 (what every simulation runs): the frees since the last allocation follow the
-        next one."""
-        ops, pending, handles = self.ops, self.pending, self.handles
-        append, pop, wait = ops.append, live.pop, pending.append
-        for key, n in events:
-            if n >= 0:
-                live[key] = handles
-                handles += 1
-                append(n)
-                if pending:
-                    ops += pending
-                    pending.clear()
-            else:
-                h = pop(key, None)
-                if h is not None:
-                    wait(~h)
-        self.handles = handles
-
-    def _feed_lagged(self, events: list[Event], live: dict[object, int]) -> None:
-        ops, pending, lag, handles = self.ops, self.pending, self.lag, self.handles
-        append, pop, wait = ops.append, live.pop, pending.append
-        for key, n in events:
-            if n >= 0:
-                live[key] = handles
-                handles += 1
-                append(n)
-                if len(pending) >= lag:  # each pending free has now waited `lag` allocations (or more)
-                    due = len(pending) - lag + 1
-                    ops += pending[:due]
-                    del pending[:due]
-            else:
-                h = pop(key, None)
-                if h is not None:
-                    wait(~h)
-        self.handles = handles
 
 
 def replay(events: list[Event] | list[int], config: AllocatorConfig | None = None,

@@ -31,7 +31,7 @@ from vramplan.estimator.context import embedding_output_requires_grad, layer_con
 from vramplan.estimator.layers import decoder_layer
 from vramplan.estimator.losses import loss_head
 from vramplan.estimator.programs import Ctx
-from vramplan.estimator.replay import Event, Run
+from vramplan.estimator.schedule import Event, Run
 from vramplan.estimator.single_gpu import optimizer_for
 from vramplan.estimator.step_tensors import attention_mask_bytes, rope_bytes
 from vramplan.estimator.tape import Tape
