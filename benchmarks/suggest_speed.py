@@ -2,7 +2,8 @@
 
     python benchmarks/suggest_speed.py [--runs 5] [--plans 12] [--reference] [--tree DIR] [--command I]
 
-1. Each command runs `--runs` times in a fresh process; the median of its CPU seconds (user + system, from
+1. Each command (the README's two suggests; `--command 2..4`: a cold estimate --gpu, a transformers 4.x MoE
+   estimate and suggest) runs `--runs` times in a fresh process; the median of its CPU seconds (user + system, from
    `resource.getrusage(RUSAGE_CHILDREN)`) is printed with the load average before and after: CPU seconds
    inflate less than wall seconds on a shared machine, but not zero (caches, frequency).
 2. One simulation, in-process: the step's events (`step_runs`), their two schedules and the two replays
@@ -25,7 +26,12 @@ from pathlib import Path
 COMMANDS = [
     ["suggest", "--model", "llama-7b", "--gpu", "rtx4090"],
     ["suggest", "--model", "llama2-70b", "--gpu", "rtx4090", "--gpus", "2"],
+    # by --command only (issue 10's other waits): a cold estimate --gpu, and transformers 4.x MoE (per-expert loops)
+    ["estimate", "--model", "llama2-7b", "--gpu", "rtx4090", "--json"],
+    ["estimate", "--model", "qwen3-30b-a3b", "--transformers", "4", "--gpu", "h100-sxm", "--method", "qlora"],
+    ["suggest", "--model", "mixtral-8x7b", "--gpu", "h100-sxm", "--transformers", "4"],
 ]
+DEFAULT_COMMANDS = (0, 1)
 
 
 def cpu_seconds(args: list[str], tree: str | None = None) -> float:
@@ -116,7 +122,7 @@ def main() -> None:
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
     if not args.skip_commands:
         for i, cmd in enumerate(COMMANDS):
-            if args.command and i not in args.command:
+            if i not in (args.command or DEFAULT_COMMANDS):
                 continue
             runs = [cpu_seconds(cmd, args.tree) for _ in range(args.runs)]
             print(f"vramplan {' '.join(cmd)}: median {statistics.median(runs):.2f} CPU s "
