@@ -57,18 +57,19 @@ class _Relative(NamedTuple):
     pending: list[int]  # lag 1: its frees still waiting for an allocation at its end
 
 
-_RELATIVE: dict[tuple[int, int], tuple[list[Event], _Relative]] = {}  # (id(events), lag) -> (events, schedule)
+_RELATIVE: dict[tuple[int, int], tuple[list[Event], int, _Relative]] = {}  # (id(events), lag) -> (events, len, it)
 
 
 def _relative(events: list[Event], lag: int) -> _Relative:
-    """The run's schedule alone, kept for the last few runs (holding the run keeps its id its own)."""
+    """The run's schedule alone, kept for the last few runs (holding the run keeps its id its own; a run that grew
+    since is scheduled again)."""
     hit = _RELATIVE.get((id(events), lag))
-    if hit is not None and hit[0] is events:
-        return hit[1]
+    if hit is not None and hit[0] is events and hit[1] == len(events):
+        return hit[2]
     s, live = _Scheduler(lag), {}
     s.feed(events, live)
     rel = _Relative(s.ops, s.handles, live, s.last, s.pending)
-    _RELATIVE[(id(events), lag)] = (events, rel)
+    _RELATIVE[(id(events), lag)] = (events, len(events), rel)
     while len(_RELATIVE) > 8:
         del _RELATIVE[next(iter(_RELATIVE))]
     return rel
