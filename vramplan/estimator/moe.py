@@ -146,8 +146,10 @@ def moe_v4(tp: Tape, c: Ctx, x: int, a: int) -> int:
     mask = tp.op(t * k * e * 8, grad=False)  # one_hot(...).permute(2, 1, 0): a view
     hit = tp.op(e * 8 + e + e * 8, (mask,), grad=False)  # sum(dim=(-1, -2)), greater, nonzero
     prev: tuple[int, ...] = ()
+    on_rows: dict[int, Ctx] = {}  # the context of an expert on n rows: few distinct n, one copy each
     for n in (r for r in expert_rows(t, k, e) if r):
-        final, prev = _expert_v4(tp, replace(c, tokens=n), t, x, a, rw, final, prev)
+        cn = on_rows.get(n) or on_rows.setdefault(n, replace(c, tokens=n))
+        final, prev = _expert_v4(tp, cn, t, x, a, rw, final, prev)
     tp.drop(*prev, rw, mask, hit)
     return _shared_expert(tp, c, x, a, final)
 
