@@ -53,6 +53,11 @@ class Components(Record):
         """Read back `estimate --json`'s components (a stored calibration record's too, old flat ones included)."""
         return cls.from_dict(data)
 
+    def _validate(self) -> None:
+        for name, value in self.items_bytes().items():
+            if value < 0:
+                raise ValueError(f"{name}: {value} bytes: a size is never negative")
+
     def items_bytes(self) -> dict[str, int]:
         """name -> bytes for every component, in report order (named fields, then engine parts)."""
         named = {k: getattr(self, k) for k in type(self).field_names() if k != "engine_parts"}
@@ -101,6 +106,20 @@ class MemoryEstimate(Record):
     gpus: int = 1
     sharding: str = "none"  # none | ddp | fsdp | fsdp_grad_op | zero1 | zero2 | zero3
     host_offload_bytes: int = 0  # host RAM each GPU's process needs for offloaded state (--offload)
+
+    def _validate(self) -> None:
+        """A peak is a phase's and no size is negative (a result read back from JSON is checked like a new one)."""
+        if self.peak_phase not in self.phases:
+            raise ValueError(f"peak_phase: '{self.peak_phase}' is not one of the phases ({', '.join(self.phases)})")
+        sizes = {**{f"phases: {k}": v for k, v in self.phases.items()}, **{
+            k: getattr(self, k) for k in ("paged_bytes", "cuda_context_bytes", "allocator_reserve_bytes",
+                                          "allocator_reserve_low_bytes", "blas_workspace_bytes", "nccl_bytes",
+                                          "gpu_usable_bytes", "host_offload_bytes")}}
+        for name, value in sizes.items():
+            if value is not None and value < 0:
+                raise ValueError(f"{name}: {value} bytes: a size is never negative")
+        if self.gpus < 1:
+            raise ValueError(f"gpus: {self.gpus}: give 1 or more")
 
     @property
     def peak_bytes(self) -> int:

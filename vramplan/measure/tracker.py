@@ -33,17 +33,19 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
+from vramplan.record import Record
 
-@dataclass(frozen=True)
-class Allocation:
+
+class Allocation(Record):
     """One storage: its size, the tensor that created it, the op, the innermost module and the phase; `name`
-    says what holds it (a parameter, buffer or optimizer-state path) once the caller `name_tensors` it."""
+    says what holds it (a parameter, buffer or optimizer-state path) once the caller `name_tensors` it. A record,
+    so a step's snapshots read back from JSON checked (gloo ranks hand steps over as JSON)."""
 
     nbytes: int
     shape: tuple[int, ...]
@@ -186,8 +188,8 @@ class MemoryTracker(TorchDispatchMode):
         record = None
         if self.record:
             self._seq += 1
-            alloc = Allocation(nbytes, tuple(t.shape), str(t.dtype).removeprefix("torch."), op, self._where(),
-                               self.phase_name)
+            alloc = Allocation(nbytes=nbytes, shape=tuple(t.shape), dtype=str(t.dtype).removeprefix("torch."),
+                               op=op, module=self._where(), phase=self.phase_name)
             record = _Record(alloc, self._seq)
             self._records.append(record)
         self._live[key] = (nbytes, record)

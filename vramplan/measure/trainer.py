@@ -25,11 +25,9 @@ running out of memory raises `StepOutOfMemory` (a result to record, not a failur
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import warnings
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -46,7 +44,7 @@ from vramplan.measure.optimizers import build_optimizer
 from vramplan.measure.tracing import fake_session, warm_caches
 from vramplan.measure.tracker import Allocation, MemoryTracker
 from vramplan.plan import TrainingPlan
-from vramplan.record import Record, plain
+from vramplan.record import Record
 
 PHASES = ("forward", "backward", "optimizer")
 # Collect the young generations (what a run creates); a full collection of the heap that transformers builds
@@ -89,27 +87,6 @@ class MeasuredStep(Record):
     def peak_snapshot(self) -> list[Allocation]:
         """What was live at the step's peak (the snapshot of `peak_phase`)."""
         return self.snapshots[self.peak_phase]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["snapshots"] = {phase: [plain(dataclasses.asdict(a)) for a in allocs]
-                            for phase, allocs in self.snapshots.items()}
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Any) -> MeasuredStep:
-        snapshots = data.get("snapshots") if isinstance(data, Mapping) else None
-        if isinstance(snapshots, Mapping):
-            data = {**data, "snapshots": {phase: [_allocation(a) for a in allocs]
-                                          for phase, allocs in snapshots.items()}}
-        return super().from_dict(data)
-
-
-def _allocation(table: Any) -> Any:
-    """An `Allocation` from its `to_dict` table (anything else is left for the field check to refuse)."""
-    if not isinstance(table, Mapping):
-        return table
-    return Allocation(**{**table, "shape": tuple(table.get("shape", ()))})
 
 
 def measure_step(config: dict, plan: TrainingPlan, *, device: str = "cpu", trace: bool = False, steps: int = 2,
