@@ -66,7 +66,6 @@ OPTIMIZER_BYTES = {
     "lion_8bit": lambda p: 3 * p + 2,
 }
 CLIP_BYTES_PER_GRAD_BYTE = 3  # clip_grad_norm_: foreach norm reads the grads, foreach mul_ reads and writes them
-ADAPTER_BYTES = 4  # peft autocast_adapter_dtype=True: LoRA A/B in fp32 (vramplan.estimator.weights.ADAPTER_BYTES)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@
 - 4-bit weights (QLoRA): bitsandbytes packs n weights into `(n + 1) // (2 * itemsize)` elements of
   `quant_storage` (`functional.quantize_4bit`); FSDP shards that tensor like any other. The quantization state
   (absmax, code, nested state) is an attribute, not a parameter: every rank keeps all of it.
-- LoRA adapters: A [r, in] and B [out, r] in fp32 (peft `autocast_adapter_dtype`), sharded on dim 0 as well.
+- LoRA adapters: A [r, in] and B [out, r] in their dtype (`trainers.adapter_bytes`: fp32 from peft's
+  `autocast_adapter_dtype`, bf16 under TRL's SFTTrainer on a quantized model), sharded on dim 0 as well.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from vramplan.estimator.optimizer import OptimizerMemory, optimizer_memory
+from vramplan.estimator.trainers import adapter_bytes
 from vramplan.estimator.weights import (
-    ADAPTER_BYTES,
     non_quantized_dtype_bytes,
     quantized_layer_bytes,
     resolve_targets,
@@ -164,12 +165,13 @@ def build_units(model: ModelSpec, plan: TrainingPlan, gpus: int | None = None) -
     model = transformers_model(model, plan)
     args = (plan.method, plan.param_dtype, plan.storage_dtype, plan.quant_blocksize, plan.double_quant,
             plan.rank or 0, resolve_targets(model, plan) if plan.uses_lora else (), gpus or plan.gpus,
-            non_quantized_dtype_bytes(plan))
+            non_quantized_dtype_bytes(plan), adapter_bytes(plan))
     return _CACHE.get(model, args, lambda: _build_units(model, *args))
 
 
 def _build_units(model: ModelSpec, method: str, param_dtype: str, storage: str, blocksize: int,
-                 double_quant: bool, rank: int, targets: tuple[str, ...], gpus: int, dense_bytes: int) -> Units:
+                 double_quant: bool, rank: int, targets: tuple[str, ...], gpus: int, dense_bytes: int,
+                 adapter_itemsize: int) -> Units:
     per_unit: dict[int, list[Param]] = {}
     replicated: dict[int, int] = {}
     store = DTYPE_BYTES[storage]
@@ -186,9 +188,9 @@ def _build_units(model: ModelSpec, method: str, param_dtype: str, storage: str, 
             params.append(Param(t.shape[0], rest, dense_bytes, full))
         if t.role == "linear" and t.module in targets:
             out_f, in_f = t.shape
-            params += [Param(rank, in_f, ADAPTER_BYTES, True, "lora_adapters"),
-                       Param(out_f, rank, ADAPTER_BYTES, True, "lora_adapters")]
-    grad_itemsize = DTYPE_BYTES[param_dtype] if full else ADAPTER_BYTES
+            params += [Param(rank, in_f, adapter_itemsize, True, "lora_adapters"),
+                       Param(out_f, rank, adapter_itemsize, True, "lora_adapters")]
+    grad_itemsize = DTYPE_BYTES[param_dtype] if full else adapter_itemsize
 
     def unit(key: int) -> Unit:
         return Unit(gpus, tuple(per_unit.get(key, ())), replicated.get(key, 0), grad_itemsize)

@@ -35,6 +35,7 @@ from vramplan.estimator.engines.pricing import Priced, Repriced, Static, weight_
 from vramplan.estimator.optimizer import optimizer_memory
 from vramplan.estimator.partition import Units, build_units
 from vramplan.estimator.step import Moment
+from vramplan.estimator.trainers import adapter_bytes
 from vramplan.estimator.weights import static_memory
 from vramplan.models import ModelSpec
 from vramplan.plan import TrainingPlan
@@ -69,9 +70,10 @@ def _reprice_zero(model: ModelSpec, plan: TrainingPlan, moments: tuple[Moment, .
     n = plan.gpus
     h = model.hidden_size
     # With bf16/fp16 on, the engine casts the whole module to 16 bits (`DeepSpeedEngine._configure_distributed_model`:
-    # `module.bfloat16()`), LoRA's fp32 adapters included; gradients come in that dtype.
+    # `module.bfloat16()`), LoRA's adapters included (fp32, or already bf16 under TRL: `adapter_bytes`); gradients
+    # come in that dtype.
     g = min(st.trainable_dtype_bytes, DTYPE_BYTES[plan.param_dtype])
-    adapter_scale = (g, 4) if plan.uses_lora else (1, 1)
+    adapter_scale = (g, adapter_bytes(plan)) if plan.uses_lora else (1, 1)
     numel = sum(st.trainable_numels)
     part = -(-numel // n)  # this rank's partition of the trainable elements
     master = part * MASTER_BYTES if g < MASTER_BYTES else 0
