@@ -86,7 +86,7 @@ class _Scheduler:
 
     def feed(self, events: list[Event], live: dict[object, int]) -> None:
         if self.lag:
-            (self._feed_one_late if self.lag == 1 else self._feed_lagged)(events, live)
+            self._feed_lagged(events, live)
             return
         ops = self.ops
         append, pop = ops.append, live.pop
@@ -124,26 +124,9 @@ class _Scheduler:
         self.handles += rel.handles
         self.lives[name] = {key: h + off for key, h in rel.live.items()}
 
-    def _feed_one_late(self, events: list[Event], live: dict[object, int]) -> None:
-        """`_feed_lagged` with lag 1 (what every simulation runs): the frees since the last allocation follow the
-        next one."""
-        ops, pending, handles = self.ops, self.pending, self.handles
-        append, pop, wait = ops.append, live.pop, pending.append
-        for key, n in events:
-            if n >= 0:
-                live[key] = handles
-                handles += 1
-                append(n)
-                if pending:
-                    ops += pending
-                    pending.clear()
-            else:
-                h = pop(key, None)
-                if h is not None:
-                    wait(~h)
-        self.handles = handles
-
     def _feed_lagged(self, events: list[Event], live: dict[object, int]) -> None:
+        """Frees `lag` allocations late (lag 1 in every simulation: the frees since the last allocation follow the
+        next one)."""
         ops, pending, lag, handles = self.ops, self.pending, self.lag, self.handles
         append, pop, wait = ops.append, live.pop, pending.append
         for key, n in events:
