@@ -93,5 +93,5 @@ def test_results_are_typed():
     copy = e.replace(components={"activations": 5}, plan=e.plan.to_dict())
     assert isinstance(copy, MemoryEstimate) and isinstance(copy.plan, TrainingPlan)
     assert copy.components.activations == 5 and copy.components.base_weights == 0
-    stored = Components.from_json(e.to_dict()["components"])
+    stored = Components.from_dict(e.to_dict()["components"])
     assert stored == e.components

@@ -67,16 +67,15 @@ def with_device(spec: ModelSpec, plan: TrainingPlan, result: MemoryEstimate, pro
     from vramplan.hardware import blas_workspace_bytes
 
     reserve = reserve_interval(spec, plan, result.peak_bytes, profile, plan_allocator_config(plan))
-    return result.replace(**{
-        "gpu": profile.slug,
-        "gpu_usable_bytes": profile.usable_bytes,
-        "cuda_context_bytes": driver_context_bytes(profile),
-        "allocator_reserve_bytes": reserve.high_bytes,
-        "allocator_reserve_low_bytes": reserve.low_bytes,
-        "blas_workspace_bytes": blas_workspace_bytes(profile.vendor, profile.compute_capability,
-                                                     profile.architecture),
-        "nccl_bytes": nccl_buffer_bytes(plan.gpus, profile),
-    })
+    return result.replace(
+        gpu=profile.slug,
+        gpu_usable_bytes=profile.usable_bytes,
+        cuda_context_bytes=driver_context_bytes(profile),
+        allocator_reserve_bytes=reserve.high_bytes,
+        allocator_reserve_low_bytes=reserve.low_bytes,
+        blas_workspace_bytes=blas_workspace_bytes(profile.vendor, profile.compute_capability, profile.architecture),
+        nccl_bytes=nccl_buffer_bytes(plan.gpus, profile),
+    )
 
 
 def plan_allocator_config(plan: TrainingPlan) -> AllocatorConfig:

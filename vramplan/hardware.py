@@ -35,12 +35,12 @@ ENV_VAR = "VRAMPLAN_GPU_DIR"
 _PREFIXES = frozenset({"nvidia", "geforce", "tesla", "amd", "radeon", "instinct"})
 
 
-# Each number's range: (field, bound, how a message says it). Sizes and rates are above 0; a bridge joins 2 cards.
-_RANGES = tuple((name, 0, "above 0") for name in (
+# Each number's lowest value: (field, bound, whether the bound itself is allowed). Sizes and rates are above 0;
+# a bridge joins 2 cards.
+_RANGES = tuple((name, 0, False) for name in (
     "memory_bytes", "usable_bytes", "bandwidth_bytes_per_s", "fp16_tflops_dense", "fp32_tflops", "tdp_watts",
     "host_link_bytes_per_s", "peer_link_bytes_per_s", "mamf_tflops")) + (
-    ("cuda_context_bytes", 0, "of 0 or more"), ("bf16_tflops_dense", 0, "of 0 or more"),
-    ("peer_link_max_gpus", 2, "of 2 or more"))
+    ("cuda_context_bytes", 0, True), ("bf16_tflops_dense", 0, True), ("peer_link_max_gpus", 2, True))
 
 
 class GpuProfile(Record):
@@ -85,9 +85,10 @@ class GpuProfile(Record):
                 raise ValueError(f"{name}: give a non-empty string")
         if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", self.slug):
             raise ValueError(f"slug: '{self.slug}' must be lower-case letters, digits, '.' and '-'")
-        for name, low, words in _RANGES:
+        for name, low, inclusive in _RANGES:
             v = getattr(self, name)
-            if v is not None and not (math.isfinite(v) and (v > low if words == "above 0" else v >= low)):
+            if v is not None and not (math.isfinite(v) and (v >= low if inclusive else v > low)):
+                words = f"of {low} or more" if inclusive else f"above {low}"
                 raise ValueError(f"{name}: {v} is out of range: give a finite number {words}")
         if self.usable_bytes > self.memory_bytes:
             raise ValueError(f"usable_bytes: {self.usable_bytes} exceeds memory_bytes ({self.memory_bytes})")

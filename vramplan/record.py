@@ -98,11 +98,12 @@ class Record:
     def derive(self: R, **changes: Any) -> R:
         """A copy with `changes` set as given, unchecked: a view the estimator derives from a checked record for
         its own use (DPO's concatenated batch is twice the user's and may pass the range a user may ask for)."""
-        unknown = set(changes).difference(f.name for f in dataclasses.fields(self))
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        unknown = set(changes).difference(fields)
         if unknown:
             raise TypeError(f"{type(self).__name__} has no field {', '.join(sorted(unknown))}")
         copy = object.__new__(type(self))
-        copy.__dict__.update(self.__dict__, **changes)
+        copy.__dict__.update(fields, **changes)  # fields only: a cached_property of the original is not the copy's
         return copy
 
     # Dicts ----------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any
 
 from vramplan.plan import TrainingPlan
 from vramplan.record import Record
@@ -47,11 +46,6 @@ class Components(Record):
     @property
     def total(self) -> int:
         return sum(self.items_bytes().values())
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Components:
-        """Read back `estimate --json`'s components (a stored calibration record's too, old flat ones included)."""
-        return cls.from_dict(data)
 
     def _validate(self) -> None:
         for name, value in self.items_bytes().items():

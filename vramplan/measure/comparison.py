@@ -89,7 +89,7 @@ def compare(estimate: dict[str, Any], measured: Measured) -> tuple[dict[str, Com
         pairs["cuda_context"] = (estimate.get("cuda_context_bytes"), measured.cuda_context_bytes)
     by_phase = {k: Comparison(estimate_bytes=e, measured_bytes=m) for k, (e, m) in pairs.items()
                 if e is not None and m is not None}
-    named = Components.from_json(estimate["components"]).listed()
+    named = Components.from_dict(estimate["components"]).listed()
     traced = phases is not estimate["phases"]
     if traced and max(STEP_PHASES, key=lambda p: phases[p]) == estimate["peak_phase"]:
         named["optimizer_states"] += phases["optimizer"] - estimate["phases"]["optimizer"]
